@@ -1,0 +1,115 @@
+//! Frames between workers: `u32 length | u32 meta length | meta (JSON) | payload`.
+//! The payload is raw bytes (a message line, or a publish's `data`) so the owner's
+//! serialized message crosses the link without being parsed or copied again.
+
+use bytes::{BufMut, Bytes, BytesMut};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "t")]
+pub enum BusMsg {
+    /// First frame on a new link, from the dialing worker.
+    Hello {
+        slot: usize,
+        instance: u64,
+    },
+    /// The accepting worker's answer on the same link.
+    Welcome {
+        slot: usize,
+        instance: u64,
+    },
+    /// Publish `payload` (the `data` JSON) on `channel`; sent to the owner.
+    Publish {
+        tag: u64,
+        channel: String,
+    },
+    /// The owner's answer to `Publish`.
+    Published {
+        tag: u64,
+        seq: Option<u64>,
+    },
+    /// A numbered message: `payload` is its `msg` line, ready for subscribers.
+    Deliver {
+        channel: String,
+        seq: u64,
+    },
+    /// Ask the owner for a channel's current `seq` and `epoch` (on `sub`).
+    SubQuery {
+        tag: u64,
+        channel: String,
+    },
+    SubState {
+        tag: u64,
+        seq: u64,
+        epoch: String,
+    },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum FrameError {
+    #[error("bus frame of {0} bytes is over the limit")]
+    TooLarge(usize),
+    #[error("bad bus frame: {0}")]
+    Bad(String),
+}
+
+/// The header of a frame (lengths and meta); the payload follows as its own segment.
+pub fn encode_header(msg: &BusMsg, payload_len: usize) -> Bytes {
+    let meta = serde_json::to_vec(msg).unwrap_or_default();
+    let mut out = BytesMut::with_capacity(8 + meta.len());
+    out.put_u32((4 + meta.len() + payload_len) as u32);
+    out.put_u32(meta.len() as u32);
+    out.put_slice(&meta);
+    out.freeze()
+}
+
+/// Takes one whole frame off the front of `buf`, if there is one.
+pub fn decode(buf: &mut BytesMut, max: usize) -> Result<Option<(BusMsg, Bytes)>, FrameError> {
+    if buf.len() < 4 {
+        return Ok(None);
+    }
+    let len = u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
+    if len > max {
+        return Err(FrameError::TooLarge(len));
+    }
+    if buf.len() < 4 + len {
+        return Ok(None);
+    }
+    if len < 4 {
+        return Err(FrameError::Bad("short frame".into()));
+    }
+    let mut frame = buf.split_to(4 + len).freeze();
+    let meta_len = u32::from_be_bytes([frame[4], frame[5], frame[6], frame[7]]) as usize;
+    if meta_len > len - 4 {
+        return Err(FrameError::Bad("meta longer than frame".into()));
+    }
+    let msg = serde_json::from_slice(&frame[8..8 + meta_len])
+        .map_err(|e| FrameError::Bad(e.to_string()))?;
+    Ok(Some((msg, frame.split_off(8 + meta_len))))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_in_pieces() {
+        let msg = BusMsg::Deliver {
+            channel: "news".into(),
+            seq: 9,
+        };
+        let payload = Bytes::from_static(b"{\"op\":\"msg\"}\n");
+        let mut wire = BytesMut::new();
+        wire.extend_from_slice(&encode_header(&msg, payload.len()));
+        wire.extend_from_slice(&payload);
+        let mut buf = BytesMut::new();
+        buf.extend_from_slice(&wire[..5]);
+        assert!(decode(&mut buf, 1 << 20).unwrap().is_none());
+        buf.extend_from_slice(&wire[5..]);
+        let (got, body) = decode(&mut buf, 1 << 20).unwrap().unwrap();
+        assert_eq!((got, body), (msg, payload));
+        assert!(buf.is_empty());
+        buf.extend_from_slice(&wire);
+        assert!(matches!(decode(&mut buf, 8), Err(FrameError::TooLarge(_))));
+    }
+}

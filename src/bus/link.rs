@@ -1,0 +1,89 @@
+//! One Unix-domain stream between two workers: a bounded outbound queue and the
+//! inbound bytes not yet framed.
+
+use std::io::{self, Read};
+
+use bytes::{Bytes, BytesMut};
+use mio::net::UnixStream;
+
+use super::frame::{self, BusMsg, FrameError};
+use crate::outbound::OutboundQueue;
+
+/// Bytes queued towards one peer worker before the link counts as stuck.
+pub const LINK_SEND_BUFFER: usize = 256 << 20;
+
+pub struct Link {
+    pub stream: UnixStream,
+    out: OutboundQueue,
+    inbuf: BytesMut,
+    max_frame: usize,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LinkError {
+    #[error("link i/o: {0}")]
+    Io(#[from] io::Error),
+    #[error(transparent)]
+    Frame(#[from] FrameError),
+    #[error("peer closed the link")]
+    Closed,
+    #[error("peer is not reading: {0} bytes queued")]
+    Stuck(usize),
+}
+
+impl Link {
+    pub fn new(stream: UnixStream, max_frame: usize) -> Self {
+        Link {
+            stream,
+            out: OutboundQueue::new(LINK_SEND_BUFFER),
+            inbuf: BytesMut::with_capacity(64 * 1024),
+            max_frame,
+        }
+    }
+
+    /// Queues a frame; `header` comes from `frame::encode_header`.
+    pub fn queue(&mut self, header: &Bytes, payload: &Bytes) -> Result<(), LinkError> {
+        self.out
+            .push(&[header, payload])
+            .map_err(|_| LinkError::Stuck(self.out.len()))
+    }
+
+    pub fn send(&mut self, msg: &BusMsg, payload: Bytes) -> Result<(), LinkError> {
+        let header = frame::encode_header(msg, payload.len());
+        self.queue(&header, &payload)
+    }
+
+    pub fn has_output(&self) -> bool {
+        !self.out.is_empty()
+    }
+
+    pub fn flush(&mut self) -> Result<(), LinkError> {
+        self.out.write_to(&mut self.stream)?;
+        Ok(())
+    }
+
+    /// Reads what the socket has and returns every whole frame in it.
+    pub fn receive(&mut self, frames: &mut Vec<(BusMsg, Bytes)>) -> Result<(), LinkError> {
+        let mut chunk = [0u8; 64 * 1024];
+        loop {
+            match self.stream.read(&mut chunk) {
+                Ok(0) => {
+                    self.drain(frames)?;
+                    return Err(LinkError::Closed);
+                }
+                Ok(n) => self.inbuf.extend_from_slice(&chunk[..n]),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        self.drain(frames)
+    }
+
+    fn drain(&mut self, frames: &mut Vec<(BusMsg, Bytes)>) -> Result<(), LinkError> {
+        while let Some(frame) = frame::decode(&mut self.inbuf, self.max_frame)? {
+            frames.push(frame);
+        }
+        Ok(())
+    }
+}

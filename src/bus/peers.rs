@@ -1,0 +1,334 @@
+//! The set of links from this worker to every other worker slot.
+//!
+//! Each worker listens on its own socket (`syncd-bus-<slot>.sock`) and dials every
+//! other slot. It sends on the link it dialed (`out`) and receives on the links
+//! others dialed (`incoming`), so each direction is one FIFO stream: an owner's
+//! messages reach a worker in the order the owner sent them.
+//!
+//! A dialer opens with `Hello{slot, instance}` and the acceptor answers `Welcome`.
+//! When a Hello arrives from an instance our own out link does not lead to, that
+//! peer was restarted: we dial it again at once, so a new worker is linked both
+//! ways before it accepts clients (see `is_settled`).
+
+use std::io;
+use std::os::unix::net::UnixStream as StdUnixStream;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use mio::net::{UnixListener, UnixStream};
+use mio::{Interest, Registry, Token};
+use slab::Slab;
+
+use super::frame::BusMsg;
+use super::link::{Link, LinkError};
+
+pub const LISTENER: Token = Token(10);
+const OUT_BASE: usize = 1_000;
+const IN_BASE: usize = 2_000;
+const IN_MAX: usize = 1_000;
+const REDIAL_AFTER: Duration = Duration::from_millis(100);
+
+pub enum BusEvent {
+    /// A frame from worker `from`.
+    Msg {
+        from: usize,
+        msg: BusMsg,
+        payload: Bytes,
+    },
+    /// A link to or from `slot` broke: requests waiting on it will get no answer.
+    Down { slot: usize },
+}
+
+struct OutLink {
+    link: Link,
+    /// The peer process this link reaches, once it has answered with Welcome.
+    peer_instance: Option<u64>,
+}
+
+struct InLink {
+    link: Link,
+    /// Learned from the Hello that opens the link.
+    peer: Option<(usize, u64)>,
+}
+
+pub struct Peers {
+    slot: usize,
+    instance: u64,
+    sockets: Vec<PathBuf>,
+    listener: UnixListener,
+    out: Vec<Option<OutLink>>,
+    incoming: Slab<InLink>,
+    next_dial: Vec<Option<Instant>>,
+    max_frame: usize,
+}
+
+pub fn is_bus_token(token: Token) -> bool {
+    token == LISTENER || (OUT_BASE..IN_BASE + IN_MAX).contains(&token.0)
+}
+
+impl Peers {
+    /// Binds this slot's socket (replacing a stale one) and dials every other slot.
+    pub fn start(
+        slot: usize,
+        instance: u64,
+        sockets: Vec<PathBuf>,
+        max_frame: usize,
+        registry: &Registry,
+    ) -> io::Result<Peers> {
+        let path = &sockets[slot];
+        let _ = std::fs::remove_file(path);
+        let mut listener = UnixListener::bind(path)?;
+        registry.register(&mut listener, LISTENER, Interest::READABLE)?;
+        let workers = sockets.len();
+        let mut peers = Peers {
+            slot,
+            instance,
+            listener,
+            out: (0..workers).map(|_| None).collect(),
+            incoming: Slab::new(),
+            next_dial: vec![None; workers],
+            sockets,
+            max_frame,
+        };
+        for peer in (0..workers).filter(|&p| p != slot) {
+            peers.dial(peer, registry);
+        }
+        Ok(peers)
+    }
+
+    fn dial(&mut self, peer: usize, registry: &Registry) {
+        if let Some(mut old) = self.out[peer].take() {
+            let _ = registry.deregister(&mut old.link.stream);
+        }
+        let connected = StdUnixStream::connect(&self.sockets[peer]).and_then(|s| {
+            s.set_nonblocking(true)?;
+            let mut stream = UnixStream::from_std(s);
+            registry.register(
+                &mut stream,
+                Token(OUT_BASE + peer),
+                Interest::READABLE | Interest::WRITABLE,
+            )?;
+            Ok(stream)
+        });
+        match connected {
+            Ok(stream) => {
+                let mut link = Link::new(stream, self.max_frame);
+                let hello = BusMsg::Hello {
+                    slot: self.slot,
+                    instance: self.instance,
+                };
+                if link.send(&hello, Bytes::new()).is_ok() {
+                    self.out[peer] = Some(OutLink {
+                        link,
+                        peer_instance: None,
+                    });
+                    self.next_dial[peer] = None;
+                    log::debug!("bus: dialed worker {peer}");
+                }
+            }
+            Err(e) => {
+                log::debug!("bus: worker {peer} not reachable yet: {e}");
+                self.next_dial[peer] = Some(Instant::now() + REDIAL_AFTER);
+            }
+        }
+    }
+
+    /// True when every other slot is either linked both ways with the same
+    /// process or known to be down, so messages from any owner will reach us.
+    pub fn is_settled(&self) -> bool {
+        (0..self.out.len())
+            .filter(|&p| p != self.slot)
+            .all(|p| match &self.out[p] {
+                None => self.next_dial[p].is_some(),
+                Some(OutLink {
+                    peer_instance: Some(instance),
+                    ..
+                }) => self
+                    .incoming
+                    .iter()
+                    .any(|(_, l)| l.peer == Some((p, *instance))),
+                Some(_) => false,
+            })
+    }
+
+    pub fn is_up(&self, slot: usize) -> bool {
+        slot == self.slot || self.out[slot].is_some()
+    }
+
+    pub fn send(&mut self, slot: usize, msg: &BusMsg, payload: Bytes) -> Result<(), LinkError> {
+        let Some(out) = self.out[slot].as_mut() else {
+            return Err(LinkError::Closed);
+        };
+        out.link.send(msg, payload)
+    }
+
+    /// Queues one frame to every other worker; the header and payload are shared.
+    pub fn broadcast(&mut self, header: &Bytes, payload: &Bytes, events: &mut Vec<BusEvent>) {
+        for slot in 0..self.out.len() {
+            let stuck = match self.out[slot].as_mut() {
+                Some(out) => out.link.queue(header, payload).err(),
+                None => None,
+            };
+            if let Some(e) = stuck {
+                log::error!("bus: dropping link to worker {slot}: {e}");
+                self.out[slot] = None;
+                self.next_dial[slot] = Some(Instant::now() + REDIAL_AFTER);
+                events.push(BusEvent::Down { slot });
+            }
+        }
+    }
+
+    /// Writes whatever the links have queued.
+    pub fn flush(&mut self, registry: &Registry, events: &mut Vec<BusEvent>) {
+        for slot in 0..self.out.len() {
+            if let Some(out) = self.out[slot].as_mut().filter(|o| o.link.has_output()) {
+                if let Err(e) = out.link.flush() {
+                    self.drop_out(slot, e, registry, events);
+                }
+            }
+        }
+        let broken: Vec<(usize, LinkError)> = self
+            .incoming
+            .iter_mut()
+            .filter(|(_, l)| l.link.has_output())
+            .filter_map(|(k, l)| l.link.flush().err().map(|e| (k, e)))
+            .collect();
+        for (key, e) in broken {
+            self.drop_incoming(key, e, registry, events);
+        }
+    }
+
+    /// Redials slots that were down.
+    pub fn tick(&mut self, registry: &Registry, now: Instant) {
+        for peer in 0..self.next_dial.len() {
+            if self.next_dial[peer].is_some_and(|at| at <= now) {
+                self.dial(peer, registry);
+            }
+        }
+    }
+
+    pub fn handle(&mut self, token: Token, registry: &Registry, events: &mut Vec<BusEvent>) {
+        if token == LISTENER {
+            self.accept(registry);
+        } else if token.0 < IN_BASE {
+            self.read_out(token.0 - OUT_BASE, registry, events);
+        } else {
+            self.read_incoming(token.0 - IN_BASE, registry, events);
+        }
+    }
+
+    fn accept(&mut self, registry: &Registry) {
+        loop {
+            match self.listener.accept() {
+                Ok((mut stream, _)) => {
+                    let entry = self.incoming.vacant_entry();
+                    if entry.key() >= IN_MAX {
+                        log::error!("bus: too many incoming links, refusing one");
+                        continue;
+                    }
+                    let token = Token(IN_BASE + entry.key());
+                    if let Err(e) = registry.register(
+                        &mut stream,
+                        token,
+                        Interest::READABLE | Interest::WRITABLE,
+                    ) {
+                        log::error!("bus: cannot register link: {e}");
+                        continue;
+                    }
+                    entry.insert(InLink {
+                        link: Link::new(stream, self.max_frame),
+                        peer: None,
+                    });
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) => {
+                    log::error!("bus: accept failed: {e}");
+                    return;
+                }
+            }
+        }
+    }
+
+    fn read_out(&mut self, slot: usize, registry: &Registry, events: &mut Vec<BusEvent>) {
+        let Some(out) = self.out.get_mut(slot).and_then(Option::as_mut) else {
+            return;
+        };
+        let mut frames = Vec::new();
+        let result = out.link.receive(&mut frames);
+        for (msg, _) in frames {
+            if let BusMsg::Welcome { instance, .. } = msg {
+                out.peer_instance = Some(instance);
+            }
+        }
+        let result = result.and_then(|()| out.link.flush());
+        if let Err(e) = result {
+            self.drop_out(slot, e, registry, events);
+        }
+    }
+
+    fn read_incoming(&mut self, key: usize, registry: &Registry, events: &mut Vec<BusEvent>) {
+        let Some(inc) = self.incoming.get_mut(key) else {
+            return;
+        };
+        let mut frames = Vec::new();
+        let result = inc.link.receive(&mut frames);
+        let mut redial = None;
+        for (msg, payload) in frames {
+            match (msg, inc.peer) {
+                (BusMsg::Hello { slot, instance }, None) if slot < self.out.len() => {
+                    inc.peer = Some((slot, instance));
+                    let welcome = BusMsg::Welcome {
+                        slot: self.slot,
+                        instance: self.instance,
+                    };
+                    let _ = inc.link.send(&welcome, Bytes::new());
+                    let ours = self.out[slot].as_ref().map(|o| o.peer_instance);
+                    if matches!(ours, None | Some(Some(_))) && ours != Some(Some(instance)) {
+                        redial = Some(slot);
+                    }
+                    log::debug!("bus: worker {slot} linked to us");
+                }
+                (msg, Some((from, _))) => events.push(BusEvent::Msg { from, msg, payload }),
+                (msg, None) => log::warn!("bus: frame before Hello, ignored: {msg:?}"),
+            }
+        }
+        let result = result.and_then(|()| inc.link.flush());
+        if let Err(e) = result {
+            self.drop_incoming(key, e, registry, events);
+        }
+        if let Some(slot) = redial {
+            self.dial(slot, registry);
+        }
+    }
+
+    fn drop_out(
+        &mut self,
+        slot: usize,
+        e: LinkError,
+        registry: &Registry,
+        events: &mut Vec<BusEvent>,
+    ) {
+        if let Some(mut out) = self.out[slot].take() {
+            log::info!("bus: link to worker {slot} closed: {e}");
+            let _ = registry.deregister(&mut out.link.stream);
+            self.next_dial[slot] = Some(Instant::now() + REDIAL_AFTER);
+            events.push(BusEvent::Down { slot });
+        }
+    }
+
+    fn drop_incoming(
+        &mut self,
+        key: usize,
+        e: LinkError,
+        registry: &Registry,
+        events: &mut Vec<BusEvent>,
+    ) {
+        let mut inc = self.incoming.remove(key);
+        let _ = registry.deregister(&mut inc.link.stream);
+        if let Some((slot, _)) = inc.peer {
+            log::info!("bus: link from worker {slot} closed: {e}");
+            events.push(BusEvent::Down { slot });
+        }
+    }
+}

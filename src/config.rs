@@ -1,0 +1,320 @@
+//! The configuration file: TOML, checked in full before anything starts.
+//!
+//! Every table denies unknown keys so a typo stops the start with a message that
+//! names the key. Relative paths resolve against the folder of the config file.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer};
+
+/// The default configuration, compiled in so `syncd start` works from any folder.
+pub const EMBEDDED_DEFAULT: &str = include_str!("../conf/syncd.toml");
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid config {path}: {message}")]
+    Invalid { path: PathBuf, message: String },
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Worker processes; defaults to the number of CPUs.
+    #[serde(default = "default_workers")]
+    pub workers: usize,
+    #[serde(default)]
+    pub listen: Listen,
+    #[serde(default)]
+    pub paths: Paths,
+    #[serde(default)]
+    pub limits: Limits,
+    #[serde(default)]
+    pub storage: Storage,
+    #[serde(default)]
+    pub log: Log,
+    #[serde(default)]
+    pub debug: Debug,
+    /// The file this configuration came from (or `<embedded>`), for messages.
+    #[serde(skip)]
+    pub source: PathBuf,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Listen {
+    /// WebSocket (`/ws`) and HTTP on one port.
+    pub ws: SocketAddr,
+    /// Newline-delimited JSON.
+    pub tcp: SocketAddr,
+    /// Accept queue length of each listening socket.
+    pub backlog: u32,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Paths {
+    pub data_dir: PathBuf,
+    pub pid_file: PathBuf,
+    pub log_file: PathBuf,
+    /// The control socket `status`, `connections` and `reload` talk to.
+    /// Defaults to `syncd.sock` beside the pid file.
+    pub control_socket: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Largest WebSocket message, TCP line or HTTP body accepted.
+    #[serde(deserialize_with = "size")]
+    pub max_frame: usize,
+    /// Bytes queued towards one client before it is cut off as a slow consumer.
+    #[serde(deserialize_with = "size")]
+    pub max_send_buffer: usize,
+    /// Open client connections per worker process.
+    pub max_connections: usize,
+    /// How long a graceful stop or reload may take before workers are killed.
+    #[serde(deserialize_with = "duration")]
+    pub stop_timeout: Duration,
+    /// How long a connection may take to send its HTTP request or first line.
+    #[serde(deserialize_with = "duration")]
+    pub handshake_timeout: Duration,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Storage {
+    /// Channels are hashed onto this many shards; shard `s` belongs to worker slot `s % workers`.
+    pub shards: u32,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Log {
+    /// error, warn, info, debug or trace.
+    pub level: String,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Debug {
+    /// Serve a WebSocket echo endpoint at `/echo` (for conformance suites).
+    pub echo: bool,
+}
+
+fn default_workers() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+impl Default for Listen {
+    fn default() -> Self {
+        Listen {
+            ws: SocketAddr::from(([127, 0, 0, 1], 8000)),
+            tcp: SocketAddr::from(([127, 0, 0, 1], 2345)),
+            backlog: 1024,
+        }
+    }
+}
+
+impl Default for Paths {
+    fn default() -> Self {
+        Paths {
+            data_dir: "data".into(),
+            pid_file: "syncd.pid".into(),
+            log_file: "syncd.log".into(),
+            control_socket: None,
+        }
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_frame: 1 << 20,
+            max_send_buffer: 1 << 20,
+            max_connections: 10_000,
+            stop_timeout: Duration::from_secs(10),
+            handshake_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+impl Default for Storage {
+    fn default() -> Self {
+        Storage { shards: 16 }
+    }
+}
+
+impl Default for Log {
+    fn default() -> Self {
+        Log {
+            level: "info".into(),
+        }
+    }
+}
+
+fn size<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
+    let text = String::deserialize(d)?;
+    let parsed: bytesize::ByteSize = text.parse().map_err(|_| {
+        serde::de::Error::custom(format!(
+            "invalid size `{text}` (write it like \"64KiB\" or \"1MiB\")"
+        ))
+    })?;
+    usize::try_from(parsed.as_u64()).map_err(|_| serde::de::Error::custom("size too large"))
+}
+
+fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let text = String::deserialize(d)?;
+    humantime::parse_duration(&text).map_err(|_| {
+        serde::de::Error::custom(format!(
+            "invalid duration `{text}` (write it like \"500ms\", \"30s\" or \"1h\")"
+        ))
+    })
+}
+
+impl Config {
+    /// Reads and checks `path`. When `path` is the default one and does not exist,
+    /// the embedded default is used with paths relative to `./conf`.
+    pub fn load(path: &Path, allow_embedded: bool) -> Result<Config, ConfigError> {
+        let (text, base) = match std::fs::read_to_string(path) {
+            Ok(text) => (
+                text,
+                path.parent().map(Path::to_path_buf).unwrap_or_default(),
+            ),
+            Err(e) if allow_embedded && e.kind() == std::io::ErrorKind::NotFound => {
+                (EMBEDDED_DEFAULT.to_string(), PathBuf::from("conf"))
+            }
+            Err(source) => {
+                return Err(ConfigError::Read {
+                    path: path.to_path_buf(),
+                    source,
+                })
+            }
+        };
+        Config::parse(&text, &base, path)
+    }
+
+    pub fn parse(text: &str, base: &Path, source: &Path) -> Result<Config, ConfigError> {
+        let invalid = |message: String| ConfigError::Invalid {
+            path: source.to_path_buf(),
+            message,
+        };
+        let mut config: Config = toml::from_str(text).map_err(|e| invalid(e.to_string()))?;
+        config.source = source.to_path_buf();
+        let base = std::path::absolute(base).map_err(|e| invalid(e.to_string()))?;
+        config.paths.resolve(&base);
+        config.check().map_err(invalid)?;
+        Ok(config)
+    }
+
+    fn check(&self) -> Result<(), String> {
+        if self.workers == 0 || self.workers > 256 {
+            return Err(format!("workers: must be 1..=256, got {}", self.workers));
+        }
+        if self.storage.shards == 0 || self.storage.shards > 4096 {
+            return Err("storage.shards: must be 1..=4096".into());
+        }
+        if self.limits.max_frame < 128 {
+            return Err("limits.max_frame: must be at least 128B".into());
+        }
+        if self.limits.max_send_buffer < 1024 {
+            return Err("limits.max_send_buffer: must be at least 1KiB".into());
+        }
+        if self.limits.max_connections == 0 {
+            return Err("limits.max_connections: must be at least 1".into());
+        }
+        if self.listen.ws == self.listen.tcp {
+            return Err("listen.ws and listen.tcp must differ".into());
+        }
+        if self.log.level.parse::<log::LevelFilter>().is_err() {
+            return Err(format!(
+                "log.level: unknown level `{}` (use error, warn, info, debug or trace)",
+                self.log.level
+            ));
+        }
+        Ok(())
+    }
+
+    pub fn control_socket(&self) -> PathBuf {
+        self.paths.control_socket.clone().unwrap_or_else(|| {
+            self.paths
+                .pid_file
+                .parent()
+                .unwrap_or(Path::new("."))
+                .join("syncd.sock")
+        })
+    }
+
+    /// Where worker `slot` listens for links from the other workers.
+    pub fn bus_socket(&self, slot: usize) -> PathBuf {
+        self.control_socket()
+            .with_file_name(format!("syncd-bus-{slot}.sock"))
+    }
+}
+
+impl Paths {
+    fn resolve(&mut self, base: &Path) {
+        for path in [&mut self.data_dir, &mut self.pid_file, &mut self.log_file] {
+            if path.is_relative() {
+                *path = base.join(&*path);
+            }
+        }
+        if let Some(path) = self.control_socket.as_mut().filter(|p| p.is_relative()) {
+            *path = base.join(&*path);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(
+            text,
+            Path::new("/etc/syncd"),
+            Path::new("/etc/syncd/syncd.toml"),
+        )
+    }
+
+    #[test]
+    fn embedded_default_is_valid() {
+        let config = parse(EMBEDDED_DEFAULT).expect("embedded default parses");
+        assert_eq!(config.limits.max_send_buffer, 1 << 20);
+    }
+
+    #[test]
+    fn sizes_durations_and_relative_paths() {
+        let c = parse(
+            "workers = 2\n[limits]\nmax_frame = \"64KiB\"\nstop_timeout = \"500ms\"\n[paths]\npid_file = \"run/s.pid\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.limits.max_frame, 65536);
+        assert_eq!(c.limits.stop_timeout, Duration::from_millis(500));
+        assert_eq!(c.paths.pid_file, PathBuf::from("/etc/syncd/run/s.pid"));
+        assert_eq!(
+            c.control_socket(),
+            PathBuf::from("/etc/syncd/run/syncd.sock")
+        );
+    }
+
+    #[test]
+    fn unknown_key_and_bad_value_name_the_key() {
+        let e = parse("[limits]\nmax_fram = \"1MiB\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("max_fram"), "{e}");
+        let e = parse("[limits]\nstop_timeout = \"soon\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("stop_timeout") && e.contains("soon"), "{e}");
+        let e = parse("workers = 0\n").unwrap_err().to_string();
+        assert!(e.contains("workers"), "{e}");
+    }
+}

@@ -1,0 +1,166 @@
+//! Messages between the CLI, the master and the workers. The CLI talks to the
+//! master's control socket; the master talks to each worker over a socket pair
+//! made at fork. Both carry one JSON object per line.
+
+use serde::{Deserialize, Serialize};
+
+/// CLI → master.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "cmd", rename_all = "lowercase")]
+pub enum CliRequest {
+    Status,
+    Connections,
+}
+
+/// Master → worker.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "t")]
+pub enum ToWorker {
+    Stats { tag: u64 },
+    Connections { tag: u64 },
+}
+
+/// Worker → master.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "t")]
+pub enum FromWorker {
+    /// Linked to its peers and accepting clients.
+    Ready,
+    Stats {
+        tag: u64,
+        stats: WorkerStats,
+    },
+    Connections {
+        tag: u64,
+        list: Vec<ConnInfo>,
+    },
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct WorkerStats {
+    pub rss_bytes: u64,
+    pub ws: usize,
+    pub tcp: usize,
+    pub http: usize,
+    pub subscriptions: usize,
+    pub channels_owned: usize,
+    /// Client frames received (requests).
+    pub msgs_in: u64,
+    /// `msg` frames queued to subscribers.
+    pub msgs_out: u64,
+    /// Clients cut off because their send buffer overflowed.
+    pub send_failures: u64,
+    /// Connections refused over `max_connections`.
+    pub refused: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ConnInfo {
+    pub worker: usize,
+    pub id: u64,
+    pub protocol: String,
+    pub peer: String,
+    pub subscriptions: usize,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub age_secs: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StatusReply {
+    pub pid: u32,
+    pub version: String,
+    /// Unix time in seconds.
+    pub started: u64,
+    pub uptime_secs: u64,
+    pub reloads: u64,
+    /// `running`, `reloading` or `stopping`.
+    pub state: String,
+    pub workers: Vec<WorkerRow>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WorkerRow {
+    pub slot: usize,
+    pub pid: Option<u32>,
+    pub restarts: u32,
+    /// Absent when the worker did not answer in time.
+    pub stats: Option<WorkerStats>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ConnectionsReply {
+    pub connections: Vec<ConnInfo>,
+}
+
+/// A non-blocking Unix stream carrying JSON lines, used on both ends of the
+/// master ↔ worker pair and by the master's control socket.
+pub struct LineChannel {
+    pub stream: mio::net::UnixStream,
+    inbuf: Vec<u8>,
+    out: crate::outbound::OutboundQueue,
+}
+
+/// Longest line accepted on a control channel.
+const MAX_CONTROL_LINE: usize = 64 << 20;
+
+impl LineChannel {
+    pub fn new(stream: mio::net::UnixStream) -> Self {
+        LineChannel {
+            stream,
+            inbuf: Vec::new(),
+            out: crate::outbound::OutboundQueue::new(MAX_CONTROL_LINE),
+        }
+    }
+
+    pub fn send<T: Serialize>(&mut self, msg: &T) -> std::io::Result<()> {
+        let mut line = serde_json::to_vec(msg).map_err(std::io::Error::other)?;
+        line.push(b'\n');
+        self.out
+            .push(&[&bytes::Bytes::from(line)])
+            .map_err(|_| std::io::Error::other("control channel full"))?;
+        self.flush()
+    }
+
+    pub fn flush(&mut self) -> std::io::Result<()> {
+        self.out.write_to(&mut self.stream).map(drop)
+    }
+
+    pub fn has_output(&self) -> bool {
+        !self.out.is_empty()
+    }
+
+    /// Reads what is available into `msgs`, one per complete line. Returns
+    /// false once the other end has closed.
+    pub fn receive<T: for<'de> Deserialize<'de>>(
+        &mut self,
+        msgs: &mut Vec<T>,
+    ) -> std::io::Result<bool> {
+        use std::io::Read;
+        let mut chunk = [0u8; 16 * 1024];
+        let mut closed = false;
+        loop {
+            match self.stream.read(&mut chunk) {
+                Ok(0) => {
+                    closed = true;
+                    break;
+                }
+                Ok(n) => self.inbuf.extend_from_slice(&chunk[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        if self.inbuf.len() > MAX_CONTROL_LINE {
+            return Err(std::io::Error::other("control line too long"));
+        }
+        while let Some(end) = self.inbuf.iter().position(|&b| b == b'\n') {
+            let line: Vec<u8> = self.inbuf.drain(..=end).collect();
+            match serde_json::from_slice(&line[..end]) {
+                Ok(msg) => msgs.push(msg),
+                Err(e) => log::warn!("control: bad line ignored: {e}"),
+            }
+        }
+        Ok(!closed)
+    }
+}

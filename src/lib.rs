@@ -1,0 +1,13 @@
+//! syncd: a real-time data-sync server. See `docs/architecture.md` for the map.
+
+pub mod bus;
+pub mod cli;
+pub mod config;
+pub mod control;
+pub mod logging;
+pub mod master;
+pub mod outbound;
+pub mod proto;
+pub mod signals;
+pub mod sync;
+pub mod worker;

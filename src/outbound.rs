@@ -1,0 +1,157 @@
+//! A bounded queue of byte segments waiting to be written to one socket.
+//!
+//! Segments are `Bytes`, so one serialized message is shared by every queue it
+//! sits in; writing drains as many segments as fit with one `writev`.
+
+use std::collections::VecDeque;
+use std::io::{self, IoSlice, Write};
+
+use bytes::{Buf, Bytes};
+
+/// Most segments handed to one `writev` call (Linux allows 1024).
+const MAX_IOVECS: usize = 64;
+
+#[derive(Debug)]
+pub struct Overflow;
+
+pub struct OutboundQueue {
+    segments: VecDeque<Bytes>,
+    queued: usize,
+    limit: usize,
+    /// The first segment has been partly written and must be finished first.
+    head_started: bool,
+}
+
+impl OutboundQueue {
+    pub fn new(limit: usize) -> Self {
+        OutboundQueue {
+            segments: VecDeque::new(),
+            queued: 0,
+            limit,
+            head_started: false,
+        }
+    }
+
+    /// Queues `parts` as one unit: all of them, or none if they would pass the limit.
+    pub fn push(&mut self, parts: &[&Bytes]) -> Result<(), Overflow> {
+        let size: usize = parts.iter().map(|b| b.len()).sum();
+        if self.queued + size > self.limit {
+            return Err(Overflow);
+        }
+        for part in parts.iter().filter(|b| !b.is_empty()) {
+            self.segments.push_back((*part).clone());
+        }
+        self.queued += size;
+        Ok(())
+    }
+
+    /// Queues bytes past the limit: for the few bytes of a closing frame.
+    pub fn push_unbounded(&mut self, bytes: Bytes) {
+        self.queued += bytes.len();
+        self.segments.push_back(bytes);
+    }
+
+    /// Drops everything not yet started, keeping the rest of a partly written
+    /// segment so the stream stays well framed.
+    pub fn discard_unsent(&mut self) {
+        let keep = usize::from(self.head_started).min(self.segments.len());
+        self.segments.truncate(keep);
+        self.queued = self.segments.iter().map(Bytes::len).sum();
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.segments.is_empty()
+    }
+
+    pub fn len(&self) -> usize {
+        self.queued
+    }
+
+    /// Writes until the queue is empty or the socket would block. Returns the
+    /// bytes written; a `WouldBlock` is not an error here.
+    pub fn write_to(&mut self, w: &mut impl Write) -> io::Result<usize> {
+        let mut total = 0;
+        while !self.segments.is_empty() {
+            let slices: Vec<IoSlice<'_>> = self
+                .segments
+                .iter()
+                .take(MAX_IOVECS)
+                .map(|b| IoSlice::new(b))
+                .collect();
+            let mut written = match w.write_vectored(&slices) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            };
+            total += written;
+            self.queued -= written;
+            while written > 0 {
+                let Some(head) = self.segments.front_mut() else {
+                    break;
+                };
+                if written >= head.len() {
+                    written -= head.len();
+                    self.segments.pop_front();
+                    self.head_started = false;
+                } else {
+                    head.advance(written);
+                    self.head_started = true;
+                    written = 0;
+                }
+            }
+        }
+        Ok(total)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A writer that takes at most `room` bytes, then would block.
+    struct Trickle {
+        got: Vec<u8>,
+        room: usize,
+    }
+
+    impl Write for Trickle {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            if self.room == 0 {
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            let n = buf.len().min(self.room);
+            self.room -= n;
+            self.got.extend_from_slice(&buf[..n]);
+            Ok(n)
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn bounded_partial_writes_keep_framing() {
+        let mut q = OutboundQueue::new(10);
+        let a = Bytes::from_static(b"hello");
+        assert!(q.push(&[&a, &a]).is_ok());
+        assert!(
+            q.push(&[&Bytes::from_static(b"x")]).is_err(),
+            "over the limit"
+        );
+        let mut w = Trickle {
+            got: vec![],
+            room: 7,
+        };
+        assert_eq!(q.write_to(&mut w).unwrap(), 7);
+        assert_eq!(q.len(), 3);
+        q.discard_unsent();
+        assert_eq!(q.len(), 3, "the partly written segment stays");
+        q.push_unbounded(Bytes::from_static(b"!"));
+        w.room = 100;
+        q.write_to(&mut w).unwrap();
+        assert_eq!(w.got, b"hellohello!");
+        assert!(q.is_empty());
+    }
+}

@@ -1,0 +1,312 @@
+//! The JSON frames of the protocol (docs/protocol.md): parsing requests and
+//! building replies. A request is checked field by field so an error names
+//! what was wrong and still echoes the request's `id` when it could be read.
+
+use std::borrow::Cow;
+
+use bytes::Bytes;
+use serde::{Deserialize, Deserializer, Serialize};
+use serde_json::value::RawValue;
+
+/// Longest channel name accepted, in bytes.
+pub const MAX_CHANNEL_LEN: usize = 200;
+
+#[derive(Debug)]
+pub struct Request<'a> {
+    pub id: Option<&'a RawValue>,
+    pub op: Op<'a>,
+}
+
+#[derive(Debug)]
+pub enum Op<'a> {
+    Sub {
+        channel: Cow<'a, str>,
+        since: Option<u64>,
+        epoch: Option<Cow<'a, str>>,
+    },
+    Unsub {
+        channel: Cow<'a, str>,
+    },
+    Pub {
+        channel: Cow<'a, str>,
+        data: &'a RawValue,
+    },
+    Ping,
+}
+
+/// An error reply: a stable `code` for programs and a `message` for people.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ErrorReply {
+    pub code: &'static str,
+    pub message: String,
+}
+
+impl ErrorReply {
+    pub fn new(code: &'static str, message: impl Into<String>) -> Self {
+        ErrorReply {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct Fields<'a> {
+    #[serde(borrow)]
+    op: Option<Cow<'a, str>>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    id: Option<&'a RawValue>,
+    #[serde(borrow)]
+    channel: Option<Cow<'a, str>>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    data: Option<&'a RawValue>,
+    since: Option<u64>,
+    #[serde(borrow)]
+    epoch: Option<Cow<'a, str>>,
+}
+
+/// Keeps an explicit `null` as a value (`Some("null")`) rather than "absent".
+fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
+    <&RawValue>::deserialize(d).map(Some)
+}
+
+/// Parses one request frame. On error, also returns the `id` if it could be read.
+pub fn parse_request(text: &str) -> Result<Request<'_>, (Option<Box<RawValue>>, ErrorReply)> {
+    let fields: Fields = serde_json::from_str(text).map_err(|e| {
+        if e.is_syntax() || e.is_eof() {
+            (
+                None,
+                ErrorReply::new("bad_json", format!("malformed JSON: {e}")),
+            )
+        } else {
+            (
+                id_of(text),
+                ErrorReply::new("bad_request", format!("bad field: {e}")),
+            )
+        }
+    })?;
+    let id = fields.id;
+    let fail = |e: ErrorReply| (id.map(RawValue::to_owned), e);
+    let Some(op) = fields.op.as_deref() else {
+        return Err(fail(ErrorReply::new("bad_request", "missing field `op`")));
+    };
+    let channel = || channel_field(op, &fields.channel);
+    let op = match op {
+        "sub" => Op::Sub {
+            channel: channel().map_err(fail)?,
+            since: fields.since,
+            epoch: fields.epoch.clone(),
+        },
+        "unsub" => Op::Unsub {
+            channel: channel().map_err(fail)?,
+        },
+        "pub" => Op::Pub {
+            channel: channel().map_err(fail)?,
+            data: fields
+                .data
+                .ok_or_else(|| fail(ErrorReply::new("bad_request", "`pub` needs `data`")))?,
+        },
+        "ping" => Op::Ping,
+        other => {
+            return Err(fail(ErrorReply::new(
+                "unknown_op",
+                format!("unknown op `{}`", truncate(other, 40)),
+            )))
+        }
+    };
+    Ok(Request { id, op })
+}
+
+fn channel_field<'a>(op: &str, field: &Option<Cow<'a, str>>) -> Result<Cow<'a, str>, ErrorReply> {
+    let name = field
+        .clone()
+        .ok_or_else(|| ErrorReply::new("bad_request", format!("`{op}` needs `channel`")))?;
+    check_channel(&name)?;
+    Ok(name)
+}
+
+fn id_of(text: &str) -> Option<Box<RawValue>> {
+    #[derive(Deserialize)]
+    struct OnlyId {
+        id: Option<Box<RawValue>>,
+    }
+    serde_json::from_str::<OnlyId>(text).ok().and_then(|o| o.id)
+}
+
+/// Channel names: 1 to 200 bytes, no whitespace or control characters.
+pub fn check_channel(name: &str) -> Result<(), ErrorReply> {
+    if name.is_empty() || name.len() > MAX_CHANNEL_LEN {
+        return Err(ErrorReply::new(
+            "bad_channel",
+            format!("channel names are 1 to {MAX_CHANNEL_LEN} bytes"),
+        ));
+    }
+    if name.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(ErrorReply::new(
+            "bad_channel",
+            "channel names may not contain whitespace or control characters",
+        ));
+    }
+    Ok(())
+}
+
+fn truncate(s: &str, max: usize) -> &str {
+    match s.char_indices().nth(max) {
+        Some((i, _)) => &s[..i],
+        None => s,
+    }
+}
+
+#[derive(Serialize)]
+struct Reply<'a> {
+    op: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    id: Option<&'a RawValue>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    channel: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    seq: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    epoch: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    recovered: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    code: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    message: Option<&'a str>,
+}
+
+impl<'a> Reply<'a> {
+    fn new(op: &'static str, id: Option<&'a RawValue>) -> Self {
+        Reply {
+            op,
+            id,
+            channel: None,
+            seq: None,
+            epoch: None,
+            recovered: None,
+            code: None,
+            message: None,
+        }
+    }
+
+    fn text(&self) -> String {
+        // Serializing plain strings and numbers cannot fail.
+        serde_json::to_string(self).unwrap_or_default()
+    }
+}
+
+pub fn ok(id: Option<&RawValue>) -> String {
+    Reply::new("ok", id).text()
+}
+
+pub fn pong(id: Option<&RawValue>) -> String {
+    Reply::new("pong", id).text()
+}
+
+pub fn ok_pub(id: Option<&RawValue>, seq: u64) -> String {
+    Reply {
+        seq: Some(seq),
+        ..Reply::new("ok", id)
+    }
+    .text()
+}
+
+pub fn ok_sub(
+    id: Option<&RawValue>,
+    channel: &str,
+    seq: u64,
+    epoch: &str,
+    recovered: Option<bool>,
+) -> String {
+    Reply {
+        channel: Some(channel),
+        seq: Some(seq),
+        epoch: Some(epoch),
+        recovered,
+        ..Reply::new("ok", id)
+    }
+    .text()
+}
+
+pub fn error(id: Option<&RawValue>, e: &ErrorReply) -> String {
+    Reply {
+        code: Some(e.code),
+        message: Some(&e.message),
+        ..Reply::new("error", id)
+    }
+    .text()
+}
+
+/// A frame the server sends on its own (not a reply), such as a shutdown notice.
+pub fn notice(op: &'static str, code: &str, message: &str) -> String {
+    Reply {
+        code: Some(code),
+        message: Some(message),
+        ..Reply::new(op, None)
+    }
+    .text()
+}
+
+/// `{"op":"msg",...}` followed by a newline: built once by the channel's owner and
+/// shared, as is, by every subscriber on every worker (TCP sends it whole,
+/// WebSocket sends it without the newline).
+///
+/// `data` must be valid JSON text (it comes from a parsed request's `RawValue`).
+pub fn msg_line(channel: &str, seq: u64, data: &str) -> Bytes {
+    let channel = serde_json::to_string(channel).unwrap_or_default();
+    let mut out = Vec::with_capacity(40 + channel.len() + data.len());
+    out.extend_from_slice(b"{\"op\":\"msg\",\"channel\":");
+    out.extend_from_slice(channel.as_bytes());
+    out.extend_from_slice(b",\"seq\":");
+    out.extend_from_slice(seq.to_string().as_bytes());
+    out.extend_from_slice(b",\"data\":");
+    out.extend_from_slice(data.as_bytes());
+    out.extend_from_slice(b"}\n");
+    Bytes::from(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_core_ops() {
+        let r =
+            parse_request(r#"{"op":"pub","id":4,"channel":"news","data":{"a":[1,2]}}"#).unwrap();
+        assert_eq!(r.id.unwrap().get(), "4");
+        match r.op {
+            Op::Pub { channel, data } => {
+                assert_eq!(channel, "news");
+                assert_eq!(data.get(), r#"{"a":[1,2]}"#);
+            }
+            other => panic!("{other:?}"),
+        }
+        let r = parse_request(r#"{"op":"pub","channel":"n","data":null}"#).unwrap();
+        assert!(matches!(r.op, Op::Pub { data, .. } if data.get() == "null"));
+    }
+
+    #[test]
+    fn errors_have_codes_and_keep_the_id() {
+        let code = |t: &str| parse_request(t).unwrap_err();
+        assert_eq!(code("{nope").1.code, "bad_json");
+        let (id, e) = code(r#"{"op":"dance","id":"x"}"#);
+        assert_eq!((id.unwrap().get(), e.code), (r#""x""#, "unknown_op"));
+        let (id, e) = code(r#"{"op":"sub","id":7,"channel":5}"#);
+        assert_eq!((id.unwrap().get(), e.code), ("7", "bad_request"));
+        assert_eq!(code(r#"{"op":"pub","channel":"a"}"#).1.code, "bad_request");
+        assert_eq!(code(r#"{"op":"sub","channel":""}"#).1.code, "bad_channel");
+        assert_eq!(code(r#"[1,2]"#).1.code, "bad_request");
+    }
+
+    #[test]
+    fn msg_line_passes_data_through_untouched() {
+        let data = RawValue::from_string(r#"{"b": 1.50, "a":"\u00e9"}"#.into()).unwrap();
+        let line = msg_line("news", 42, data.get());
+        assert_eq!(
+            &line[..],
+            br#"{"op":"msg","channel":"news","seq":42,"data":{"b": 1.50, "a":"\u00e9"}}
+"#
+        );
+    }
+}

@@ -1,0 +1,6 @@
+//! Channel logic with no sockets in it: which worker owns a channel, the owner's
+//! sequence numbers, and who is subscribed to what on this worker.
+
+pub mod owner;
+pub mod shard;
+pub mod subscriptions;

@@ -1,0 +1,187 @@
+//! The HTTP side of the ws port: health, the publish API, and the upgrade to
+//! WebSocket at `/ws` (and `/echo` when `[debug] echo` is on).
+
+use std::time::Instant;
+
+use bytes::Bytes;
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use tungstenite::protocol::{Role, WebSocketContext};
+
+use super::conn::Session;
+use super::dispatch::Origin;
+use super::Worker;
+use crate::proto::frames::{self, ErrorReply};
+use crate::proto::http::{self, Parsed, Request};
+use crate::proto::ws;
+
+#[derive(Deserialize)]
+struct PublishBody<'a> {
+    #[serde(borrow)]
+    channel: std::borrow::Cow<'a, str>,
+    #[serde(borrow)]
+    data: &'a RawValue,
+}
+
+impl Worker {
+    /// Serves the complete requests in the connection's buffer, one at a time
+    /// (a request waiting for an owner holds back the ones behind it).
+    pub(super) fn serve_http(&mut self, key: usize) {
+        loop {
+            let max_body = self.config.limits.max_frame;
+            let Some(conn) = self.conns.get_mut(key) else {
+                return;
+            };
+            if conn.http_busy || conn.closing.is_some() {
+                return;
+            }
+            let Session::Http { buf } = &mut conn.session else {
+                return;
+            };
+            match http::parse(buf, max_body) {
+                Parsed::Partial => return,
+                Parsed::Invalid(status, message) => {
+                    log::info!(
+                        "worker {}: bad HTTP request from {}: {message}",
+                        self.slot,
+                        conn.peer
+                    );
+                    let code = if status == 413 {
+                        "too_large"
+                    } else {
+                        "bad_request"
+                    };
+                    self.respond(key, http::json_error(status, code, &message), false);
+                    return;
+                }
+                Parsed::Complete(request, used) => {
+                    buf.drain(..used);
+                    conn.active = Instant::now();
+                    self.route(key, *request);
+                }
+            }
+        }
+    }
+
+    fn route(&mut self, key: usize, request: Request) {
+        let keep_alive = request.keep_alive;
+        let method = request.method.as_str();
+        match (method, request.path.as_str()) {
+            ("GET", "/ws") => self.upgrade(key, &request, false),
+            ("GET", "/echo") if self.config.debug.echo => self.upgrade(key, &request, true),
+            ("GET", "/healthz") => {
+                let body = serde_json::json!({"status": "ok", "worker": self.slot}).to_string();
+                self.respond_json(key, 200, body, keep_alive);
+            }
+            ("POST", "/api/publish") => self.http_publish(key, &request),
+            (_, "/ws" | "/healthz" | "/api/publish") => {
+                let e = http::json_error(405, "method_not_allowed", "method not allowed");
+                self.respond(key, e, false);
+            }
+            (_, path) => {
+                let message = format!(
+                    "no such path: {}",
+                    path.chars().take(100).collect::<String>()
+                );
+                self.respond(key, http::json_error(404, "not_found", &message), false);
+            }
+        }
+    }
+
+    fn http_publish(&mut self, key: usize, request: &Request) {
+        let body: PublishBody = match serde_json::from_slice(&request.body) {
+            Ok(body) => body,
+            Err(e) => {
+                let message = format!("body must be {{\"channel\":..,\"data\":..}}: {e}");
+                self.respond(key, http::json_error(400, "bad_request", &message), false);
+                return;
+            }
+        };
+        if let Err(e) = frames::check_channel(&body.channel) {
+            self.respond(key, http::json_error(400, e.code, &e.message), false);
+            return;
+        }
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        conn.http_busy = true;
+        let origin = Origin::Http {
+            key,
+            conn_id: conn.id,
+            keep_alive: request.keep_alive,
+        };
+        self.stats.msgs_in += 1;
+        self.publish(origin, &body.channel, body.data.get());
+    }
+
+    pub(super) fn answer_http_publish(
+        &mut self,
+        key: usize,
+        conn_id: u64,
+        keep_alive: bool,
+        result: Result<u64, ErrorReply>,
+    ) {
+        let Some(conn) = self.conns.get_mut(key).filter(|c| c.id == conn_id) else {
+            return;
+        };
+        conn.http_busy = false;
+        match result {
+            Ok(seq) => {
+                let body = serde_json::json!({ "seq": seq }).to_string();
+                self.respond_json(key, 200, body, keep_alive);
+            }
+            Err(e) => self.respond(key, http::json_error(503, e.code, &e.message), false),
+        }
+        // Requests that arrived behind this one.
+        self.serve_http(key);
+    }
+
+    fn upgrade(&mut self, key: usize, request: &Request, echo: bool) {
+        if !request.wants_upgrade() {
+            let e = http::json_error(400, "bad_request", "this path takes a WebSocket upgrade");
+            self.respond(key, e, false);
+            return;
+        }
+        let response = match ws::upgrade_response(&request.head) {
+            Ok(response) => response,
+            Err(message) => {
+                self.respond(key, http::json_error(400, "bad_request", &message), false);
+                return;
+            }
+        };
+        let max_frame = self.config.limits.max_frame;
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        let Session::Http { buf } = &mut conn.session else {
+            return;
+        };
+        let early = std::mem::take(buf);
+        conn.t.queue(&[&Bytes::from(response)]);
+        let ctx =
+            WebSocketContext::from_partially_read(early, Role::Server, Some(ws::config(max_frame)));
+        conn.session = Session::Ws {
+            ctx: Box::new(ctx),
+            echo,
+        };
+        self.mark_dirty(key);
+        // Frames that came with the upgrade request are already buffered.
+        self.read_conn(key);
+    }
+
+    fn respond_json(&mut self, key: usize, status: u16, body: String, keep_alive: bool) {
+        let response = http::response(status, "application/json", body.as_bytes(), keep_alive);
+        self.respond(key, response, keep_alive);
+    }
+
+    fn respond(&mut self, key: usize, response: Vec<u8>, keep_alive: bool) {
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        conn.t.queue(&[&Bytes::from(response)]);
+        if !keep_alive {
+            conn.closing = Some(Instant::now() + super::CLOSE_GRACE);
+        }
+        self.mark_dirty(key);
+    }
+}

@@ -1,0 +1,531 @@
+//! A worker process: one non-blocking `mio` loop that accepts, reads, parses,
+//! routes and writes. Nothing in it blocks.
+
+mod conn;
+mod dispatch;
+mod http_api;
+mod read;
+
+use std::collections::HashMap;
+use std::io::{self, Write};
+use std::net::TcpListener as StdTcpListener;
+use std::os::unix::net::UnixStream as StdUnixStream;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use mio::net::{TcpListener, UnixStream};
+use mio::{Events, Interest, Poll, Token};
+use slab::Slab;
+
+use crate::bus::{self, BusEvent, Peers};
+use crate::config::Config;
+use crate::control::{ConnInfo, FromWorker, LineChannel, ToWorker, WorkerStats};
+use crate::proto::{frames, http};
+use crate::signals::SignalSet;
+use crate::sync::owner::ChannelOwner;
+use crate::sync::subscriptions::Subscriptions;
+use conn::{Conn, Protocol, Session, Transport};
+use dispatch::Pending;
+
+const WS_LISTENER: Token = Token(0);
+const TCP_LISTENER: Token = Token(1);
+const MASTER: Token = Token(2);
+const SIGNALS: Token = Token(3);
+const CONN_BASE: usize = 1 << 20;
+const TICK: Duration = Duration::from_millis(100);
+/// Longest a new worker waits for its peers to link back before serving anyway.
+const SETTLE_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long a connection cut off for a reason gets to receive its last frame.
+const CLOSE_GRACE: Duration = Duration::from_secs(2);
+
+/// What the master hands a worker when it forks it.
+pub struct WorkerContext {
+    pub slot: usize,
+    pub config: Config,
+    pub ws_listener: StdTcpListener,
+    pub tcp_listener: StdTcpListener,
+    pub master: StdUnixStream,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Port {
+    Ws,
+    Tcp,
+}
+
+pub struct Worker {
+    slot: usize,
+    config: Config,
+    poll: Poll,
+    listeners: Vec<(Port, TcpListener)>,
+    serving: bool,
+    started: Instant,
+    conns: Slab<Conn>,
+    next_conn_id: u64,
+    subs: Subscriptions,
+    owner: ChannelOwner,
+    peers: Peers,
+    bus_events: Vec<BusEvent>,
+    pending: HashMap<u64, Pending>,
+    next_tag: u64,
+    master: LineChannel,
+    signals: SignalSet,
+    /// Connections with new output to write at the end of this loop turn.
+    dirty: Vec<usize>,
+    /// Connections whose read budget ran out while input was still waiting.
+    pending_reads: Vec<usize>,
+    stopping: Option<Instant>,
+    stats: WorkerStats,
+}
+
+/// Runs a worker until it is told to stop; returns the process exit code.
+pub fn run(ctx: WorkerContext) -> i32 {
+    match Worker::new(ctx) {
+        Ok(mut worker) => worker.run(),
+        Err(e) => {
+            log::error!("worker failed to start: {e}");
+            1
+        }
+    }
+}
+
+fn random_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    h.write_u32(std::process::id());
+    h.finish()
+}
+
+impl Worker {
+    fn new(ctx: WorkerContext) -> io::Result<Worker> {
+        let poll = Poll::new()?;
+        let mut listeners = Vec::new();
+        for (port, listener) in [(Port::Ws, ctx.ws_listener), (Port::Tcp, ctx.tcp_listener)] {
+            listener.set_nonblocking(true)?;
+            listeners.push((port, TcpListener::from_std(listener)));
+        }
+        ctx.master.set_nonblocking(true)?;
+        let mut master = LineChannel::new(UnixStream::from_std(ctx.master));
+        poll.registry().register(
+            &mut master.stream,
+            MASTER,
+            Interest::READABLE | Interest::WRITABLE,
+        )?;
+        let mut signals = SignalSet::new(&[libc::SIGTERM, libc::SIGQUIT])?;
+        poll.registry()
+            .register(&mut signals.reader, SIGNALS, Interest::READABLE)?;
+        let instance = random_u64();
+        let sockets = (0..ctx.config.workers)
+            .map(|s| ctx.config.bus_socket(s))
+            .collect();
+        let max_bus_frame = ctx.config.limits.max_frame + (64 << 10);
+        let peers = Peers::start(ctx.slot, instance, sockets, max_bus_frame, poll.registry())?;
+        Ok(Worker {
+            slot: ctx.slot,
+            poll,
+            listeners,
+            serving: false,
+            started: Instant::now(),
+            conns: Slab::new(),
+            next_conn_id: 1,
+            subs: Subscriptions::default(),
+            owner: ChannelOwner::new(format!("{instance:016x}")),
+            peers,
+            bus_events: Vec::new(),
+            pending: HashMap::new(),
+            next_tag: 1,
+            master,
+            signals,
+            dirty: Vec::new(),
+            pending_reads: Vec::new(),
+            stopping: None,
+            stats: WorkerStats::default(),
+            config: ctx.config,
+        })
+    }
+
+    fn run(&mut self) -> i32 {
+        let mut events = Events::with_capacity(1024);
+        let mut next_tick = Instant::now() + TICK;
+        loop {
+            let timeout = if self.pending_reads.is_empty() {
+                next_tick.saturating_duration_since(Instant::now())
+            } else {
+                Duration::ZERO
+            };
+            if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
+                if e.kind() != io::ErrorKind::Interrupted {
+                    log::error!("poll failed: {e}");
+                    return 1;
+                }
+            }
+            for event in events.iter() {
+                match event.token() {
+                    WS_LISTENER => self.accept(Port::Ws),
+                    TCP_LISTENER => self.accept(Port::Tcp),
+                    MASTER => {
+                        if let Some(code) = self.on_master() {
+                            return code;
+                        }
+                    }
+                    SIGNALS => {
+                        for signal in self.signals.drain() {
+                            if signal == libc::SIGTERM {
+                                log::info!("worker {}: SIGTERM, exiting now", self.slot);
+                                return 0;
+                            }
+                            self.begin_stop();
+                        }
+                    }
+                    token if bus::peers::is_bus_token(token) => {
+                        self.peers
+                            .handle(token, self.poll.registry(), &mut self.bus_events)
+                    }
+                    token => {
+                        let key = token.0 - CONN_BASE;
+                        if event.is_writable() {
+                            self.dirty.push(key);
+                        }
+                        if event.is_readable() || event.is_read_closed() || event.is_error() {
+                            self.read_conn(key);
+                        }
+                    }
+                }
+            }
+            self.on_bus_events();
+            for key in std::mem::take(&mut self.pending_reads) {
+                if let Some(conn) = self.conns.get_mut(key) {
+                    conn.read_pending = false;
+                    self.read_conn(key);
+                }
+            }
+            let now = Instant::now();
+            if now >= next_tick {
+                next_tick = now + TICK;
+                self.tick(now);
+            }
+            if !self.serving && self.stopping.is_none() {
+                self.maybe_start_serving(now);
+            }
+            self.flush_all();
+            if self.stopping.is_some() && self.conns.is_empty() {
+                log::info!("worker {}: stopped gracefully", self.slot);
+                return 0;
+            }
+        }
+    }
+
+    /// Accepting starts only once the links to every live peer are up, so no
+    /// client of this worker can miss a message an owner sends meanwhile.
+    fn maybe_start_serving(&mut self, now: Instant) {
+        let settled = self.peers.is_settled();
+        if !settled && now < self.started + SETTLE_TIMEOUT {
+            return;
+        }
+        if !settled {
+            log::warn!(
+                "worker {}: peers did not all link back; serving anyway",
+                self.slot
+            );
+        }
+        for (port, listener) in &mut self.listeners {
+            let token = if *port == Port::Ws {
+                WS_LISTENER
+            } else {
+                TCP_LISTENER
+            };
+            if let Err(e) = self
+                .poll
+                .registry()
+                .register(listener, token, Interest::READABLE)
+            {
+                log::error!("worker {}: cannot watch listener: {e}", self.slot);
+            }
+        }
+        self.serving = true;
+        let _ = self.master.send(&FromWorker::Ready);
+        log::info!("worker {} serving (pid {})", self.slot, std::process::id());
+        // Connections that queued while this slot was being replaced.
+        self.accept(Port::Ws);
+        self.accept(Port::Tcp);
+    }
+
+    fn accept(&mut self, port: Port) {
+        if !self.serving || self.stopping.is_some() {
+            return;
+        }
+        let Some(index) = self.listeners.iter().position(|(p, _)| *p == port) else {
+            return;
+        };
+        loop {
+            let (mut stream, peer) = match self.listeners[index].1.accept() {
+                Ok(pair) => pair,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) => {
+                    // EMFILE and friends: leave the rest in the queue for later.
+                    log::warn!("worker {}: accept failed: {e}", self.slot);
+                    return;
+                }
+            };
+            if self.conns.len() >= self.config.limits.max_connections {
+                self.stats.refused += 1;
+                log::warn!(
+                    "worker {}: refusing {peer}: max_connections reached",
+                    self.slot
+                );
+                let refusal = match port {
+                    Port::Ws => http::json_error(503, "too_many_connections", "server is full"),
+                    Port::Tcp => {
+                        let e = frames::ErrorReply::new("too_many_connections", "server is full");
+                        (frames::error(None, &e) + "\n").into_bytes()
+                    }
+                };
+                let _ = stream.write(&refusal);
+                continue;
+            }
+            let _ = stream.set_nodelay(true);
+            let entry = self.conns.vacant_entry();
+            let token = Token(CONN_BASE + entry.key());
+            if let Err(e) = self.poll.registry().register(
+                &mut stream,
+                token,
+                Interest::READABLE | Interest::WRITABLE,
+            ) {
+                log::error!("worker {}: cannot register connection: {e}", self.slot);
+                continue;
+            }
+            let now = Instant::now();
+            entry.insert(Conn {
+                id: self.next_conn_id,
+                peer,
+                t: Transport::new(stream, self.config.limits.max_send_buffer),
+                session: match port {
+                    Port::Ws => Session::Http { buf: Vec::new() },
+                    Port::Tcp => Session::Tcp {
+                        buf: Vec::new(),
+                        start: 0,
+                    },
+                },
+                opened: now,
+                active: now,
+                closing: None,
+                http_busy: false,
+                read_pending: false,
+            });
+            self.next_conn_id += 1;
+        }
+    }
+
+    fn on_master(&mut self) -> Option<i32> {
+        let mut msgs = Vec::new();
+        let open = match self.master.receive::<ToWorker>(&mut msgs) {
+            Ok(open) => open,
+            Err(e) => {
+                log::error!("worker {}: master link failed: {e}", self.slot);
+                false
+            }
+        };
+        for msg in msgs {
+            let reply = match msg {
+                ToWorker::Stats { tag } => FromWorker::Stats {
+                    tag,
+                    stats: self.snapshot(),
+                },
+                ToWorker::Connections { tag } => FromWorker::Connections {
+                    tag,
+                    list: self.connection_list(),
+                },
+            };
+            let _ = self.master.send(&reply);
+        }
+        if !open {
+            log::error!("worker {}: master is gone, exiting", self.slot);
+            return Some(1);
+        }
+        let _ = self.master.flush();
+        None
+    }
+
+    fn snapshot(&self) -> WorkerStats {
+        let mut stats = self.stats.clone();
+        stats.rss_bytes = rss_bytes();
+        stats.subscriptions = self.subs.total();
+        stats.channels_owned = self.owner.channels();
+        for (_, conn) in &self.conns {
+            match conn.session.protocol() {
+                Protocol::Ws => stats.ws += 1,
+                Protocol::Tcp => stats.tcp += 1,
+                Protocol::Http => stats.http += 1,
+            }
+        }
+        stats
+    }
+
+    fn connection_list(&self) -> Vec<ConnInfo> {
+        self.conns
+            .iter()
+            .map(|(key, conn)| ConnInfo {
+                worker: self.slot,
+                id: conn.id,
+                protocol: conn.session.protocol().name().into(),
+                peer: conn.peer.to_string(),
+                subscriptions: self.subs.count_of(key),
+                bytes_in: conn.t.bytes_in,
+                bytes_out: conn.t.bytes_out,
+                age_secs: conn.opened.elapsed().as_secs(),
+            })
+            .collect()
+    }
+
+    /// Graceful stop: accept no more, tell every client, flush, then exit.
+    fn begin_stop(&mut self) {
+        if self.stopping.is_some() {
+            return;
+        }
+        log::info!("worker {}: stopping gracefully", self.slot);
+        let deadline = Instant::now() + self.config.limits.stop_timeout;
+        self.stopping = Some(deadline);
+        for (_, listener) in &mut self.listeners {
+            let _ = self.poll.registry().deregister(listener);
+        }
+        let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
+        for key in keys {
+            self.close_with(key, 1001, "server shutting down", deadline);
+        }
+    }
+
+    fn tick(&mut self, now: Instant) {
+        self.peers.tick(self.poll.registry(), now);
+        let idle = self.config.limits.handshake_timeout;
+        let expired: Vec<usize> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| match c.closing {
+                Some(deadline) => now >= deadline,
+                None => {
+                    matches!(c.session, Session::Http { .. })
+                        && !c.http_busy
+                        && now.duration_since(c.active) > idle
+                }
+            })
+            .map(|(k, _)| k)
+            .collect();
+        for key in expired {
+            self.drop_conn(key);
+        }
+    }
+
+    fn flush_all(&mut self) {
+        self.peers.flush(self.poll.registry(), &mut self.bus_events);
+        if !self.bus_events.is_empty() {
+            self.on_bus_events();
+        }
+        if self.master.has_output() {
+            let _ = self.master.flush();
+        }
+        let mut dirty = std::mem::take(&mut self.dirty);
+        dirty.sort_unstable();
+        dirty.dedup();
+        for key in dirty.drain(..) {
+            self.flush_conn(key);
+        }
+        self.dirty = dirty;
+    }
+
+    fn flush_conn(&mut self, key: usize) {
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        if conn.t.overflowed && conn.closing.is_none() {
+            self.stats.send_failures += 1;
+            log::warn!(
+                "worker {}: cutting off slow client {} ({}): send buffer full",
+                self.slot,
+                conn.id,
+                conn.peer
+            );
+            conn.t.out.discard_unsent();
+            self.close_with(key, 1008, "send buffer full", Instant::now() + CLOSE_GRACE);
+        }
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        let result = conn.t.flush_out();
+        if result.is_err() || (conn.closing.is_some() && conn.t.out.is_empty()) {
+            self.drop_conn(key);
+        }
+    }
+
+    /// Sends a last frame (WebSocket close `code`, or an error/bye line on TCP)
+    /// and drops the connection once it is written or at `deadline`.
+    fn close_with(&mut self, key: usize, code: u16, reason: &str, deadline: Instant) {
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        if conn.closing.is_some() {
+            return;
+        }
+        conn.closing = Some(deadline);
+        match &mut conn.session {
+            Session::Ws { ctx, .. } => {
+                use tungstenite::protocol::frame::CloseFrame;
+                let frame = CloseFrame {
+                    code: code.into(),
+                    reason: reason.to_string().into(),
+                };
+                // Room for the close frame even when the queue was full.
+                conn.t.overflowed = false;
+                let _ = ctx.close(&mut conn.t, Some(frame));
+                let _ = ctx.flush(&mut conn.t);
+            }
+            Session::Tcp { .. } => {
+                let (op, code) = match code {
+                    1001 => ("bye", "shutdown"),
+                    1008 => ("error", "slow_consumer"),
+                    1009 => ("error", "too_large"),
+                    _ => ("error", "closing"),
+                };
+                let line = frames::notice(op, code, reason) + "\n";
+                conn.t.out.push_unbounded(Bytes::from(line));
+            }
+            Session::Http { .. } => {}
+        }
+        self.dirty.push(key);
+    }
+
+    fn drop_conn(&mut self, key: usize) {
+        if !self.conns.contains(key) {
+            return;
+        }
+        let mut conn = self.conns.remove(key);
+        let _ = self.poll.registry().deregister(&mut conn.t.stream);
+        self.subs.remove_conn(key);
+        log::debug!("worker {}: connection {} closed", self.slot, conn.id);
+    }
+
+    fn mark_dirty(&mut self, key: usize) {
+        self.dirty.push(key);
+    }
+
+    fn next_tag(&mut self) -> u64 {
+        self.next_tag += 1;
+        self.next_tag
+    }
+}
+
+fn rss_bytes() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
+    let pages: u64 = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    // SAFETY: sysconf has no preconditions.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    pages * page.max(0) as u64
+}

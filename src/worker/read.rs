@@ -1,0 +1,215 @@
+//! Reading from client connections: bytes into HTTP requests, WebSocket
+//! messages or TCP lines, each under a budget so one busy client cannot hold
+//! the loop (the rest waits in `pending_reads` for the next turn).
+
+use std::io::{self, Read};
+use std::time::Instant;
+
+use tungstenite::Message;
+
+use super::conn::Session;
+use super::{Worker, CLOSE_GRACE};
+use crate::proto::{frames, tcp, ws};
+
+/// Bytes read from one connection per loop turn.
+const READ_BUDGET: usize = 256 * 1024;
+/// WebSocket messages handled from one connection per loop turn.
+const FRAME_BUDGET: usize = 256;
+
+enum Filled {
+    /// Read everything the socket had.
+    Drained,
+    /// Stopped at the budget; more may be waiting.
+    Budget,
+    /// The peer closed or the socket failed.
+    Closed,
+}
+
+/// Appends what the socket has to `buf`, up to the budget.
+fn fill(stream: &mut impl Read, buf: &mut Vec<u8>, counter: &mut u64) -> Filled {
+    let mut chunk = [0u8; 16 * 1024];
+    let mut got = 0;
+    while got < READ_BUDGET {
+        match stream.read(&mut chunk) {
+            Ok(0) => return Filled::Closed,
+            Ok(n) => {
+                buf.extend_from_slice(&chunk[..n]);
+                got += n;
+                *counter += n as u64;
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Filled::Drained,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(_) => return Filled::Closed,
+        }
+    }
+    Filled::Budget
+}
+
+impl Worker {
+    pub(super) fn read_conn(&mut self, key: usize) {
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        match conn.session {
+            Session::Http { .. } => self.read_http(key),
+            Session::Ws { .. } => self.read_ws(key),
+            Session::Tcp { .. } => self.read_tcp(key),
+        }
+    }
+
+    fn requeue_read(&mut self, key: usize) {
+        if let Some(conn) = self.conns.get_mut(key) {
+            if !conn.read_pending {
+                conn.read_pending = true;
+                self.pending_reads.push(key);
+            }
+        }
+    }
+
+    fn read_tcp(&mut self, key: usize) {
+        let max = self.config.limits.max_frame;
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        let Session::Tcp { buf, start } = &mut conn.session else {
+            return;
+        };
+        let filled = fill(&mut conn.t.stream, buf, &mut conn.t.bytes_in);
+        if conn.closing.is_some() {
+            buf.clear();
+            if matches!(filled, Filled::Closed) {
+                self.drop_conn(key);
+            }
+            return;
+        }
+        let mut lines = Vec::new();
+        let mut too_long = false;
+        loop {
+            match tcp::next_line(buf, start, max) {
+                Ok(Some(tcp::Line::Text(text))) => lines.push(Ok(text.to_string())),
+                Ok(Some(tcp::Line::NotUtf8)) => lines.push(Err(())),
+                Ok(None) => break,
+                Err(tcp::TooLong) => {
+                    too_long = true;
+                    break;
+                }
+            }
+        }
+        buf.drain(..*start);
+        *start = 0;
+        for line in lines {
+            match line {
+                Ok(text) if text.trim().is_empty() => {}
+                Ok(text) => self.on_frame(key, &text),
+                Err(()) => {
+                    let e = frames::ErrorReply::new("not_utf8", "lines must be UTF-8 JSON");
+                    self.reply(key, frames::error(None, &e));
+                }
+            }
+        }
+        if too_long {
+            log::info!("worker {}: TCP line over max_frame, closing", self.slot);
+            let reason = format!("line over {max} bytes");
+            self.close_with(key, 1009, &reason, Instant::now() + CLOSE_GRACE);
+        }
+        match filled {
+            Filled::Closed => self.drop_conn(key),
+            Filled::Budget => self.requeue_read(key),
+            Filled::Drained => {}
+        }
+    }
+
+    fn read_ws(&mut self, key: usize) {
+        for _ in 0..FRAME_BUDGET {
+            let Some(conn) = self.conns.get_mut(key) else {
+                return;
+            };
+            if conn.closing.is_some() {
+                // Our close frame is on its way; the rest of the input is moot.
+                let mut sink = Vec::new();
+                if matches!(
+                    fill(&mut conn.t.stream, &mut sink, &mut conn.t.bytes_in),
+                    Filled::Closed
+                ) {
+                    self.drop_conn(key);
+                }
+                return;
+            }
+            let Session::Ws { ctx, echo } = &mut conn.session else {
+                return;
+            };
+            let echo = *echo;
+            let result = ctx.read(&mut conn.t);
+            // Pongs and close replies tungstenite queued go out with our frames.
+            let _ = ctx.flush(&mut conn.t);
+            self.mark_dirty(key);
+            match result {
+                Ok(Message::Text(text)) if echo => self.echo(key, Message::Text(text)),
+                Ok(Message::Binary(data)) if echo => self.echo(key, Message::Binary(data)),
+                Ok(Message::Text(text)) => {
+                    if self.conns.get(key).is_some_and(|c| c.closing.is_none()) {
+                        self.on_frame(key, &text);
+                    }
+                }
+                Ok(Message::Binary(_)) => {
+                    let e = frames::ErrorReply::new(
+                        "binary_unsupported",
+                        "send JSON frames as WebSocket text messages",
+                    );
+                    self.reply(key, frames::error(None, &e));
+                }
+                Ok(Message::Close(_)) => {
+                    // tungstenite queued the close reply; drop once it is sent.
+                    if let Some(conn) = self.conns.get_mut(key) {
+                        conn.closing = Some(Instant::now() + CLOSE_GRACE);
+                    }
+                }
+                Ok(_) => {}
+                Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(
+                    tungstenite::Error::ConnectionClosed
+                    | tungstenite::Error::AlreadyClosed
+                    | tungstenite::Error::Io(_),
+                ) => {
+                    self.drop_conn(key);
+                    return;
+                }
+                Err(e) => {
+                    log::info!("worker {}: WebSocket error, closing: {e}", self.slot);
+                    let code = u16::from(ws::close_code_for(&e));
+                    let reason = e.to_string();
+                    self.close_with(key, code, &reason, Instant::now() + CLOSE_GRACE);
+                    return;
+                }
+            }
+        }
+        self.requeue_read(key);
+    }
+
+    fn echo(&mut self, key: usize, message: Message) {
+        if let Some(conn) = self.conns.get_mut(key) {
+            if let Session::Ws { ctx, .. } = &mut conn.session {
+                let _ = ctx.write(&mut conn.t, message);
+                let _ = ctx.flush(&mut conn.t);
+            }
+        }
+    }
+
+    fn read_http(&mut self, key: usize) {
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        let Session::Http { buf } = &mut conn.session else {
+            return;
+        };
+        let filled = fill(&mut conn.t.stream, buf, &mut conn.t.bytes_in);
+        if matches!(filled, Filled::Closed) {
+            self.drop_conn(key);
+            return;
+        }
+        self.serve_http(key);
+        if matches!(filled, Filled::Budget) {
+            self.requeue_read(key);
+        }
+    }
+}
