@@ -3,7 +3,7 @@
 //! serving (or why it failed), so `syncd start -d` reports the real outcome.
 
 use std::fs::{File, OpenOptions};
-use std::io::{Read, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
 
 use nix::unistd::{dup2_stderr, dup2_stdin, dup2_stdout, fork, pipe, setsid, ForkResult};
@@ -12,6 +12,10 @@ use nix::unistd::{dup2_stderr, dup2_stdin, dup2_stdout, fork, pipe, setsid, Fork
 pub struct StartReport(File);
 
 impl StartReport {
+    pub fn fd(&self) -> std::os::fd::RawFd {
+        std::os::fd::AsRawFd::as_raw_fd(&self.0)
+    }
+
     pub fn send(mut self, line: &str) {
         let _ = writeln!(self.0, "{line}");
     }
@@ -28,8 +32,9 @@ pub fn daemonize(log_file: &Path) -> anyhow::Result<StartReport> {
     match unsafe { fork() }? {
         ForkResult::Parent { .. } => {
             drop(write_end);
+            // One line, not EOF: the workers inherit the write end.
             let mut report = String::new();
-            let _ = File::from(read_end).read_to_string(&mut report);
+            let _ = BufReader::new(File::from(read_end)).read_line(&mut report);
             let report = report.trim();
             if let Some(pid) = report.strip_prefix("ok ") {
                 println!(

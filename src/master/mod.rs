@@ -325,6 +325,7 @@ impl Master {
             self.signals.reader.as_raw_fd(),
         ];
         fds.extend(self.pidfile.as_ref().map(PidFile::fd));
+        fds.extend(self.start_report.as_ref().map(StartReport::fd));
         fds.extend(self.clients.iter().map(|(_, c)| c.stream.as_raw_fd()));
         for (i, slot) in self.slots.iter().enumerate() {
             fds.extend(slot.link.as_ref().map(|l| l.stream.as_raw_fd()));

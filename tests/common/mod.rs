@@ -1,0 +1,432 @@
+//! Test harness: starts the real `syncd` binary on free ports in a temp dir and
+//! talks to it with real WebSocket, TCP and HTTP clients.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use syncd::control::{CliRequest, ConnectionsReply, StatusReply};
+
+pub const TIMEOUT: Duration = Duration::from_secs(10);
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+pub struct Server {
+    pub dir: tempfile::TempDir,
+    pub ws_port: u16,
+    pub tcp_port: u16,
+    pub config: PathBuf,
+    pub child: Option<Child>,
+}
+
+pub fn syncd_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_syncd")
+}
+
+impl Server {
+    /// Starts syncd with `workers` workers; `extra` is appended to the config
+    /// (TOML tables such as `[limits]`).
+    pub fn start(workers: usize, extra: &str) -> Server {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (ws_port, tcp_port) = (free_port(), free_port());
+        let config = dir.path().join("syncd.toml");
+        let text = format!(
+            "workers = {workers}\n[listen]\nws = \"127.0.0.1:{ws_port}\"\ntcp = \"127.0.0.1:{tcp_port}\"\n\
+             [paths]\ndata_dir = \"data\"\npid_file = \"syncd.pid\"\nlog_file = \"syncd.log\"\n{extra}\n"
+        );
+        std::fs::write(&config, text).expect("write config");
+        let mut server = Server {
+            dir,
+            ws_port,
+            tcp_port,
+            config,
+            child: None,
+        };
+        server.launch();
+        server
+    }
+
+    /// Runs `syncd start` in the foreground (as a child of the test) and waits
+    /// until every worker serves.
+    pub fn launch(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("out.log"))
+            .expect("log");
+        let child = Command::new(syncd_bin())
+            .args(["-c", self.config.to_str().unwrap(), "start"])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .process_group(0)
+            .spawn()
+            .expect("spawn syncd");
+        self.child = Some(child);
+        self.wait_serving();
+    }
+
+    pub fn wait_serving(&self) {
+        let deadline = Instant::now() + TIMEOUT;
+        loop {
+            if let Ok(s) = self.try_status() {
+                if s.state == "running" && s.workers.iter().all(|w| w.stats.is_some()) {
+                    return;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "syncd did not start:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("out.log")).unwrap_or_default()
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    pub fn cli(&self, args: &[&str]) -> Output {
+        Command::new(syncd_bin())
+            .arg("-c")
+            .arg(&self.config)
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run syncd cli")
+    }
+
+    fn ask<T: for<'de> serde::Deserialize<'de>>(&self, req: &CliRequest) -> std::io::Result<T> {
+        let mut s = UnixStream::connect(self.path("syncd.sock"))?;
+        s.set_read_timeout(Some(TIMEOUT))?;
+        s.write_all(&serde_json::to_vec(req)?)?;
+        s.write_all(b"\n")?;
+        let mut line = String::new();
+        BufReader::new(s).read_line(&mut line)?;
+        Ok(serde_json::from_str(&line)?)
+    }
+
+    pub fn try_status(&self) -> std::io::Result<StatusReply> {
+        self.ask(&CliRequest::Status)
+    }
+
+    pub fn status(&self) -> StatusReply {
+        self.try_status().expect("status")
+    }
+
+    pub fn connections(&self) -> ConnectionsReply {
+        self.ask(&CliRequest::Connections).expect("connections")
+    }
+
+    pub fn worker_pids(&self) -> Vec<u32> {
+        self.status().workers.iter().filter_map(|w| w.pid).collect()
+    }
+
+    pub fn master_pid(&self) -> i32 {
+        self.child.as_ref().map(|c| c.id() as i32).expect("running")
+    }
+
+    /// Which worker serves the client whose local address is `local`.
+    pub fn worker_of(&self, local: SocketAddr) -> usize {
+        let peer = local.to_string();
+        let deadline = Instant::now() + TIMEOUT;
+        loop {
+            if let Some(c) = self
+                .connections()
+                .connections
+                .iter()
+                .find(|c| c.peer == peer)
+            {
+                return c.worker;
+            }
+            assert!(Instant::now() < deadline, "connection {peer} not listed");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn ws(&self) -> WsClient {
+        WsClient::connect(self.ws_port, "/ws")
+    }
+
+    pub fn tcp(&self) -> TcpClient {
+        TcpClient::connect(self.tcp_port)
+    }
+
+    /// Opens clients until there is one on every worker; returns one per worker.
+    pub fn clients_on_every_worker<C: Client>(
+        &self,
+        workers: usize,
+        open: impl Fn() -> C,
+    ) -> Vec<C> {
+        let mut found: Vec<Option<C>> = (0..workers).map(|_| None).collect();
+        for _ in 0..200 {
+            let client = open();
+            let w = self.worker_of(client.local_addr());
+            if found[w].is_none() {
+                found[w] = Some(client);
+            }
+            if found.iter().all(Option::is_some) {
+                return found.into_iter().map(Option::unwrap).collect();
+            }
+        }
+        panic!("could not reach every worker");
+    }
+
+    pub fn http(&self, method: &str, path: &str, body: &str) -> (u16, String) {
+        let raw = format!(
+            "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n\
+             Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        http_raw(self.ws_port, raw.as_bytes())
+    }
+
+    pub fn stop_now(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = nix::sys::signal::killpg(
+                nix::unistd::Pid::from_raw(child.id() as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+            let _ = child.wait();
+        }
+    }
+
+    /// Waits for the foreground master to exit and returns its exit code.
+    pub fn wait_exit(&mut self) -> Option<i32> {
+        let mut child = self.child.take()?;
+        let deadline = Instant::now() + TIMEOUT;
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                return status.code();
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop_now();
+    }
+}
+
+/// Sends raw bytes to the ws port and returns the status and body.
+pub fn http_raw(port: u16, raw: &[u8]) -> (u16, String) {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    s.set_read_timeout(Some(TIMEOUT)).unwrap();
+    s.write_all(raw).expect("send");
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    let text = String::from_utf8_lossy(&out).to_string();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// What every test client can do, WebSocket or TCP.
+pub trait Client {
+    fn send(&mut self, frame: &Value);
+    fn send_raw(&mut self, text: &str);
+    /// The next frame, or None on timeout or close.
+    fn recv_timeout(&mut self, timeout: Duration) -> Option<Value>;
+    fn local_addr(&self) -> SocketAddr;
+
+    fn recv(&mut self) -> Value {
+        self.recv_timeout(TIMEOUT)
+            .expect("a frame before the timeout")
+    }
+
+    /// Sends a request and returns the reply with the same id, keeping any
+    /// `msg` frames that arrive first in `early`.
+    fn request(&mut self, frame: Value, early: &mut Vec<Value>) -> Value {
+        let id = frame["id"].clone();
+        self.send(&frame);
+        loop {
+            let got = self.recv();
+            if got["op"] == "msg" {
+                early.push(got);
+            } else {
+                assert_eq!(got["id"], id, "reply out of order: {got}");
+                return got;
+            }
+        }
+    }
+
+    fn sub(&mut self, channel: &str) -> Value {
+        let reply = self.request(
+            json!({"op":"sub","id":"s","channel":channel}),
+            &mut Vec::new(),
+        );
+        assert_eq!(reply["op"], "ok", "{reply}");
+        reply
+    }
+}
+
+pub struct TcpClient {
+    reader: BufReader<TcpStream>,
+    writer: TcpStream,
+}
+
+impl TcpClient {
+    pub fn connect(port: u16) -> TcpClient {
+        TcpClient::from_stream(TcpStream::connect(("127.0.0.1", port)).expect("tcp connect"))
+    }
+
+    pub fn from_stream(s: TcpStream) -> TcpClient {
+        TcpClient {
+            writer: s.try_clone().unwrap(),
+            reader: BufReader::new(s),
+        }
+    }
+
+    pub fn send_bytes(&mut self, bytes: &[u8]) {
+        let _ = self.writer.write_all(bytes);
+    }
+
+    /// Reads the next line; None at EOF or timeout.
+    pub fn read_line(&mut self, timeout: Duration) -> Option<String> {
+        self.writer.set_read_timeout(Some(timeout)).unwrap();
+        let mut line = String::new();
+        match self.reader.read_line(&mut line) {
+            Ok(0) | Err(_) => None,
+            Ok(_) => Some(line),
+        }
+    }
+
+    /// True once the server has closed the connection (EOF within the timeout).
+    pub fn closed_by_server(&mut self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            self.writer
+                .set_read_timeout(Some(Duration::from_millis(200)))
+                .unwrap();
+            let mut buf = [0u8; 65536];
+            match self.reader.read(&mut buf) {
+                Ok(0) => return true,
+                Ok(_) => continue,
+                Err(e)
+                    if e.kind() == std::io::ErrorKind::WouldBlock
+                        || e.kind() == std::io::ErrorKind::TimedOut => {}
+                Err(_) => return true,
+            }
+        }
+        false
+    }
+}
+
+impl Client for TcpClient {
+    fn send(&mut self, frame: &Value) {
+        self.send_raw(&frame.to_string());
+    }
+    fn send_raw(&mut self, text: &str) {
+        self.send_bytes(format!("{text}\n").as_bytes());
+    }
+    fn recv_timeout(&mut self, timeout: Duration) -> Option<Value> {
+        let line = self.read_line(timeout)?;
+        Some(serde_json::from_str(&line).unwrap_or_else(|e| panic!("bad line {line:?}: {e}")))
+    }
+    fn local_addr(&self) -> SocketAddr {
+        self.writer.local_addr().unwrap()
+    }
+}
+
+pub type Ws = tungstenite::WebSocket<TcpStream>;
+
+pub struct WsClient {
+    pub ws: Ws,
+}
+
+impl WsClient {
+    pub fn connect(port: u16, path: &str) -> WsClient {
+        let stream = TcpStream::connect(("127.0.0.1", port)).expect("ws connect");
+        let url = format!("ws://127.0.0.1:{port}{path}");
+        let (ws, _) = tungstenite::client(url, stream).expect("ws handshake");
+        WsClient { ws }
+    }
+
+    /// The close frame's code once the server closes, or None.
+    pub fn close_code(&mut self, timeout: Duration) -> Option<u16> {
+        let deadline = Instant::now() + timeout;
+        self.ws
+            .get_mut()
+            .set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        while Instant::now() < deadline {
+            match self.ws.read() {
+                Ok(tungstenite::Message::Close(frame)) => return frame.map(|f| f.code.into()),
+                Ok(_) => continue,
+                Err(tungstenite::Error::Io(e))
+                    if e.kind() == std::io::ErrorKind::WouldBlock
+                        || e.kind() == std::io::ErrorKind::TimedOut => {}
+                Err(_) => return None,
+            }
+        }
+        None
+    }
+}
+
+impl Client for WsClient {
+    fn send(&mut self, frame: &Value) {
+        self.send_raw(&frame.to_string());
+    }
+    fn send_raw(&mut self, text: &str) {
+        let _ = self.ws.send(tungstenite::Message::text(text));
+    }
+    fn recv_timeout(&mut self, timeout: Duration) -> Option<Value> {
+        self.ws.get_mut().set_read_timeout(Some(timeout)).unwrap();
+        loop {
+            match self.ws.read() {
+                Ok(tungstenite::Message::Text(t)) => {
+                    return Some(
+                        serde_json::from_str(&t).unwrap_or_else(|e| panic!("bad frame {t}: {e}")),
+                    )
+                }
+                Ok(tungstenite::Message::Close(_)) | Err(_) => return None,
+                Ok(_) => continue,
+            }
+        }
+    }
+    fn local_addr(&self) -> SocketAddr {
+        self.ws.get_ref().local_addr().unwrap()
+    }
+}
+
+/// Waits until `f` is true or the timeout passes.
+pub fn eventually(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + TIMEOUT;
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
+pub fn exists(path: &Path) -> bool {
+    path.exists()
+}
