@@ -7,7 +7,6 @@ use std::net::TcpStream;
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
 use common::{eventually, Client, Server, TIMEOUT};
 use nix::sys::signal::{kill, Signal};
