@@ -1,1 +1,187 @@
-fn main() {}
+//! syncd-bench: a bounded load generator for a running syncd over raw TCP.
+//!
+//! Subscribers join one channel; publishers send `pub` requests with a window of
+//! unanswered ones; every subscriber counts what it receives and the latency
+//! from publish to delivery. It stops after `--messages` or `--timeout`.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpStream;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Barrier};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use clap::Parser;
+
+#[derive(Parser, Debug)]
+#[command(name = "syncd-bench", about = "Load generator for syncd (raw TCP)")]
+struct Args {
+    /// syncd's TCP address
+    #[arg(long, default_value = "127.0.0.1:2345")]
+    tcp: String,
+    /// Subscriber connections
+    #[arg(long, default_value_t = 10)]
+    subscribers: usize,
+    /// Publisher connections
+    #[arg(long, default_value_t = 2)]
+    publishers: usize,
+    /// Messages to publish in all
+    #[arg(long, default_value_t = 100_000)]
+    messages: u64,
+    /// Bytes of padding in each message's data
+    #[arg(long, default_value_t = 100)]
+    size: usize,
+    /// Unanswered publishes each publisher may have in flight
+    #[arg(long, default_value_t = 256)]
+    window: u64,
+    /// Channel to use (a fresh one per run is best)
+    #[arg(long)]
+    channel: Option<String>,
+    /// Give up after this many seconds
+    #[arg(long, default_value_t = 60)]
+    timeout: u64,
+}
+
+fn now_micros() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}
+
+fn connect(addr: &str) -> std::io::Result<(BufReader<TcpStream>, TcpStream)> {
+    let s = TcpStream::connect(addr)?;
+    s.set_nodelay(true)?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    Ok((BufReader::new(s.try_clone()?), s))
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let channel = args
+        .channel
+        .clone()
+        .unwrap_or_else(|| format!("bench-{}", now_micros()));
+    let deadline = Instant::now() + Duration::from_secs(args.timeout);
+    let stop = Arc::new(AtomicBool::new(false));
+    let ready = Arc::new(Barrier::new(args.subscribers + 1));
+
+    let mut subscribers = Vec::new();
+    for _ in 0..args.subscribers {
+        let (mut reader, mut writer) = connect(&args.tcp)?;
+        writeln!(writer, r#"{{"op":"sub","id":0,"channel":"{channel}"}}"#)?;
+        let (ready, stop, total) = (ready.clone(), stop.clone(), args.messages);
+        subscribers.push(std::thread::spawn(move || {
+            let mut line = String::new();
+            let _ = reader.read_line(&mut line);
+            ready.wait();
+            let mut latencies = Vec::with_capacity(total as usize);
+            let mut last_seq = 0u64;
+            let mut gaps = 0u64;
+            while (latencies.len() as u64) < total
+                && !stop.load(Ordering::Relaxed)
+                && Instant::now() < deadline
+            {
+                line.clear();
+                match reader.read_line(&mut line) {
+                    Ok(0) => break,
+                    Ok(_) => {}
+                    Err(_) => continue,
+                }
+                let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else {
+                    continue;
+                };
+                if v["op"] != "msg" {
+                    continue;
+                }
+                let seq = v["seq"].as_u64().unwrap_or(0);
+                if seq != last_seq + 1 {
+                    gaps += 1;
+                }
+                last_seq = seq;
+                let sent = v["data"]["t"].as_u64().unwrap_or(0);
+                latencies.push(now_micros().saturating_sub(sent));
+            }
+            (latencies, gaps)
+        }));
+    }
+    ready.wait();
+
+    let started = Instant::now();
+    let per_publisher = args.messages / args.publishers as u64;
+    let extra = args.messages % args.publishers as u64;
+    let pad = "x".repeat(args.size);
+    let mut publishers = Vec::new();
+    for p in 0..args.publishers {
+        let count = per_publisher + u64::from((p as u64) < extra);
+        let (mut reader, writer) = connect(&args.tcp)?;
+        let (channel, pad, window) = (channel.clone(), pad.clone(), args.window);
+        publishers.push(std::thread::spawn(move || -> std::io::Result<u64> {
+            let mut writer = std::io::BufWriter::new(writer);
+            let (mut sent, mut acked) = (0u64, 0u64);
+            let mut line = String::new();
+            while acked < count && Instant::now() < deadline {
+                while sent < count && sent - acked < window {
+                    writeln!(
+                        writer,
+                        r#"{{"op":"pub","channel":"{channel}","data":{{"t":{},"p":"{pad}"}}}}"#,
+                        now_micros()
+                    )?;
+                    sent += 1;
+                }
+                writer.flush()?;
+                line.clear();
+                if reader.read_line(&mut line)? == 0 {
+                    break;
+                }
+                if line.contains(r#""op":"ok""#) {
+                    acked += 1;
+                }
+            }
+            Ok(acked)
+        }));
+    }
+    let mut acked = 0;
+    for p in publishers {
+        acked += p
+            .join()
+            .map_err(|_| anyhow::anyhow!("publisher panicked"))??;
+    }
+    let publish_secs = started.elapsed().as_secs_f64();
+    let mut latencies = Vec::new();
+    let mut gaps = 0;
+    for s in subscribers {
+        let (l, g) = s
+            .join()
+            .map_err(|_| anyhow::anyhow!("subscriber panicked"))?;
+        latencies.extend(l);
+        gaps += g;
+    }
+    stop.store(true, Ordering::Relaxed);
+    let deliver_secs = started.elapsed().as_secs_f64();
+    latencies.sort_unstable();
+    let pct = |p: f64| -> f64 {
+        latencies
+            .get(((latencies.len() as f64 * p) as usize).min(latencies.len().saturating_sub(1)))
+            .map_or(0.0, |&us| us as f64 / 1000.0)
+    };
+    let expected = args.messages * args.subscribers as u64;
+    println!(
+        "published {acked}/{} in {publish_secs:.2}s: {:.0} msg/s",
+        args.messages,
+        acked as f64 / publish_secs
+    );
+    println!(
+        "delivered {}/{expected} in {deliver_secs:.2}s: {:.0} msg/s, seq gaps {gaps}",
+        latencies.len(),
+        latencies.len() as f64 / deliver_secs
+    );
+    println!(
+        "latency ms: p50 {:.2}  p99 {:.2}  max {:.2}",
+        pct(0.50),
+        pct(0.99),
+        pct(1.0)
+    );
+    if acked < args.messages || (latencies.len() as u64) < expected || gaps > 0 {
+        std::process::exit(1);
+    }
+    Ok(())
+}

@@ -187,7 +187,9 @@ impl Worker {
                             .handle(token, self.poll.registry(), &mut self.bus_events)
                     }
                     token => {
-                        let key = token.0 - CONN_BASE;
+                        let Some(key) = token.0.checked_sub(CONN_BASE) else {
+                            continue;
+                        };
                         if event.is_writable() {
                             self.dirty.push(key);
                         }
