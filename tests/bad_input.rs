@@ -52,15 +52,7 @@ fn malformed_frames_get_error_codes_and_the_connection_stays_open() {
         .send(tungstenite::Message::binary(vec![1u8, 2, 3]))
         .unwrap();
     assert_eq!(ws.recv()["code"], "binary_unsupported");
-    assert_eq!(
-        server
-            .status()
-            .workers
-            .iter()
-            .map(|w| w.restarts)
-            .sum::<u32>(),
-        0
-    );
+    assert_eq!(server.restarts(), 0);
 }
 
 #[test]
@@ -158,13 +150,7 @@ fn connections_over_max_connections_are_refused_cleanly() {
         assert!(status == 503 || status == 200, "{status}");
     }
     assert!(saw_503);
-    let refused_total: u64 = server
-        .status()
-        .workers
-        .iter()
-        .filter_map(|w| w.stats.as_ref())
-        .map(|s| s.refused)
-        .sum();
+    let refused_total: u64 = server.sum_stats(|s| s.refused);
     assert!(refused_total >= 14);
     drop(accepted);
 }
@@ -192,15 +178,7 @@ fn a_slow_reader_is_cut_off_while_a_fast_one_gets_everything() {
         }
         seqs
     });
-    let failures = |server: &Server| -> u64 {
-        server
-            .status()
-            .workers
-            .iter()
-            .filter_map(|w| w.stats.as_ref())
-            .map(|s| s.send_failures)
-            .sum()
-    };
+    let failures = |server: &Server| server.sum_stats(|s| s.send_failures);
     let mut drains = None;
     let mut slow_clients = Some((slow, slow_tcp));
     let payload = "y".repeat(16 * 1024);

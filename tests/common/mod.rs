@@ -11,7 +11,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use syncd::control::{CliRequest, ConnectionsReply, StatusReply};
+use syncd::control::{CliRequest, ConnectionsReply, StatusReply, WorkerStats};
 
 pub const TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -132,6 +132,21 @@ impl Server {
 
     pub fn connections(&self) -> ConnectionsReply {
         self.ask(&CliRequest::Connections).expect("connections")
+    }
+
+    /// Times the master replaced a worker that died, over all slots.
+    pub fn restarts(&self) -> u32 {
+        self.status().workers.iter().map(|w| w.restarts).sum()
+    }
+
+    /// A worker counter summed over the workers that answered.
+    pub fn sum_stats(&self, f: impl Fn(&WorkerStats) -> u64) -> u64 {
+        self.status()
+            .workers
+            .iter()
+            .filter_map(|w| w.stats.as_ref())
+            .map(f)
+            .sum()
     }
 
     pub fn worker_pids(&self) -> Vec<u32> {
