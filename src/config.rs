@@ -90,8 +90,33 @@ pub struct Limits {
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct Storage {
-    /// Channels are hashed onto this many shards; shard `s` belongs to worker slot `s % workers`.
+    /// Channels are hashed onto this many shards; shard `s` belongs to worker slot
+    /// `s % workers`. Fixed when the data directory is created.
     pub shards: u32,
+    /// When a publish is acknowledged and delivered: see `Durability`.
+    pub durability: Durability,
+    /// Messages kept per channel (older ones are trimmed).
+    pub history_size: u64,
+    /// Longest a message is kept; a `ttl` on `pub` can only shorten it.
+    #[serde(deserialize_with = "duration")]
+    pub history_ttl: Duration,
+    /// Memory for the recent tail of every channel, over all channels of a worker.
+    #[serde(deserialize_with = "size")]
+    pub cache_bytes: usize,
+}
+
+/// What an acknowledged publish survives.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Durability {
+    /// Acknowledged and delivered at once, written in the background: a crash
+    /// loses the last moments (and starts new epochs for the affected shards).
+    Memory,
+    /// Acknowledged and delivered once the transaction commits: survives a
+    /// crash of syncd (not of the machine).
+    Commit,
+    /// Acknowledged once the data is on disk (fsync): survives power loss.
+    Fsync,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -147,7 +172,13 @@ impl Default for Limits {
 
 impl Default for Storage {
     fn default() -> Self {
-        Storage { shards: 16 }
+        Storage {
+            shards: 16,
+            durability: Durability::Commit,
+            history_size: 1000,
+            history_ttl: Duration::from_secs(24 * 3600),
+            cache_bytes: 64 << 20,
+        }
     }
 }
 
@@ -219,6 +250,12 @@ impl Config {
         }
         if self.storage.shards == 0 || self.storage.shards > 4096 {
             return Err("storage.shards: must be 1..=4096".into());
+        }
+        if self.storage.history_size == 0 {
+            return Err("storage.history_size: must be at least 1".into());
+        }
+        if self.storage.history_ttl.is_zero() {
+            return Err("storage.history_ttl: must be more than 0s".into());
         }
         if self.limits.max_frame < 128 {
             return Err("limits.max_frame: must be at least 128B".into());

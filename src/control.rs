@@ -52,6 +52,11 @@ pub struct WorkerStats {
     pub send_failures: u64,
     /// Connections refused over `max_connections`.
     pub refused: u64,
+    /// Messages written to this worker's shards, expired and deleted, and
+    /// trimmed (over `history_size`) and deleted.
+    pub stored: u64,
+    pub expired: u64,
+    pub trimmed: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

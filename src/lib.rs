@@ -9,5 +9,6 @@ pub mod master;
 pub mod outbound;
 pub mod proto;
 pub mod signals;
+pub mod store;
 pub mod sync;
 pub mod worker;

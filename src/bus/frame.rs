@@ -9,39 +9,45 @@ use serde::{Deserialize, Serialize};
 #[serde(tag = "t")]
 pub enum BusMsg {
     /// First frame on a new link, from the dialing worker.
-    Hello {
-        slot: usize,
-        instance: u64,
-    },
+    Hello { slot: usize, instance: u64 },
     /// The accepting worker's answer on the same link.
-    Welcome {
-        slot: usize,
-        instance: u64,
-    },
+    Welcome { slot: usize, instance: u64 },
     /// Publish `payload` (the `data` JSON) on `channel`; sent to the owner.
     Publish {
         tag: u64,
         channel: String,
+        ttl: Option<u64>,
     },
-    /// The owner's answer to `Publish`.
+    /// The owner's answer to `Publish`: the `seq`, or an error message.
     Published {
         tag: u64,
         seq: Option<u64>,
+        error: Option<String>,
     },
     /// A numbered message: `payload` is its `msg` line, ready for subscribers.
-    Deliver {
-        channel: String,
-        seq: u64,
-    },
-    /// Ask the owner for a channel's current `seq` and `epoch` (on `sub`).
+    Deliver { channel: String, seq: u64 },
+    /// `sub` (with `since` to resume): asks the owner for the channel's state.
     SubQuery {
         tag: u64,
         channel: String,
+        since: Option<u64>,
+        epoch: Option<String>,
     },
-    SubState {
+    /// `history`: asks the owner for retained messages.
+    HistoryQuery {
+        tag: u64,
+        channel: String,
+        since: u64,
+        limit: usize,
+    },
+    /// The owner's answer to either query. `payload` holds the replayed or
+    /// requested `msg` lines, one after the other.
+    QueryAnswer {
         tag: u64,
         seq: u64,
         epoch: String,
+        recovered: Option<bool>,
+        error: Option<String>,
     },
 }
 

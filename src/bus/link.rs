@@ -10,7 +10,7 @@ use super::frame::{self, BusMsg, FrameError};
 use crate::outbound::OutboundQueue;
 
 /// Bytes queued towards one peer worker before the link counts as stuck.
-pub const LINK_SEND_BUFFER: usize = 256 << 20;
+pub const LINK_SEND_BUFFER: usize = 512 << 20;
 
 pub struct Link {
     pub stream: UnixStream,

@@ -106,8 +106,11 @@ pub fn run(config: Config, report: Option<StartReport>) -> i32 {
 }
 
 impl Master {
-    fn new(config: Config) -> anyhow::Result<Master> {
+    fn new(mut config: Config) -> anyhow::Result<Master> {
         let pidfile = PidFile::acquire(&config.paths.pid_file)?;
+        // Checked here, before any fork, so a bad data directory is one clear
+        // error rather than workers dying in a loop.
+        config.storage.shards = crate::store::meta::prepare(&config)?;
         let sockets = listeners::bind_all(&config)?;
         let poll = Poll::new()?;
         let mut signals = SignalSet::new(&[

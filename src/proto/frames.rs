@@ -30,9 +30,20 @@ pub enum Op<'a> {
     Pub {
         channel: Cow<'a, str>,
         data: &'a RawValue,
+        /// Seconds to keep the message (capped by `history_ttl`).
+        ttl: Option<u64>,
+    },
+    History {
+        channel: Cow<'a, str>,
+        since: u64,
+        limit: usize,
     },
     Ping,
 }
+
+/// Most messages one `history` request returns.
+pub const MAX_HISTORY_LIMIT: usize = 1000;
+const DEFAULT_HISTORY_LIMIT: usize = 100;
 
 /// An error reply: a stable `code` for programs and a `message` for people.
 #[derive(Debug, Clone, PartialEq)]
@@ -63,6 +74,8 @@ struct Fields<'a> {
     since: Option<u64>,
     #[serde(borrow)]
     epoch: Option<Cow<'a, str>>,
+    ttl: Option<u64>,
+    limit: Option<u64>,
 }
 
 /// Keeps an explicit `null` as a value (`Some("null")`) rather than "absent".
@@ -105,6 +118,20 @@ pub fn parse_request(text: &str) -> Result<Request<'_>, (Option<Box<RawValue>>, 
             data: fields
                 .data
                 .ok_or_else(|| fail(ErrorReply::new("bad_request", "`pub` needs `data`")))?,
+            ttl: match fields.ttl {
+                Some(0) => {
+                    return Err(fail(ErrorReply::new(
+                        "bad_request",
+                        "`ttl` must be at least 1 second",
+                    )))
+                }
+                ttl => ttl,
+            },
+        },
+        "history" => Op::History {
+            channel: channel().map_err(fail)?,
+            since: fields.since.unwrap_or(0),
+            limit: history_limit(fields.limit).map_err(fail)?,
         },
         "ping" => Op::Ping,
         other => {
@@ -115,6 +142,18 @@ pub fn parse_request(text: &str) -> Result<Request<'_>, (Option<Box<RawValue>>, 
         }
     };
     Ok(Request { id, op })
+}
+
+/// `limit` of a history read: 1 to `MAX_HISTORY_LIMIT`, 100 when absent.
+pub fn history_limit(limit: Option<u64>) -> Result<usize, ErrorReply> {
+    match limit {
+        None => Ok(DEFAULT_HISTORY_LIMIT),
+        Some(n) if (1..=MAX_HISTORY_LIMIT as u64).contains(&n) => Ok(n as usize),
+        Some(_) => Err(ErrorReply::new(
+            "bad_request",
+            format!("`limit` must be 1 to {MAX_HISTORY_LIMIT}"),
+        )),
+    }
 }
 
 fn channel_field<'a>(op: &str, field: &Option<Cow<'a, str>>) -> Result<Cow<'a, str>, ErrorReply> {
@@ -238,6 +277,31 @@ pub fn error(id: Option<&RawValue>, e: &ErrorReply) -> String {
     .text()
 }
 
+/// `{"op":"ok","id":..,"channel":..,"seq":..,"epoch":..,"messages":[msg, …]}`:
+/// the history of a channel, each message as the `msg` frame it was sent as.
+pub fn history_reply(
+    id: Option<&RawValue>,
+    channel: &str,
+    seq: u64,
+    epoch: &str,
+    lines: &[Bytes],
+) -> String {
+    let head = ok_sub(id, channel, seq, epoch, None);
+    let mut out =
+        String::with_capacity(head.len() + 16 + lines.iter().map(|l| l.len() + 1).sum::<usize>());
+    out.push_str(&head[..head.len() - 1]);
+    out.push_str(",\"messages\":[");
+    for (i, line) in lines.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        // Lines are our own JSON text, built by `msg_line`.
+        out.push_str(std::str::from_utf8(line).unwrap_or("null").trim_end());
+    }
+    out.push_str("]}");
+    out
+}
+
 /// A frame the server sends on its own (not a reply), such as a shutdown notice.
 pub fn notice(op: &'static str, code: &str, message: &str) -> String {
     Reply {
@@ -276,7 +340,7 @@ mod tests {
             parse_request(r#"{"op":"pub","id":4,"channel":"news","data":{"a":[1,2]}}"#).unwrap();
         assert_eq!(r.id.unwrap().get(), "4");
         match r.op {
-            Op::Pub { channel, data } => {
+            Op::Pub { channel, data, .. } => {
                 assert_eq!(channel, "news");
                 assert_eq!(data.get(), r#"{"a":[1,2]}"#);
             }
@@ -297,6 +361,38 @@ mod tests {
         assert_eq!(code(r#"{"op":"pub","channel":"a"}"#).1.code, "bad_request");
         assert_eq!(code(r#"{"op":"sub","channel":""}"#).1.code, "bad_channel");
         assert_eq!(code(r#"[1,2]"#).1.code, "bad_request");
+    }
+
+    #[test]
+    fn history_and_ttl() {
+        let r = parse_request(r#"{"op":"history","channel":"a","since":3,"limit":2}"#).unwrap();
+        assert!(matches!(
+            r.op,
+            Op::History {
+                since: 3,
+                limit: 2,
+                ..
+            }
+        ));
+        assert_eq!(
+            parse_request(r#"{"op":"history","channel":"a","limit":5000}"#)
+                .unwrap_err()
+                .1
+                .code,
+            "bad_request"
+        );
+        assert_eq!(
+            parse_request(r#"{"op":"pub","channel":"a","data":1,"ttl":0}"#)
+                .unwrap_err()
+                .1
+                .code,
+            "bad_request"
+        );
+        let lines = [msg_line("a", 1, "1"), msg_line("a", 2, "[2]")];
+        let reply: serde_json::Value =
+            serde_json::from_str(&history_reply(None, "a", 2, "e", &lines)).unwrap();
+        assert_eq!(reply["messages"][1]["data"][0], 2);
+        assert_eq!(reply["seq"], 2);
     }
 
     #[test]

@@ -1,15 +1,17 @@
-//! Routing requests to channel owners and messages to subscribers.
+//! The requesting side: client requests routed to channel owners, answers
+//! routed back to whoever asked, and messages to local subscribers.
 //!
-//! A channel's owner worker (`sync::shard`) numbers its messages. A request for a
-//! channel owned elsewhere crosses the bus and its answer comes back as a bus
-//! event; `Pending` remembers who was waiting for it.
+//! A request for a channel owned by another worker crosses the bus; `Pending`
+//! remembers who is waiting. A `sub` also collects the messages that arrive
+//! while it waits (`buffer`), so a resume that needs a disk read still hands
+//! the client every message exactly once: the replay, then what came since.
 
 use bytes::Bytes;
 use serde_json::value::RawValue;
 
 use super::conn::Session;
+use super::owner::{Answer, Query, ReplyTo};
 use super::Worker;
-use crate::bus::frame::encode_header;
 use crate::bus::{BusEvent, BusMsg};
 use crate::proto::frames::{self, ErrorReply, Op};
 use crate::proto::ws::text_frame_header;
@@ -27,9 +29,17 @@ pub enum Origin {
         conn_id: u64,
         keep_alive: bool,
     },
+    /// Another worker, for one of its clients.
+    Peer { slot: usize, tag: u64 },
 }
 
-/// A request sent to another worker, waiting for its answer.
+/// Where a history answer goes.
+pub enum HistoryFor {
+    Client { id: Option<Box<RawValue>> },
+    Http { keep_alive: bool },
+}
+
+/// A request waiting for an owner's answer.
 pub struct Pending {
     slot: usize,
     what: Awaiting,
@@ -42,11 +52,21 @@ enum Awaiting {
         conn_id: u64,
         id: Option<Box<RawValue>>,
         channel: String,
-        resume: Option<(u64, Option<String>)>,
+        /// Messages of the channel that arrived while waiting: `(seq, line)`.
+        buffer: Vec<(u64, Bytes)>,
+    },
+    History {
+        key: usize,
+        conn_id: u64,
+        channel: String,
+        reply: HistoryFor,
     },
 }
 
-fn unavailable(slot: usize) -> ErrorReply {
+/// Most messages a waiting `sub` buffers before it gives up.
+const MAX_SUB_BUFFER: usize = 100_000;
+
+pub fn unavailable(slot: usize) -> ErrorReply {
     ErrorReply::new(
         "unavailable",
         format!("the worker that owns this channel ({slot}) is restarting; retry shortly"),
@@ -68,6 +88,7 @@ impl Worker {
             }
         };
         let id = request.id;
+        let conn_id = self.conns.get(key).map_or(0, |c| c.id);
         match request.op {
             Op::Ping => self.reply(key, frames::pong(id)),
             Op::Sub {
@@ -75,30 +96,197 @@ impl Worker {
                 since,
                 epoch,
             } => {
-                let resume = since.map(|s| (s, epoch.map(|e| e.into_owned())));
-                self.subscribe(key, id.map(RawValue::to_owned), &channel, resume)
+                if self.subs.is_subscribed(key, &channel) {
+                    let e = ErrorReply::new(
+                        "already_subscribed",
+                        format!("already subscribed to {channel}"),
+                    );
+                    self.reply(key, frames::error(id, &e));
+                    return;
+                }
+                let query = Query::Resume {
+                    since,
+                    epoch: epoch.map(|e| e.into_owned()),
+                };
+                let what = Awaiting::Sub {
+                    key,
+                    conn_id,
+                    id: id.map(RawValue::to_owned),
+                    channel: channel.to_string(),
+                    buffer: Vec::new(),
+                };
+                self.ask_owner(&channel, query, what);
             }
             Op::Unsub { channel } => {
                 self.subs.remove(key, &channel);
                 self.reply(key, frames::ok(id));
             }
-            Op::Pub { channel, data } => {
-                let origin = self.client_origin(key, id);
-                self.publish(origin, &channel, data.get());
+            Op::Pub { channel, data, ttl } => {
+                let origin = Origin::Client {
+                    key,
+                    conn_id,
+                    id: id.map(RawValue::to_owned),
+                };
+                self.publish(origin, &channel, data.get(), ttl);
+            }
+            Op::History {
+                channel,
+                since,
+                limit,
+            } => {
+                let reply = HistoryFor::Client {
+                    id: id.map(RawValue::to_owned),
+                };
+                self.history(key, &channel, since, limit, reply);
             }
         }
     }
 
-    fn client_origin(&self, key: usize, id: Option<&RawValue>) -> Origin {
-        Origin::Client {
+    pub(super) fn history(
+        &mut self,
+        key: usize,
+        channel: &str,
+        since: u64,
+        limit: usize,
+        reply: HistoryFor,
+    ) {
+        let conn_id = self.conns.get(key).map_or(0, |c| c.id);
+        let what = Awaiting::History {
             key,
-            conn_id: self.conns.get(key).map_or(0, |c| c.id),
-            id: id.map(RawValue::to_owned),
+            conn_id,
+            channel: channel.to_string(),
+            reply,
+        };
+        self.ask_owner(channel, Query::History { since, limit }, what);
+    }
+
+    /// Records what waits for the answer, then asks the owner: this worker
+    /// directly, or another one over the bus.
+    fn ask_owner(&mut self, channel: &str, query: Query, what: Awaiting) {
+        let owner = self.owner_of(channel);
+        let tag = self.next_tag();
+        if matches!(what, Awaiting::Sub { .. }) {
+            self.pending_subs
+                .entry(channel.into())
+                .or_default()
+                .push(tag);
+        }
+        self.pending.insert(tag, Pending { slot: owner, what });
+        if owner == self.slot {
+            self.owner_query(channel, query, ReplyTo::Local(tag));
+            return;
+        }
+        let msg = match query {
+            Query::Resume { since, epoch } => BusMsg::SubQuery {
+                tag,
+                channel: channel.to_string(),
+                since,
+                epoch,
+            },
+            Query::History { since, limit } => BusMsg::HistoryQuery {
+                tag,
+                channel: channel.to_string(),
+                since,
+                limit,
+            },
+        };
+        if self.peers.send(owner, &msg, Bytes::new()).is_err() {
+            self.finish_query(tag, Err(unavailable(owner)));
+        }
+    }
+
+    /// An owner answered a `sub` or `history`.
+    pub(super) fn finish_query(&mut self, tag: u64, answer: Result<Answer, ErrorReply>) {
+        let Some(pending) = self.pending.remove(&tag) else {
+            return;
+        };
+        match pending.what {
+            Awaiting::Sub {
+                key,
+                conn_id,
+                id,
+                channel,
+                buffer,
+            } => {
+                if let Some(tags) = self.pending_subs.get_mut(channel.as_str()) {
+                    tags.retain(|&t| t != tag);
+                    if tags.is_empty() {
+                        self.pending_subs.remove(channel.as_str());
+                    }
+                }
+                if !self.is_live(key, conn_id) {
+                    return;
+                }
+                let answer = match answer {
+                    Ok(answer) => answer,
+                    Err(e) => return self.reply(key, frames::error(id.as_deref(), &e)),
+                };
+                let reply = frames::ok_sub(
+                    id.as_deref(),
+                    &channel,
+                    answer.seq,
+                    &answer.epoch,
+                    answer.recovered,
+                );
+                self.reply(key, reply);
+                for line in &answer.lines {
+                    self.send_line(key, line);
+                }
+                for (seq, line) in &buffer {
+                    if *seq > answer.seq {
+                        self.send_line(key, line);
+                    }
+                }
+                self.subs.add(key, &channel);
+            }
+            Awaiting::History {
+                key,
+                conn_id,
+                channel,
+                reply,
+            } => {
+                if !self.is_live(key, conn_id) {
+                    return;
+                }
+                match reply {
+                    HistoryFor::Client { id } => {
+                        let text = match answer {
+                            Ok(a) => frames::history_reply(
+                                id.as_deref(),
+                                &channel,
+                                a.seq,
+                                &a.epoch,
+                                &a.lines,
+                            ),
+                            Err(e) => frames::error(id.as_deref(), &e),
+                        };
+                        self.reply(key, text);
+                    }
+                    HistoryFor::Http { keep_alive } => {
+                        let body = answer.map(|a| {
+                            frames::history_reply(None, &channel, a.seq, &a.epoch, &a.lines)
+                        });
+                        self.answer_http(key, conn_id, keep_alive, body);
+                    }
+                }
+            }
+            Awaiting::Publish(origin) => {
+                let result = answer.and(Err(ErrorReply::new("internal", "unexpected answer")));
+                self.answer_publish(origin, result);
+            }
         }
     }
 
     /// Queues one reply frame (a JSON text) to a WebSocket or TCP client.
     pub(super) fn reply(&mut self, key: usize, text: String) {
+        let mut line = text.into_bytes();
+        line.push(b'\n');
+        self.send_line(key, &Bytes::from(line));
+    }
+
+    /// Queues a newline-terminated frame: as is on TCP, as a text frame
+    /// without the newline on WebSocket.
+    pub(super) fn send_line(&mut self, key: usize, line: &Bytes) {
         let Some(conn) = self.conns.get_mut(key) else {
             return;
         };
@@ -107,98 +295,30 @@ impl Worker {
         }
         match conn.session {
             Session::Ws { .. } => {
-                let header = text_frame_header(text.len());
-                conn.t.queue(&[&header, &Bytes::from(text)]);
+                let body = line.slice(..line.len().saturating_sub(1));
+                conn.t.queue(&[&text_frame_header(body.len()), &body]);
             }
-            Session::Tcp { .. } => {
-                let mut line = text.into_bytes();
-                line.push(b'\n');
-                conn.t.queue(&[&Bytes::from(line)]);
-            }
+            Session::Tcp { .. } => conn.t.queue(&[line]),
             Session::Http { .. } => return,
         }
         self.mark_dirty(key);
     }
 
-    fn subscribe(
-        &mut self,
-        key: usize,
-        id: Option<Box<RawValue>>,
-        channel: &str,
-        resume: Option<(u64, Option<String>)>,
-    ) {
-        if self.subs.is_subscribed(key, channel) {
-            let e = ErrorReply::new(
-                "already_subscribed",
-                format!("already subscribed to {channel}"),
-            );
-            self.reply(key, frames::error(id.as_deref(), &e));
-            return;
-        }
-        let owner = self.owner_of(channel);
-        if owner == self.slot {
-            let seq = self.owner.current(channel);
-            let epoch = self.owner.epoch().to_string();
-            self.complete_sub(key, id, channel, seq, &epoch, resume);
-            return;
-        }
-        let tag = self.next_tag();
-        let query = BusMsg::SubQuery {
-            tag,
-            channel: channel.to_string(),
-        };
-        if self.peers.send(owner, &query, Bytes::new()).is_err() {
-            self.reply(key, frames::error(id.as_deref(), &unavailable(owner)));
-            return;
-        }
-        let conn_id = self.conns.get(key).map_or(0, |c| c.id);
-        let what = Awaiting::Sub {
-            key,
-            conn_id,
-            id,
-            channel: channel.to_string(),
-            resume,
-        };
-        self.pending.insert(tag, Pending { slot: owner, what });
-    }
-
-    /// Subscribes as of the owner's `seq`: every later message arrives after
-    /// this reply, on the same ordered link.
-    fn complete_sub(
-        &mut self,
-        key: usize,
-        id: Option<Box<RawValue>>,
-        channel: &str,
-        seq: u64,
-        epoch: &str,
-        resume: Option<(u64, Option<String>)>,
-    ) {
-        // No history yet: a resume is exact only when nothing was missed.
-        let recovered = resume.map(|(since, their_epoch)| {
-            since == seq && their_epoch.as_deref().is_none_or(|e| e == epoch)
-        });
-        self.subs.add(key, channel);
-        self.reply(
-            key,
-            frames::ok_sub(id.as_deref(), channel, seq, epoch, recovered),
-        );
-    }
-
-    fn owner_of(&self, channel: &str) -> usize {
+    pub(super) fn owner_of(&self, channel: &str) -> usize {
         shard::owner_of(channel, self.config.storage.shards, self.config.workers)
     }
 
-    pub(super) fn publish(&mut self, origin: Origin, channel: &str, data: &str) {
+    pub(super) fn publish(&mut self, origin: Origin, channel: &str, data: &str, ttl: Option<u64>) {
         let owner = self.owner_of(channel);
         if owner == self.slot {
-            let seq = self.publish_owned(channel, data);
-            self.answer_publish(origin, Ok(seq));
+            self.publish_owned(origin, channel, data, ttl);
             return;
         }
         let tag = self.next_tag();
         let msg = BusMsg::Publish {
             tag,
             channel: channel.to_string(),
+            ttl,
         };
         let payload = Bytes::copy_from_slice(data.as_bytes());
         if self.peers.send(owner, &msg, payload).is_err() {
@@ -209,22 +329,22 @@ impl Worker {
         self.pending.insert(tag, Pending { slot: owner, what });
     }
 
-    /// As the owner: numbers the message, serializes it once, and hands the
-    /// same bytes to every other worker and every local subscriber.
-    fn publish_owned(&mut self, channel: &str, data: &str) -> u64 {
-        let seq = self.owner.next_seq(channel);
-        let line = frames::msg_line(channel, seq, data);
-        let deliver = BusMsg::Deliver {
-            channel: channel.to_string(),
-            seq,
-        };
-        let header = encode_header(&deliver, line.len());
-        self.peers.broadcast(&header, &line, &mut self.bus_events);
-        self.deliver_local(channel, &line);
-        seq
-    }
-
-    fn deliver_local(&mut self, channel: &str, line: &Bytes) {
+    /// Hands a stored message to this worker's subscribers of `channel`, and
+    /// to the `sub`s still waiting for their owner's answer.
+    pub(super) fn deliver_local(&mut self, channel: &str, seq: u64, line: &Bytes) {
+        if let Some(tags) = self.pending_subs.get(channel) {
+            for tag in tags {
+                if let Some(Pending {
+                    what: Awaiting::Sub { buffer, .. },
+                    ..
+                }) = self.pending.get_mut(tag)
+                {
+                    if buffer.len() < MAX_SUB_BUFFER {
+                        buffer.push((seq, line.clone()));
+                    }
+                }
+            }
+        }
         let subscribers = self.subs.subscribers(channel);
         if subscribers.is_empty() {
             return;
@@ -250,7 +370,7 @@ impl Worker {
     pub(super) fn answer_publish(&mut self, origin: Origin, result: Result<u64, ErrorReply>) {
         match origin {
             Origin::Client { key, conn_id, id } => {
-                if self.conns.get(key).is_some_and(|c| c.id == conn_id) {
+                if self.is_live(key, conn_id) {
                     let text = match result {
                         Ok(seq) => frames::ok_pub(id.as_deref(), seq),
                         Err(e) => frames::error(id.as_deref(), &e),
@@ -262,7 +382,19 @@ impl Worker {
                 key,
                 conn_id,
                 keep_alive,
-            } => self.answer_http_publish(key, conn_id, keep_alive, result),
+            } => {
+                let body = result.map(|seq| serde_json::json!({ "seq": seq }).to_string());
+                self.answer_http(key, conn_id, keep_alive, body);
+            }
+            Origin::Peer { slot, tag } => {
+                let (seq, error) = match result {
+                    Ok(seq) => (Some(seq), None),
+                    Err(e) => (None, Some(e.message)),
+                };
+                let _ = self
+                    .peers
+                    .send(slot, &BusMsg::Published { tag, seq, error }, Bytes::new());
+            }
         }
     }
 
@@ -279,55 +411,76 @@ impl Worker {
 
     fn on_bus_msg(&mut self, from: usize, msg: BusMsg, payload: Bytes) {
         match msg {
-            BusMsg::Deliver { channel, .. } => self.deliver_local(&channel, &payload),
-            BusMsg::Publish { tag, channel } => {
-                let seq = match std::str::from_utf8(&payload) {
+            BusMsg::Deliver { channel, seq } => self.deliver_local(&channel, seq, &payload),
+            BusMsg::Publish { tag, channel, ttl } => {
+                let origin = Origin::Peer { slot: from, tag };
+                match std::str::from_utf8(&payload) {
                     Ok(data) if self.owner_of(&channel) == self.slot => {
-                        Some(self.publish_owned(&channel, data))
+                        let data = data.to_string();
+                        self.publish_owned(origin, &channel, &data, ttl);
                     }
                     _ => {
                         log::error!("worker {}: misrouted publish for {channel}", self.slot);
-                        None
+                        let e = ErrorReply::new("internal", "misrouted publish");
+                        self.answer_publish(origin, Err(e));
                     }
-                };
-                let answer = BusMsg::Published { tag, seq };
-                let _ = self.peers.send(from, &answer, Bytes::new());
+                }
             }
-            BusMsg::Published { tag, seq } => {
+            BusMsg::Published { tag, seq, error } => {
                 if let Some(Pending {
                     what: Awaiting::Publish(origin),
                     ..
                 }) = self.pending.remove(&tag)
                 {
-                    let result = seq.ok_or_else(|| ErrorReply::new("internal", "publish failed"));
+                    let result = seq.ok_or_else(|| {
+                        ErrorReply::new(
+                            "storage_failed",
+                            error.unwrap_or_else(|| "publish failed".into()),
+                        )
+                    });
                     self.answer_publish(origin, result);
                 }
             }
-            BusMsg::SubQuery { tag, channel } => {
-                let answer = BusMsg::SubState {
-                    tag,
-                    seq: self.owner.current(&channel),
-                    epoch: self.owner.epoch().to_string(),
-                };
-                let _ = self.peers.send(from, &answer, Bytes::new());
+            BusMsg::SubQuery {
+                tag,
+                channel,
+                since,
+                epoch,
+            } => self.owner_query(
+                &channel,
+                Query::Resume { since, epoch },
+                ReplyTo::Peer { slot: from, tag },
+            ),
+            BusMsg::HistoryQuery {
+                tag,
+                channel,
+                since,
+                limit,
+            } => {
+                let limit = limit.min(frames::MAX_HISTORY_LIMIT);
+                self.owner_query(
+                    &channel,
+                    Query::History { since, limit },
+                    ReplyTo::Peer { slot: from, tag },
+                )
             }
-            BusMsg::SubState { tag, seq, epoch } => {
-                if let Some(Pending {
-                    what:
-                        Awaiting::Sub {
-                            key,
-                            conn_id,
-                            id,
-                            channel,
-                            resume,
-                        },
-                    ..
-                }) = self.pending.remove(&tag)
-                {
-                    if self.conns.get(key).is_some_and(|c| c.id == conn_id) {
-                        self.complete_sub(key, id, &channel, seq, &epoch, resume);
-                    }
-                }
+            BusMsg::QueryAnswer {
+                tag,
+                seq,
+                epoch,
+                recovered,
+                error,
+            } => {
+                let answer = match error {
+                    Some(message) => Err(ErrorReply::new("storage_failed", message)),
+                    None => Ok(Answer {
+                        seq,
+                        epoch,
+                        recovered,
+                        lines: split_lines(&payload),
+                    }),
+                };
+                self.finish_query(tag, answer);
             }
             BusMsg::Hello { .. } | BusMsg::Welcome { .. } => {}
         }
@@ -338,23 +491,38 @@ impl Worker {
         let tags: Vec<u64> = self
             .pending
             .iter()
-            .filter(|(_, p)| p.slot == slot)
+            .filter(|(_, p)| p.slot == slot && slot != self.slot)
             .map(|(&t, _)| t)
             .collect();
         for tag in tags {
-            let Some(pending) = self.pending.remove(&tag) else {
-                continue;
-            };
-            match pending.what {
-                Awaiting::Publish(origin) => self.answer_publish(origin, Err(unavailable(slot))),
-                Awaiting::Sub {
-                    key, conn_id, id, ..
-                } => {
-                    if self.conns.get(key).is_some_and(|c| c.id == conn_id) {
-                        self.reply(key, frames::error(id.as_deref(), &unavailable(slot)));
-                    }
+            if let Some(Pending {
+                what: Awaiting::Publish(_),
+                ..
+            }) = self.pending.get(&tag)
+            {
+                if let Some(Pending {
+                    what: Awaiting::Publish(origin),
+                    ..
+                }) = self.pending.remove(&tag)
+                {
+                    self.answer_publish(origin, Err(unavailable(slot)));
                 }
+            } else {
+                self.finish_query(tag, Err(unavailable(slot)));
             }
         }
     }
+}
+
+/// Splits concatenated `msg` lines into shared slices, newline kept.
+pub fn split_lines(payload: &Bytes) -> Vec<Bytes> {
+    let mut lines = Vec::new();
+    let mut start = 0;
+    for (i, &b) in payload.iter().enumerate() {
+        if b == b'\n' {
+            lines.push(payload.slice(start..=i));
+            start = i + 1;
+        }
+    }
+    lines
 }

@@ -9,7 +9,7 @@ use serde_json::value::RawValue;
 use tungstenite::protocol::{Role, WebSocketContext};
 
 use super::conn::Session;
-use super::dispatch::Origin;
+use super::dispatch::{HistoryFor, Origin};
 use super::Worker;
 use crate::proto::frames::{self, ErrorReply};
 use crate::proto::http::{self, Parsed, Request};
@@ -21,6 +21,7 @@ struct PublishBody<'a> {
     channel: std::borrow::Cow<'a, str>,
     #[serde(borrow)]
     data: &'a RawValue,
+    ttl: Option<u64>,
 }
 
 impl Worker {
@@ -74,7 +75,8 @@ impl Worker {
                 self.respond_json(key, 200, body, keep_alive);
             }
             ("POST", "/api/publish") => self.http_publish(key, &request),
-            (_, "/ws" | "/healthz" | "/api/publish") => {
+            ("GET", "/api/history") => self.http_history(key, &request),
+            (_, "/ws" | "/healthz" | "/api/publish" | "/api/history") => {
                 let e = http::json_error(405, "method_not_allowed", "method not allowed");
                 self.respond(key, e, false);
             }
@@ -111,29 +113,71 @@ impl Worker {
             keep_alive: request.keep_alive,
         };
         self.stats.msgs_in += 1;
-        self.publish(origin, &body.channel, body.data.get());
+        self.publish(
+            origin,
+            &body.channel,
+            body.data.get(),
+            body.ttl.filter(|&t| t > 0),
+        );
     }
 
-    pub(super) fn answer_http_publish(
+    /// Sends the answer to an HTTP request that waited for an owner, then
+    /// serves the requests that arrived behind it.
+    pub(super) fn answer_http(
         &mut self,
         key: usize,
         conn_id: u64,
         keep_alive: bool,
-        result: Result<u64, ErrorReply>,
+        result: Result<String, ErrorReply>,
     ) {
         let Some(conn) = self.conns.get_mut(key).filter(|c| c.id == conn_id) else {
             return;
         };
         conn.http_busy = false;
         match result {
-            Ok(seq) => {
-                let body = serde_json::json!({ "seq": seq }).to_string();
-                self.respond_json(key, 200, body, keep_alive);
-            }
+            Ok(body) => self.respond_json(key, 200, body, keep_alive),
             Err(e) => self.respond(key, http::json_error(503, e.code, &e.message), false),
         }
-        // Requests that arrived behind this one.
         self.serve_http(key);
+    }
+
+    fn http_history(&mut self, key: usize, request: &Request) {
+        let mut channel = None;
+        let mut since = 0;
+        let mut limit = None;
+        let mut bad = None;
+        for (name, value) in form_urlencoded::parse(request.query.as_bytes()) {
+            match name.as_ref() {
+                "channel" => channel = Some(value.into_owned()),
+                "since" => match value.parse() {
+                    Ok(n) => since = n,
+                    Err(_) => bad = Some("`since` must be a whole number"),
+                },
+                "limit" => match value.parse() {
+                    Ok(n) => limit = Some(n),
+                    Err(_) => bad = Some("`limit` must be a whole number"),
+                },
+                _ => {}
+            }
+        }
+        let checked = match (bad, channel) {
+            (Some(message), _) => Err(ErrorReply::new("bad_request", message)),
+            (None, None) => Err(ErrorReply::new("bad_request", "`channel` is required")),
+            (None, Some(channel)) => frames::check_channel(&channel)
+                .and_then(|()| frames::history_limit(limit))
+                .map(|limit| (channel, limit)),
+        };
+        let (channel, limit) = match checked {
+            Ok(ok) => ok,
+            Err(e) => return self.respond(key, http::json_error(400, e.code, &e.message), false),
+        };
+        if let Some(conn) = self.conns.get_mut(key) {
+            conn.http_busy = true;
+        }
+        let reply = HistoryFor::Http {
+            keep_alive: request.keep_alive,
+        };
+        self.history(key, &channel, since, limit, reply);
     }
 
     fn upgrade(&mut self, key: usize, request: &Request, echo: bool) {

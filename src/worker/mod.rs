@@ -4,24 +4,30 @@
 mod conn;
 mod dispatch;
 mod http_api;
+mod owner;
 mod read;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::io::{self, Write};
 use std::net::TcpListener as StdTcpListener;
 use std::os::unix::net::UnixStream as StdUnixStream;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use mio::net::{TcpListener, UnixStream};
-use mio::{Events, Interest, Poll, Token};
+use mio::{Events, Interest, Poll, Token, Waker};
 use slab::Slab;
 
 use crate::bus::{self, BusEvent, Peers};
 use crate::config::Config;
+use crate::config::Durability;
 use crate::control::{ConnInfo, FromWorker, LineChannel, ToWorker, WorkerStats};
 use crate::proto::{frames, http};
 use crate::signals::SignalSet;
+use crate::store::cache::HistoryCache;
+use crate::store::shard_db::{shard_path, ShardDb};
+use crate::store::thread::{Request, StoreThread, SWEEP_EVERY};
 use crate::sync::owner::ChannelOwner;
 use crate::sync::subscriptions::Subscriptions;
 use conn::{Conn, Protocol, Session, Transport};
@@ -31,6 +37,8 @@ const WS_LISTENER: Token = Token(0);
 const TCP_LISTENER: Token = Token(1);
 const MASTER: Token = Token(2);
 const SIGNALS: Token = Token(3);
+/// The store thread has events for us.
+const STORE: Token = Token(4);
 const CONN_BASE: usize = 1 << 20;
 const TICK: Duration = Duration::from_millis(100);
 /// Longest a new worker waits for its peers to link back before serving anyway.
@@ -67,7 +75,16 @@ pub struct Worker {
     peers: Peers,
     bus_events: Vec<BusEvent>,
     pending: HashMap<u64, Pending>,
+    /// Tags of the `sub`s waiting for an owner, by channel.
+    pending_subs: HashMap<Box<str>, Vec<u64>>,
     next_tag: u64,
+    store: StoreThread,
+    cache: HistoryCache,
+    inflight: VecDeque<owner::Inflight>,
+    next_ticket: u64,
+    disk_reads: HashMap<u64, owner::DiskRead>,
+    /// Storage failed: exit so the master restarts us from what the disk holds.
+    fatal: bool,
     master: LineChannel,
     signals: SignalSet,
     /// Connections with new output to write at the end of this loop turn.
@@ -89,7 +106,7 @@ pub fn run(ctx: WorkerContext) -> i32 {
     }
 }
 
-fn random_u64() -> u64 {
+pub(crate) fn random_u64() -> u64 {
     use std::hash::{BuildHasher, Hasher};
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
     h.write_u128(
@@ -120,11 +137,13 @@ impl Worker {
         poll.registry()
             .register(&mut signals.reader, SIGNALS, Interest::READABLE)?;
         let instance = random_u64();
+        let (owner, shards) = open_shards(&ctx.config, ctx.slot)?;
+        let waker = Arc::new(Waker::new(poll.registry(), STORE)?);
+        let store = StoreThread::spawn(shards, ctx.config.storage.history_size, waker)?;
         let sockets = (0..ctx.config.workers)
             .map(|s| ctx.config.bus_socket(s))
             .collect();
-        let max_bus_frame = ctx.config.limits.max_frame + (64 << 10);
-        let peers = Peers::start(ctx.slot, instance, sockets, max_bus_frame, poll.registry())?;
+        let peers = Peers::start(ctx.slot, instance, sockets, MAX_BUS_FRAME, poll.registry())?;
         Ok(Worker {
             slot: ctx.slot,
             poll,
@@ -134,11 +153,21 @@ impl Worker {
             conns: Slab::new(),
             next_conn_id: 1,
             subs: Subscriptions::default(),
-            owner: ChannelOwner::new(format!("{instance:016x}")),
+            owner,
             peers,
             bus_events: Vec::new(),
             pending: HashMap::new(),
+            pending_subs: HashMap::new(),
             next_tag: 1,
+            store,
+            cache: HistoryCache::new(
+                ctx.config.storage.cache_bytes,
+                ctx.config.storage.history_size,
+            ),
+            inflight: VecDeque::new(),
+            next_ticket: 0,
+            disk_reads: HashMap::new(),
+            fatal: false,
             master,
             signals,
             dirty: Vec::new(),
@@ -150,8 +179,16 @@ impl Worker {
     }
 
     fn run(&mut self) -> i32 {
+        let code = self.event_loop();
+        // Whatever was queued for the disk is written before we go.
+        self.store.close();
+        code
+    }
+
+    fn event_loop(&mut self) -> i32 {
         let mut events = Events::with_capacity(1024);
         let mut next_tick = Instant::now() + TICK;
+        let mut next_sweep = Instant::now() + SWEEP_EVERY;
         loop {
             let timeout = if self.pending_reads.is_empty() {
                 next_tick.saturating_duration_since(Instant::now())
@@ -173,6 +210,7 @@ impl Worker {
                             return code;
                         }
                     }
+                    STORE => self.on_store_events(),
                     SIGNALS => {
                         for signal in self.signals.drain() {
                             if signal == libc::SIGTERM {
@@ -210,6 +248,16 @@ impl Worker {
             if now >= next_tick {
                 next_tick = now + TICK;
                 self.tick(now);
+            }
+            if now >= next_sweep {
+                next_sweep = now + SWEEP_EVERY;
+                let _ = self.store.requests.send(Request::Sweep {
+                    now_ms: owner::now_ms(),
+                });
+            }
+            if self.fatal {
+                self.flush_all();
+                return 1;
             }
             if !self.serving && self.stopping.is_none() {
                 self.maybe_start_serving(now);
@@ -510,6 +558,12 @@ impl Worker {
         log::debug!("worker {}: connection {} closed", self.slot, conn.id);
     }
 
+    /// The connection that made a request is still the one at `key` (keys are
+    /// reused after a close).
+    fn is_live(&self, key: usize, conn_id: u64) -> bool {
+        self.conns.get(key).is_some_and(|c| c.id == conn_id)
+    }
+
     fn mark_dirty(&mut self, key: usize) {
         self.dirty.push(key);
     }
@@ -518,6 +572,33 @@ impl Worker {
         self.next_tag += 1;
         self.next_tag
     }
+}
+
+/// Largest frame between workers: a resume's replay travels as one frame.
+const MAX_BUS_FRAME: usize = 256 << 20;
+
+/// Opens the shard files this slot owns (`shard % workers == slot`) and loads
+/// their channels. In `memory` durability, a shard that was not closed cleanly
+/// may have lost messages clients saw, so its channels get new epochs.
+fn open_shards(config: &Config, slot: usize) -> io::Result<(ChannelOwner, HashMap<u32, ShardDb>)> {
+    let mut owner = ChannelOwner::default();
+    let mut shards = HashMap::new();
+    let storage = &config.storage;
+    for shard in (0..storage.shards).filter(|&s| s as usize % config.workers == slot) {
+        let path = shard_path(&config.paths.data_dir, shard);
+        let fail = |e: rusqlite::Error| io::Error::other(format!("{}: {e}", path.display()));
+        let db = ShardDb::open(&path, storage.durability).map_err(fail)?;
+        let clean = db.get_state("clean_shutdown").map_err(fail)?;
+        if storage.durability == Durability::Memory && clean.as_deref() == Some("0") {
+            log::warn!("shard {shard} was not closed cleanly: its channels start new epochs");
+            db.renew_epochs(owner::fresh_epoch).map_err(fail)?;
+        }
+        for (name, epoch, last_seq) in db.channels().map_err(fail)? {
+            owner.load(&name, epoch, last_seq);
+        }
+        shards.insert(shard, db);
+    }
+    Ok((owner, shards))
 }
 
 fn rss_bytes() -> u64 {

@@ -1,0 +1,253 @@
+//! One shard's SQLite file (`shard-NN.db`, WAL): its channels, their epochs and
+//! last `seq`, and their retained messages.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
+
+use crate::config::Durability;
+
+pub fn shard_path(data_dir: &Path, shard: u32) -> PathBuf {
+    data_dir.join(format!("shard-{shard:02}.db"))
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS channels (
+    name     TEXT PRIMARY KEY,
+    epoch    TEXT NOT NULL,
+    last_seq INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS messages (
+    channel    TEXT NOT NULL,
+    seq        INTEGER NOT NULL,
+    time       INTEGER NOT NULL,
+    expires_at INTEGER NOT NULL,
+    data       TEXT NOT NULL,
+    PRIMARY KEY (channel, seq)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS messages_by_expiry ON messages (expires_at);
+CREATE TABLE IF NOT EXISTS state (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
+";
+
+/// One message to append; times are Unix milliseconds.
+#[derive(Debug, Clone)]
+pub struct Append {
+    pub channel: String,
+    pub seq: u64,
+    pub time_ms: i64,
+    pub expires_ms: i64,
+    pub data: String,
+    /// Set on a channel's first message: the epoch to record for it.
+    pub epoch: String,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Stored {
+    pub seq: u64,
+    pub expires_ms: i64,
+    pub data: String,
+}
+
+pub struct ShardDb {
+    conn: Connection,
+}
+
+impl ShardDb {
+    pub fn open(path: &Path, durability: Durability) -> rusqlite::Result<ShardDb> {
+        let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_CREATE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let conn = Connection::open_with_flags(path, flags)?;
+        conn.busy_timeout(Duration::from_secs(5))?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        // WAL + NORMAL survives a process crash; FULL also syncs each commit.
+        let sync = match durability {
+            Durability::Fsync => "FULL",
+            Durability::Commit => "NORMAL",
+            Durability::Memory => "OFF",
+        };
+        conn.pragma_update(None, "synchronous", sync)?;
+        conn.execute_batch(SCHEMA)?;
+        Ok(ShardDb { conn })
+    }
+
+    /// Every channel with its epoch and last stored `seq`.
+    pub fn channels(&self) -> rusqlite::Result<Vec<(String, String, u64)>> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT name, epoch, last_seq FROM channels")?;
+        let rows = stmt.query_map([], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get::<_, i64>(2)? as u64))
+        })?;
+        rows.collect()
+    }
+
+    /// Appends a batch in one transaction (group commit).
+    pub fn append(&mut self, batch: &[Append]) -> rusqlite::Result<()> {
+        let tx = self.conn.transaction()?;
+        {
+            let mut insert = tx.prepare_cached(
+                "INSERT INTO messages (channel, seq, time, expires_at, data) VALUES (?1, ?2, ?3, ?4, ?5)",
+            )?;
+            let mut channel = tx.prepare_cached(
+                "INSERT INTO channels (name, epoch, last_seq) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (name) DO UPDATE SET last_seq = max(last_seq, excluded.last_seq)",
+            )?;
+            for m in batch {
+                insert.execute(params![
+                    m.channel,
+                    m.seq as i64,
+                    m.time_ms,
+                    m.expires_ms,
+                    m.data
+                ])?;
+            }
+            // One channel row update per channel: the batch is in seq order.
+            let mut last: std::collections::HashMap<&str, &Append> =
+                std::collections::HashMap::new();
+            for m in batch {
+                last.insert(&m.channel, m);
+            }
+            for m in last.values() {
+                channel.execute(params![m.channel, m.epoch, m.seq as i64])?;
+            }
+        }
+        tx.commit()
+    }
+
+    /// Retained messages of `channel` with `after < seq <= upto`, oldest first,
+    /// at most `limit`; and the oldest retained `seq` of the channel.
+    pub fn read(
+        &self,
+        channel: &str,
+        after: u64,
+        upto: u64,
+        limit: usize,
+    ) -> rusqlite::Result<(Vec<Stored>, Option<u64>)> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT seq, expires_at, data FROM messages WHERE channel = ?1 AND seq > ?2 AND seq <= ?3
+             ORDER BY seq LIMIT ?4",
+        )?;
+        let rows = stmt.query_map(
+            params![channel, after as i64, upto as i64, limit as i64],
+            |r| {
+                Ok(Stored {
+                    seq: r.get::<_, i64>(0)? as u64,
+                    expires_ms: r.get(1)?,
+                    data: r.get(2)?,
+                })
+            },
+        )?;
+        let messages = rows.collect::<rusqlite::Result<Vec<_>>>()?;
+        let first: Option<i64> = self
+            .conn
+            .prepare_cached("SELECT min(seq) FROM messages WHERE channel = ?1")?
+            .query_row([channel], |r| r.get(0))
+            .optional()?
+            .flatten();
+        Ok((messages, first.map(|s| s as u64)))
+    }
+
+    /// Deletes up to `limit` expired messages; returns how many.
+    pub fn delete_expired(&mut self, now_ms: i64, limit: usize) -> rusqlite::Result<u64> {
+        let n = self.conn.execute(
+            "DELETE FROM messages WHERE (channel, seq) IN
+               (SELECT channel, seq FROM messages WHERE expires_at <= ?1 LIMIT ?2)",
+            params![now_ms, limit as i64],
+        )?;
+        Ok(n as u64)
+    }
+
+    /// Deletes up to `limit` messages of `channel` with `seq <= upto`.
+    pub fn trim(&mut self, channel: &str, upto: u64, limit: usize) -> rusqlite::Result<u64> {
+        let n = self.conn.execute(
+            "DELETE FROM messages WHERE channel = ?1 AND seq IN
+               (SELECT seq FROM messages WHERE channel = ?1 AND seq <= ?2 ORDER BY seq LIMIT ?3)",
+            params![channel, upto as i64, limit as i64],
+        )?;
+        Ok(n as u64)
+    }
+
+    pub fn get_state(&self, key: &str) -> rusqlite::Result<Option<String>> {
+        self.conn
+            .query_row("SELECT value FROM state WHERE key = ?1", [key], |r| {
+                r.get(0)
+            })
+            .optional()
+    }
+
+    pub fn set_state(&self, key: &str, value: &str) -> rusqlite::Result<()> {
+        self.conn.execute(
+            "INSERT INTO state (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            params![key, value],
+        )?;
+        Ok(())
+    }
+
+    /// Gives every channel a new epoch: its history may have lost messages that
+    /// clients saw (after a crash in `memory` durability).
+    pub fn renew_epochs(&self, mut fresh: impl FnMut() -> String) -> rusqlite::Result<()> {
+        let names: Vec<String> = self.channels()?.into_iter().map(|(n, _, _)| n).collect();
+        for name in names {
+            self.conn.execute(
+                "UPDATE channels SET epoch = ?2 WHERE name = ?1",
+                params![name, fresh()],
+            )?;
+        }
+        Ok(())
+    }
+
+    /// A consistent copy of the shard, taken while others may write to it.
+    pub fn backup_into(&self, target: &Path) -> rusqlite::Result<()> {
+        self.conn
+            .execute("VACUUM INTO ?1", [target.to_string_lossy()])
+            .map(drop)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg(channel: &str, seq: u64, expires_ms: i64) -> Append {
+        Append {
+            channel: channel.into(),
+            seq,
+            time_ms: 0,
+            expires_ms,
+            data: format!("{{\"n\":{seq}}}"),
+            epoch: "e1".into(),
+        }
+    }
+
+    #[test]
+    fn append_read_trim_expire() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut db = ShardDb::open(&shard_path(dir.path(), 3), Durability::Commit).unwrap();
+        db.append(
+            &(1..=10)
+                .map(|s| msg("a", s, if s == 5 { 10 } else { i64::MAX }))
+                .collect::<Vec<_>>(),
+        )
+        .unwrap();
+        assert_eq!(db.channels().unwrap(), vec![("a".into(), "e1".into(), 10)]);
+        let (got, first) = db.read("a", 2, 6, 100).unwrap();
+        assert_eq!(
+            got.iter().map(|m| m.seq).collect::<Vec<_>>(),
+            vec![3, 4, 5, 6]
+        );
+        assert_eq!(first, Some(1));
+        assert_eq!(db.delete_expired(100, 10).unwrap(), 1);
+        assert_eq!(db.trim("a", 3, 2).unwrap(), 2);
+        assert_eq!(db.trim("a", 3, 2).unwrap(), 1);
+        let (got, first) = db.read("a", 0, 10, 100).unwrap();
+        assert_eq!(
+            got.iter().map(|m| m.seq).collect::<Vec<_>>(),
+            vec![4, 6, 7, 8, 9, 10]
+        );
+        assert_eq!(first, Some(4));
+        db.renew_epochs(|| "e2".into()).unwrap();
+        assert_eq!(db.channels().unwrap()[0].1, "e2");
+    }
+}

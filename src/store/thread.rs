@@ -1,0 +1,226 @@
+//! The store thread of one worker: the only writer of the shards that worker
+//! owns. The event loop sends it requests over a channel and never waits; the
+//! thread takes everything queued, commits it per shard in one transaction
+//! (group commit), answers reads, sweeps old rows, and wakes the loop.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crossbeam_channel::{Receiver, Sender};
+use mio::Waker;
+
+use super::shard_db::{Append, ShardDb, Stored};
+
+/// Rows deleted per shard per sweep, so a sweep never holds the thread long.
+const SWEEP_BATCH: usize = 500;
+/// Requests taken into one group commit at most.
+const MAX_BATCH: usize = 8192;
+
+pub enum Request {
+    /// Store one message; `ticket` numbers appends in the order sent.
+    Append {
+        shard: u32,
+        ticket: u64,
+        msg: Append,
+    },
+    /// Read retained messages `after < seq <= upto` of a channel.
+    Read {
+        tag: u64,
+        shard: u32,
+        channel: String,
+        after: u64,
+        upto: u64,
+        limit: usize,
+    },
+    /// Delete expired rows and trim channels over `history_size`.
+    Sweep { now_ms: i64 },
+    /// Record a clean shutdown and end the thread.
+    Close,
+}
+
+pub enum Event {
+    /// Every append with a ticket up to this one is stored.
+    Committed {
+        upto: u64,
+        count: u64,
+    },
+    /// Storing failed: nothing from `from` on is stored.
+    Failed {
+        error: String,
+    },
+    Read {
+        tag: u64,
+        result: Result<(Vec<Stored>, Option<u64>), String>,
+    },
+    Swept {
+        expired: u64,
+        trimmed: u64,
+    },
+}
+
+pub struct StoreThread {
+    pub requests: Sender<Request>,
+    pub events: Receiver<Event>,
+    handle: Option<std::thread::JoinHandle<()>>,
+}
+
+impl StoreThread {
+    pub fn spawn(
+        shards: HashMap<u32, ShardDb>,
+        history_size: u64,
+        waker: Arc<Waker>,
+    ) -> std::io::Result<StoreThread> {
+        let (requests, inbox) = crossbeam_channel::unbounded();
+        let (outbox, events) = crossbeam_channel::unbounded();
+        let handle = std::thread::Builder::new()
+            .name("store".into())
+            .spawn(move || {
+                let mut worker = Writer {
+                    shards,
+                    history_size,
+                    touched: HashMap::new(),
+                    outbox,
+                    waker,
+                };
+                worker.run(inbox);
+            })?;
+        Ok(StoreThread {
+            requests,
+            events,
+            handle: Some(handle),
+        })
+    }
+
+    /// Sends `Close` and waits for the thread to finish what was queued.
+    pub fn close(&mut self) {
+        let _ = self.requests.send(Request::Close);
+        if let Some(handle) = self.handle.take() {
+            let _ = handle.join();
+        }
+    }
+}
+
+struct Writer {
+    shards: HashMap<u32, ShardDb>,
+    history_size: u64,
+    /// Channels appended to since their last trim, with their last `seq`.
+    touched: HashMap<(u32, String), u64>,
+    outbox: Sender<Event>,
+    waker: Arc<Waker>,
+}
+
+impl Writer {
+    fn run(&mut self, inbox: Receiver<Request>) {
+        for shard in self.shards.values() {
+            let _ = shard.set_state("clean_shutdown", "0");
+        }
+        while let Ok(first) = inbox.recv() {
+            let mut batch = vec![first];
+            while batch.len() < MAX_BATCH {
+                match inbox.try_recv() {
+                    Ok(r) => batch.push(r),
+                    Err(_) => break,
+                }
+            }
+            let closing = self.handle(batch);
+            let _ = self.waker.wake();
+            if closing {
+                for shard in self.shards.values() {
+                    let _ = shard.set_state("clean_shutdown", "1");
+                }
+                return;
+            }
+        }
+    }
+
+    /// Returns true when asked to close.
+    fn handle(&mut self, batch: Vec<Request>) -> bool {
+        let mut appends: HashMap<u32, Vec<Append>> = HashMap::new();
+        let mut last_ticket = None;
+        let mut count = 0;
+        let mut rest = Vec::new();
+        for request in batch {
+            match request {
+                Request::Append { shard, ticket, msg } => {
+                    self.touched.insert((shard, msg.channel.clone()), msg.seq);
+                    appends.entry(shard).or_default().push(msg);
+                    last_ticket = Some(ticket);
+                    count += 1;
+                }
+                other => rest.push(other),
+            }
+        }
+        for (shard, msgs) in &appends {
+            let result = match self.shards.get_mut(shard) {
+                Some(db) => db.append(msgs).map_err(|e| e.to_string()),
+                None => Err(format!("shard {shard} is not owned here")),
+            };
+            if let Err(error) = result {
+                let _ = self.outbox.send(Event::Failed { error });
+                return true;
+            }
+        }
+        if let Some(upto) = last_ticket {
+            let _ = self.outbox.send(Event::Committed { upto, count });
+        }
+        let mut closing = false;
+        for request in rest {
+            match request {
+                Request::Read {
+                    tag,
+                    shard,
+                    channel,
+                    after,
+                    upto,
+                    limit,
+                } => {
+                    let result = match self.shards.get(&shard) {
+                        Some(db) => db
+                            .read(&channel, after, upto, limit)
+                            .map_err(|e| e.to_string()),
+                        None => Err(format!("shard {shard} is not owned here")),
+                    };
+                    let _ = self.outbox.send(Event::Read { tag, result });
+                }
+                Request::Sweep { now_ms } => self.sweep(now_ms),
+                Request::Close => closing = true,
+                Request::Append { .. } => {}
+            }
+        }
+        closing
+    }
+
+    fn sweep(&mut self, now_ms: i64) {
+        let (mut expired, mut trimmed) = (0, 0);
+        for db in self.shards.values_mut() {
+            match db.delete_expired(now_ms, SWEEP_BATCH) {
+                Ok(n) => expired += n,
+                Err(e) => log::error!("store: sweeping expired messages failed: {e}"),
+            }
+        }
+        let mut done = HashSet::new();
+        for ((shard, channel), last) in &self.touched {
+            let Some(db) = self.shards.get_mut(shard) else {
+                continue;
+            };
+            let upto = last.saturating_sub(self.history_size);
+            match db.trim(channel, upto, SWEEP_BATCH) {
+                Ok(n) => {
+                    trimmed += n;
+                    if (n as usize) < SWEEP_BATCH {
+                        done.insert((*shard, channel.clone()));
+                    }
+                }
+                Err(e) => log::error!("store: trimming {channel} failed: {e}"),
+            }
+        }
+        self.touched.retain(|key, _| !done.contains(key));
+        if expired + trimmed > 0 {
+            let _ = self.outbox.send(Event::Swept { expired, trimmed });
+        }
+    }
+}
+
+/// How often the worker asks for a sweep.
+pub const SWEEP_EVERY: Duration = Duration::from_secs(1);

@@ -1,0 +1,326 @@
+//! The owner side: numbering and storing the messages of the shards this
+//! worker owns, releasing them to subscribers once stored, and answering
+//! resume and history queries from the cache or, off the loop, from disk.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+
+use super::dispatch::Origin;
+use super::Worker;
+use crate::bus::frame::encode_header;
+use crate::bus::BusMsg;
+use crate::config::Durability;
+use crate::proto::frames::{self, ErrorReply};
+use crate::store::cache::Cached;
+use crate::store::shard_db::{Append, Stored};
+use crate::store::thread::{Event, Request};
+use crate::sync::shard;
+
+/// What a `sub` or `history` asks of the owner.
+pub enum Query {
+    Resume {
+        since: Option<u64>,
+        epoch: Option<String>,
+    },
+    History {
+        since: u64,
+        limit: usize,
+    },
+}
+
+/// Where the owner's answer goes.
+pub enum ReplyTo {
+    /// A `Pending` of this worker, by tag.
+    Local(u64),
+    Peer {
+        slot: usize,
+        tag: u64,
+    },
+}
+
+pub struct Answer {
+    pub seq: u64,
+    pub epoch: String,
+    pub recovered: Option<bool>,
+    /// `msg` lines, newline included, oldest first.
+    pub lines: Vec<Bytes>,
+}
+
+/// A message numbered and sent to the store, not yet released.
+pub struct Inflight {
+    ticket: u64,
+    channel: String,
+    seq: u64,
+    expires_ms: i64,
+    line: Bytes,
+    origin: Origin,
+}
+
+/// A query waiting for the store thread to read the disk.
+pub struct DiskRead {
+    reply_to: ReplyTo,
+    channel: String,
+    query: Query,
+    seq: u64,
+    epoch: String,
+}
+
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+pub fn fresh_epoch() -> String {
+    format!("{:016x}", super::random_u64())
+}
+
+impl Worker {
+    fn shard_of(&self, channel: &str) -> u32 {
+        shard::shard_of(channel, self.config.storage.shards)
+    }
+
+    /// Numbers a message and sends it to the store. In `memory` durability it
+    /// is released at once; otherwise when its transaction has committed.
+    pub(super) fn publish_owned(
+        &mut self,
+        origin: Origin,
+        channel: &str,
+        data: &str,
+        ttl: Option<u64>,
+    ) {
+        let (seq, epoch) = self.owner.assign(channel, fresh_epoch);
+        let now = now_ms();
+        let keep = self.config.storage.history_ttl.as_millis() as i64;
+        let keep = ttl.map_or(keep, |t| keep.min(t.saturating_mul(1000) as i64));
+        let expires_ms = now.saturating_add(keep);
+        let line = frames::msg_line(channel, seq, data);
+        self.next_ticket += 1;
+        let ticket = self.next_ticket;
+        let request = Request::Append {
+            shard: self.shard_of(channel),
+            ticket,
+            msg: Append {
+                channel: channel.to_string(),
+                seq,
+                time_ms: now,
+                expires_ms,
+                data: data.to_string(),
+                epoch,
+            },
+        };
+        if self.store.requests.send(request).is_err() {
+            log::error!("worker {}: the store thread is gone", self.slot);
+            self.fatal = true;
+            self.answer_publish(origin, Err(storage_failed("the store thread is gone")));
+            return;
+        }
+        if self.config.storage.durability == Durability::Memory {
+            self.release(channel, seq, expires_ms, line, origin);
+        } else {
+            self.inflight.push_back(Inflight {
+                ticket,
+                channel: channel.to_string(),
+                seq,
+                expires_ms,
+                line,
+                origin,
+            });
+        }
+    }
+
+    /// The message is stored as the durability mode promises: now it may be
+    /// seen. The same bytes go to every other worker and every local subscriber.
+    fn release(&mut self, channel: &str, seq: u64, expires_ms: i64, line: Bytes, origin: Origin) {
+        self.owner.delivered(channel, seq);
+        let cached = Cached {
+            seq,
+            expires_ms,
+            line: line.clone(),
+        };
+        self.cache.push(channel, cached);
+        let deliver = BusMsg::Deliver {
+            channel: channel.to_string(),
+            seq,
+        };
+        let header = encode_header(&deliver, line.len());
+        self.peers.broadcast(&header, &line, &mut self.bus_events);
+        self.deliver_local(channel, seq, &line);
+        self.answer_publish(origin, Ok(seq));
+    }
+
+    pub(super) fn on_store_events(&mut self) {
+        let events: Vec<Event> = self.store.events.try_iter().collect();
+        for event in events {
+            match event {
+                Event::Committed { upto, count } => {
+                    self.stats.stored += count;
+                    while self.inflight.front().is_some_and(|m| m.ticket <= upto) {
+                        if let Some(m) = self.inflight.pop_front() {
+                            self.release(&m.channel, m.seq, m.expires_ms, m.line, m.origin);
+                        }
+                    }
+                }
+                Event::Failed { error } => {
+                    // Numbers given out may now have no message behind them:
+                    // restart from what the disk holds rather than leave a hole.
+                    log::error!(
+                        "worker {}: storing messages failed, restarting: {error}",
+                        self.slot
+                    );
+                    for m in std::mem::take(&mut self.inflight) {
+                        self.answer_publish(m.origin, Err(storage_failed(&error)));
+                    }
+                    self.fatal = true;
+                }
+                Event::Read { tag, result } => self.on_disk_read(tag, result),
+                Event::Swept { expired, trimmed } => {
+                    self.stats.expired += expired;
+                    self.stats.trimmed += trimmed;
+                }
+            }
+        }
+    }
+
+    /// Answers a `sub`/resume or `history` for a channel this worker owns.
+    pub(super) fn owner_query(&mut self, channel: &str, query: Query, reply_to: ReplyTo) {
+        if self.owner_of(channel) != self.slot {
+            let e = ErrorReply::new(
+                "internal",
+                "query sent to a worker that does not own the channel",
+            );
+            self.answer_query(reply_to, Err(e));
+            return;
+        }
+        let (seq, epoch) = self.owner.current(channel, fresh_epoch);
+        let answer = |recovered, lines| Answer {
+            seq,
+            epoch: epoch.clone(),
+            recovered,
+            lines,
+        };
+        let (after, upto, limit) = match &query {
+            Query::Resume { since: None, .. } => {
+                return self.answer_query(reply_to, Ok(answer(None, vec![])))
+            }
+            Query::Resume {
+                since: Some(since),
+                epoch: theirs,
+            } => {
+                if theirs.as_deref().is_some_and(|e| e != epoch) || *since > seq {
+                    return self.answer_query(reply_to, Ok(answer(Some(false), vec![])));
+                }
+                (*since, seq, (seq - since) as usize)
+            }
+            Query::History { since, limit } => {
+                (*since, seq.min(since.saturating_add(*limit as u64)), *limit)
+            }
+        };
+        let recovered = matches!(query, Query::Resume { .. }).then_some(true);
+        if let Some(lines) = self.cache.range(channel, after, upto, now_ms()) {
+            return self.answer_query(reply_to, Ok(answer(recovered, lines)));
+        }
+        let tag = self.next_tag();
+        let read = Request::Read {
+            tag,
+            shard: self.shard_of(channel),
+            channel: channel.to_string(),
+            after,
+            upto,
+            limit,
+        };
+        if self.store.requests.send(read).is_err() {
+            return self.answer_query(reply_to, Err(storage_failed("the store thread is gone")));
+        }
+        let waiting = DiskRead {
+            reply_to,
+            channel: channel.to_string(),
+            query,
+            seq,
+            epoch,
+        };
+        self.disk_reads.insert(tag, waiting);
+    }
+
+    fn on_disk_read(&mut self, tag: u64, result: Result<(Vec<Stored>, Option<u64>), String>) {
+        let Some(read) = self.disk_reads.remove(&tag) else {
+            return;
+        };
+        let (rows, _) = match result {
+            Ok(found) => found,
+            Err(e) => return self.answer_query(read.reply_to, Err(storage_failed(&e))),
+        };
+        let now = now_ms();
+        let live: Vec<&Stored> = rows.iter().filter(|m| m.expires_ms > now).collect();
+        let lines = |msgs: &[&Stored]| -> Vec<Bytes> {
+            msgs.iter()
+                .map(|m| frames::msg_line(&read.channel, m.seq, &m.data))
+                .collect()
+        };
+        let (recovered, lines) = match read.query {
+            // A resume replays all of the gap or nothing: any message missing
+            // (trimmed or expired) makes it `recovered: false`.
+            Query::Resume { since, .. } => {
+                let from = since.unwrap_or(0);
+                let whole = live.len() as u64 == read.seq - from
+                    && live
+                        .iter()
+                        .enumerate()
+                        .all(|(i, m)| m.seq == from + 1 + i as u64);
+                if whole {
+                    (Some(true), lines(&live))
+                } else {
+                    (Some(false), Vec::new())
+                }
+            }
+            Query::History { .. } => (None, lines(&live)),
+        };
+        let answer = Answer {
+            seq: read.seq,
+            epoch: read.epoch,
+            recovered,
+            lines,
+        };
+        self.answer_query(read.reply_to, Ok(answer));
+    }
+
+    fn answer_query(&mut self, reply_to: ReplyTo, answer: Result<Answer, ErrorReply>) {
+        match reply_to {
+            ReplyTo::Local(tag) => self.finish_query(tag, answer),
+            ReplyTo::Peer { slot, tag } => {
+                let (msg, payload) = match answer {
+                    Ok(a) => {
+                        let mut payload = Vec::with_capacity(a.lines.iter().map(Bytes::len).sum());
+                        for line in &a.lines {
+                            payload.extend_from_slice(line);
+                        }
+                        let msg = BusMsg::QueryAnswer {
+                            tag,
+                            seq: a.seq,
+                            epoch: a.epoch,
+                            recovered: a.recovered,
+                            error: None,
+                        };
+                        (msg, Bytes::from(payload))
+                    }
+                    Err(e) => {
+                        let msg = BusMsg::QueryAnswer {
+                            tag,
+                            seq: 0,
+                            epoch: String::new(),
+                            recovered: None,
+                            error: Some(e.message),
+                        };
+                        (msg, Bytes::new())
+                    }
+                };
+                let _ = self.peers.send(slot, &msg, payload);
+            }
+        }
+    }
+}
+
+fn storage_failed(message: &str) -> ErrorReply {
+    ErrorReply::new("storage_failed", format!("storage failed: {message}"))
+}
