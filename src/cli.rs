@@ -57,6 +57,11 @@ enum Command {
     Status,
     /// List every client connection
     Connections,
+    /// Write a consistent copy of the data directory into DIR (while running)
+    Backup {
+        /// Target folder; created if missing, and must not hold shard files yet
+        dir: PathBuf,
+    },
 }
 
 pub fn main() -> i32 {
@@ -98,6 +103,11 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             print!("{}", format_status(&status));
             Ok(0)
         }
+        Command::Backup { dir } => {
+            let files = crate::store::backup::backup(&config, &dir)?;
+            println!("backed up {} shard files to {}", files, dir.display());
+            Ok(0)
+        }
         Command::Connections => {
             let reply: ConnectionsReply = ask(&config, &CliRequest::Connections)?;
             print!("{}", format_connections(&reply));
@@ -107,8 +117,9 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
 }
 
 fn start(config: Config, daemon: bool) -> anyhow::Result<i32> {
+    // The data directory is checked (and created) by the master, with a clear
+    // message when it is unusable.
     for dir in [
-        Some(config.paths.data_dir.as_path()),
         config.paths.pid_file.parent(),
         config.paths.log_file.parent(),
         config.control_socket().parent(),
@@ -235,15 +246,27 @@ pub fn format_status(s: &StatusReply) -> String {
         s.reloads
     );
     out += &format!(
-        "{:<5} {:>8} {:>10} {:>6} {:>6} {:>6} {:>10} {:>10} {:>9} {:>8}\n",
-        "slot", "pid", "rss", "ws", "tcp", "subs", "msgs_in", "msgs_out", "send_fail", "restarts"
+        "{:<5} {:>8} {:>10} {:>6} {:>6} {:>6} {:>10} {:>10} {:>9} {:>8} {:>10} {:>8} {:>8}\n",
+        "slot",
+        "pid",
+        "rss",
+        "ws",
+        "tcp",
+        "subs",
+        "msgs_in",
+        "msgs_out",
+        "send_fail",
+        "restarts",
+        "stored",
+        "expired",
+        "trimmed"
     );
     for w in &s.workers {
         let pid = w.pid.map_or("-".into(), |p| p.to_string());
         match &w.stats {
             Some(st) => {
                 out += &format!(
-                    "{:<5} {:>8} {:>10} {:>6} {:>6} {:>6} {:>10} {:>10} {:>9} {:>8}\n",
+                    "{:<5} {:>8} {:>10} {:>6} {:>6} {:>6} {:>10} {:>10} {:>9} {:>8} {:>10} {:>8} {:>8}\n",
                     w.slot,
                     pid,
                     human_bytes(st.rss_bytes),
@@ -253,7 +276,10 @@ pub fn format_status(s: &StatusReply) -> String {
                     st.msgs_in,
                     st.msgs_out,
                     st.send_failures,
-                    w.restarts
+                    w.restarts,
+                    st.stored,
+                    st.expired,
+                    st.trimmed
                 )
             }
             None => {

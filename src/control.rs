@@ -57,6 +57,8 @@ pub struct WorkerStats {
     pub stored: u64,
     pub expired: u64,
     pub trimmed: u64,
+    /// Resume and history reads the cache could not answer.
+    pub disk_reads: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

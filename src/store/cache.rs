@@ -77,7 +77,8 @@ impl HistoryCache {
         }
     }
 
-    /// Drops the coldest channels (never `keep`) until under 90% of the limit.
+    /// Drops the coldest channels until under 90% of the limit; if `keep`
+    /// (the channel just written) alone is over it, its oldest messages go.
     fn evict(&mut self, keep: &str) {
         let mut by_age: Vec<(u64, Box<str>)> = self
             .tails
@@ -92,6 +93,15 @@ impl HistoryCache {
             }
             if let Some(tail) = self.tails.remove(&name) {
                 self.bytes -= tail.bytes;
+            }
+        }
+        if let Some(tail) = self.tails.get_mut(keep) {
+            while self.bytes > self.limit / 10 * 9 && tail.msgs.len() > 1 {
+                if let Some(old) = tail.msgs.pop_front() {
+                    let size = old.line.len() + OVERHEAD;
+                    tail.bytes -= size;
+                    self.bytes -= size;
+                }
             }
         }
     }
@@ -168,5 +178,13 @@ mod tests {
         assert!(c.bytes() <= 1000);
         assert!(c.range("cold", 0, 5, 1).is_none());
         assert!(c.range("hot", 0, 6, 1).is_some());
+        for seq in 7..=40 {
+            c.push("hot", msg(seq));
+        }
+        assert!(
+            c.bytes() <= 1000,
+            "one channel alone stays under the limit too"
+        );
+        assert!(c.range("hot", 38, 40, 1).is_some());
     }
 }

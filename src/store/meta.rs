@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use super::shard_db::{shard_path, ShardDb};
 use crate::config::Config;
 
-const META_FILE: &str = "syncd-meta.json";
+pub const META_FILE: &str = "syncd-meta.json";
 
 #[derive(Serialize, Deserialize)]
 struct Meta {
@@ -74,6 +74,13 @@ pub fn prepare(config: &Config) -> Result<u32, DataDirError> {
         db.channels().map_err(shard_error)?;
     }
     Ok(shards)
+}
+
+/// The shard count a data directory was created with.
+pub fn recorded_shards(dir: &Path) -> anyhow::Result<u32> {
+    let text = std::fs::read_to_string(dir.join(META_FILE))?;
+    let meta: Meta = serde_json::from_str(&text)?;
+    Ok(meta.shards)
 }
 
 fn write_atomically(path: &Path, text: &str) -> std::io::Result<()> {

@@ -197,13 +197,6 @@ impl ShardDb {
         }
         Ok(())
     }
-
-    /// A consistent copy of the shard, taken while others may write to it.
-    pub fn backup_into(&self, target: &Path) -> rusqlite::Result<()> {
-        self.conn
-            .execute("VACUUM INTO ?1", [target.to_string_lossy()])
-            .map(drop)
-    }
 }
 
 #[cfg(test)]

@@ -208,19 +208,26 @@ impl Worker {
                 since: Some(since),
                 epoch: theirs,
             } => {
-                if theirs.as_deref().is_some_and(|e| e != epoch) || *since > seq {
+                // Beyond `history_size` the gap is not retained, even where
+                // trimming has not caught up yet.
+                let retained = self.config.storage.history_size;
+                let other_epoch = theirs.as_deref().is_some_and(|e| e != epoch);
+                if other_epoch || *since > seq || seq - since > retained {
                     return self.answer_query(reply_to, Ok(answer(Some(false), vec![])));
                 }
                 (*since, seq, (seq - since) as usize)
             }
             Query::History { since, limit } => {
-                (*since, seq.min(since.saturating_add(*limit as u64)), *limit)
+                let oldest = seq.saturating_sub(self.config.storage.history_size);
+                let after = (*since).max(oldest);
+                (after, seq.min(after.saturating_add(*limit as u64)), *limit)
             }
         };
         let recovered = matches!(query, Query::Resume { .. }).then_some(true);
         if let Some(lines) = self.cache.range(channel, after, upto, now_ms()) {
             return self.answer_query(reply_to, Ok(answer(recovered, lines)));
         }
+        self.stats.disk_reads += 1;
         let tag = self.next_tag();
         let read = Request::Read {
             tag,
