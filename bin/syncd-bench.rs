@@ -33,9 +33,16 @@ struct Args {
     /// Unanswered publishes each publisher may have in flight
     #[arg(long, default_value_t = 256)]
     window: u64,
-    /// Channel to use (a fresh one per run is best)
+    /// Channel name prefix (a fresh one per run is best)
     #[arg(long)]
     channel: Option<String>,
+    /// Spread the messages over this many channels (and so over owner workers)
+    #[arg(long, default_value_t = 1)]
+    channels: usize,
+    /// Instead of a live run: publish --messages, then time one client that
+    /// resumes from `since: 0` until it has all of them replayed
+    #[arg(long)]
+    resume: bool,
     /// Give up after this many seconds
     #[arg(long, default_value_t = 60)]
     timeout: u64,
@@ -56,10 +63,16 @@ fn connect(addr: &str) -> std::io::Result<(BufReader<TcpStream>, TcpStream)> {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let channel = args
+    let prefix = args
         .channel
         .clone()
         .unwrap_or_else(|| format!("bench-{}", now_micros()));
+    let channels: Vec<String> = (0..args.channels.max(1))
+        .map(|i| format!("{prefix}-{i}"))
+        .collect();
+    if args.resume {
+        return resume(&args, &channels[0]);
+    }
     let deadline = Instant::now() + Duration::from_secs(args.timeout);
     let stop = Arc::new(AtomicBool::new(false));
     let ready = Arc::new(Barrier::new(args.subscribers + 1));
@@ -67,14 +80,20 @@ fn main() -> anyhow::Result<()> {
     let mut subscribers = Vec::new();
     for _ in 0..args.subscribers {
         let (mut reader, mut writer) = connect(&args.tcp)?;
-        writeln!(writer, r#"{{"op":"sub","id":0,"channel":"{channel}"}}"#)?;
-        let (ready, stop, total) = (ready.clone(), stop.clone(), args.messages);
+        for channel in &channels {
+            writeln!(writer, r#"{{"op":"sub","id":0,"channel":"{channel}"}}"#)?;
+        }
+        let (ready, stop, total, subs) =
+            (ready.clone(), stop.clone(), args.messages, channels.len());
         subscribers.push(std::thread::spawn(move || {
             let mut line = String::new();
-            let _ = reader.read_line(&mut line);
+            for _ in 0..subs {
+                let _ = reader.read_line(&mut line);
+            }
             ready.wait();
             let mut latencies = Vec::with_capacity(total as usize);
-            let mut last_seq = 0u64;
+            let mut last_seq: std::collections::HashMap<String, u64> =
+                std::collections::HashMap::new();
             let mut gaps = 0u64;
             while (latencies.len() as u64) < total
                 && !stop.load(Ordering::Relaxed)
@@ -93,10 +112,13 @@ fn main() -> anyhow::Result<()> {
                     continue;
                 }
                 let seq = v["seq"].as_u64().unwrap_or(0);
-                if seq != last_seq + 1 {
+                let last = last_seq
+                    .entry(v["channel"].as_str().unwrap_or("").to_string())
+                    .or_default();
+                if seq != *last + 1 {
                     gaps += 1;
                 }
-                last_seq = seq;
+                *last = seq;
                 let sent = v["data"]["t"].as_u64().unwrap_or(0);
                 latencies.push(now_micros().saturating_sub(sent));
             }
@@ -113,13 +135,14 @@ fn main() -> anyhow::Result<()> {
     for p in 0..args.publishers {
         let count = per_publisher + u64::from((p as u64) < extra);
         let (mut reader, writer) = connect(&args.tcp)?;
-        let (channel, pad, window) = (channel.clone(), pad.clone(), args.window);
+        let (channels, pad, window) = (channels.clone(), pad.clone(), args.window);
         publishers.push(std::thread::spawn(move || -> std::io::Result<u64> {
             let mut writer = std::io::BufWriter::new(writer);
             let (mut sent, mut acked) = (0u64, 0u64);
             let mut line = String::new();
             while acked < count && Instant::now() < deadline {
                 while sent < count && sent - acked < window {
+                    let channel = &channels[(sent as usize + p) % channels.len()];
                     writeln!(
                         writer,
                         r#"{{"op":"pub","channel":"{channel}","data":{{"t":{},"p":"{pad}"}}}}"#,
@@ -128,12 +151,19 @@ fn main() -> anyhow::Result<()> {
                     sent += 1;
                 }
                 writer.flush()?;
-                line.clear();
-                if reader.read_line(&mut line)? == 0 {
-                    break;
-                }
-                if line.contains(r#""op":"ok""#) {
-                    acked += 1;
+                // Take every answer already here before sending more, so the
+                // window refills in bursts rather than one message at a time.
+                loop {
+                    line.clear();
+                    if reader.read_line(&mut line)? == 0 {
+                        return Ok(acked);
+                    }
+                    if line.contains(r#""op":"ok""#) {
+                        acked += 1;
+                    }
+                    if !reader.buffer().contains(&b'\n') {
+                        break;
+                    }
                 }
             }
             Ok(acked)
@@ -183,5 +213,64 @@ fn main() -> anyhow::Result<()> {
     if acked < args.messages || (latencies.len() as u64) < expected || gaps > 0 {
         std::process::exit(1);
     }
+    Ok(())
+}
+
+/// Publishes `--messages` to `channel`, then times a resume of all of them.
+fn resume(args: &Args, channel: &str) -> anyhow::Result<()> {
+    let (mut reader, mut writer) = connect(&args.tcp)?;
+    let pad = "x".repeat(args.size);
+    let mut line = String::new();
+    writeln!(writer, r#"{{"op":"sub","id":"s","channel":"{channel}"}}"#)?;
+    reader.read_line(&mut line)?;
+    let epoch = serde_json::from_str::<serde_json::Value>(&line)?["epoch"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    writeln!(writer, r#"{{"op":"unsub","id":"u","channel":"{channel}"}}"#)?;
+    let mut buffered = std::io::BufWriter::new(writer);
+    let (mut sent, mut acked) = (0u64, 0u64);
+    while acked < args.messages + 1 {
+        while sent < args.messages && sent - acked < args.window {
+            writeln!(
+                buffered,
+                r#"{{"op":"pub","channel":"{channel}","data":{{"p":"{pad}"}}}}"#
+            )?;
+            sent += 1;
+        }
+        buffered.flush()?;
+        line.clear();
+        if reader.read_line(&mut line)? == 0 {
+            anyhow::bail!("server closed the connection");
+        }
+        acked += 1;
+    }
+    let (mut reader, mut writer) = connect(&args.tcp)?;
+    let started = Instant::now();
+    writeln!(
+        writer,
+        r#"{{"op":"sub","id":"r","channel":"{channel}","since":0,"epoch":"{epoch}"}}"#
+    )?;
+    line.clear();
+    reader.read_line(&mut line)?;
+    let reply: serde_json::Value = serde_json::from_str(&line)?;
+    if reply["op"] != "ok" {
+        anyhow::bail!("resume refused: {}", line.trim());
+    }
+    let mut got = 0;
+    while got < args.messages {
+        line.clear();
+        if reader.read_line(&mut line)? == 0 {
+            break;
+        }
+        got += 1;
+    }
+    let took = started.elapsed();
+    println!(
+        "resumed {got}/{} missed messages in {:.1} ms (recovered: {})",
+        args.messages,
+        took.as_secs_f64() * 1000.0,
+        reply["recovered"]
+    );
     Ok(())
 }

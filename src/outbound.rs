@@ -67,6 +67,10 @@ impl OutboundQueue {
         self.queued
     }
 
+    pub fn limit(&self) -> usize {
+        self.limit
+    }
+
     /// Writes until the queue is empty or the socket would block. Returns the
     /// bytes written; a `WouldBlock` is not an error here.
     pub fn write_to(&mut self, w: &mut impl Write) -> io::Result<usize> {

@@ -402,3 +402,47 @@ fn backup_copies_a_consistent_snapshot_while_running() {
     let again = server.cli(&["backup", target.to_str().unwrap()]);
     assert!(!again.status.success(), "refuses to overwrite a backup");
 }
+
+#[test]
+fn memory_durability_starts_new_epochs_after_a_crash_and_fsync_mode_stores() {
+    let mut server = Server::start(2, "[storage]\ndurability = \"memory\"\n");
+    let mut c = server.tcp();
+    let before = c.sub("m")["epoch"].clone();
+    c.request(
+        json!({"op":"pub","id":1,"channel":"m","data":1}),
+        &mut Vec::new(),
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    server.stop_now();
+    server.launch();
+    let after = server.tcp().sub("m")["epoch"].clone();
+    assert_ne!(
+        before, after,
+        "a crash in memory mode may have lost messages: new epoch"
+    );
+    // A clean stop keeps the epoch.
+    assert!(server.cli(&["stop"]).status.success());
+    server.wait_exit();
+    server.launch();
+    assert_eq!(server.tcp().sub("m")["epoch"], after);
+
+    let fsync = Server::start(2, "[storage]\ndurability = \"fsync\"\n");
+    let mut c = fsync.tcp();
+    for n in 0..20 {
+        c.request(
+            json!({"op":"pub","id":n,"channel":"f","data":n}),
+            &mut Vec::new(),
+        );
+    }
+    assert_eq!(full_history(&mut c, "f").len(), 20);
+}
+
+#[test]
+fn a_resume_larger_than_the_send_buffer_streams_through() {
+    let server = Server::start(
+        2,
+        "[limits]\nmax_send_buffer = \"16KiB\"\n[storage]\ncache_bytes = \"1KiB\"\n",
+    );
+    resume_is_exact(&server);
+    assert_eq!(server.sum_stats(|s| s.send_failures), 0);
+}

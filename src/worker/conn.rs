@@ -5,6 +5,8 @@ use std::io::{self, Read, Write};
 use std::net::SocketAddr;
 use std::time::Instant;
 
+use std::collections::VecDeque;
+
 use bytes::Bytes;
 use mio::net::TcpStream;
 use tungstenite::protocol::WebSocketContext;
@@ -61,6 +63,10 @@ impl Transport {
         if self.out.push(parts).is_err() {
             self.overflowed = true;
         }
+    }
+
+    pub fn out_limit(&self) -> usize {
+        self.out.limit()
     }
 
     pub fn flush_out(&mut self) -> io::Result<()> {
@@ -125,4 +131,98 @@ pub struct Conn {
     pub http_busy: bool,
     /// Queued in `pending_reads` because its read budget ran out.
     pub read_pending: bool,
+    /// Lines waiting to enter the outbound queue: a resume's replay (which may
+    /// be larger than `max_send_buffer`) and the live messages behind it. They
+    /// move into the queue as it drains, so order is kept and memory bounded.
+    pub backlog: VecDeque<Bytes>,
+    backlog_bytes: usize,
+    backlog_limit: usize,
+}
+
+impl Conn {
+    pub fn new(id: u64, peer: SocketAddr, t: Transport, session: Session) -> Conn {
+        let now = Instant::now();
+        Conn {
+            id,
+            peer,
+            t,
+            session,
+            opened: now,
+            active: now,
+            closing: None,
+            http_busy: false,
+            read_pending: false,
+            backlog: VecDeque::new(),
+            backlog_bytes: 0,
+            backlog_limit: 0,
+        }
+    }
+
+    /// Queues a newline-terminated frame (as is on TCP, as a text frame
+    /// without the newline on WebSocket), behind any waiting backlog.
+    /// `ws_header` may carry a header already built for this length.
+    pub fn send_line(&mut self, line: &Bytes, ws_header: Option<&Bytes>) {
+        if self.closing.is_some() {
+            return;
+        }
+        if !self.backlog.is_empty() {
+            self.backlog_bytes += line.len();
+            if self.backlog_bytes > self.backlog_limit {
+                self.t.overflowed = true;
+                return;
+            }
+            self.backlog.push_back(line.clone());
+            return;
+        }
+        self.queue_line(line, ws_header);
+    }
+
+    fn queue_line(&mut self, line: &Bytes, ws_header: Option<&Bytes>) {
+        match self.session {
+            Session::Ws { .. } => {
+                let body = line.slice(..line.len().saturating_sub(1));
+                match ws_header {
+                    Some(header) => self.t.queue(&[header, &body]),
+                    None => self
+                        .t
+                        .queue(&[&crate::proto::ws::text_frame_header(body.len()), &body]),
+                }
+            }
+            Session::Tcp { .. } => self.t.queue(&[line]),
+            Session::Http { .. } => {}
+        }
+    }
+
+    /// Sends `lines` (a replay) through the backlog; live lines may pile up
+    /// behind them up to `live_limit` bytes before the client counts as slow.
+    pub fn replay(&mut self, lines: impl IntoIterator<Item = Bytes>, live_limit: usize) {
+        if self.closing.is_some() {
+            return;
+        }
+        let before = self.backlog_bytes;
+        for line in lines {
+            self.backlog_bytes += line.len();
+            self.backlog.push_back(line);
+        }
+        self.backlog_limit =
+            self.backlog_limit.max(before) + (self.backlog_bytes - before) + live_limit;
+        self.refill();
+    }
+
+    /// Moves backlog lines into the outbound queue while they fit.
+    pub fn refill(&mut self) {
+        while let Some(line) = self.backlog.front() {
+            if self.t.out.len() + line.len() + 10 > self.t.out_limit() {
+                return;
+            }
+            let line = line.clone();
+            self.backlog.pop_front();
+            self.backlog_bytes -= line.len();
+            self.queue_line(&line, None);
+        }
+        if self.backlog.is_empty() {
+            self.backlog_bytes = 0;
+            self.backlog_limit = 0;
+        }
+    }
 }

@@ -9,7 +9,6 @@
 use bytes::Bytes;
 use serde_json::value::RawValue;
 
-use super::conn::Session;
 use super::owner::{Answer, Query, ReplyTo};
 use super::Worker;
 use crate::bus::{BusEvent, BusMsg};
@@ -229,15 +228,16 @@ impl Worker {
                     answer.recovered,
                 );
                 self.reply(key, reply);
-                for line in &answer.lines {
-                    self.send_line(key, line);
-                }
-                for (seq, line) in &buffer {
-                    if *seq > answer.seq {
-                        self.send_line(key, line);
-                    }
+                let live = buffer
+                    .into_iter()
+                    .filter(|(seq, _)| *seq > answer.seq)
+                    .map(|(_, line)| line);
+                let limit = self.config.limits.max_send_buffer;
+                if let Some(conn) = self.conns.get_mut(key) {
+                    conn.replay(answer.lines.into_iter().chain(live), limit);
                 }
                 self.subs.add(key, &channel);
+                self.mark_dirty(key);
             }
             Awaiting::History {
                 key,
@@ -284,24 +284,12 @@ impl Worker {
         self.send_line(key, &Bytes::from(line));
     }
 
-    /// Queues a newline-terminated frame: as is on TCP, as a text frame
-    /// without the newline on WebSocket.
+    /// Queues a newline-terminated frame to a WebSocket or TCP client.
     pub(super) fn send_line(&mut self, key: usize, line: &Bytes) {
-        let Some(conn) = self.conns.get_mut(key) else {
-            return;
-        };
-        if conn.closing.is_some() {
-            return;
+        if let Some(conn) = self.conns.get_mut(key) {
+            conn.send_line(line, None);
+            self.mark_dirty(key);
         }
-        match conn.session {
-            Session::Ws { .. } => {
-                let body = line.slice(..line.len().saturating_sub(1));
-                conn.t.queue(&[&text_frame_header(body.len()), &body]);
-            }
-            Session::Tcp { .. } => conn.t.queue(&[line]),
-            Session::Http { .. } => return,
-        }
-        self.mark_dirty(key);
     }
 
     pub(super) fn owner_of(&self, channel: &str) -> usize {
@@ -349,19 +337,13 @@ impl Worker {
         if subscribers.is_empty() {
             return;
         }
-        let body = line.slice(..line.len().saturating_sub(1));
-        let ws_header = text_frame_header(body.len());
+        // One frame header for every WebSocket subscriber of this message.
+        let ws_header = text_frame_header(line.len().saturating_sub(1));
         for &key in subscribers {
             let Some(conn) = self.conns.get_mut(key) else {
                 continue;
             };
-            if conn.closing.is_some() {
-                continue;
-            }
-            match conn.session {
-                Session::Ws { .. } => conn.t.queue(&[&ws_header, &body]),
-                _ => conn.t.queue(&[line]),
-            }
+            conn.send_line(line, Some(&ws_header));
             self.stats.msgs_out += 1;
             self.dirty.push(key);
         }

@@ -349,24 +349,15 @@ impl Worker {
                 log::error!("worker {}: cannot register connection: {e}", self.slot);
                 continue;
             }
-            let now = Instant::now();
-            entry.insert(Conn {
-                id: self.next_conn_id,
-                peer,
-                t: Transport::new(stream, self.config.limits.max_send_buffer),
-                session: match port {
-                    Port::Ws => Session::Http { buf: Vec::new() },
-                    Port::Tcp => Session::Tcp {
-                        buf: Vec::new(),
-                        start: 0,
-                    },
+            let session = match port {
+                Port::Ws => Session::Http { buf: Vec::new() },
+                Port::Tcp => Session::Tcp {
+                    buf: Vec::new(),
+                    start: 0,
                 },
-                opened: now,
-                active: now,
-                closing: None,
-                http_busy: false,
-                read_pending: false,
-            });
+            };
+            let transport = Transport::new(stream, self.config.limits.max_send_buffer);
+            entry.insert(Conn::new(self.next_conn_id, peer, transport, session));
             self.next_conn_id += 1;
         }
     }
@@ -505,7 +496,15 @@ impl Worker {
         let Some(conn) = self.conns.get_mut(key) else {
             return;
         };
-        let result = conn.t.flush_out();
+        let mut result = conn.t.flush_out();
+        // Room freed: let a waiting replay move on, as long as the socket takes it.
+        while result.is_ok() && !conn.backlog.is_empty() && conn.t.out.is_empty() {
+            conn.refill();
+            result = conn.t.flush_out();
+        }
+        if !conn.backlog.is_empty() {
+            conn.refill();
+        }
         if result.is_err() || (conn.closing.is_some() && conn.t.out.is_empty()) {
             self.drop_conn(key);
         }
