@@ -151,6 +151,52 @@ fn acknowledged_publishes_survive_kill_9_of_everything_and_seq_goes_on() {
     assert_eq!(reply["seq"], last + 1, "seq continues after the restart");
 }
 
+#[test]
+fn resume_works_across_kill_9_and_syncd_restart() {
+    let mut server = Server::start(2, "");
+    let mut c = server.tcp();
+    let epoch = c.sub("news")["epoch"].as_str().unwrap().to_string();
+    let mut early = Vec::new();
+    for n in 0..30 {
+        c.request(
+            json!({"op":"pub","id":n,"channel":"news","data":n}),
+            &mut early,
+        );
+    }
+    let resume = |server: &Server, since: u64, upto: u64| {
+        let mut back = server.tcp();
+        let reply = back.request(
+            json!({"op":"sub","id":"r","channel":"news","since":since,"epoch":epoch}),
+            &mut Vec::new(),
+        );
+        assert_eq!(reply["recovered"], true, "{reply}");
+        let seqs: Vec<u64> = (since + 1..=upto)
+            .map(|_| back.recv()["seq"].as_u64().unwrap())
+            .collect();
+        assert_eq!(seqs, (since + 1..=upto).collect::<Vec<_>>());
+        back
+    };
+    server.stop_now();
+    server.launch();
+    let mut back = resume(&server, 10, 30);
+    let mut early = Vec::new();
+    back.request(
+        json!({"op":"pub","id":1,"channel":"news","data":"x"}),
+        &mut early,
+    );
+    // `syncd restart -d` stops this server and starts a daemon in its place.
+    let out = server.cli(&["restart", "-d"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    server.wait_exit();
+    server.wait_serving();
+    resume(&server, 25, 31);
+    assert!(server.cli(&["stop"]).status.success());
+}
+
 /// A subscriber drops, publishing goes on from another worker, and it comes
 /// back with `since`: it gets exactly the missed messages, then live ones.
 fn resume_is_exact(server: &Server) {
