@@ -42,8 +42,11 @@ fn publisher(
     acks: Arc<AtomicU64>,
 ) -> HashMap<(usize, u64), u64> {
     let mut acked = HashMap::new();
-    for n in 0..5_000u64 {
-        if stop.load(Ordering::SeqCst) {
+    // Bounded by time, not attempts: while the owner is down every attempt
+    // fails fast, and the publisher must still be there when it is back.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for n in 0.. {
+        if stop.load(Ordering::SeqCst) || Instant::now() > deadline {
             break;
         }
         c.send(&json!({"op":"pub","id":n,"channel":channel,"data":{"p":p,"n":n}}));
@@ -52,7 +55,10 @@ fn publisher(
                 acked.insert((p, n), r["seq"].as_u64().unwrap());
                 acks.fetch_add(1, Ordering::SeqCst);
             }
-            Some(r) => assert_eq!(r["code"], "unavailable", "{r}"),
+            Some(r) => {
+                assert_eq!(r["code"], "unavailable", "{r}");
+                std::thread::sleep(Duration::from_millis(5));
+            }
             None => break,
         }
     }
