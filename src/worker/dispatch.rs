@@ -11,7 +11,7 @@ use serde_json::value::RawValue;
 
 use super::owner::{Answer, Query, ReplyTo};
 use super::Worker;
-use crate::bus::{BusEvent, BusMsg};
+use crate::bus::BusMsg;
 use crate::proto::frames::{self, ErrorReply, Op};
 use crate::proto::ws::text_frame_header;
 use crate::sync::shard;
@@ -40,11 +40,11 @@ pub enum HistoryFor {
 
 /// A request waiting for an owner's answer.
 pub struct Pending {
-    slot: usize,
-    what: Awaiting,
+    pub(super) slot: usize,
+    pub(super) what: Awaiting,
 }
 
-enum Awaiting {
+pub(super) enum Awaiting {
     Publish(Origin),
     Sub {
         key: usize,
@@ -379,132 +379,4 @@ impl Worker {
             }
         }
     }
-
-    pub(super) fn on_bus_events(&mut self) {
-        while !self.bus_events.is_empty() {
-            for event in std::mem::take(&mut self.bus_events) {
-                match event {
-                    BusEvent::Msg { from, msg, payload } => self.on_bus_msg(from, msg, payload),
-                    BusEvent::Down { slot } => self.fail_pending(slot),
-                }
-            }
-        }
-    }
-
-    fn on_bus_msg(&mut self, from: usize, msg: BusMsg, payload: Bytes) {
-        match msg {
-            BusMsg::Deliver { channel, seq } => self.deliver_local(&channel, seq, &payload),
-            BusMsg::Publish { tag, channel, ttl } => {
-                let origin = Origin::Peer { slot: from, tag };
-                match std::str::from_utf8(&payload) {
-                    Ok(data) if self.owner_of(&channel) == self.slot => {
-                        let data = data.to_string();
-                        self.publish_owned(origin, &channel, &data, ttl);
-                    }
-                    _ => {
-                        log::error!("worker {}: misrouted publish for {channel}", self.slot);
-                        let e = ErrorReply::new("internal", "misrouted publish");
-                        self.answer_publish(origin, Err(e));
-                    }
-                }
-            }
-            BusMsg::Published { tag, seq, error } => {
-                if let Some(Pending {
-                    what: Awaiting::Publish(origin),
-                    ..
-                }) = self.pending.remove(&tag)
-                {
-                    let result = seq.ok_or_else(|| {
-                        ErrorReply::new(
-                            "storage_failed",
-                            error.unwrap_or_else(|| "publish failed".into()),
-                        )
-                    });
-                    self.answer_publish(origin, result);
-                }
-            }
-            BusMsg::SubQuery {
-                tag,
-                channel,
-                since,
-                epoch,
-            } => self.owner_query(
-                &channel,
-                Query::Resume { since, epoch },
-                ReplyTo::Peer { slot: from, tag },
-            ),
-            BusMsg::HistoryQuery {
-                tag,
-                channel,
-                since,
-                limit,
-            } => {
-                let limit = limit.min(frames::MAX_HISTORY_LIMIT);
-                self.owner_query(
-                    &channel,
-                    Query::History { since, limit },
-                    ReplyTo::Peer { slot: from, tag },
-                )
-            }
-            BusMsg::QueryAnswer {
-                tag,
-                seq,
-                epoch,
-                recovered,
-                error,
-            } => {
-                let answer = match error {
-                    Some(message) => Err(ErrorReply::new("storage_failed", message)),
-                    None => Ok(Answer {
-                        seq,
-                        epoch,
-                        recovered,
-                        lines: split_lines(&payload),
-                    }),
-                };
-                self.finish_query(tag, answer);
-            }
-            BusMsg::Hello { .. } | BusMsg::Welcome { .. } => {}
-        }
-    }
-
-    /// A link to `slot` broke: nothing waiting on it will be answered.
-    fn fail_pending(&mut self, slot: usize) {
-        let tags: Vec<u64> = self
-            .pending
-            .iter()
-            .filter(|(_, p)| p.slot == slot && slot != self.slot)
-            .map(|(&t, _)| t)
-            .collect();
-        for tag in tags {
-            if let Some(Pending {
-                what: Awaiting::Publish(_),
-                ..
-            }) = self.pending.get(&tag)
-            {
-                if let Some(Pending {
-                    what: Awaiting::Publish(origin),
-                    ..
-                }) = self.pending.remove(&tag)
-                {
-                    self.answer_publish(origin, Err(unavailable(slot)));
-                }
-            } else {
-                self.finish_query(tag, Err(unavailable(slot)));
-            }
-        }
-    }
-}
-
-/// Splits concatenated `msg` lines into shared slices, newline kept.
-pub fn split_lines(payload: &Bytes) -> Vec<Bytes> {
-    let mut lines = Vec::new();
-    let mut start = 0;
-    for (i, &b) in payload.iter().enumerate() {
-        if b == b'\n' {
-            lines.push(payload.slice(start..=i));
-            start = i + 1;
-        }
-    }
-    lines
 }

@@ -1,20 +1,22 @@
 //! A worker process: one non-blocking `mio` loop that accepts, reads, parses,
 //! routes and writes. Nothing in it blocks.
 
+mod bus_events;
 mod conn;
+mod connections;
 mod dispatch;
 mod http_api;
 mod owner;
 mod read;
+mod report;
 
 use std::collections::{HashMap, VecDeque};
-use std::io::{self, Write};
+use std::io;
 use std::net::TcpListener as StdTcpListener;
 use std::os::unix::net::UnixStream as StdUnixStream;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use mio::net::{TcpListener, UnixStream};
 use mio::{Events, Interest, Poll, Token, Waker};
 use slab::Slab;
@@ -22,15 +24,14 @@ use slab::Slab;
 use crate::bus::{self, BusEvent, Peers};
 use crate::config::Config;
 use crate::config::Durability;
-use crate::control::{ConnInfo, FromWorker, LineChannel, ToWorker, WorkerStats};
-use crate::proto::{frames, http};
+use crate::control::{FromWorker, LineChannel, WorkerStats};
 use crate::signals::SignalSet;
 use crate::store::cache::HistoryCache;
 use crate::store::shard_db::{shard_path, ShardDb};
 use crate::store::thread::{Request, StoreThread, SWEEP_EVERY};
 use crate::sync::owner::ChannelOwner;
 use crate::sync::subscriptions::Subscriptions;
-use conn::{Conn, Protocol, Session, Transport};
+use conn::{Conn, Session};
 use dispatch::Pending;
 
 const WS_LISTENER: Token = Token(0);
@@ -305,124 +306,6 @@ impl Worker {
         self.accept(Port::Tcp);
     }
 
-    fn accept(&mut self, port: Port) {
-        if !self.serving || self.stopping.is_some() {
-            return;
-        }
-        let Some(index) = self.listeners.iter().position(|(p, _)| *p == port) else {
-            return;
-        };
-        loop {
-            let (mut stream, peer) = match self.listeners[index].1.accept() {
-                Ok(pair) => pair,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(e) => {
-                    // EMFILE and friends: leave the rest in the queue for later.
-                    log::warn!("worker {}: accept failed: {e}", self.slot);
-                    return;
-                }
-            };
-            if self.conns.len() >= self.config.limits.max_connections {
-                self.stats.refused += 1;
-                log::warn!(
-                    "worker {}: refusing {peer}: max_connections reached",
-                    self.slot
-                );
-                let refusal = match port {
-                    Port::Ws => http::json_error(503, "too_many_connections", "server is full"),
-                    Port::Tcp => {
-                        let e = frames::ErrorReply::new("too_many_connections", "server is full");
-                        (frames::error(None, &e) + "\n").into_bytes()
-                    }
-                };
-                let _ = stream.write(&refusal);
-                continue;
-            }
-            let _ = stream.set_nodelay(true);
-            let entry = self.conns.vacant_entry();
-            let token = Token(CONN_BASE + entry.key());
-            if let Err(e) = self.poll.registry().register(
-                &mut stream,
-                token,
-                Interest::READABLE | Interest::WRITABLE,
-            ) {
-                log::error!("worker {}: cannot register connection: {e}", self.slot);
-                continue;
-            }
-            let session = match port {
-                Port::Ws => Session::Http { buf: Vec::new() },
-                Port::Tcp => Session::Tcp {
-                    buf: Vec::new(),
-                    start: 0,
-                },
-            };
-            let transport = Transport::new(stream, self.config.limits.max_send_buffer);
-            entry.insert(Conn::new(self.next_conn_id, peer, transport, session));
-            self.next_conn_id += 1;
-        }
-    }
-
-    fn on_master(&mut self) -> Option<i32> {
-        let mut msgs = Vec::new();
-        let open = match self.master.receive::<ToWorker>(&mut msgs) {
-            Ok(open) => open,
-            Err(e) => {
-                log::error!("worker {}: master link failed: {e}", self.slot);
-                false
-            }
-        };
-        for msg in msgs {
-            let reply = match msg {
-                ToWorker::Stats { tag } => FromWorker::Stats {
-                    tag,
-                    stats: self.snapshot(),
-                },
-                ToWorker::Connections { tag } => FromWorker::Connections {
-                    tag,
-                    list: self.connection_list(),
-                },
-            };
-            let _ = self.master.send(&reply);
-        }
-        if !open {
-            log::error!("worker {}: master is gone, exiting", self.slot);
-            return Some(1);
-        }
-        let _ = self.master.flush();
-        None
-    }
-
-    fn snapshot(&self) -> WorkerStats {
-        let mut stats = self.stats.clone();
-        stats.rss_bytes = rss_bytes();
-        stats.subscriptions = self.subs.total();
-        stats.channels_owned = self.owner.channels();
-        for (_, conn) in &self.conns {
-            match conn.session.protocol() {
-                Protocol::Ws => stats.ws += 1,
-                Protocol::Tcp => stats.tcp += 1,
-                Protocol::Http => stats.http += 1,
-            }
-        }
-        stats
-    }
-
-    fn connection_list(&self) -> Vec<ConnInfo> {
-        self.conns
-            .iter()
-            .map(|(key, conn)| ConnInfo {
-                worker: self.slot,
-                id: conn.id,
-                protocol: conn.session.protocol().name().into(),
-                peer: conn.peer.to_string(),
-                subscriptions: self.subs.count_of(key),
-                bytes_in: conn.t.bytes_in,
-                bytes_out: conn.t.bytes_out,
-                age_secs: conn.opened.elapsed().as_secs(),
-            })
-            .collect()
-    }
-
     /// Graceful stop: accept no more, tell every client, flush, then exit.
     fn begin_stop(&mut self) {
         if self.stopping.is_some() {
@@ -478,85 +361,6 @@ impl Worker {
         self.dirty = dirty;
     }
 
-    fn flush_conn(&mut self, key: usize) {
-        let Some(conn) = self.conns.get_mut(key) else {
-            return;
-        };
-        if conn.t.overflowed && conn.closing.is_none() {
-            self.stats.send_failures += 1;
-            log::warn!(
-                "worker {}: cutting off slow client {} ({}): send buffer full",
-                self.slot,
-                conn.id,
-                conn.peer
-            );
-            conn.t.out.discard_unsent();
-            self.close_with(key, 1008, "send buffer full", Instant::now() + CLOSE_GRACE);
-        }
-        let Some(conn) = self.conns.get_mut(key) else {
-            return;
-        };
-        let mut result = conn.t.flush_out();
-        // Room freed: let a waiting replay move on, as long as the socket takes it.
-        while result.is_ok() && !conn.backlog.is_empty() && conn.t.out.is_empty() {
-            conn.refill();
-            result = conn.t.flush_out();
-        }
-        if !conn.backlog.is_empty() {
-            conn.refill();
-        }
-        if result.is_err() || (conn.closing.is_some() && conn.t.out.is_empty()) {
-            self.drop_conn(key);
-        }
-    }
-
-    /// Sends a last frame (WebSocket close `code`, or an error/bye line on TCP)
-    /// and drops the connection once it is written or at `deadline`.
-    fn close_with(&mut self, key: usize, code: u16, reason: &str, deadline: Instant) {
-        let Some(conn) = self.conns.get_mut(key) else {
-            return;
-        };
-        if conn.closing.is_some() {
-            return;
-        }
-        conn.closing = Some(deadline);
-        match &mut conn.session {
-            Session::Ws { ctx, .. } => {
-                use tungstenite::protocol::frame::CloseFrame;
-                let frame = CloseFrame {
-                    code: code.into(),
-                    reason: reason.to_string().into(),
-                };
-                // Room for the close frame even when the queue was full.
-                conn.t.overflowed = false;
-                let _ = ctx.close(&mut conn.t, Some(frame));
-                let _ = ctx.flush(&mut conn.t);
-            }
-            Session::Tcp { .. } => {
-                let (op, code) = match code {
-                    1001 => ("bye", "shutdown"),
-                    1008 => ("error", "slow_consumer"),
-                    1009 => ("error", "too_large"),
-                    _ => ("error", "closing"),
-                };
-                let line = frames::notice(op, code, reason) + "\n";
-                conn.t.out.push_unbounded(Bytes::from(line));
-            }
-            Session::Http { .. } => {}
-        }
-        self.dirty.push(key);
-    }
-
-    fn drop_conn(&mut self, key: usize) {
-        if !self.conns.contains(key) {
-            return;
-        }
-        let mut conn = self.conns.remove(key);
-        let _ = self.poll.registry().deregister(&mut conn.t.stream);
-        self.subs.remove_conn(key);
-        log::debug!("worker {}: connection {} closed", self.slot, conn.id);
-    }
-
     /// The connection that made a request is still the one at `key` (keys are
     /// reused after a close).
     fn is_live(&self, key: usize, conn_id: u64) -> bool {
@@ -598,16 +402,4 @@ fn open_shards(config: &Config, slot: usize) -> io::Result<(ChannelOwner, HashMa
         shards.insert(shard, db);
     }
     Ok((owner, shards))
-}
-
-fn rss_bytes() -> u64 {
-    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
-    let pages: u64 = statm
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    // SAFETY: sysconf has no preconditions.
-    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-    pages * page.max(0) as u64
 }

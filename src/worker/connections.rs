@@ -1,0 +1,150 @@
+//! Client connections' lifecycle: accepting (or refusing over the limit),
+//! writing queued output, cutting off slow consumers, and closing.
+
+use std::io::{self, Write};
+use std::time::Instant;
+
+use bytes::Bytes;
+use mio::{Interest, Token};
+
+use super::conn::{Conn, Session, Transport};
+use super::{Port, Worker, CLOSE_GRACE, CONN_BASE};
+use crate::proto::{frames, http};
+
+impl Worker {
+    pub(super) fn accept(&mut self, port: Port) {
+        if !self.serving || self.stopping.is_some() {
+            return;
+        }
+        let Some(index) = self.listeners.iter().position(|(p, _)| *p == port) else {
+            return;
+        };
+        loop {
+            let (mut stream, peer) = match self.listeners[index].1.accept() {
+                Ok(pair) => pair,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) => {
+                    // EMFILE and friends: leave the rest in the queue for later.
+                    log::warn!("worker {}: accept failed: {e}", self.slot);
+                    return;
+                }
+            };
+            if self.conns.len() >= self.config.limits.max_connections {
+                self.stats.refused += 1;
+                log::warn!(
+                    "worker {}: refusing {peer}: max_connections reached",
+                    self.slot
+                );
+                let refusal = match port {
+                    Port::Ws => http::json_error(503, "too_many_connections", "server is full"),
+                    Port::Tcp => {
+                        let e = frames::ErrorReply::new("too_many_connections", "server is full");
+                        (frames::error(None, &e) + "\n").into_bytes()
+                    }
+                };
+                let _ = stream.write(&refusal);
+                continue;
+            }
+            let _ = stream.set_nodelay(true);
+            let entry = self.conns.vacant_entry();
+            let token = Token(CONN_BASE + entry.key());
+            if let Err(e) = self.poll.registry().register(
+                &mut stream,
+                token,
+                Interest::READABLE | Interest::WRITABLE,
+            ) {
+                log::error!("worker {}: cannot register connection: {e}", self.slot);
+                continue;
+            }
+            let session = match port {
+                Port::Ws => Session::Http { buf: Vec::new() },
+                Port::Tcp => Session::Tcp {
+                    buf: Vec::new(),
+                    start: 0,
+                },
+            };
+            let transport = Transport::new(stream, self.config.limits.max_send_buffer);
+            entry.insert(Conn::new(self.next_conn_id, peer, transport, session));
+            self.next_conn_id += 1;
+        }
+    }
+
+    pub(super) fn flush_conn(&mut self, key: usize) {
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        if conn.t.overflowed && conn.closing.is_none() {
+            self.stats.send_failures += 1;
+            log::warn!(
+                "worker {}: cutting off slow client {} ({}): send buffer full",
+                self.slot,
+                conn.id,
+                conn.peer
+            );
+            conn.t.out.discard_unsent();
+            self.close_with(key, 1008, "send buffer full", Instant::now() + CLOSE_GRACE);
+        }
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        let mut result = conn.t.flush_out();
+        // Room freed: let a waiting replay move on, as long as the socket takes it.
+        while result.is_ok() && !conn.backlog.is_empty() && conn.t.out.is_empty() {
+            conn.refill();
+            result = conn.t.flush_out();
+        }
+        if !conn.backlog.is_empty() {
+            conn.refill();
+        }
+        if result.is_err() || (conn.closing.is_some() && conn.t.out.is_empty()) {
+            self.drop_conn(key);
+        }
+    }
+
+    /// Sends a last frame (WebSocket close `code`, or an error/bye line on TCP)
+    /// and drops the connection once it is written or at `deadline`.
+    pub(super) fn close_with(&mut self, key: usize, code: u16, reason: &str, deadline: Instant) {
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        if conn.closing.is_some() {
+            return;
+        }
+        conn.closing = Some(deadline);
+        match &mut conn.session {
+            Session::Ws { ctx, .. } => {
+                use tungstenite::protocol::frame::CloseFrame;
+                let frame = CloseFrame {
+                    code: code.into(),
+                    reason: reason.to_string().into(),
+                };
+                // Room for the close frame even when the queue was full.
+                conn.t.overflowed = false;
+                let _ = ctx.close(&mut conn.t, Some(frame));
+                let _ = ctx.flush(&mut conn.t);
+            }
+            Session::Tcp { .. } => {
+                let (op, code) = match code {
+                    1001 => ("bye", "shutdown"),
+                    1008 => ("error", "slow_consumer"),
+                    1009 => ("error", "too_large"),
+                    _ => ("error", "closing"),
+                };
+                let line = frames::notice(op, code, reason) + "\n";
+                conn.t.out.push_unbounded(Bytes::from(line));
+            }
+            Session::Http { .. } => {}
+        }
+        self.dirty.push(key);
+    }
+
+    pub(super) fn drop_conn(&mut self, key: usize) {
+        if !self.conns.contains(key) {
+            return;
+        }
+        let mut conn = self.conns.remove(key);
+        let _ = self.poll.registry().deregister(&mut conn.t.stream);
+        self.subs.remove_conn(key);
+        log::debug!("worker {}: connection {} closed", self.slot, conn.id);
+    }
+}
