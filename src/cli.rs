@@ -57,6 +57,18 @@ enum Command {
     Status,
     /// List every client connection
     Connections,
+    /// Mint a client token (JWT, HS256) with the config's jwt_secret, for testing
+    Token {
+        /// The user id (`sub` claim)
+        #[arg(long)]
+        sub: String,
+        /// Lifetime, like "1h" or "30m"
+        #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+        ttl: Duration,
+        /// A private channel (or prefix ending in *) the token grants; repeatable
+        #[arg(long = "channel")]
+        channels: Vec<String>,
+    },
     /// Write a consistent copy of the data directory into DIR (while running)
     Backup {
         /// Target folder; created if missing, and must not hold shard files yet
@@ -101,6 +113,13 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Status => {
             let status: StatusReply = ask(&config, &CliRequest::Status)?;
             print!("{}", format_status(&status));
+            Ok(0)
+        }
+        Command::Token { sub, ttl, channels } => {
+            println!(
+                "{}",
+                crate::auth::mint(&config.auth.jwt_secret, &sub, ttl, channels)?
+            );
             Ok(0)
         }
         Command::Backup { dir } => {

@@ -38,6 +38,8 @@ pub struct Config {
     #[serde(default)]
     pub storage: Storage,
     #[serde(default)]
+    pub auth: Auth,
+    #[serde(default)]
     pub log: Log,
     #[serde(default)]
     pub debug: Debug,
@@ -117,6 +119,28 @@ pub enum Durability {
     Commit,
     /// Acknowledged once the data is on disk (fsync): survives power loss.
     Fsync,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Auth {
+    /// HS256 secret for client tokens; empty: no token is accepted.
+    pub jwt_secret: String,
+    /// Keys for the backend HTTP API (`Authorization: Bearer KEY` or
+    /// `X-API-Key: KEY`); empty: the API refuses every call.
+    pub api_keys: Vec<String>,
+    /// Let connections without a token subscribe and publish to public channels.
+    pub allow_anonymous: bool,
+}
+
+impl Default for Auth {
+    fn default() -> Self {
+        Auth {
+            jwt_secret: String::new(),
+            api_keys: Vec::new(),
+            allow_anonymous: true,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]

@@ -1,5 +1,6 @@
 //! syncd: a real-time data-sync server. See `docs/architecture.md` for the map.
 
+pub mod auth;
 pub mod bus;
 pub mod cli;
 pub mod config;

@@ -38,6 +38,10 @@ pub enum Op<'a> {
         since: u64,
         limit: usize,
     },
+    /// Authenticate with a JWT (the connection's first frame, when used).
+    Auth {
+        token: Cow<'a, str>,
+    },
     Ping,
 }
 
@@ -76,6 +80,8 @@ struct Fields<'a> {
     epoch: Option<Cow<'a, str>>,
     ttl: Option<u64>,
     limit: Option<u64>,
+    #[serde(borrow)]
+    token: Option<Cow<'a, str>>,
 }
 
 /// Keeps an explicit `null` as a value (`Some("null")`) rather than "absent".
@@ -132,6 +138,12 @@ pub fn parse_request(text: &str) -> Result<Request<'_>, (Option<Box<RawValue>>, 
             channel: channel().map_err(fail)?,
             since: fields.since.unwrap_or(0),
             limit: history_limit(fields.limit).map_err(fail)?,
+        },
+        "auth" => Op::Auth {
+            token: fields
+                .token
+                .clone()
+                .ok_or_else(|| fail(ErrorReply::new("bad_request", "`auth` needs `token`")))?,
         },
         "ping" => Op::Ping,
         other => {
@@ -237,6 +249,17 @@ impl<'a> Reply<'a> {
 
 pub fn ok(id: Option<&RawValue>) -> String {
     Reply::new("ok", id).text()
+}
+
+pub fn ok_auth(id: Option<&RawValue>, uid: &str) -> String {
+    #[derive(Serialize)]
+    struct Authed<'a> {
+        op: &'static str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<&'a RawValue>,
+        uid: &'a str,
+    }
+    serde_json::to_string(&Authed { op: "ok", id, uid }).unwrap_or_default()
 }
 
 pub fn pong(id: Option<&RawValue>) -> String {

@@ -137,6 +137,8 @@ pub struct Conn {
     pub backlog: VecDeque<Bytes>,
     backlog_bytes: usize,
     backlog_limit: usize,
+    /// Set once the connection has shown a valid token.
+    pub user: Option<crate::auth::User>,
 }
 
 impl Conn {
@@ -155,6 +157,7 @@ impl Conn {
             backlog: VecDeque::new(),
             backlog_bytes: 0,
             backlog_limit: 0,
+            user: None,
         }
     }
 

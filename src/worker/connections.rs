@@ -8,7 +8,7 @@ use bytes::Bytes;
 use mio::{Interest, Token};
 
 use super::conn::{Conn, Session, Transport};
-use super::{Port, Worker, CLOSE_GRACE, CONN_BASE};
+use super::{Port, Worker, CLOSE_DISCONNECTED, CLOSE_GRACE, CLOSE_UNAUTHORIZED, CONN_BASE};
 use crate::proto::{frames, http};
 
 impl Worker {
@@ -116,7 +116,7 @@ impl Worker {
                 use tungstenite::protocol::frame::CloseFrame;
                 let frame = CloseFrame {
                     code: code.into(),
-                    reason: reason.to_string().into(),
+                    reason: close_reason(reason).into(),
                 };
                 // Room for the close frame even when the queue was full.
                 conn.t.overflowed = false;
@@ -128,6 +128,8 @@ impl Worker {
                     1001 => ("bye", "shutdown"),
                     1008 => ("error", "slow_consumer"),
                     1009 => ("error", "too_large"),
+                    CLOSE_UNAUTHORIZED => ("error", "unauthorized"),
+                    CLOSE_DISCONNECTED => ("error", "disconnected"),
                     _ => ("error", "closing"),
                 };
                 let line = frames::notice(op, code, reason) + "\n";
@@ -147,4 +149,13 @@ impl Worker {
         self.subs.remove_conn(key);
         log::debug!("worker {}: connection {} closed", self.slot, conn.id);
     }
+}
+
+/// A close frame's reason may be at most 123 bytes (RFC 6455 5.5.1).
+fn close_reason(reason: &str) -> String {
+    let mut end = reason.len().min(120);
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    reason[..end].to_string()
 }

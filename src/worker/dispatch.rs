@@ -11,6 +11,7 @@ use serde_json::value::RawValue;
 
 use super::owner::{Answer, Query, ReplyTo};
 use super::Worker;
+use crate::auth;
 use crate::bus::BusMsg;
 use crate::proto::frames::{self, ErrorReply, Op};
 use crate::proto::ws::text_frame_header;
@@ -87,8 +88,31 @@ impl Worker {
             }
         };
         let id = request.id;
-        let conn_id = self.conns.get(key).map_or(0, |c| c.id);
+        let Some(conn) = self.conns.get(key) else {
+            return;
+        };
+        let conn_id = conn.id;
+        let user = conn.user.clone();
+        let op = &request.op;
+        if user.is_none()
+            && !self.config.auth.allow_anonymous
+            && !matches!(op, Op::Auth { .. } | Op::Ping)
+        {
+            let e = auth::unauthorized("authenticate first: {\"op\":\"auth\",\"token\":…}");
+            return self.refuse_auth(key, id, &e);
+        }
+        let checked = match op {
+            Op::Sub { channel, .. } | Op::History { channel, .. } => {
+                auth::may_read(user.as_ref(), channel)
+            }
+            Op::Pub { channel, .. } => auth::may_publish(user.as_ref(), channel),
+            _ => Ok(()),
+        };
+        if let Err(e) = checked {
+            return self.reply(key, frames::error(id, &e));
+        }
         match request.op {
+            Op::Auth { token } => self.authenticate(key, id, &token),
             Op::Ping => self.reply(key, frames::pong(id)),
             Op::Sub {
                 channel,
@@ -139,6 +163,44 @@ impl Worker {
                 self.history(key, &channel, since, limit, reply);
             }
         }
+    }
+
+    fn authenticate(&mut self, key: usize, id: Option<&RawValue>, token: &str) {
+        if self.conns.get(key).is_some_and(|c| c.user.is_some()) {
+            let e = ErrorReply::new(
+                "already_authenticated",
+                "this connection is already authenticated",
+            );
+            return self.reply(key, frames::error(id, &e));
+        }
+        match auth::verify(&self.config.auth.jwt_secret, token) {
+            Ok(user) => {
+                let reply = frames::ok_auth(id, &user.uid);
+                self.bind_user(key, user);
+                self.reply(key, reply);
+            }
+            Err(e) => self.refuse_auth(key, id, &e),
+        }
+    }
+
+    /// Binds an authenticated user to the connection.
+    pub(super) fn bind_user(&mut self, key: usize, user: auth::User) {
+        log::debug!(
+            "worker {}: connection key {key} is user {}",
+            self.slot,
+            user.uid
+        );
+        if let Some(conn) = self.conns.get_mut(key) {
+            conn.user = Some(user);
+        }
+    }
+
+    /// An error frame, then the connection closes (WebSocket 4001).
+    fn refuse_auth(&mut self, key: usize, id: Option<&RawValue>, e: &ErrorReply) {
+        log::info!("worker {}: refusing a connection: {}", self.slot, e.message);
+        self.reply(key, frames::error(id, e));
+        let deadline = std::time::Instant::now() + super::CLOSE_GRACE;
+        self.close_with(key, super::CLOSE_UNAUTHORIZED, &e.message, deadline);
     }
 
     pub(super) fn history(

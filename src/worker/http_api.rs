@@ -11,6 +11,7 @@ use tungstenite::protocol::{Role, WebSocketContext};
 use super::conn::Session;
 use super::dispatch::{HistoryFor, Origin};
 use super::Worker;
+use crate::auth;
 use crate::proto::frames::{self, ErrorReply};
 use crate::proto::http::{self, Parsed, Request};
 use crate::proto::ws;
@@ -67,6 +68,15 @@ impl Worker {
     fn route(&mut self, key: usize, request: Request) {
         let keep_alive = request.keep_alive;
         let method = request.method.as_str();
+        if request.path.starts_with("/api/") && !self.api_key_ok(&request) {
+            let message = if self.config.auth.api_keys.is_empty() {
+                "the HTTP API is off: set auth.api_keys in the config"
+            } else {
+                "send an API key: Authorization: Bearer KEY (or X-API-Key: KEY)"
+            };
+            log::info!("worker {}: HTTP API call without a valid key", self.slot);
+            return self.respond(key, http::json_error(401, "unauthorized", message), false);
+        }
         match (method, request.path.as_str()) {
             ("GET", "/ws") => self.upgrade(key, &request, false),
             ("GET", "/echo") if self.config.debug.echo => self.upgrade(key, &request, true),
@@ -88,6 +98,17 @@ impl Worker {
                 self.respond(key, http::json_error(404, "not_found", &message), false);
             }
         }
+    }
+
+    fn api_key_ok(&self, request: &Request) -> bool {
+        let bearer = request.header("authorization").and_then(|v| {
+            v.strip_prefix(b"Bearer ")
+                .or_else(|| v.strip_prefix(b"bearer "))
+        });
+        let presented = bearer
+            .or_else(|| request.header("x-api-key"))
+            .unwrap_or_default();
+        auth::api_key_ok(&self.config.auth.api_keys, presented)
     }
 
     fn http_publish(&mut self, key: usize, request: &Request) {
@@ -186,6 +207,17 @@ impl Worker {
             self.respond(key, e, false);
             return;
         }
+        let token = form_urlencoded::parse(request.query.as_bytes())
+            .find(|(name, _)| name == "token")
+            .map(|(_, value)| value.into_owned());
+        let user = match token.map(|t| auth::verify(&self.config.auth.jwt_secret, &t)) {
+            None => None,
+            Some(Ok(user)) => Some(user),
+            Some(Err(e)) => {
+                log::info!("worker {}: refusing an upgrade: {}", self.slot, e.message);
+                return self.respond(key, http::json_error(401, e.code, &e.message), false);
+            }
+        };
         let response = match ws::upgrade_response(&request.head) {
             Ok(response) => response,
             Err(message) => {
@@ -209,6 +241,9 @@ impl Worker {
             echo,
         };
         self.mark_dirty(key);
+        if let Some(user) = user {
+            self.bind_user(key, user);
+        }
         // Frames that came with the upgrade request are already buffered.
         self.read_conn(key);
     }

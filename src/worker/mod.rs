@@ -44,6 +44,10 @@ const CONN_BASE: usize = 1 << 20;
 const TICK: Duration = Duration::from_millis(100);
 /// Longest a new worker waits for its peers to link back before serving anyway.
 const SETTLE_TIMEOUT: Duration = Duration::from_secs(3);
+/// WebSocket close code for a missing, bad or expired token.
+pub const CLOSE_UNAUTHORIZED: u16 = 4001;
+/// WebSocket close code for `POST /api/disconnect`.
+pub const CLOSE_DISCONNECTED: u16 = 4003;
 /// How long a connection cut off for a reason gets to receive its last frame.
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
 

@@ -41,9 +41,14 @@ impl Server {
         let dir = tempfile::tempdir().expect("tempdir");
         let (ws_port, tcp_port) = (free_port(), free_port());
         let config = dir.path().join("syncd.toml");
+        let auth = if extra.contains("[auth]") {
+            ""
+        } else {
+            "[auth]\njwt_secret = \"test-secret\"\napi_keys = [\"test-key\"]\n"
+        };
         let text = format!(
             "workers = {workers}\n[listen]\nws = \"127.0.0.1:{ws_port}\"\ntcp = \"127.0.0.1:{tcp_port}\"\n\
-             [paths]\ndata_dir = \"data\"\npid_file = \"syncd.pid\"\nlog_file = \"syncd.log\"\n{extra}\n"
+             [paths]\ndata_dir = \"data\"\npid_file = \"syncd.pid\"\nlog_file = \"syncd.log\"\n{auth}{extra}\n"
         );
         std::fs::write(&config, text).expect("write config");
         let mut server = Server {
@@ -203,9 +208,15 @@ impl Server {
         panic!("could not reach every worker");
     }
 
+    /// An HTTP request with the test API key.
     pub fn http(&self, method: &str, path: &str, body: &str) -> (u16, String) {
+        self.http_with(method, path, body, "Authorization: Bearer test-key\r\n")
+    }
+
+    /// An HTTP request with `headers` (each ending in CRLF).
+    pub fn http_with(&self, method: &str, path: &str, body: &str, headers: &str) -> (u16, String) {
         let raw = format!(
-            "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n\
+            "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n{headers}\
              Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
             body.len()
         );
@@ -243,6 +254,12 @@ impl Drop for Server {
     fn drop(&mut self) {
         self.stop_now();
     }
+}
+
+/// A token for `uid` signed with the test secret.
+pub fn token(uid: &str, channels: &[&str]) -> String {
+    let channels = channels.iter().map(|c| c.to_string()).collect();
+    syncd::auth::mint("test-secret", uid, Duration::from_secs(3600), channels).expect("mint")
 }
 
 /// Sends raw bytes to the ws port and returns the status and body.
