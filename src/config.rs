@@ -40,6 +40,10 @@ pub struct Config {
     #[serde(default)]
     pub auth: Auth,
     #[serde(default)]
+    pub delivery: Delivery,
+    #[serde(default)]
+    pub presence: PresenceConfig,
+    #[serde(default)]
     pub log: Log,
     #[serde(default)]
     pub debug: Debug,
@@ -131,6 +135,50 @@ pub struct Auth {
     pub api_keys: Vec<String>,
     /// Let connections without a token subscribe and publish to public channels.
     pub allow_anonymous: bool,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Delivery {
+    /// How long a direct message waits for its ack before it is sent again
+    /// (then 2×, 4×, … while the user stays online).
+    #[serde(deserialize_with = "duration")]
+    pub ack_timeout: Duration,
+    /// Sends to an online user before an unacked message becomes a dead letter.
+    pub max_attempts: u32,
+    /// Receives a POST for every dead letter (expired or out of attempts);
+    /// empty: none.
+    pub webhook_url: String,
+    /// A publish or send repeated with the same `idempotency_key` within this
+    /// window returns the first result.
+    #[serde(deserialize_with = "duration")]
+    pub idempotency_window: Duration,
+}
+
+impl Default for Delivery {
+    fn default() -> Self {
+        Delivery {
+            ack_timeout: Duration::from_secs(10),
+            max_attempts: 5,
+            webhook_url: String::new(),
+            idempotency_window: Duration::from_secs(300),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct PresenceConfig {
+    /// Channel name prefixes with presence (join/leave events, `presence`).
+    pub channels: Vec<String>,
+}
+
+impl PresenceConfig {
+    pub fn enabled(&self, channel: &str) -> bool {
+        self.channels
+            .iter()
+            .any(|p| channel.starts_with(p.as_str()))
+    }
 }
 
 impl Default for Auth {
@@ -274,6 +322,12 @@ impl Config {
         }
         if self.storage.shards == 0 || self.storage.shards > 4096 {
             return Err("storage.shards: must be 1..=4096".into());
+        }
+        if self.delivery.max_attempts == 0 {
+            return Err("delivery.max_attempts: must be at least 1".into());
+        }
+        if self.delivery.ack_timeout.is_zero() {
+            return Err("delivery.ack_timeout: must be more than 0s".into());
         }
         if self.storage.history_size == 0 {
             return Err("storage.history_size: must be at least 1".into());

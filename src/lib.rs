@@ -12,4 +12,5 @@ pub mod proto;
 pub mod signals;
 pub mod store;
 pub mod sync;
+pub mod webhook;
 pub mod worker;

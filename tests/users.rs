@@ -75,7 +75,17 @@ fn a_good_token_binds_the_user_on_the_url_or_in_a_frame() {
         server.ws_port,
         &format!("/ws?token={}", token("alice", &[])),
     );
-    assert_eq!(ws.sub("#alice")["op"], "ok", "a user reads its own inbox");
+    let mut early = Vec::new();
+    let reply = ws.request(
+        json!({"op":"history","id":1,"channel":"#alice"}),
+        &mut early,
+    );
+    assert_eq!(reply["op"], "ok", "a user reads its own inbox: {reply}");
+    let reply = ws.request(json!({"op":"sub","id":2,"channel":"#alice"}), &mut early);
+    assert_eq!(
+        reply["code"], "already_subscribed",
+        "joined its inbox on auth: {reply}"
+    );
     // The CLI mints tokens with the configured secret.
     let out = server.cli(&["token", "--sub", "carol", "--ttl", "10m"]);
     assert!(out.status.success());
@@ -185,4 +195,250 @@ fn the_http_api_needs_a_valid_key() {
         200,
         "health needs no key"
     );
+}
+
+/// Authenticates a new TCP connection as `uid`, on any worker.
+fn login(server: &Server, uid: &str) -> TcpClient {
+    let mut c = server.tcp();
+    let reply = c.request(
+        json!({"op":"auth","id":"a","token":token(uid, &["$expired"])}),
+        &mut Vec::new(),
+    );
+    assert_eq!(reply["uid"], uid, "{reply}");
+    c
+}
+
+fn send(server: &Server, uid: &str, data: serde_json::Value, extra: &str) -> u64 {
+    let body = format!(r#"{{"uid":"{uid}","data":{data}{extra}}}"#);
+    let (status, reply) = server.http("POST", "/api/send", &body);
+    assert_eq!(status, 200, "{reply}");
+    serde_json::from_str::<serde_json::Value>(&reply).unwrap()["seq"]
+        .as_u64()
+        .unwrap()
+}
+
+#[test]
+fn a_user_with_connections_on_every_worker_gets_every_send() {
+    let server = Server::start(3, "");
+    let mut conns = server.clients_on_every_worker(3, || login(&server, "alice"));
+    let mut sender = login(&server, "bob");
+    let mut early = Vec::new();
+    let reply = sender.request(
+        json!({"op":"send","id":1,"uid":"alice","data":{"hi":1}}),
+        &mut early,
+    );
+    assert_eq!(reply["seq"], 1, "{reply}");
+    send(&server, "alice", json!({"hi":2}), "");
+    for c in conns.iter_mut() {
+        for seq in 1..=2 {
+            let m = c.recv();
+            assert_eq!(
+                (m["channel"].as_str(), m["seq"].as_u64()),
+                (Some("#alice"), Some(seq)),
+                "{m}"
+            );
+            assert_eq!(m["data"]["hi"], seq);
+        }
+    }
+    let (status, body) = server.http("GET", "/api/users/alice", "");
+    assert_eq!(status, 200, "{body}");
+    let body: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        (body["online"].as_bool(), body["connections"].as_u64()),
+        (Some(true), Some(3)),
+        "{body}"
+    );
+    let anonymous = server.tcp().request(
+        json!({"op":"send","id":1,"uid":"alice","data":1}),
+        &mut early,
+    );
+    assert_eq!(anonymous["code"], "unauthorized");
+}
+
+#[test]
+fn offline_messages_arrive_on_connect_and_acks_are_remembered() {
+    let server = Server::start(
+        2,
+        "[delivery]\nack_timeout = \"300ms\"\nmax_attempts = 10\n",
+    );
+    for n in 1..=5 {
+        send(&server, "carol", json!(n), "");
+    }
+    let mut c = login(&server, "carol");
+    let seqs: Vec<u64> = (0..5).map(|_| c.recv()["seq"].as_u64().unwrap()).collect();
+    assert_eq!(seqs, vec![1, 2, 3, 4, 5], "in order, on connect");
+    assert_eq!(
+        c.request(
+            json!({"op":"ack","id":"k","channel":"#carol","seq":3}),
+            &mut Vec::new()
+        )["op"],
+        "ok"
+    );
+    // Not acked: 4 and 5 come again after the timeout, on the live connection.
+    let again: Vec<u64> = (0..2).map(|_| c.recv()["seq"].as_u64().unwrap()).collect();
+    assert_eq!(again, vec![4, 5], "redelivered");
+    assert_eq!(
+        c.request(
+            json!({"op":"ack","id":"k","channel":"#carol","seq":5}),
+            &mut Vec::new()
+        )["op"],
+        "ok"
+    );
+    drop(c);
+    send(&server, "carol", json!(6), "");
+    let mut c = login(&server, "carol");
+    assert_eq!(c.recv()["seq"], 6, "only what was not acknowledged");
+    assert!(c.recv_timeout(Duration::from_millis(150)).is_none());
+    // Acks survive a restart of everything.
+    c.request(
+        json!({"op":"ack","id":"k","channel":"#carol","seq":6}),
+        &mut Vec::new(),
+    );
+    drop(c);
+    let mut server = server;
+    std::thread::sleep(Duration::from_millis(100));
+    server.stop_now();
+    server.launch();
+    send(&server, "carol", json!(7), "");
+    let mut c = login(&server, "carol");
+    assert_eq!(c.recv()["seq"], 7);
+}
+
+/// A loopback HTTP listener that records the bodies POSTed to it.
+fn webhook_listener() -> (u16, std::sync::mpsc::Receiver<serde_json::Value>) {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().take(20).flatten() {
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut length = 0;
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                    break;
+                }
+                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                    length = v.trim().parse().unwrap_or(0);
+                }
+            }
+            let mut body = vec![0; length];
+            let _ = reader.read_exact(&mut body);
+            let _ = (&stream)
+                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+            if let Ok(v) = serde_json::from_slice(&body) {
+                let _ = tx.send(v);
+            }
+        }
+    });
+    (port, rx)
+}
+
+#[test]
+fn expired_and_exhausted_messages_reach_expired_and_the_webhook() {
+    let (port, hooks) = webhook_listener();
+    let server = Server::start(
+        2,
+        &format!("[delivery]\nack_timeout = \"200ms\"\nmax_attempts = 2\nwebhook_url = \"http://127.0.0.1:{port}/dead\"\n"),
+    );
+    let mut watcher = login(&server, "backend");
+    watcher.sub("$expired");
+    // Offline user, short TTL: expires without ever being delivered.
+    send(&server, "dora", json!("too late"), r#","ttl":1"#);
+    // Online user who never acks: runs out of attempts.
+    let mut erin = login(&server, "erin");
+    send(&server, "erin", json!("ignored"), "");
+    assert_eq!(erin.recv()["seq"], 1);
+    assert_eq!(erin.recv()["seq"], 1, "sent a second time");
+    let mut reasons = std::collections::HashMap::new();
+    for _ in 0..2 {
+        let m = watcher.recv();
+        assert_eq!(m["channel"], "$expired", "{m}");
+        reasons.insert(
+            m["data"]["uid"].as_str().unwrap().to_string(),
+            m["data"]["reason"].clone(),
+        );
+    }
+    assert_eq!(reasons["dora"], "expired");
+    assert_eq!(reasons["erin"], "max_attempts");
+    let mut posted: Vec<serde_json::Value> = (0..2)
+        .map(|_| hooks.recv_timeout(TIMEOUT).expect("webhook POST"))
+        .collect();
+    posted.sort_by_key(|v| v["uid"].as_str().unwrap().to_string());
+    assert_eq!(
+        (posted[0]["uid"].as_str(), posted[0]["data"].as_str()),
+        (Some("dora"), Some("too late"))
+    );
+    assert_eq!(posted[1]["reason"], "max_attempts");
+}
+
+#[test]
+fn presence_across_workers_and_after_kill_9() {
+    let server = Server::start(2, "[presence]\nchannels = [\"room-\"]\n");
+    let owner = syncd::sync::shard::owner_of("room-1", 16, 2);
+    let victim = 1 - owner;
+    // The watcher sits on the owner's worker, which survives.
+    let mut watcher = server
+        .clients_on_every_worker(2, || server.ws())
+        .swap_remove(owner);
+    watcher.sub("room-1");
+    // One user on each worker.
+    let mut users: Vec<Option<(TcpClient, String)>> = vec![None, None];
+    for i in 0..100 {
+        let uid = format!("user{i}");
+        let c = login(&server, &uid);
+        let w = server.worker_of(c.local_addr());
+        if users[w].is_none() {
+            users[w] = Some((c, uid));
+        }
+        if users.iter().all(Option::is_some) {
+            break;
+        }
+    }
+    let mut users: Vec<(TcpClient, String)> = users
+        .into_iter()
+        .map(|u| u.expect("a user on each worker"))
+        .collect();
+    for (c, _) in users.iter_mut() {
+        c.sub("room-1");
+    }
+    let mut joined = Vec::new();
+    while joined.len() < 2 {
+        let e = watcher.recv();
+        assert_eq!(e["op"], "join", "{e}");
+        joined.push(e["uid"].as_str().unwrap().to_string());
+    }
+    joined.sort();
+    let reply = watcher.request(
+        json!({"op":"presence","id":"p","channel":"room-1"}),
+        &mut Vec::new(),
+    );
+    let mut uids: Vec<String> = serde_json::from_value(reply["uids"].clone()).unwrap();
+    uids.sort();
+    assert_eq!(uids, joined);
+    let (status, body) = server.http("GET", "/api/presence?channel=room-1", "");
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains(&users[victim].1), "{body}");
+    assert_eq!(
+        server.http("GET", "/api/presence?channel=news", "").0,
+        503,
+        "presence is off for news"
+    );
+
+    let pid = server.status().workers[victim].pid.unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let e = watcher.recv();
+    assert_eq!(
+        (e["op"].as_str(), e["uid"].as_str()),
+        (Some("leave"), Some(users[victim].1.as_str())),
+        "{e}"
+    );
+    let (_, body) = server.http("GET", "/api/presence?channel=room-1", "");
+    let body: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(body["uids"], json!([users[owner].1]));
 }

@@ -32,6 +32,8 @@ pub enum BusMsg {
         channel: String,
         since: Option<u64>,
         epoch: Option<String>,
+        /// A user's inbox: replay everything after its ack instead.
+        inbox: bool,
     },
     /// `history`: asks the owner for retained messages.
     HistoryQuery {
@@ -40,6 +42,24 @@ pub enum BusMsg {
         since: u64,
         limit: usize,
     },
+    /// Cumulative ack of an inbox, sent to its owner.
+    Ack { channel: String, seq: u64 },
+    /// The sender has `count` connections of `uid` in `channel` (to the owner).
+    Presence {
+        channel: String,
+        uid: String,
+        count: usize,
+    },
+    /// `presence`: who is in a channel (answer: a JSON array of uids).
+    PresenceQuery { tag: u64, channel: String },
+    /// Is `uid` online (answer: a JSON object).
+    UserQuery { tag: u64, uid: String },
+    /// A line for every subscriber of `channel` without a `seq` (join/leave).
+    Event { channel: String },
+    /// A line for every connection (`POST /api/broadcast`).
+    Broadcast,
+    /// Close every connection of `uid` (`POST /api/disconnect`).
+    Disconnect { uid: String },
     /// The owner's answer to either query. `payload` holds the replayed or
     /// requested `msg` lines, one after the other.
     QueryAnswer {

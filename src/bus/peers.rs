@@ -38,6 +38,8 @@ pub enum BusEvent {
     },
     /// A link to or from `slot` broke: requests waiting on it will get no answer.
     Down { slot: usize },
+    /// Our link to `slot` reached a (new) process of that worker.
+    Up { slot: usize },
 }
 
 struct OutLink {
@@ -259,6 +261,7 @@ impl Peers {
         for (msg, _) in frames {
             if let BusMsg::Welcome { instance, .. } = msg {
                 out.peer_instance = Some(instance);
+                events.push(BusEvent::Up { slot });
             }
         }
         let result = result.and_then(|()| out.link.flush());

@@ -42,6 +42,21 @@ pub enum Op<'a> {
     Auth {
         token: Cow<'a, str>,
     },
+    /// A direct message to every connection of `uid`, kept until acked.
+    Send {
+        uid: Cow<'a, str>,
+        data: &'a RawValue,
+        ttl: Option<u64>,
+    },
+    /// Cumulative ack of an inbox (`#uid`) up to `seq`.
+    Ack {
+        channel: Cow<'a, str>,
+        seq: u64,
+    },
+    /// Who is in a presence channel.
+    Presence {
+        channel: Cow<'a, str>,
+    },
     Ping,
 }
 
@@ -82,6 +97,9 @@ struct Fields<'a> {
     limit: Option<u64>,
     #[serde(borrow)]
     token: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    uid: Option<Cow<'a, str>>,
+    seq: Option<u64>,
 }
 
 /// Keeps an explicit `null` as a value (`Some("null")`) rather than "absent".
@@ -145,6 +163,30 @@ pub fn parse_request(text: &str) -> Result<Request<'_>, (Option<Box<RawValue>>, 
                 .clone()
                 .ok_or_else(|| fail(ErrorReply::new("bad_request", "`auth` needs `token`")))?,
         },
+        "send" => Op::Send {
+            uid: check_uid(fields.uid.clone()).map_err(fail)?,
+            data: fields
+                .data
+                .ok_or_else(|| fail(ErrorReply::new("bad_request", "`send` needs `data`")))?,
+            ttl: match fields.ttl {
+                Some(0) => {
+                    return Err(fail(ErrorReply::new(
+                        "bad_request",
+                        "`ttl` must be at least 1 second",
+                    )))
+                }
+                ttl => ttl,
+            },
+        },
+        "ack" => Op::Ack {
+            channel: channel().map_err(fail)?,
+            seq: fields
+                .seq
+                .ok_or_else(|| fail(ErrorReply::new("bad_request", "`ack` needs `seq`")))?,
+        },
+        "presence" => Op::Presence {
+            channel: channel().map_err(fail)?,
+        },
         "ping" => Op::Ping,
         other => {
             return Err(fail(ErrorReply::new(
@@ -154,6 +196,19 @@ pub fn parse_request(text: &str) -> Result<Request<'_>, (Option<Box<RawValue>>, 
         }
     };
     Ok(Request { id, op })
+}
+
+/// A user id: 1 to 128 bytes, no whitespace or control characters.
+pub fn check_uid(uid: Option<Cow<'_, str>>) -> Result<Cow<'_, str>, ErrorReply> {
+    let uid = uid.ok_or_else(|| ErrorReply::new("bad_request", "`uid` is required"))?;
+    if uid.is_empty() || uid.len() > 128 || uid.chars().any(|c| c.is_whitespace() || c.is_control())
+    {
+        return Err(ErrorReply::new(
+            "bad_request",
+            "`uid` must be 1 to 128 bytes without whitespace",
+        ));
+    }
+    Ok(uid)
 }
 
 /// `limit` of a history read: 1 to `MAX_HISTORY_LIMIT`, 100 when absent.
@@ -260,6 +315,22 @@ pub fn ok_auth(id: Option<&RawValue>, uid: &str) -> String {
         uid: &'a str,
     }
     serde_json::to_string(&Authed { op: "ok", id, uid }).unwrap_or_default()
+}
+
+pub fn ok_presence(id: Option<&RawValue>, channel: &str, uids: &[String]) -> String {
+    serde_json::json!({"op": "ok", "id": id, "channel": channel, "uids": uids}).to_string()
+}
+
+/// A server event line, such as `{"op":"join","channel":"room-1","uid":"alice"}`.
+pub fn event_line(op: &str, channel: &str, uid: &str) -> Bytes {
+    let mut line = serde_json::json!({"op": op, "channel": channel, "uid": uid}).to_string();
+    line.push('\n');
+    Bytes::from(line)
+}
+
+/// `{"op":"broadcast","data":…}` for every connection.
+pub fn broadcast_line(data: &str) -> Bytes {
+    Bytes::from(format!("{{\"op\":\"broadcast\",\"data\":{data}}}\n"))
 }
 
 pub fn pong(id: Option<&RawValue>) -> String {

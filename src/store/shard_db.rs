@@ -28,6 +28,15 @@ CREATE TABLE IF NOT EXISTS messages (
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS messages_by_expiry ON messages (expires_at);
 CREATE TABLE IF NOT EXISTS state (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS acks (channel TEXT PRIMARY KEY, seq INTEGER NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS dead_letters (
+    channel TEXT NOT NULL,
+    seq     INTEGER NOT NULL,
+    time    INTEGER NOT NULL,
+    reason  TEXT NOT NULL,
+    data    TEXT NOT NULL,
+    PRIMARY KEY (channel, seq)
+) WITHOUT ROWID;
 ";
 
 /// One message to append; times are Unix milliseconds.
@@ -167,6 +176,37 @@ impl ShardDb {
             params![channel, upto as i64, limit as i64],
         )?;
         Ok(n as u64)
+    }
+
+    /// Every inbox's cumulative ack.
+    pub fn acks(&self) -> rusqlite::Result<Vec<(String, u64)>> {
+        let mut stmt = self.conn.prepare("SELECT channel, seq FROM acks")?;
+        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64)))?;
+        rows.collect()
+    }
+
+    pub fn set_ack(&self, channel: &str, seq: u64) -> rusqlite::Result<()> {
+        self.conn.execute(
+            "INSERT INTO acks (channel, seq) VALUES (?1, ?2)
+             ON CONFLICT (channel) DO UPDATE SET seq = max(seq, excluded.seq)",
+            params![channel, seq as i64],
+        )?;
+        Ok(())
+    }
+
+    pub fn add_dead_letter(
+        &self,
+        channel: &str,
+        seq: u64,
+        time_ms: i64,
+        reason: &str,
+        data: &str,
+    ) -> rusqlite::Result<()> {
+        self.conn.execute(
+            "INSERT OR REPLACE INTO dead_letters (channel, seq, time, reason, data) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![channel, seq as i64, time_ms, reason, data],
+        )?;
+        Ok(())
     }
 
     pub fn get_state(&self, key: &str) -> rusqlite::Result<Option<String>> {

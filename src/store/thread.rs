@@ -33,6 +33,21 @@ pub enum Request {
         upto: u64,
         limit: usize,
     },
+    /// Record an inbox's cumulative ack.
+    Ack {
+        shard: u32,
+        channel: String,
+        seq: u64,
+    },
+    /// Record a message given up (expired, or out of attempts).
+    DeadLetter {
+        shard: u32,
+        channel: String,
+        seq: u64,
+        reason: &'static str,
+        data: String,
+        time_ms: i64,
+    },
     /// Delete expired rows and trim channels over `history_size`.
     Sweep { now_ms: i64 },
     /// Record a clean shutdown and end the thread.
@@ -184,6 +199,33 @@ impl Writer {
                     let _ = self.outbox.send(Event::Read { tag, result });
                 }
                 Request::Sweep { now_ms } => self.sweep(now_ms),
+                Request::Ack {
+                    shard,
+                    channel,
+                    seq,
+                } => {
+                    if let Some(Err(e)) =
+                        self.shards.get(&shard).map(|db| db.set_ack(&channel, seq))
+                    {
+                        log::error!("store: recording the ack of {channel} failed: {e}");
+                    }
+                }
+                Request::DeadLetter {
+                    shard,
+                    channel,
+                    seq,
+                    reason,
+                    data,
+                    time_ms,
+                } => {
+                    let stored = self
+                        .shards
+                        .get(&shard)
+                        .map(|db| db.add_dead_letter(&channel, seq, time_ms, reason, &data));
+                    if let Some(Err(e)) = stored {
+                        log::error!("store: recording a dead letter of {channel} failed: {e}");
+                    }
+                }
                 Request::Close => closing = true,
                 Request::Append { .. } => {}
             }

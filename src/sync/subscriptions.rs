@@ -41,10 +41,18 @@ impl Subscriptions {
         true
     }
 
-    pub fn remove_conn(&mut self, conn: ConnKey) {
-        for channel in self.by_conn.remove(&conn).unwrap_or_default() {
-            self.detach(conn, &channel);
+    /// Removes a closing connection from every channel; returns them.
+    pub fn remove_conn(&mut self, conn: ConnKey) -> Vec<Box<str>> {
+        let channels: Vec<Box<str>> = self
+            .by_conn
+            .remove(&conn)
+            .unwrap_or_default()
+            .into_iter()
+            .collect();
+        for channel in &channels {
+            self.detach(conn, channel);
         }
+        channels
     }
 
     fn detach(&mut self, conn: ConnKey, channel: &str) {

@@ -16,7 +16,11 @@ impl Worker {
             for event in std::mem::take(&mut self.bus_events) {
                 match event {
                     BusEvent::Msg { from, msg, payload } => self.on_bus_msg(from, msg, payload),
-                    BusEvent::Down { slot } => self.fail_pending(slot),
+                    BusEvent::Down { slot } => {
+                        self.fail_pending(slot);
+                        self.presence_slot_down(slot);
+                    }
+                    BusEvent::Up { slot } => self.resend_presence(slot),
                 }
             }
         }
@@ -59,11 +63,35 @@ impl Worker {
                 channel,
                 since,
                 epoch,
-            } => self.owner_query(
-                &channel,
-                Query::Resume { since, epoch },
-                ReplyTo::Peer { slot: from, tag },
-            ),
+                inbox,
+            } => {
+                let query = if inbox {
+                    Query::Inbox
+                } else {
+                    Query::Resume { since, epoch }
+                };
+                self.owner_query(&channel, query, ReplyTo::Peer { slot: from, tag })
+            }
+            BusMsg::PresenceQuery { tag, channel } => {
+                self.owner_query(&channel, Query::Presence, ReplyTo::Peer { slot: from, tag })
+            }
+            BusMsg::UserQuery { tag, uid } => {
+                let inbox = crate::auth::inbox(&uid);
+                self.owner_query(
+                    &inbox,
+                    Query::User { uid },
+                    ReplyTo::Peer { slot: from, tag },
+                )
+            }
+            BusMsg::Ack { channel, seq } => self.owner_ack(&channel, seq),
+            BusMsg::Presence {
+                channel,
+                uid,
+                count,
+            } => self.on_presence_report(from, &channel, &uid, count),
+            BusMsg::Event { channel } => self.send_to_subscribers(&channel, &payload),
+            BusMsg::Broadcast => self.broadcast_local(&payload),
+            BusMsg::Disconnect { uid } => self.disconnect_local(&uid),
             BusMsg::HistoryQuery {
                 tag,
                 channel,

@@ -146,7 +146,12 @@ impl Worker {
         }
         let mut conn = self.conns.remove(key);
         let _ = self.poll.registry().deregister(&mut conn.t.stream);
-        self.subs.remove_conn(key);
+        let channels = self.subs.remove_conn(key);
+        if let Some(user) = &conn.user {
+            for channel in channels {
+                self.count_presence(&channel, &user.uid, false);
+            }
+        }
         log::debug!("worker {}: connection {} closed", self.slot, conn.id);
     }
 }

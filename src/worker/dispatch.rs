@@ -31,6 +31,8 @@ pub enum Origin {
     },
     /// Another worker, for one of its clients.
     Peer { slot: usize, tag: u64 },
+    /// The server itself (dead letters on `$expired`): nobody to answer.
+    Internal,
 }
 
 /// Where a history answer goes.
@@ -54,8 +56,17 @@ pub(super) enum Awaiting {
         channel: String,
         /// Messages of the channel that arrived while waiting: `(seq, line)`.
         buffer: Vec<(u64, Bytes)>,
+        /// The automatic inbox subscription of a user: no reply frame.
+        quiet: bool,
     },
     History {
+        key: usize,
+        conn_id: u64,
+        channel: String,
+        reply: HistoryFor,
+    },
+    /// `presence` or `GET /api/users/<uid>`: the answer is one JSON value.
+    Json {
         key: usize,
         conn_id: u64,
         channel: String,
@@ -137,12 +148,41 @@ impl Worker {
                     id: id.map(RawValue::to_owned),
                     channel: channel.to_string(),
                     buffer: Vec::new(),
+                    quiet: false,
                 };
                 self.ask_owner(&channel, query, what);
             }
             Op::Unsub { channel } => {
-                self.subs.remove(key, &channel);
+                if self.subs.remove(key, &channel) {
+                    self.track_presence(key, &channel, false);
+                }
                 self.reply(key, frames::ok(id));
+            }
+            Op::Send { uid, data, ttl } => {
+                if user.is_none() {
+                    let e = auth::unauthorized("`send` needs an authenticated connection");
+                    return self.reply(key, frames::error(id, &e));
+                }
+                let origin = Origin::Client {
+                    key,
+                    conn_id,
+                    id: id.map(RawValue::to_owned),
+                };
+                self.publish(origin, &auth::inbox(&uid), data.get(), ttl);
+            }
+            Op::Ack { channel, seq } => {
+                if !channel.starts_with('#') {
+                    let e = ErrorReply::new("bad_request", "`ack` is for inbox channels (#uid)");
+                    return self.reply(key, frames::error(id, &e));
+                }
+                self.route_ack(&channel, seq);
+                self.reply(key, frames::ok(id));
+            }
+            Op::Presence { channel } => {
+                let reply = HistoryFor::Client {
+                    id: id.map(RawValue::to_owned),
+                };
+                self.presence_query(key, &channel, reply);
             }
             Op::Pub { channel, data, ttl } => {
                 let origin = Origin::Client {
@@ -190,9 +230,22 @@ impl Worker {
             self.slot,
             user.uid
         );
-        if let Some(conn) = self.conns.get_mut(key) {
-            conn.user = Some(user);
-        }
+        let inbox = auth::inbox(&user.uid);
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        conn.user = Some(user);
+        // Every connection of a user hears its inbox: what was sent while it
+        // was away (after its last ack), then live direct messages.
+        let what = Awaiting::Sub {
+            key,
+            conn_id: conn.id,
+            id: None,
+            channel: inbox.clone(),
+            buffer: Vec::new(),
+            quiet: true,
+        };
+        self.ask_owner(&inbox, Query::Inbox, what);
     }
 
     /// An error frame, then the connection closes (WebSocket 4001).
@@ -223,7 +276,7 @@ impl Worker {
 
     /// Records what waits for the answer, then asks the owner: this worker
     /// directly, or another one over the bus.
-    fn ask_owner(&mut self, channel: &str, query: Query, what: Awaiting) {
+    pub(super) fn ask_owner(&mut self, channel: &str, query: Query, what: Awaiting) {
         let owner = self.owner_of(channel);
         let tag = self.next_tag();
         if matches!(what, Awaiting::Sub { .. }) {
@@ -238,11 +291,24 @@ impl Worker {
             return;
         }
         let msg = match query {
+            Query::Inbox => BusMsg::SubQuery {
+                tag,
+                channel: channel.to_string(),
+                since: None,
+                epoch: None,
+                inbox: true,
+            },
+            Query::Presence => BusMsg::PresenceQuery {
+                tag,
+                channel: channel.to_string(),
+            },
+            Query::User { uid } => BusMsg::UserQuery { tag, uid },
             Query::Resume { since, epoch } => BusMsg::SubQuery {
                 tag,
                 channel: channel.to_string(),
                 since,
                 epoch,
+                inbox: false,
             },
             Query::History { since, limit } => BusMsg::HistoryQuery {
                 tag,
@@ -268,6 +334,7 @@ impl Worker {
                 id,
                 channel,
                 buffer,
+                quiet,
             } => {
                 if let Some(tags) = self.pending_subs.get_mut(channel.as_str()) {
                     tags.retain(|&t| t != tag);
@@ -280,6 +347,13 @@ impl Worker {
                 }
                 let answer = match answer {
                     Ok(answer) => answer,
+                    Err(e) if quiet => {
+                        return log::warn!(
+                            "worker {}: inbox {channel} unavailable: {}",
+                            self.slot,
+                            e.message
+                        )
+                    }
                     Err(e) => return self.reply(key, frames::error(id.as_deref(), &e)),
                 };
                 let reply = frames::ok_sub(
@@ -289,7 +363,9 @@ impl Worker {
                     &answer.epoch,
                     answer.recovered,
                 );
-                self.reply(key, reply);
+                if !quiet {
+                    self.reply(key, reply);
+                }
                 let live = buffer
                     .into_iter()
                     .filter(|(seq, _)| *seq > answer.seq)
@@ -298,7 +374,9 @@ impl Worker {
                 if let Some(conn) = self.conns.get_mut(key) {
                     conn.replay(answer.lines.into_iter().chain(live), limit);
                 }
-                self.subs.add(key, &channel);
+                if self.subs.add(key, &channel) {
+                    self.track_presence(key, &channel, true);
+                }
                 self.mark_dirty(key);
             }
             Awaiting::History {
@@ -329,6 +407,44 @@ impl Worker {
                             frames::history_reply(None, &channel, a.seq, &a.epoch, &a.lines)
                         });
                         self.answer_http(key, conn_id, keep_alive, body);
+                    }
+                }
+            }
+            Awaiting::Json {
+                key,
+                conn_id,
+                channel,
+                reply,
+            } => {
+                if !self.is_live(key, conn_id) {
+                    return;
+                }
+                let json = answer.map(|a| {
+                    let line = a.lines.first().cloned().unwrap_or_default();
+                    String::from_utf8_lossy(&line).trim().to_string()
+                });
+                match reply {
+                    HistoryFor::Client { id } => {
+                        let text = match json {
+                            Ok(uids) => {
+                                let uids: Vec<String> =
+                                    serde_json::from_str(&uids).unwrap_or_default();
+                                frames::ok_presence(id.as_deref(), &channel, &uids)
+                            }
+                            Err(e) => frames::error(id.as_deref(), &e),
+                        };
+                        self.reply(key, text);
+                    }
+                    HistoryFor::Http { keep_alive } => {
+                        // A user's status is an object already; presence is a list.
+                        let body = json.map(|json| match channel.starts_with('#') {
+                            true => json,
+                            false => format!(
+                                r#"{{"channel":{},"uids":{json}}}"#,
+                                serde_json::json!(channel)
+                            ),
+                        });
+                        self.answer_http(key, conn_id, keep_alive, body)
                     }
                 }
             }
@@ -429,6 +545,15 @@ impl Worker {
             } => {
                 let body = result.map(|seq| serde_json::json!({ "seq": seq }).to_string());
                 self.answer_http(key, conn_id, keep_alive, body);
+            }
+            Origin::Internal => {
+                if let Err(e) = result {
+                    log::error!(
+                        "worker {}: internal publish failed: {}",
+                        self.slot,
+                        e.message
+                    );
+                }
             }
             Origin::Peer { slot, tag } => {
                 let (seq, error) = match result {

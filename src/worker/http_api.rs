@@ -25,6 +25,32 @@ struct PublishBody<'a> {
     ttl: Option<u64>,
 }
 
+#[derive(Deserialize)]
+struct SendBody<'a> {
+    #[serde(borrow)]
+    uid: std::borrow::Cow<'a, str>,
+    #[serde(borrow)]
+    data: &'a RawValue,
+    ttl: Option<u64>,
+}
+
+#[derive(Deserialize)]
+struct BroadcastBody<'a> {
+    #[serde(borrow)]
+    data: &'a RawValue,
+}
+
+#[derive(Deserialize)]
+struct DisconnectBody {
+    uid: String,
+}
+
+fn query_param(query: &str, name: &str) -> Option<String> {
+    form_urlencoded::parse(query.as_bytes())
+        .find(|(n, _)| n == name)
+        .map(|(_, v)| v.into_owned())
+}
+
 impl Worker {
     /// Serves the complete requests in the connection's buffer, one at a time
     /// (a request waiting for an owner holds back the ones behind it).
@@ -86,7 +112,58 @@ impl Worker {
             }
             ("POST", "/api/publish") => self.http_publish(key, &request),
             ("GET", "/api/history") => self.http_history(key, &request),
-            (_, "/ws" | "/healthz" | "/api/publish" | "/api/history") => {
+            ("POST", "/api/send") => self.http_send(key, &request),
+            ("POST", "/api/broadcast") => {
+                match serde_json::from_slice::<BroadcastBody>(&request.body) {
+                    Ok(body) => {
+                        self.broadcast_all(body.data.get());
+                        self.respond_json(key, 200, r#"{"ok":true}"#.into(), keep_alive);
+                    }
+                    Err(e) => self.bad_body(key, "{\"data\":..}", &e),
+                }
+            }
+            ("POST", "/api/disconnect") => {
+                match serde_json::from_slice::<DisconnectBody>(&request.body) {
+                    Ok(body) => {
+                        self.disconnect_everywhere(&body.uid);
+                        self.respond_json(key, 200, r#"{"ok":true}"#.into(), keep_alive);
+                    }
+                    Err(e) => self.bad_body(key, "{\"uid\":..}", &e),
+                }
+            }
+            ("GET", "/api/presence") => {
+                let channel = query_param(&request.query, "channel").unwrap_or_default();
+                if let Err(e) = frames::check_channel(&channel) {
+                    return self.respond(key, http::json_error(400, e.code, &e.message), false);
+                }
+                self.set_busy(key);
+                self.presence_query(key, &channel, HistoryFor::Http { keep_alive });
+            }
+            ("GET", path) if path.starts_with("/api/users/") => {
+                let raw = &path["/api/users/".len()..];
+                let uid: String = form_urlencoded::parse(format!("u={raw}").as_bytes())
+                    .map(|(_, v)| v.into_owned())
+                    .next()
+                    .unwrap_or_default();
+                match frames::check_uid(Some(uid.as_str().into())) {
+                    Ok(uid) => {
+                        self.set_busy(key);
+                        self.user_query(key, &uid, keep_alive);
+                    }
+                    Err(e) => self.respond(key, http::json_error(400, e.code, &e.message), false),
+                }
+            }
+            ("GET", "/api/stats") => {
+                let mut stats = serde_json::to_value(self.snapshot()).unwrap_or_default();
+                stats["worker"] = self.slot.into();
+                self.respond_json(key, 200, stats.to_string(), keep_alive);
+            }
+            (
+                _,
+                "/ws" | "/healthz" | "/api/publish" | "/api/history" | "/api/send"
+                | "/api/broadcast",
+            )
+            | (_, "/api/disconnect" | "/api/presence" | "/api/stats") => {
                 let e = http::json_error(405, "method_not_allowed", "method not allowed");
                 self.respond(key, e, false);
             }
@@ -109,6 +186,44 @@ impl Worker {
             .or_else(|| request.header("x-api-key"))
             .unwrap_or_default();
         auth::api_key_ok(&self.config.auth.api_keys, presented)
+    }
+
+    fn set_busy(&mut self, key: usize) {
+        if let Some(conn) = self.conns.get_mut(key) {
+            conn.http_busy = true;
+        }
+    }
+
+    fn bad_body(&mut self, key: usize, shape: &str, e: &serde_json::Error) {
+        let message = format!("body must be {shape}: {e}");
+        self.respond(key, http::json_error(400, "bad_request", &message), false);
+    }
+
+    fn http_send(&mut self, key: usize, request: &Request) {
+        let body: SendBody = match serde_json::from_slice(&request.body) {
+            Ok(body) => body,
+            Err(e) => return self.bad_body(key, "{\"uid\":..,\"data\":..}", &e),
+        };
+        let uid = match frames::check_uid(Some(body.uid)) {
+            Ok(uid) => uid,
+            Err(e) => return self.respond(key, http::json_error(400, e.code, &e.message), false),
+        };
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        conn.http_busy = true;
+        let origin = Origin::Http {
+            key,
+            conn_id: conn.id,
+            keep_alive: request.keep_alive,
+        };
+        self.stats.msgs_in += 1;
+        self.publish(
+            origin,
+            &auth::inbox(&uid),
+            body.data.get(),
+            body.ttl.filter(|&t| t > 0),
+        );
     }
 
     fn http_publish(&mut self, key: usize, request: &Request) {

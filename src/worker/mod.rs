@@ -9,6 +9,7 @@ mod http_api;
 mod owner;
 mod read;
 mod report;
+mod users;
 
 use std::collections::{HashMap, VecDeque};
 use std::io;
@@ -29,7 +30,9 @@ use crate::signals::SignalSet;
 use crate::store::cache::HistoryCache;
 use crate::store::shard_db::{shard_path, ShardDb};
 use crate::store::thread::{Request, StoreThread, SWEEP_EVERY};
+use crate::sync::inbox::Inboxes;
 use crate::sync::owner::ChannelOwner;
+use crate::sync::presence::Presence;
 use crate::sync::subscriptions::Subscriptions;
 use conn::{Conn, Session};
 use dispatch::Pending;
@@ -90,6 +93,13 @@ pub struct Worker {
     disk_reads: HashMap<u64, owner::DiskRead>,
     /// Storage failed: exit so the master restarts us from what the disk holds.
     fatal: bool,
+    /// As owner: acks and redelivery of the inboxes in our shards.
+    inboxes: Inboxes,
+    /// As owner: who is in our channels, per worker.
+    presence: Presence,
+    /// Our own connections per (channel, uid), as reported to owners.
+    local_presence: HashMap<(String, String), usize>,
+    webhook: Option<crossbeam_channel::Sender<String>>,
     master: LineChannel,
     signals: SignalSet,
     /// Connections with new output to write at the end of this loop turn.
@@ -142,7 +152,11 @@ impl Worker {
         poll.registry()
             .register(&mut signals.reader, SIGNALS, Interest::READABLE)?;
         let instance = random_u64();
-        let (owner, shards) = open_shards(&ctx.config, ctx.slot)?;
+        let (owner, shards, inboxes) = open_shards(&ctx.config, ctx.slot)?;
+        let webhook = match ctx.config.delivery.webhook_url.as_str() {
+            "" => None,
+            url => Some(crate::webhook::spawn(url.to_string())?),
+        };
         let waker = Arc::new(Waker::new(poll.registry(), STORE)?);
         let store = StoreThread::spawn(shards, ctx.config.storage.history_size, waker)?;
         let sockets = (0..ctx.config.workers)
@@ -173,6 +187,10 @@ impl Worker {
             next_ticket: 0,
             disk_reads: HashMap::new(),
             fatal: false,
+            inboxes,
+            presence: Presence::default(),
+            local_presence: HashMap::new(),
+            webhook,
             master,
             signals,
             dirty: Vec::new(),
@@ -329,6 +347,7 @@ impl Worker {
 
     fn tick(&mut self, now: Instant) {
         self.peers.tick(self.poll.registry(), now);
+        self.redeliver(now);
         let idle = self.config.limits.handshake_timeout;
         let expired: Vec<usize> = self
             .conns
@@ -387,8 +406,13 @@ const MAX_BUS_FRAME: usize = 256 << 20;
 /// Opens the shard files this slot owns (`shard % workers == slot`) and loads
 /// their channels. In `memory` durability, a shard that was not closed cleanly
 /// may have lost messages clients saw, so its channels get new epochs.
-fn open_shards(config: &Config, slot: usize) -> io::Result<(ChannelOwner, HashMap<u32, ShardDb>)> {
+fn open_shards(
+    config: &Config,
+    slot: usize,
+) -> io::Result<(ChannelOwner, HashMap<u32, ShardDb>, Inboxes)> {
     let mut owner = ChannelOwner::default();
+    let mut inboxes = Inboxes::new(config.delivery.ack_timeout, config.delivery.max_attempts);
+    let now = Instant::now();
     let mut shards = HashMap::new();
     let storage = &config.storage;
     for shard in (0..storage.shards).filter(|&s| s as usize % config.workers == slot) {
@@ -400,10 +424,24 @@ fn open_shards(config: &Config, slot: usize) -> io::Result<(ChannelOwner, HashMa
             log::warn!("shard {shard} was not closed cleanly: its channels start new epochs");
             db.renew_epochs(owner::fresh_epoch).map_err(fail)?;
         }
+        for (channel, seq) in db.acks().map_err(fail)? {
+            inboxes.ack(&channel, seq);
+        }
         for (name, epoch, last_seq) in db.channels().map_err(fail)? {
+            if name.starts_with('#') {
+                // Direct messages not acked yet wait for their user again.
+                let after = inboxes.acked(&name);
+                let (rows, _) = db
+                    .read(&name, after, last_seq, usize::MAX >> 1)
+                    .map_err(fail)?;
+                for m in rows {
+                    let line = crate::proto::frames::msg_line(&name, m.seq, &m.data);
+                    inboxes.delivered(&name, m.seq, m.expires_ms, line, m.data, now);
+                }
+            }
             owner.load(&name, epoch, last_seq);
         }
         shards.insert(shard, db);
     }
-    Ok((owner, shards))
+    Ok((owner, shards, inboxes))
 }

@@ -19,6 +19,14 @@ use crate::sync::shard;
 
 /// What a `sub` or `history` asks of the owner.
 pub enum Query {
+    /// A user's connection joins its inbox: replay what is not acked.
+    Inbox,
+    /// Who is in a presence channel (answer: a JSON array of uids).
+    Presence,
+    /// Is a user online (answer: a JSON object).
+    User {
+        uid: String,
+    },
     Resume {
         since: Option<u64>,
         epoch: Option<String>,
@@ -50,6 +58,8 @@ pub struct Answer {
 /// A message numbered and sent to the store, not yet released.
 pub struct Inflight {
     ticket: u64,
+    /// For direct messages: the `data`, kept for redelivery and dead letters.
+    inbox_data: Option<String>,
     channel: String,
     seq: u64,
     expires_ms: i64,
@@ -96,6 +106,7 @@ impl Worker {
         let keep = ttl.map_or(keep, |t| keep.min(t.saturating_mul(1000) as i64));
         let expires_ms = now.saturating_add(keep);
         let line = frames::msg_line(channel, seq, data);
+        let inbox_data = channel.starts_with('#').then(|| data.to_string());
         self.next_ticket += 1;
         let ticket = self.next_ticket;
         let request = Request::Append {
@@ -117,10 +128,11 @@ impl Worker {
             return;
         }
         if self.config.storage.durability == Durability::Memory {
-            self.release(channel, seq, expires_ms, line, origin);
+            self.release(channel, seq, expires_ms, line, origin, inbox_data);
         } else {
             self.inflight.push_back(Inflight {
                 ticket,
+                inbox_data,
                 channel: channel.to_string(),
                 seq,
                 expires_ms,
@@ -132,8 +144,26 @@ impl Worker {
 
     /// The message is stored as the durability mode promises: now it may be
     /// seen. The same bytes go to every other worker and every local subscriber.
-    fn release(&mut self, channel: &str, seq: u64, expires_ms: i64, line: Bytes, origin: Origin) {
+    fn release(
+        &mut self,
+        channel: &str,
+        seq: u64,
+        expires_ms: i64,
+        line: Bytes,
+        origin: Origin,
+        inbox_data: Option<String>,
+    ) {
         self.owner.delivered(channel, seq);
+        if let Some(data) = inbox_data {
+            self.inboxes.delivered(
+                channel,
+                seq,
+                expires_ms,
+                line.clone(),
+                data,
+                std::time::Instant::now(),
+            );
+        }
         let cached = Cached {
             seq,
             expires_ms,
@@ -158,7 +188,14 @@ impl Worker {
                     self.stats.stored += count;
                     while self.inflight.front().is_some_and(|m| m.ticket <= upto) {
                         if let Some(m) = self.inflight.pop_front() {
-                            self.release(&m.channel, m.seq, m.expires_ms, m.line, m.origin);
+                            self.release(
+                                &m.channel,
+                                m.seq,
+                                m.expires_ms,
+                                m.line,
+                                m.origin,
+                                m.inbox_data,
+                            );
                         }
                     }
                 }
@@ -193,6 +230,22 @@ impl Worker {
             self.answer_query(reply_to, Err(e));
             return;
         }
+        let query = match query {
+            Query::Inbox => Query::History {
+                since: self.inboxes.acked(channel),
+                limit: self.config.storage.history_size.min(usize::MAX as u64) as usize,
+            },
+            Query::Presence => {
+                let uids = serde_json::to_string(&self.presence.uids(channel)).unwrap_or_default();
+                return self.answer_query(reply_to, Ok(json_answer(uids)));
+            }
+            Query::User { uid } => {
+                let connections = self.presence.connections(channel, &uid);
+                let json = serde_json::json!({"uid": uid, "online": connections > 0, "connections": connections});
+                return self.answer_query(reply_to, Ok(json_answer(json.to_string())));
+            }
+            query => query,
+        };
         let (seq, epoch) = self.owner.current(channel, fresh_epoch);
         let answer = |recovered, lines| Answer {
             seq,
@@ -222,6 +275,7 @@ impl Worker {
                 let after = (*since).max(oldest);
                 (after, seq.min(after.saturating_add(*limit as u64)), *limit)
             }
+            Query::Inbox | Query::Presence | Query::User { .. } => return,
         };
         let recovered = matches!(query, Query::Resume { .. }).then_some(true);
         if let Some(lines) = self.cache.range(channel, after, upto, now_ms()) {
@@ -281,7 +335,7 @@ impl Worker {
                     (Some(false), Vec::new())
                 }
             }
-            Query::History { .. } => (None, lines(&live)),
+            _ => (None, lines(&live)),
         };
         let answer = Answer {
             seq: read.seq,
@@ -325,6 +379,16 @@ impl Worker {
                 let _ = self.peers.send(slot, &msg, payload);
             }
         }
+    }
+}
+
+/// An answer that is one JSON value (presence, user status).
+fn json_answer(json: String) -> Answer {
+    Answer {
+        seq: 0,
+        epoch: String::new(),
+        recovered: None,
+        lines: vec![Bytes::from(json + "\n")],
     }
 }
 

@@ -1,0 +1,325 @@
+//! Users across workers: presence (each worker reports its connection counts
+//! per user to the channel's owner), inbox acks and redelivery at the owner of
+//! `#uid`, dead letters, and the broadcast / disconnect backend calls.
+
+use std::time::Instant;
+
+use bytes::Bytes;
+
+use super::dispatch::{Awaiting, HistoryFor, Origin};
+use super::owner::{now_ms, Query};
+use super::Worker;
+use crate::auth;
+use crate::bus::frame::encode_header;
+use crate::bus::BusMsg;
+use crate::proto::frames::{self, ErrorReply};
+use crate::store::thread::Request;
+use crate::sync::inbox::DeadLetter;
+use crate::sync::presence::Change;
+use crate::sync::shard;
+
+/// The channel that receives every dead letter.
+pub const EXPIRED_CHANNEL: &str = "$expired";
+
+impl Worker {
+    fn tracked(&self, channel: &str) -> bool {
+        channel.starts_with('#') || self.config.presence.enabled(channel)
+    }
+
+    /// A user's connection joined (`true`) or left a channel: count it here
+    /// and tell the channel's owner this worker's new total.
+    pub(super) fn track_presence(&mut self, key: usize, channel: &str, joined: bool) {
+        let Some(uid) = self
+            .conns
+            .get(key)
+            .and_then(|c| c.user.as_ref())
+            .map(|u| u.uid.clone())
+        else {
+            return;
+        };
+        self.count_presence(channel, &uid, joined);
+    }
+
+    pub(super) fn count_presence(&mut self, channel: &str, uid: &str, joined: bool) {
+        if !self.tracked(channel) {
+            return;
+        }
+        let entry_key = (channel.to_string(), uid.to_string());
+        let count = self.local_presence.entry(entry_key.clone()).or_insert(0);
+        *count = if joined {
+            *count + 1
+        } else {
+            count.saturating_sub(1)
+        };
+        let count = *count;
+        if count == 0 {
+            self.local_presence.remove(&entry_key);
+        }
+        self.report_presence(channel, uid, count);
+    }
+
+    fn report_presence(&mut self, channel: &str, uid: &str, count: usize) {
+        let owner = self.owner_of(channel);
+        if owner == self.slot {
+            self.on_presence_report(self.slot, channel, uid, count);
+        } else {
+            let msg = BusMsg::Presence {
+                channel: channel.to_string(),
+                uid: uid.to_string(),
+                count,
+            };
+            let _ = self.peers.send(owner, &msg, Bytes::new());
+        }
+    }
+
+    /// A (new) process of worker `slot` is linked: it owns channels whose
+    /// presence it may have lost, so tell it ours again.
+    pub(super) fn resend_presence(&mut self, slot: usize) {
+        let ours: Vec<(String, String, usize)> = self
+            .local_presence
+            .iter()
+            .filter(|((channel, _), _)| self.owner_of(channel) == slot)
+            .map(|((c, u), n)| (c.clone(), u.clone(), *n))
+            .collect();
+        for (channel, uid, count) in ours {
+            let msg = BusMsg::Presence {
+                channel,
+                uid,
+                count,
+            };
+            let _ = self.peers.send(slot, &msg, Bytes::new());
+        }
+    }
+
+    /// As the owner: a worker's count of `uid` in `channel` changed.
+    pub(super) fn on_presence_report(
+        &mut self,
+        slot: usize,
+        channel: &str,
+        uid: &str,
+        count: usize,
+    ) {
+        let change = self.presence.report(channel, uid, slot, count);
+        if channel.starts_with('#') {
+            if change == Change::Joined {
+                self.inboxes.reconnected(channel, Instant::now());
+            }
+            return;
+        }
+        match change {
+            Change::Joined => self.emit_event(channel, "join", uid),
+            Change::Left => self.emit_event(channel, "leave", uid),
+            Change::Same => {}
+        }
+    }
+
+    /// As the owner: worker `slot` is gone, and so are its users.
+    pub(super) fn presence_slot_down(&mut self, slot: usize) {
+        for (channel, uid) in self.presence.drop_slot(slot) {
+            if !channel.starts_with('#') {
+                self.emit_event(&channel, "leave", &uid);
+            }
+        }
+    }
+
+    /// A join/leave line for every subscriber of `channel`, on every worker.
+    fn emit_event(&mut self, channel: &str, op: &str, uid: &str) {
+        let line = frames::event_line(op, channel, uid);
+        let header = encode_header(
+            &BusMsg::Event {
+                channel: channel.to_string(),
+            },
+            line.len(),
+        );
+        self.peers.broadcast(&header, &line, &mut self.bus_events);
+        self.send_to_subscribers(channel, &line);
+    }
+
+    pub(super) fn send_to_subscribers(&mut self, channel: &str, line: &Bytes) {
+        for key in self.subs.subscribers(channel).to_vec() {
+            self.send_line(key, line);
+        }
+    }
+
+    pub(super) fn presence_query(&mut self, key: usize, channel: &str, reply: HistoryFor) {
+        if !self.config.presence.enabled(channel) {
+            let e = ErrorReply::new(
+                "presence_off",
+                format!("{channel} has no presence (see [presence] channels)"),
+            );
+            return match reply {
+                HistoryFor::Client { id } => self.reply(key, frames::error(id.as_deref(), &e)),
+                HistoryFor::Http { .. } => {
+                    let conn_id = self.conns.get(key).map_or(0, |c| c.id);
+                    self.answer_http(key, conn_id, false, Err(e))
+                }
+            };
+        }
+        let conn_id = self.conns.get(key).map_or(0, |c| c.id);
+        let what = Awaiting::Json {
+            key,
+            conn_id,
+            channel: channel.to_string(),
+            reply,
+        };
+        self.ask_owner(channel, Query::Presence, what);
+    }
+
+    pub(super) fn user_query(&mut self, key: usize, uid: &str, keep_alive: bool) {
+        let conn_id = self.conns.get(key).map_or(0, |c| c.id);
+        let inbox = auth::inbox(uid);
+        let what = Awaiting::Json {
+            key,
+            conn_id,
+            channel: inbox.clone(),
+            reply: HistoryFor::Http { keep_alive },
+        };
+        self.ask_owner(
+            &inbox,
+            Query::User {
+                uid: uid.to_string(),
+            },
+            what,
+        );
+    }
+
+    pub(super) fn route_ack(&mut self, channel: &str, seq: u64) {
+        let owner = self.owner_of(channel);
+        if owner == self.slot {
+            self.owner_ack(channel, seq);
+        } else {
+            let msg = BusMsg::Ack {
+                channel: channel.to_string(),
+                seq,
+            };
+            let _ = self.peers.send(owner, &msg, Bytes::new());
+        }
+    }
+
+    /// As the owner of an inbox: a cumulative ack.
+    pub(super) fn owner_ack(&mut self, channel: &str, seq: u64) {
+        if self.inboxes.ack(channel, seq) {
+            let shard = shard::shard_of(channel, self.config.storage.shards);
+            let _ = self.store.requests.send(Request::Ack {
+                shard,
+                channel: channel.to_string(),
+                seq,
+            });
+        }
+    }
+
+    /// As the owner: send unacked direct messages again to online users, and
+    /// turn expired or exhausted ones into dead letters.
+    pub(super) fn redeliver(&mut self, now: Instant) {
+        let presence = &self.presence;
+        let (resend, dead) = self.inboxes.due(now, now_ms(), |channel| {
+            presence.connections(channel, &channel[1..]) > 0
+        });
+        for (channel, seq, line) in resend {
+            log::debug!("worker {}: redelivering {channel} seq {seq}", self.slot);
+            let header = encode_header(
+                &BusMsg::Deliver {
+                    channel: channel.clone(),
+                    seq,
+                },
+                line.len(),
+            );
+            self.peers.broadcast(&header, &line, &mut self.bus_events);
+            self.deliver_local(&channel, seq, &line);
+        }
+        for letter in dead {
+            self.dead_letter(letter);
+        }
+    }
+
+    /// Never lost silently: recorded in the shard, published on `$expired`,
+    /// and POSTed to the webhook when one is configured.
+    fn dead_letter(&mut self, letter: DeadLetter) {
+        log::info!(
+            "worker {}: dead letter {} seq {} ({})",
+            self.slot,
+            letter.channel,
+            letter.seq,
+            letter.reason
+        );
+        let uid = letter.channel[1..].to_string();
+        let data =
+            serde_json::value::RawValue::from_string(letter.data.clone()).unwrap_or_else(|_| {
+                serde_json::value::RawValue::from_string("null".into()).unwrap_or_default()
+            });
+        let report = serde_json::json!({
+            "uid": uid,
+            "channel": letter.channel,
+            "seq": letter.seq,
+            "reason": letter.reason,
+            "data": data,
+        })
+        .to_string();
+        let _ = self.store.requests.send(Request::DeadLetter {
+            shard: shard::shard_of(&letter.channel, self.config.storage.shards),
+            channel: letter.channel,
+            seq: letter.seq,
+            reason: letter.reason,
+            data: letter.data,
+            time_ms: now_ms(),
+        });
+        self.publish(Origin::Internal, EXPIRED_CHANNEL, &report, None);
+        if let Some(webhook) = &self.webhook {
+            if webhook.try_send(report).is_err() {
+                log::error!(
+                    "worker {}: webhook queue full, a dead letter was not posted",
+                    self.slot
+                );
+            }
+        }
+    }
+
+    /// `POST /api/broadcast`: a line for every connection on every worker.
+    pub(super) fn broadcast_all(&mut self, data: &str) {
+        let line = frames::broadcast_line(data);
+        let header = encode_header(&BusMsg::Broadcast, line.len());
+        self.peers.broadcast(&header, &line, &mut self.bus_events);
+        self.broadcast_local(&line);
+    }
+
+    pub(super) fn broadcast_local(&mut self, line: &Bytes) {
+        let keys: Vec<usize> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| !matches!(c.session, super::conn::Session::Http { .. }))
+            .map(|(k, _)| k)
+            .collect();
+        for key in keys {
+            self.send_line(key, line);
+        }
+    }
+
+    /// `POST /api/disconnect`: close every connection of `uid`, everywhere.
+    pub(super) fn disconnect_everywhere(&mut self, uid: &str) {
+        let msg = BusMsg::Disconnect {
+            uid: uid.to_string(),
+        };
+        let header = encode_header(&msg, 0);
+        self.peers
+            .broadcast(&header, &Bytes::new(), &mut self.bus_events);
+        self.disconnect_local(uid);
+    }
+
+    pub(super) fn disconnect_local(&mut self, uid: &str) {
+        let keys: Vec<usize> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.user.as_ref().is_some_and(|u| u.uid == uid))
+            .map(|(k, _)| k)
+            .collect();
+        let deadline = Instant::now() + super::CLOSE_GRACE;
+        for key in keys {
+            self.close_with(
+                key,
+                super::CLOSE_DISCONNECTED,
+                "disconnected by the server",
+                deadline,
+            );
+        }
+    }
+}
