@@ -442,3 +442,42 @@ fn presence_across_workers_and_after_kill_9() {
     let body: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(body["uids"], json!([users[owner].1]));
 }
+
+#[test]
+fn a_retried_publish_or_send_with_an_idempotency_key_happens_once() {
+    let mut server = Server::start(2, "");
+    let body = r#"{"channel":"orders","data":{"id":1},"idempotency_key":"order-1"}"#;
+    // Several retries at once, on both workers' connections.
+    let retries: Vec<_> = (0..6)
+        .map(|_| {
+            let port = server.ws_port;
+            std::thread::spawn(move || {
+                let raw = format!(
+                    "POST /api/publish HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer test-key\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                common::http_raw(port, raw.as_bytes())
+            })
+        })
+        .collect();
+    for r in retries {
+        let (status, reply) = r.join().unwrap();
+        assert_eq!((status, reply.as_str()), (200, r#"{"seq":1}"#));
+    }
+    let other = r#"{"channel":"orders","data":{"id":2},"idempotency_key":"order-2"}"#;
+    assert_eq!(server.http("POST", "/api/publish", other).1, r#"{"seq":2}"#);
+    let send = r#"{"uid":"frank","data":"hi","idempotency_key":"dm-1"}"#;
+    assert_eq!(server.http("POST", "/api/send", send).1, r#"{"seq":1}"#);
+    assert_eq!(server.http("POST", "/api/send", send).1, r#"{"seq":1}"#);
+    // Remembered across kill -9 of everything.
+    server.stop_now();
+    server.launch();
+    assert_eq!(server.http("POST", "/api/publish", body).1, r#"{"seq":1}"#);
+    let (_, history) = server.http("GET", "/api/history?channel=orders", "");
+    let history: serde_json::Value = serde_json::from_str(&history).unwrap();
+    assert_eq!(
+        history["messages"].as_array().unwrap().len(),
+        2,
+        "{history}"
+    );
+}

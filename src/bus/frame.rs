@@ -17,6 +17,7 @@ pub enum BusMsg {
         tag: u64,
         channel: String,
         ttl: Option<u64>,
+        idempotency_key: Option<String>,
     },
     /// The owner's answer to `Publish`: the `seq`, or an error message.
     Published {

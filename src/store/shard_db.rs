@@ -28,6 +28,13 @@ CREATE TABLE IF NOT EXISTS messages (
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS messages_by_expiry ON messages (expires_at);
 CREATE TABLE IF NOT EXISTS state (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS idempotency (
+    channel    TEXT NOT NULL,
+    key        TEXT NOT NULL,
+    seq        INTEGER NOT NULL,
+    expires_at INTEGER NOT NULL,
+    PRIMARY KEY (channel, key)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS acks (channel TEXT PRIMARY KEY, seq INTEGER NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS dead_letters (
     channel TEXT NOT NULL,
@@ -49,6 +56,8 @@ pub struct Append {
     pub data: String,
     /// Set on a channel's first message: the epoch to record for it.
     pub epoch: String,
+    /// The backend's key for this publish, remembered until `idempotent_until_ms`.
+    pub idempotency: Option<(String, i64)>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -103,6 +112,9 @@ impl ShardDb {
                 "INSERT INTO channels (name, epoch, last_seq) VALUES (?1, ?2, ?3)
                  ON CONFLICT (name) DO UPDATE SET last_seq = max(last_seq, excluded.last_seq)",
             )?;
+            let mut remember = tx.prepare_cached(
+                "INSERT OR REPLACE INTO idempotency (channel, key, seq, expires_at) VALUES (?1, ?2, ?3, ?4)",
+            )?;
             for m in batch {
                 insert.execute(params![
                     m.channel,
@@ -111,6 +123,9 @@ impl ShardDb {
                     m.expires_ms,
                     m.data
                 ])?;
+                if let Some((key, until)) = &m.idempotency {
+                    remember.execute(params![m.channel, key, m.seq as i64, until])?;
+                }
             }
             // One channel row update per channel: the batch is in seq order.
             let mut last: std::collections::HashMap<&str, &Append> =
@@ -158,8 +173,28 @@ impl ShardDb {
         Ok((messages, first.map(|s| s as u64)))
     }
 
-    /// Deletes up to `limit` expired messages; returns how many.
+    /// Idempotency keys still within their window: (channel, key, seq, until_ms).
+    pub fn idempotency_keys(
+        &self,
+        now_ms: i64,
+    ) -> rusqlite::Result<Vec<(String, String, u64, i64)>> {
+        let mut stmt = self.conn.prepare(
+            "SELECT channel, key, seq, expires_at FROM idempotency WHERE expires_at > ?1",
+        )?;
+        let rows = stmt.query_map([now_ms], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get::<_, i64>(2)? as u64, r.get(3)?))
+        })?;
+        rows.collect()
+    }
+
+    /// Deletes up to `limit` expired messages (and old idempotency keys);
+    /// returns how many messages.
     pub fn delete_expired(&mut self, now_ms: i64, limit: usize) -> rusqlite::Result<u64> {
+        self.conn.execute(
+            "DELETE FROM idempotency WHERE (channel, key) IN
+               (SELECT channel, key FROM idempotency WHERE expires_at <= ?1 LIMIT ?2)",
+            params![now_ms, limit as i64],
+        )?;
         let n = self.conn.execute(
             "DELETE FROM messages WHERE (channel, seq) IN
                (SELECT channel, seq FROM messages WHERE expires_at <= ?1 LIMIT ?2)",
@@ -251,6 +286,7 @@ mod tests {
             expires_ms,
             data: format!("{{\"n\":{seq}}}"),
             epoch: "e1".into(),
+            idempotency: None,
         }
     }
 

@@ -4,7 +4,7 @@
 
 use bytes::Bytes;
 
-use super::dispatch::{unavailable, Awaiting, Origin, Pending};
+use super::dispatch::{unavailable, Awaiting, Origin, Pending, PublishOptions};
 use super::owner::{Answer, Query, ReplyTo};
 use super::Worker;
 use crate::bus::{BusEvent, BusMsg};
@@ -29,12 +29,21 @@ impl Worker {
     pub(super) fn on_bus_msg(&mut self, from: usize, msg: BusMsg, payload: Bytes) {
         match msg {
             BusMsg::Deliver { channel, seq } => self.deliver_local(&channel, seq, &payload),
-            BusMsg::Publish { tag, channel, ttl } => {
+            BusMsg::Publish {
+                tag,
+                channel,
+                ttl,
+                idempotency_key,
+            } => {
                 let origin = Origin::Peer { slot: from, tag };
                 match std::str::from_utf8(&payload) {
                     Ok(data) if self.owner_of(&channel) == self.slot => {
                         let data = data.to_string();
-                        self.publish_owned(origin, &channel, &data, ttl);
+                        let options = PublishOptions {
+                            ttl,
+                            idempotency_key,
+                        };
+                        self.publish_owned(origin, &channel, &data, options);
                     }
                     _ => {
                         log::error!("worker {}: misrouted publish for {channel}", self.slot);

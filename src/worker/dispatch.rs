@@ -35,6 +35,23 @@ pub enum Origin {
     Internal,
 }
 
+/// How long to keep a message, and the backend's key that makes a retried
+/// publish or send return the first result instead of publishing twice.
+#[derive(Debug, Clone, Default)]
+pub struct PublishOptions {
+    pub ttl: Option<u64>,
+    pub idempotency_key: Option<String>,
+}
+
+impl PublishOptions {
+    pub fn ttl(ttl: Option<u64>) -> Self {
+        PublishOptions {
+            ttl,
+            idempotency_key: None,
+        }
+    }
+}
+
 /// Where a history answer goes.
 pub enum HistoryFor {
     Client { id: Option<Box<RawValue>> },
@@ -168,7 +185,12 @@ impl Worker {
                     conn_id,
                     id: id.map(RawValue::to_owned),
                 };
-                self.publish(origin, &auth::inbox(&uid), data.get(), ttl);
+                self.publish(
+                    origin,
+                    &auth::inbox(&uid),
+                    data.get(),
+                    PublishOptions::ttl(ttl),
+                );
             }
             Op::Ack { channel, seq } => {
                 if !channel.starts_with('#') {
@@ -190,7 +212,7 @@ impl Worker {
                     conn_id,
                     id: id.map(RawValue::to_owned),
                 };
-                self.publish(origin, &channel, data.get(), ttl);
+                self.publish(origin, &channel, data.get(), PublishOptions::ttl(ttl));
             }
             Op::History {
                 channel,
@@ -474,17 +496,24 @@ impl Worker {
         shard::owner_of(channel, self.config.storage.shards, self.config.workers)
     }
 
-    pub(super) fn publish(&mut self, origin: Origin, channel: &str, data: &str, ttl: Option<u64>) {
+    pub(super) fn publish(
+        &mut self,
+        origin: Origin,
+        channel: &str,
+        data: &str,
+        options: PublishOptions,
+    ) {
         let owner = self.owner_of(channel);
         if owner == self.slot {
-            self.publish_owned(origin, channel, data, ttl);
+            self.publish_owned(origin, channel, data, options);
             return;
         }
         let tag = self.next_tag();
         let msg = BusMsg::Publish {
             tag,
             channel: channel.to_string(),
-            ttl,
+            ttl: options.ttl,
+            idempotency_key: options.idempotency_key,
         };
         let payload = Bytes::copy_from_slice(data.as_bytes());
         if self.peers.send(owner, &msg, payload).is_err() {

@@ -9,7 +9,7 @@ use serde_json::value::RawValue;
 use tungstenite::protocol::{Role, WebSocketContext};
 
 use super::conn::Session;
-use super::dispatch::{HistoryFor, Origin};
+use super::dispatch::{HistoryFor, Origin, PublishOptions};
 use super::Worker;
 use crate::auth;
 use crate::proto::frames::{self, ErrorReply};
@@ -23,6 +23,7 @@ struct PublishBody<'a> {
     #[serde(borrow)]
     data: &'a RawValue,
     ttl: Option<u64>,
+    idempotency_key: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -32,6 +33,7 @@ struct SendBody<'a> {
     #[serde(borrow)]
     data: &'a RawValue,
     ttl: Option<u64>,
+    idempotency_key: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -218,12 +220,11 @@ impl Worker {
             keep_alive: request.keep_alive,
         };
         self.stats.msgs_in += 1;
-        self.publish(
-            origin,
-            &auth::inbox(&uid),
-            body.data.get(),
-            body.ttl.filter(|&t| t > 0),
-        );
+        let options = PublishOptions {
+            ttl: body.ttl.filter(|&t| t > 0),
+            idempotency_key: body.idempotency_key,
+        };
+        self.publish(origin, &auth::inbox(&uid), body.data.get(), options);
     }
 
     fn http_publish(&mut self, key: usize, request: &Request) {
@@ -249,12 +250,11 @@ impl Worker {
             keep_alive: request.keep_alive,
         };
         self.stats.msgs_in += 1;
-        self.publish(
-            origin,
-            &body.channel,
-            body.data.get(),
-            body.ttl.filter(|&t| t > 0),
-        );
+        let options = PublishOptions {
+            ttl: body.ttl.filter(|&t| t > 0),
+            idempotency_key: body.idempotency_key,
+        };
+        self.publish(origin, &body.channel, body.data.get(), options);
     }
 
     /// Sends the answer to an HTTP request that waited for an owner, then

@@ -30,6 +30,7 @@ use crate::signals::SignalSet;
 use crate::store::cache::HistoryCache;
 use crate::store::shard_db::{shard_path, ShardDb};
 use crate::store::thread::{Request, StoreThread, SWEEP_EVERY};
+use crate::sync::idempotency::Idempotency;
 use crate::sync::inbox::Inboxes;
 use crate::sync::owner::ChannelOwner;
 use crate::sync::presence::Presence;
@@ -100,6 +101,8 @@ pub struct Worker {
     /// Our own connections per (channel, uid), as reported to owners.
     local_presence: HashMap<(String, String), usize>,
     webhook: Option<crossbeam_channel::Sender<String>>,
+    /// As owner: idempotency keys of recent backend publishes.
+    idempotency: Idempotency<dispatch::Origin>,
     master: LineChannel,
     signals: SignalSet,
     /// Connections with new output to write at the end of this loop turn.
@@ -152,7 +155,7 @@ impl Worker {
         poll.registry()
             .register(&mut signals.reader, SIGNALS, Interest::READABLE)?;
         let instance = random_u64();
-        let (owner, shards, inboxes) = open_shards(&ctx.config, ctx.slot)?;
+        let (owner, shards, inboxes, idempotency) = open_shards(&ctx.config, ctx.slot)?;
         let webhook = match ctx.config.delivery.webhook_url.as_str() {
             "" => None,
             url => Some(crate::webhook::spawn(url.to_string())?),
@@ -191,6 +194,7 @@ impl Worker {
             presence: Presence::default(),
             local_presence: HashMap::new(),
             webhook,
+            idempotency,
             master,
             signals,
             dirty: Vec::new(),
@@ -274,6 +278,7 @@ impl Worker {
             }
             if now >= next_sweep {
                 next_sweep = now + SWEEP_EVERY;
+                self.idempotency.purge(now);
                 let _ = self.store.requests.send(Request::Sweep {
                     now_ms: owner::now_ms(),
                 });
@@ -403,16 +408,23 @@ impl Worker {
 /// Largest frame between workers: a resume's replay travels as one frame.
 const MAX_BUS_FRAME: usize = 256 << 20;
 
+type Opened = (
+    ChannelOwner,
+    HashMap<u32, ShardDb>,
+    Inboxes,
+    Idempotency<dispatch::Origin>,
+);
+
 /// Opens the shard files this slot owns (`shard % workers == slot`) and loads
 /// their channels. In `memory` durability, a shard that was not closed cleanly
-/// may have lost messages clients saw, so its channels get new epochs.
-fn open_shards(
-    config: &Config,
-    slot: usize,
-) -> io::Result<(ChannelOwner, HashMap<u32, ShardDb>, Inboxes)> {
+/// may have lost messages clients saw, so its channels get new epochs. Also
+/// loads the inboxes' acks and unacked messages, and recent idempotency keys.
+fn open_shards(config: &Config, slot: usize) -> io::Result<Opened> {
     let mut owner = ChannelOwner::default();
     let mut inboxes = Inboxes::new(config.delivery.ack_timeout, config.delivery.max_attempts);
     let now = Instant::now();
+    let mut idempotency = Idempotency::new(config.delivery.idempotency_window);
+    let now_ms = owner::now_ms();
     let mut shards = HashMap::new();
     let storage = &config.storage;
     for shard in (0..storage.shards).filter(|&s| s as usize % config.workers == slot) {
@@ -423,6 +435,10 @@ fn open_shards(
         if storage.durability == Durability::Memory && clean.as_deref() == Some("0") {
             log::warn!("shard {shard} was not closed cleanly: its channels start new epochs");
             db.renew_epochs(owner::fresh_epoch).map_err(fail)?;
+        }
+        for (channel, key, seq, until_ms) in db.idempotency_keys(now_ms).map_err(fail)? {
+            let left = Duration::from_millis(until_ms.saturating_sub(now_ms).max(0) as u64);
+            idempotency.load(&channel, &key, seq, now + left);
         }
         for (channel, seq) in db.acks().map_err(fail)? {
             inboxes.ack(&channel, seq);
@@ -443,5 +459,5 @@ fn open_shards(
         }
         shards.insert(shard, db);
     }
-    Ok((owner, shards, inboxes))
+    Ok((owner, shards, inboxes, idempotency))
 }

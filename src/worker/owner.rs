@@ -6,7 +6,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 
-use super::dispatch::Origin;
+use super::dispatch::{Origin, PublishOptions};
 use super::Worker;
 use crate::bus::frame::encode_header;
 use crate::bus::BusMsg;
@@ -15,6 +15,7 @@ use crate::proto::frames::{self, ErrorReply};
 use crate::store::cache::Cached;
 use crate::store::shard_db::{Append, Stored};
 use crate::store::thread::{Event, Request};
+use crate::sync::idempotency::Check;
 use crate::sync::shard;
 
 /// What a `sub` or `history` asks of the owner.
@@ -58,6 +59,7 @@ pub struct Answer {
 /// A message numbered and sent to the store, not yet released.
 pub struct Inflight {
     ticket: u64,
+    idempotency_key: Option<String>,
     /// For direct messages: the `data`, kept for redelivery and dead letters.
     inbox_data: Option<String>,
     channel: String,
@@ -92,26 +94,46 @@ impl Worker {
     }
 
     /// Numbers a message and sends it to the store. In `memory` durability it
-    /// is released at once; otherwise when its transaction has committed.
+    /// is released at once; otherwise when its transaction has committed. A
+    /// repeated `idempotency_key` gets the first publish's `seq` instead.
     pub(super) fn publish_owned(
         &mut self,
         origin: Origin,
         channel: &str,
         data: &str,
-        ttl: Option<u64>,
+        options: PublishOptions,
     ) {
+        let now_instant = std::time::Instant::now();
+        let origin = match &options.idempotency_key {
+            None => origin,
+            Some(key) => match self.idempotency.check(channel, key, origin, now_instant) {
+                Check::Publish(origin) => origin,
+                Check::Done(seq, origin) => return self.answer_publish(origin, Ok(seq)),
+                Check::Queued => return,
+            },
+        };
         let (seq, epoch) = self.owner.assign(channel, fresh_epoch);
         let now = now_ms();
         let keep = self.config.storage.history_ttl.as_millis() as i64;
-        let keep = ttl.map_or(keep, |t| keep.min(t.saturating_mul(1000) as i64));
+        let keep = options
+            .ttl
+            .map_or(keep, |t| keep.min(t.saturating_mul(1000) as i64));
         let expires_ms = now.saturating_add(keep);
-        let line = frames::msg_line(channel, seq, data);
-        let inbox_data = channel.starts_with('#').then(|| data.to_string());
+        let window = self.config.delivery.idempotency_window.as_millis() as i64;
         self.next_ticket += 1;
-        let ticket = self.next_ticket;
+        let message = Inflight {
+            ticket: self.next_ticket,
+            inbox_data: channel.starts_with('#').then(|| data.to_string()),
+            channel: channel.to_string(),
+            seq,
+            expires_ms,
+            line: frames::msg_line(channel, seq, data),
+            origin,
+            idempotency_key: options.idempotency_key,
+        };
         let request = Request::Append {
             shard: self.shard_of(channel),
-            ticket,
+            ticket: message.ticket,
             msg: Append {
                 channel: channel.to_string(),
                 seq,
@@ -119,65 +141,60 @@ impl Worker {
                 expires_ms,
                 data: data.to_string(),
                 epoch,
+                idempotency: message
+                    .idempotency_key
+                    .clone()
+                    .map(|k| (k, now.saturating_add(window))),
             },
         };
         if self.store.requests.send(request).is_err() {
             log::error!("worker {}: the store thread is gone", self.slot);
             self.fatal = true;
-            self.answer_publish(origin, Err(storage_failed("the store thread is gone")));
+            self.answer_publish(
+                message.origin,
+                Err(storage_failed("the store thread is gone")),
+            );
             return;
         }
         if self.config.storage.durability == Durability::Memory {
-            self.release(channel, seq, expires_ms, line, origin, inbox_data);
+            self.release(message);
         } else {
-            self.inflight.push_back(Inflight {
-                ticket,
-                inbox_data,
-                channel: channel.to_string(),
-                seq,
-                expires_ms,
-                line,
-                origin,
-            });
+            self.inflight.push_back(message);
         }
     }
 
     /// The message is stored as the durability mode promises: now it may be
     /// seen. The same bytes go to every other worker and every local subscriber.
-    fn release(
-        &mut self,
-        channel: &str,
-        seq: u64,
-        expires_ms: i64,
-        line: Bytes,
-        origin: Origin,
-        inbox_data: Option<String>,
-    ) {
-        self.owner.delivered(channel, seq);
-        if let Some(data) = inbox_data {
-            self.inboxes.delivered(
-                channel,
-                seq,
-                expires_ms,
-                line.clone(),
-                data,
-                std::time::Instant::now(),
-            );
+    fn release(&mut self, m: Inflight) {
+        let channel = m.channel.as_str();
+        self.owner.delivered(channel, m.seq);
+        if let Some(data) = m.inbox_data {
+            let now = std::time::Instant::now();
+            self.inboxes
+                .delivered(channel, m.seq, m.expires_ms, m.line.clone(), data, now);
         }
         let cached = Cached {
-            seq,
-            expires_ms,
-            line: line.clone(),
+            seq: m.seq,
+            expires_ms: m.expires_ms,
+            line: m.line.clone(),
         };
         self.cache.push(channel, cached);
         let deliver = BusMsg::Deliver {
             channel: channel.to_string(),
-            seq,
+            seq: m.seq,
         };
-        let header = encode_header(&deliver, line.len());
-        self.peers.broadcast(&header, &line, &mut self.bus_events);
-        self.deliver_local(channel, seq, &line);
-        self.answer_publish(origin, Ok(seq));
+        let header = encode_header(&deliver, m.line.len());
+        self.peers.broadcast(&header, &m.line, &mut self.bus_events);
+        self.deliver_local(channel, m.seq, &m.line);
+        if let Some(key) = &m.idempotency_key {
+            for retry in self
+                .idempotency
+                .done(channel, key, m.seq, std::time::Instant::now())
+            {
+                self.answer_publish(retry, Ok(m.seq));
+            }
+        }
+        self.answer_publish(m.origin, Ok(m.seq));
     }
 
     pub(super) fn on_store_events(&mut self) {
@@ -188,14 +205,7 @@ impl Worker {
                     self.stats.stored += count;
                     while self.inflight.front().is_some_and(|m| m.ticket <= upto) {
                         if let Some(m) = self.inflight.pop_front() {
-                            self.release(
-                                &m.channel,
-                                m.seq,
-                                m.expires_ms,
-                                m.line,
-                                m.origin,
-                                m.inbox_data,
-                            );
+                            self.release(m);
                         }
                     }
                 }

@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 
-use super::dispatch::{Awaiting, HistoryFor, Origin};
+use super::dispatch::{Awaiting, HistoryFor, Origin, PublishOptions};
 use super::owner::{now_ms, Query};
 use super::Worker;
 use crate::auth;
@@ -263,7 +263,12 @@ impl Worker {
             data: letter.data,
             time_ms: now_ms(),
         });
-        self.publish(Origin::Internal, EXPIRED_CHANNEL, &report, None);
+        self.publish(
+            Origin::Internal,
+            EXPIRED_CHANNEL,
+            &report,
+            PublishOptions::default(),
+        );
         if let Some(webhook) = &self.webhook {
             if webhook.try_send(report).is_err() {
                 log::error!(
