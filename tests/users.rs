@@ -481,3 +481,52 @@ fn a_retried_publish_or_send_with_an_idempotency_key_happens_once() {
         "{history}"
     );
 }
+
+#[test]
+fn broadcast_reaches_every_connection_and_disconnect_closes_every_connection_of_a_user() {
+    let server = Server::start(2, "");
+    let mut anon_ws = server.clients_on_every_worker(2, || server.ws());
+    let mut gina = server.clients_on_every_worker(2, || login(&server, "gina"));
+    let mut hank = login(&server, "hank");
+    let (status, body) = server.http(
+        "POST",
+        "/api/broadcast",
+        r#"{"data":{"notice":"maintenance"}}"#,
+    );
+    assert_eq!((status, body.as_str()), (200, r#"{"ok":true}"#));
+    for c in anon_ws.iter_mut() {
+        assert_eq!(
+            c.recv(),
+            json!({"op":"broadcast","data":{"notice":"maintenance"}})
+        );
+    }
+    for c in gina.iter_mut().chain(std::iter::once(&mut hank)) {
+        assert_eq!(c.recv()["op"], "broadcast");
+    }
+    assert_eq!(
+        server
+            .http("POST", "/api/disconnect", r#"{"uid":"gina"}"#)
+            .0,
+        200
+    );
+    for c in gina.iter_mut() {
+        assert_eq!(c.recv()["code"], "disconnected");
+        assert!(c.closed_by_server(TIMEOUT));
+    }
+    let mut ws_gina =
+        WsClient::connect(server.ws_port, &format!("/ws?token={}", token("gina", &[])));
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(
+        server
+            .http("POST", "/api/disconnect", r#"{"uid":"gina"}"#)
+            .0,
+        200
+    );
+    assert_eq!(ws_gina.close_code(TIMEOUT), Some(4003));
+    assert_eq!(
+        hank.request(json!({"op":"ping","id":1}), &mut Vec::new())["op"],
+        "pong",
+        "others stay"
+    );
+    assert_eq!(server.http("POST", "/api/broadcast", "{}").0, 400);
+}
