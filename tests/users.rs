@@ -140,6 +140,19 @@ fn private_channels_and_inboxes_need_permission() {
         )["code"],
         "forbidden"
     );
+    let reply = alice.request(
+        json!({"op":"ack","id":4,"channel":"#bob","seq":1}),
+        &mut early,
+    );
+    assert_eq!(
+        reply["code"], "forbidden",
+        "nobody acks another user's inbox: {reply}"
+    );
+    let reply = anon.request(
+        json!({"op":"presence","id":5,"channel":"private-team"}),
+        &mut early,
+    );
+    assert_eq!(reply["code"], "forbidden");
 }
 
 #[test]

@@ -23,7 +23,25 @@ pub enum BusMsg {
     Published {
         tag: u64,
         seq: Option<u64>,
-        error: Option<String>,
+        /// For state writes: the key's new version.
+        version: Option<u64>,
+        /// `(code, message, current)` of an error reply.
+        error: Option<(String, String, Option<String>)>,
+    },
+    /// `set`/`del`: compare-and-set of `key`; `payload` is the new value's
+    /// JSON (empty to delete).
+    StateSet {
+        tag: u64,
+        channel: String,
+        key: String,
+        version: u64,
+        delete: bool,
+    },
+    /// `get` (with `key`) or `state` (without): answered with a JSON object.
+    StateQuery {
+        tag: u64,
+        channel: String,
+        key: Option<String>,
     },
     /// A numbered message: `payload` is its `msg` line, ready for subscribers.
     Deliver { channel: String, seq: u64 },

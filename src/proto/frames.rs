@@ -57,6 +57,21 @@ pub enum Op<'a> {
     Presence {
         channel: Cow<'a, str>,
     },
+    /// Compare-and-set of a key (`value: None` deletes it).
+    Set {
+        channel: Cow<'a, str>,
+        key: Cow<'a, str>,
+        value: Option<&'a RawValue>,
+        version: u64,
+    },
+    Get {
+        channel: Cow<'a, str>,
+        key: Cow<'a, str>,
+    },
+    /// Every key of a channel, with the `seq` the snapshot is consistent with.
+    State {
+        channel: Cow<'a, str>,
+    },
     Ping,
 }
 
@@ -69,6 +84,9 @@ const DEFAULT_HISTORY_LIMIT: usize = 100;
 pub struct ErrorReply {
     pub code: &'static str,
     pub message: String,
+    /// For `conflict`: the key's current state, a JSON object
+    /// `{"key":…,"value":…,"version":…}`.
+    pub current: Option<String>,
 }
 
 impl ErrorReply {
@@ -76,6 +94,7 @@ impl ErrorReply {
         ErrorReply {
             code,
             message: message.into(),
+            current: None,
         }
     }
 }
@@ -100,6 +119,11 @@ struct Fields<'a> {
     #[serde(borrow)]
     uid: Option<Cow<'a, str>>,
     seq: Option<u64>,
+    #[serde(borrow)]
+    key: Option<Cow<'a, str>>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    value: Option<&'a RawValue>,
+    version: Option<u64>,
 }
 
 /// Keeps an explicit `null` as a value (`Some("null")`) rather than "absent".
@@ -187,6 +211,36 @@ pub fn parse_request(text: &str) -> Result<Request<'_>, (Option<Box<RawValue>>, 
         "presence" => Op::Presence {
             channel: channel().map_err(fail)?,
         },
+        "set" => Op::Set {
+            channel: channel().map_err(fail)?,
+            key: check_key(fields.key.clone()).map_err(fail)?,
+            value: Some(
+                fields
+                    .value
+                    .ok_or_else(|| fail(ErrorReply::new("bad_request", "`set` needs `value`")))?,
+            ),
+            version: fields.version.ok_or_else(|| {
+                fail(ErrorReply::new(
+                    "bad_request",
+                    "`set` needs `version` (0: must not exist)",
+                ))
+            })?,
+        },
+        "del" => Op::Set {
+            channel: channel().map_err(fail)?,
+            key: check_key(fields.key.clone()).map_err(fail)?,
+            value: None,
+            version: fields
+                .version
+                .ok_or_else(|| fail(ErrorReply::new("bad_request", "`del` needs `version`")))?,
+        },
+        "get" => Op::Get {
+            channel: channel().map_err(fail)?,
+            key: check_key(fields.key.clone()).map_err(fail)?,
+        },
+        "state" => Op::State {
+            channel: channel().map_err(fail)?,
+        },
         "ping" => Op::Ping,
         other => {
             return Err(fail(ErrorReply::new(
@@ -196,6 +250,32 @@ pub fn parse_request(text: &str) -> Result<Request<'_>, (Option<Box<RawValue>>, 
         }
     };
     Ok(Request { id, op })
+}
+
+/// The error codes a worker may pass on from another (unknown ones become
+/// `internal`).
+pub fn known_code(code: &str) -> &'static str {
+    const CODES: [&str; 6] = [
+        "conflict",
+        "unavailable",
+        "storage_failed",
+        "forbidden",
+        "bad_request",
+        "internal",
+    ];
+    CODES.into_iter().find(|c| *c == code).unwrap_or("internal")
+}
+
+/// A state key: 1 to 200 bytes of UTF-8.
+pub fn check_key(key: Option<Cow<'_, str>>) -> Result<Cow<'_, str>, ErrorReply> {
+    let key = key.ok_or_else(|| ErrorReply::new("bad_request", "`key` is required"))?;
+    if key.is_empty() || key.len() > MAX_CHANNEL_LEN {
+        return Err(ErrorReply::new(
+            "bad_request",
+            "`key` must be 1 to 200 bytes",
+        ));
+    }
+    Ok(key)
 }
 
 /// A user id: 1 to 128 bytes, no whitespace or control characters.
@@ -363,12 +443,44 @@ pub fn ok_sub(
 }
 
 pub fn error(id: Option<&RawValue>, e: &ErrorReply) -> String {
-    Reply {
+    let text = Reply {
         code: Some(e.code),
         message: Some(&e.message),
         ..Reply::new("error", id)
     }
-    .text()
+    .text();
+    match &e.current {
+        Some(current) => format!("{},\"current\":{current}}}", &text[..text.len() - 1]),
+        None => text,
+    }
+}
+
+/// The answer to a write: its `seq`, and for state writes the key's new version.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Acked {
+    pub seq: u64,
+    pub version: Option<u64>,
+}
+
+pub fn ok_acked(id: Option<&RawValue>, acked: Acked) -> String {
+    match acked.version {
+        None => ok_pub(id, acked.seq),
+        Some(version) => {
+            let text = ok_pub(id, acked.seq);
+            format!("{},\"version\":{version}}}", &text[..text.len() - 1])
+        }
+    }
+}
+
+/// `{"op":"ok","id":…,` followed by the fields of `object` (a JSON object
+/// built by a channel's owner).
+pub fn ok_with(id: Option<&RawValue>, object: &str) -> String {
+    let head = ok(id);
+    let fields = object.trim().strip_prefix('{').unwrap_or("}");
+    if fields.trim_start().starts_with('}') {
+        return head;
+    }
+    format!("{},{fields}", &head[..head.len() - 1])
 }
 
 /// `{"op":"ok","id":..,"channel":..,"seq":..,"epoch":..,"messages":[msg, …]}`:

@@ -35,6 +35,13 @@ CREATE TABLE IF NOT EXISTS idempotency (
     expires_at INTEGER NOT NULL,
     PRIMARY KEY (channel, key)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS state_keys (
+    channel TEXT NOT NULL,
+    key     TEXT NOT NULL,
+    value   TEXT,
+    version INTEGER NOT NULL,
+    PRIMARY KEY (channel, key)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS acks (channel TEXT PRIMARY KEY, seq INTEGER NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS dead_letters (
     channel TEXT NOT NULL,
@@ -58,6 +65,9 @@ pub struct Append {
     pub epoch: String,
     /// The backend's key for this publish, remembered until `idempotent_until_ms`.
     pub idempotency: Option<(String, i64)>,
+    /// A keyed-state change this message records: (key, value JSON or
+    /// `None` when deleted, version), stored in the same transaction.
+    pub state: Option<(String, Option<String>, u64)>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -112,6 +122,9 @@ impl ShardDb {
                 "INSERT INTO channels (name, epoch, last_seq) VALUES (?1, ?2, ?3)
                  ON CONFLICT (name) DO UPDATE SET last_seq = max(last_seq, excluded.last_seq)",
             )?;
+            let mut keyed = tx.prepare_cached(
+                "INSERT OR REPLACE INTO state_keys (channel, key, value, version) VALUES (?1, ?2, ?3, ?4)",
+            )?;
             let mut remember = tx.prepare_cached(
                 "INSERT OR REPLACE INTO idempotency (channel, key, seq, expires_at) VALUES (?1, ?2, ?3, ?4)",
             )?;
@@ -125,6 +138,9 @@ impl ShardDb {
                 ])?;
                 if let Some((key, until)) = &m.idempotency {
                     remember.execute(params![m.channel, key, m.seq as i64, until])?;
+                }
+                if let Some((key, value, version)) = &m.state {
+                    keyed.execute(params![m.channel, key, value, *version as i64])?;
                 }
             }
             // One channel row update per channel: the batch is in seq order.
@@ -213,6 +229,17 @@ impl ShardDb {
         Ok(n as u64)
     }
 
+    /// Every key of every channel's state: (channel, key, value, version).
+    pub fn state_keys(&self) -> rusqlite::Result<Vec<(String, String, Option<String>, u64)>> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT channel, key, value, version FROM state_keys")?;
+        let rows = stmt.query_map([], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get::<_, i64>(3)? as u64))
+        })?;
+        rows.collect()
+    }
+
     /// Every inbox's cumulative ack.
     pub fn acks(&self) -> rusqlite::Result<Vec<(String, u64)>> {
         let mut stmt = self.conn.prepare("SELECT channel, seq FROM acks")?;
@@ -287,6 +314,7 @@ mod tests {
             data: format!("{{\"n\":{seq}}}"),
             epoch: "e1".into(),
             idempotency: None,
+            state: None,
         }
     }
 

@@ -6,4 +6,5 @@ pub mod inbox;
 pub mod owner;
 pub mod presence;
 pub mod shard;
+pub mod state;
 pub mod subscriptions;

@@ -8,7 +8,7 @@ use super::dispatch::{unavailable, Awaiting, Origin, Pending, PublishOptions};
 use super::owner::{Answer, Query, ReplyTo};
 use super::Worker;
 use crate::bus::{BusEvent, BusMsg};
-use crate::proto::frames::{self, ErrorReply};
+use crate::proto::frames::{self, Acked, ErrorReply};
 
 impl Worker {
     pub(super) fn on_bus_events(&mut self) {
@@ -42,6 +42,7 @@ impl Worker {
                         let options = PublishOptions {
                             ttl,
                             idempotency_key,
+                            state: None,
                         };
                         self.publish_owned(origin, &channel, &data, options);
                     }
@@ -52,20 +53,46 @@ impl Worker {
                     }
                 }
             }
-            BusMsg::Published { tag, seq, error } => {
+            BusMsg::Published {
+                tag,
+                seq,
+                version,
+                error,
+            } => {
                 if let Some(Pending {
                     what: Awaiting::Publish(origin),
                     ..
                 }) = self.pending.remove(&tag)
                 {
-                    let result = seq.ok_or_else(|| {
-                        ErrorReply::new(
-                            "storage_failed",
-                            error.unwrap_or_else(|| "publish failed".into()),
-                        )
-                    });
+                    let result = match (seq, error) {
+                        (Some(seq), _) => Ok(Acked { seq, version }),
+                        (None, Some((code, message, current))) => Err(ErrorReply {
+                            code: frames::known_code(&code),
+                            message,
+                            current,
+                        }),
+                        (None, None) => Err(ErrorReply::new("internal", "publish failed")),
+                    };
                     self.answer_publish(origin, result);
                 }
+            }
+            BusMsg::StateSet {
+                tag,
+                channel,
+                key,
+                version,
+                delete,
+            } => {
+                let origin = Origin::Peer { slot: from, tag };
+                let value = (!delete).then(|| String::from_utf8_lossy(&payload).into_owned());
+                self.set_owned(origin, &channel, &key, value, version);
+            }
+            BusMsg::StateQuery { tag, channel, key } => {
+                let query = match key {
+                    Some(key) => Query::Get { key },
+                    None => Query::State,
+                };
+                self.owner_query(&channel, query, ReplyTo::Peer { slot: from, tag })
             }
             BusMsg::SubQuery {
                 tag,

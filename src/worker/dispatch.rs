@@ -13,7 +13,7 @@ use super::owner::{Answer, Query, ReplyTo};
 use super::Worker;
 use crate::auth;
 use crate::bus::BusMsg;
-use crate::proto::frames::{self, ErrorReply, Op};
+use crate::proto::frames::{self, Acked, ErrorReply, Op};
 use crate::proto::ws::text_frame_header;
 use crate::sync::shard;
 
@@ -41,13 +41,23 @@ pub enum Origin {
 pub struct PublishOptions {
     pub ttl: Option<u64>,
     pub idempotency_key: Option<String>,
+    /// Set when the message records a keyed-state change.
+    pub state: Option<StateWrite>,
+}
+
+/// A granted compare-and-set: what to store with the message.
+#[derive(Debug, Clone)]
+pub struct StateWrite {
+    pub key: String,
+    pub value: Option<String>,
+    pub version: u64,
 }
 
 impl PublishOptions {
     pub fn ttl(ttl: Option<u64>) -> Self {
         PublishOptions {
             ttl,
-            idempotency_key: None,
+            ..PublishOptions::default()
         }
     }
 }
@@ -82,11 +92,11 @@ pub(super) enum Awaiting {
         channel: String,
         reply: HistoryFor,
     },
-    /// `presence` or `GET /api/users/<uid>`: the answer is one JSON value.
+    /// `presence`, `get`, `state` or `GET /api/users/<uid>`: the answer is
+    /// one JSON object.
     Json {
         key: usize,
         conn_id: u64,
-        channel: String,
         reply: HistoryFor,
     },
 }
@@ -130,11 +140,16 @@ impl Worker {
             return self.refuse_auth(key, id, &e);
         }
         let checked = match op {
-            Op::Sub { channel, .. } | Op::History { channel, .. } => {
-                auth::may_read(user.as_ref(), channel)
+            Op::Sub { channel, .. }
+            | Op::History { channel, .. }
+            | Op::Ack { channel, .. }
+            | Op::Presence { channel }
+            | Op::Get { channel, .. }
+            | Op::State { channel } => auth::may_read(user.as_ref(), channel),
+            Op::Pub { channel, .. } | Op::Set { channel, .. } => {
+                auth::may_publish(user.as_ref(), channel)
             }
-            Op::Pub { channel, .. } => auth::may_publish(user.as_ref(), channel),
-            _ => Ok(()),
+            Op::Auth { .. } | Op::Ping | Op::Unsub { .. } | Op::Send { .. } => Ok(()),
         };
         if let Err(e) = checked {
             return self.reply(key, frames::error(id, &e));
@@ -205,6 +220,42 @@ impl Worker {
                     id: id.map(RawValue::to_owned),
                 };
                 self.presence_query(key, &channel, reply);
+            }
+            Op::Set {
+                channel,
+                key: state_key,
+                value,
+                version,
+            } => {
+                let origin = Origin::Client {
+                    key,
+                    conn_id,
+                    id: id.map(RawValue::to_owned),
+                };
+                let value = value.map(|v| v.get().to_string());
+                self.set_state(origin, &channel, &state_key, value, version);
+            }
+            Op::Get {
+                channel,
+                key: state_key,
+            } => {
+                let query = Query::Get {
+                    key: state_key.into_owned(),
+                };
+                self.json_query(
+                    key,
+                    &channel,
+                    query,
+                    HistoryFor::Client {
+                        id: id.map(RawValue::to_owned),
+                    },
+                );
+            }
+            Op::State { channel } => {
+                let reply = HistoryFor::Client {
+                    id: id.map(RawValue::to_owned),
+                };
+                self.json_query(key, &channel, Query::State, reply);
             }
             Op::Pub { channel, data, ttl } => {
                 let origin = Origin::Client {
@@ -325,6 +376,16 @@ impl Worker {
                 channel: channel.to_string(),
             },
             Query::User { uid } => BusMsg::UserQuery { tag, uid },
+            Query::Get { key } => BusMsg::StateQuery {
+                tag,
+                channel: channel.to_string(),
+                key: Some(key),
+            },
+            Query::State => BusMsg::StateQuery {
+                tag,
+                channel: channel.to_string(),
+                key: None,
+            },
             Query::Resume { since, epoch } => BusMsg::SubQuery {
                 tag,
                 channel: channel.to_string(),
@@ -435,7 +496,6 @@ impl Worker {
             Awaiting::Json {
                 key,
                 conn_id,
-                channel,
                 reply,
             } => {
                 if !self.is_live(key, conn_id) {
@@ -448,25 +508,13 @@ impl Worker {
                 match reply {
                     HistoryFor::Client { id } => {
                         let text = match json {
-                            Ok(uids) => {
-                                let uids: Vec<String> =
-                                    serde_json::from_str(&uids).unwrap_or_default();
-                                frames::ok_presence(id.as_deref(), &channel, &uids)
-                            }
+                            Ok(object) => frames::ok_with(id.as_deref(), &object),
                             Err(e) => frames::error(id.as_deref(), &e),
                         };
                         self.reply(key, text);
                     }
                     HistoryFor::Http { keep_alive } => {
-                        // A user's status is an object already; presence is a list.
-                        let body = json.map(|json| match channel.starts_with('#') {
-                            true => json,
-                            false => format!(
-                                r#"{{"channel":{},"uids":{json}}}"#,
-                                serde_json::json!(channel)
-                            ),
-                        });
-                        self.answer_http(key, conn_id, keep_alive, body)
+                        self.answer_http(key, conn_id, keep_alive, json)
                     }
                 }
             }
@@ -490,6 +538,52 @@ impl Worker {
             conn.send_line(line, None);
             self.mark_dirty(key);
         }
+    }
+
+    /// `set`/`del` (and `PUT /api/state`): decided by the channel's owner.
+    pub(super) fn set_state(
+        &mut self,
+        origin: Origin,
+        channel: &str,
+        key: &str,
+        value: Option<String>,
+        version: u64,
+    ) {
+        let owner = self.owner_of(channel);
+        if owner == self.slot {
+            return self.set_owned(origin, channel, key, value, version);
+        }
+        let tag = self.next_tag();
+        let msg = BusMsg::StateSet {
+            tag,
+            channel: channel.to_string(),
+            key: key.to_string(),
+            version,
+            delete: value.is_none(),
+        };
+        let payload = Bytes::from(value.unwrap_or_default());
+        if self.peers.send(owner, &msg, payload).is_err() {
+            return self.answer_publish(origin, Err(unavailable(owner)));
+        }
+        let what = Awaiting::Publish(origin);
+        self.pending.insert(tag, Pending { slot: owner, what });
+    }
+
+    /// A question whose answer is one JSON object (`get`, `state`).
+    pub(super) fn json_query(
+        &mut self,
+        key: usize,
+        channel: &str,
+        query: Query,
+        reply: HistoryFor,
+    ) {
+        let conn_id = self.conns.get(key).map_or(0, |c| c.id);
+        let what = Awaiting::Json {
+            key,
+            conn_id,
+            reply,
+        };
+        self.ask_owner(channel, query, what);
     }
 
     pub(super) fn owner_of(&self, channel: &str) -> usize {
@@ -556,12 +650,12 @@ impl Worker {
         }
     }
 
-    pub(super) fn answer_publish(&mut self, origin: Origin, result: Result<u64, ErrorReply>) {
+    pub(super) fn answer_publish(&mut self, origin: Origin, result: Result<Acked, ErrorReply>) {
         match origin {
             Origin::Client { key, conn_id, id } => {
                 if self.is_live(key, conn_id) {
                     let text = match result {
-                        Ok(seq) => frames::ok_pub(id.as_deref(), seq),
+                        Ok(acked) => frames::ok_acked(id.as_deref(), acked),
                         Err(e) => frames::error(id.as_deref(), &e),
                     };
                     self.reply(key, text);
@@ -572,7 +666,12 @@ impl Worker {
                 conn_id,
                 keep_alive,
             } => {
-                let body = result.map(|seq| serde_json::json!({ "seq": seq }).to_string());
+                let body = result.map(|a| match a.version {
+                    None => serde_json::json!({ "seq": a.seq }).to_string(),
+                    Some(version) => {
+                        serde_json::json!({ "seq": a.seq, "version": version }).to_string()
+                    }
+                });
                 self.answer_http(key, conn_id, keep_alive, body);
             }
             Origin::Internal => {
@@ -585,13 +684,21 @@ impl Worker {
                 }
             }
             Origin::Peer { slot, tag } => {
-                let (seq, error) = match result {
-                    Ok(seq) => (Some(seq), None),
-                    Err(e) => (None, Some(e.message)),
+                let msg = match result {
+                    Ok(a) => BusMsg::Published {
+                        tag,
+                        seq: Some(a.seq),
+                        version: a.version,
+                        error: None,
+                    },
+                    Err(e) => BusMsg::Published {
+                        tag,
+                        seq: None,
+                        version: None,
+                        error: Some((e.code.to_string(), e.message, e.current)),
+                    },
                 };
-                let _ = self
-                    .peers
-                    .send(slot, &BusMsg::Published { tag, seq, error }, Bytes::new());
+                let _ = self.peers.send(slot, &msg, Bytes::new());
             }
         }
     }

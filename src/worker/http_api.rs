@@ -223,6 +223,7 @@ impl Worker {
         let options = PublishOptions {
             ttl: body.ttl.filter(|&t| t > 0),
             idempotency_key: body.idempotency_key,
+            state: None,
         };
         self.publish(origin, &auth::inbox(&uid), body.data.get(), options);
     }
@@ -253,6 +254,7 @@ impl Worker {
         let options = PublishOptions {
             ttl: body.ttl.filter(|&t| t > 0),
             idempotency_key: body.idempotency_key,
+            state: None,
         };
         self.publish(origin, &body.channel, body.data.get(), options);
     }

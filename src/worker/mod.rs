@@ -34,6 +34,7 @@ use crate::sync::idempotency::Idempotency;
 use crate::sync::inbox::Inboxes;
 use crate::sync::owner::ChannelOwner;
 use crate::sync::presence::Presence;
+use crate::sync::state::{Entry, KeyedState};
 use crate::sync::subscriptions::Subscriptions;
 use conn::{Conn, Session};
 use dispatch::Pending;
@@ -103,6 +104,8 @@ pub struct Worker {
     webhook: Option<crossbeam_channel::Sender<String>>,
     /// As owner: idempotency keys of recent backend publishes.
     idempotency: Idempotency<dispatch::Origin>,
+    /// As owner: the keyed state of our channels.
+    keyed: KeyedState,
     master: LineChannel,
     signals: SignalSet,
     /// Connections with new output to write at the end of this loop turn.
@@ -155,7 +158,7 @@ impl Worker {
         poll.registry()
             .register(&mut signals.reader, SIGNALS, Interest::READABLE)?;
         let instance = random_u64();
-        let (owner, shards, inboxes, idempotency) = open_shards(&ctx.config, ctx.slot)?;
+        let (owner, shards, inboxes, idempotency, keyed) = open_shards(&ctx.config, ctx.slot)?;
         let webhook = match ctx.config.delivery.webhook_url.as_str() {
             "" => None,
             url => Some(crate::webhook::spawn(url.to_string())?),
@@ -195,6 +198,7 @@ impl Worker {
             local_presence: HashMap::new(),
             webhook,
             idempotency,
+            keyed,
             master,
             signals,
             dirty: Vec::new(),
@@ -413,6 +417,7 @@ type Opened = (
     HashMap<u32, ShardDb>,
     Inboxes,
     Idempotency<dispatch::Origin>,
+    KeyedState,
 );
 
 /// Opens the shard files this slot owns (`shard % workers == slot`) and loads
@@ -424,6 +429,7 @@ fn open_shards(config: &Config, slot: usize) -> io::Result<Opened> {
     let mut inboxes = Inboxes::new(config.delivery.ack_timeout, config.delivery.max_attempts);
     let now = Instant::now();
     let mut idempotency = Idempotency::new(config.delivery.idempotency_window);
+    let mut keyed = KeyedState::default();
     let now_ms = owner::now_ms();
     let mut shards = HashMap::new();
     let storage = &config.storage;
@@ -439,6 +445,9 @@ fn open_shards(config: &Config, slot: usize) -> io::Result<Opened> {
         for (channel, key, seq, until_ms) in db.idempotency_keys(now_ms).map_err(fail)? {
             let left = Duration::from_millis(until_ms.saturating_sub(now_ms).max(0) as u64);
             idempotency.load(&channel, &key, seq, now + left);
+        }
+        for (channel, key, value, version) in db.state_keys().map_err(fail)? {
+            keyed.load(&channel, &key, Entry { value, version });
         }
         for (channel, seq) in db.acks().map_err(fail)? {
             inboxes.ack(&channel, seq);
@@ -459,5 +468,5 @@ fn open_shards(config: &Config, slot: usize) -> io::Result<Opened> {
         }
         shards.insert(shard, db);
     }
-    Ok((owner, shards, inboxes, idempotency))
+    Ok((owner, shards, inboxes, idempotency, keyed))
 }

@@ -6,12 +6,12 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 
-use super::dispatch::{Origin, PublishOptions};
+use super::dispatch::{Origin, PublishOptions, StateWrite};
 use super::Worker;
 use crate::bus::frame::encode_header;
 use crate::bus::BusMsg;
 use crate::config::Durability;
-use crate::proto::frames::{self, ErrorReply};
+use crate::proto::frames::{self, Acked, ErrorReply};
 use crate::store::cache::Cached;
 use crate::store::shard_db::{Append, Stored};
 use crate::store::thread::{Event, Request};
@@ -28,6 +28,12 @@ pub enum Query {
     User {
         uid: String,
     },
+    /// One key of the channel's state (answer: a JSON object).
+    Get {
+        key: String,
+    },
+    /// All of the channel's state and the `seq` it is consistent with.
+    State,
     Resume {
         since: Option<u64>,
         epoch: Option<String>,
@@ -59,6 +65,7 @@ pub struct Answer {
 /// A message numbered and sent to the store, not yet released.
 pub struct Inflight {
     ticket: u64,
+    state: Option<StateWrite>,
     idempotency_key: Option<String>,
     /// For direct messages: the `data`, kept for redelivery and dead letters.
     inbox_data: Option<String>,
@@ -108,7 +115,9 @@ impl Worker {
             None => origin,
             Some(key) => match self.idempotency.check(channel, key, origin, now_instant) {
                 Check::Publish(origin) => origin,
-                Check::Done(seq, origin) => return self.answer_publish(origin, Ok(seq)),
+                Check::Done(seq, origin) => {
+                    return self.answer_publish(origin, Ok(Acked { seq, version: None }))
+                }
                 Check::Queued => return,
             },
         };
@@ -130,6 +139,7 @@ impl Worker {
             line: frames::msg_line(channel, seq, data),
             origin,
             idempotency_key: options.idempotency_key,
+            state: options.state,
         };
         let request = Request::Append {
             shard: self.shard_of(channel),
@@ -145,6 +155,10 @@ impl Worker {
                     .idempotency_key
                     .clone()
                     .map(|k| (k, now.saturating_add(window))),
+                state: message
+                    .state
+                    .as_ref()
+                    .map(|w| (w.key.clone(), w.value.clone(), w.version)),
             },
         };
         if self.store.requests.send(request).is_err() {
@@ -161,6 +175,45 @@ impl Worker {
         } else {
             self.inflight.push_back(message);
         }
+    }
+
+    /// As the owner: compare-and-set of `key` (`value: None` deletes). The
+    /// winner's change is published like any message, and stored with it.
+    pub(super) fn set_owned(
+        &mut self,
+        origin: Origin,
+        channel: &str,
+        key: &str,
+        value: Option<String>,
+        expected: u64,
+    ) {
+        let version = match self.keyed.cas(channel, key, expected, value.clone()) {
+            Ok(version) => version,
+            Err(current) => {
+                let value_json = raw_or_null(current.value.as_deref());
+                let detail = serde_json::json!({"key": key, "value": value_json, "version": current.version});
+                let mut e = ErrorReply::new(
+                    "conflict",
+                    format!("`{key}` is at version {}, not {expected}", current.version),
+                );
+                e.current = Some(detail.to_string());
+                return self.answer_publish(origin, Err(e));
+            }
+        };
+        let change = serde_json::json!({
+            "key": key,
+            "version": version,
+            "value": raw_or_null(value.as_deref()),
+        });
+        let options = PublishOptions {
+            state: Some(StateWrite {
+                key: key.to_string(),
+                value,
+                version,
+            }),
+            ..PublishOptions::default()
+        };
+        self.publish_owned(origin, channel, &change.to_string(), options);
     }
 
     /// The message is stored as the durability mode promises: now it may be
@@ -191,10 +244,27 @@ impl Worker {
                 .idempotency
                 .done(channel, key, m.seq, std::time::Instant::now())
             {
-                self.answer_publish(retry, Ok(m.seq));
+                self.answer_publish(
+                    retry,
+                    Ok(Acked {
+                        seq: m.seq,
+                        version: None,
+                    }),
+                );
             }
         }
-        self.answer_publish(m.origin, Ok(m.seq));
+        let version = m.state.as_ref().map(|s| s.version);
+        if let Some(write) = m.state {
+            self.keyed
+                .commit(channel, &write.key, write.value, write.version);
+        }
+        self.answer_publish(
+            m.origin,
+            Ok(Acked {
+                seq: m.seq,
+                version,
+            }),
+        );
     }
 
     pub(super) fn on_store_events(&mut self) {
@@ -246,8 +316,34 @@ impl Worker {
                 limit: self.config.storage.history_size.min(usize::MAX as u64) as usize,
             },
             Query::Presence => {
-                let uids = serde_json::to_string(&self.presence.uids(channel)).unwrap_or_default();
-                return self.answer_query(reply_to, Ok(json_answer(uids)));
+                let json =
+                    serde_json::json!({"channel": channel, "uids": self.presence.uids(channel)});
+                return self.answer_query(reply_to, Ok(json_answer(json.to_string())));
+            }
+            Query::Get { key } => {
+                let entry = self.keyed.get(channel, &key);
+                let value = raw_or_null(entry.value.as_deref());
+                let json = serde_json::json!({"channel": channel, "key": key, "value": value, "version": entry.version});
+                return self.answer_query(reply_to, Ok(json_answer(json.to_string())));
+            }
+            Query::State => {
+                // Committed state and delivered seq move together (in
+                // `release`), so this snapshot is consistent with `seq`.
+                let (seq, epoch) = self.owner.current(channel, fresh_epoch);
+                let keys: serde_json::Map<String, serde_json::Value> = self
+                    .keyed
+                    .all(channel)
+                    .into_iter()
+                    .map(|(k, e)| {
+                        let value = raw_or_null(e.value.as_deref());
+                        (
+                            k.to_string(),
+                            serde_json::json!({"value": value, "version": e.version}),
+                        )
+                    })
+                    .collect();
+                let json = serde_json::json!({"channel": channel, "seq": seq, "epoch": epoch, "keys": keys});
+                return self.answer_query(reply_to, Ok(json_answer(json.to_string())));
             }
             Query::User { uid } => {
                 let connections = self.presence.connections(channel, &uid);
@@ -285,7 +381,11 @@ impl Worker {
                 let after = (*since).max(oldest);
                 (after, seq.min(after.saturating_add(*limit as u64)), *limit)
             }
-            Query::Inbox | Query::Presence | Query::User { .. } => return,
+            Query::Inbox
+            | Query::Presence
+            | Query::User { .. }
+            | Query::Get { .. }
+            | Query::State => return,
         };
         let recovered = matches!(query, Query::Resume { .. }).then_some(true);
         if let Some(lines) = self.cache.range(channel, after, upto, now_ms()) {
@@ -390,6 +490,14 @@ impl Worker {
             }
         }
     }
+}
+
+/// Stored JSON text as a value to embed, `null` when absent.
+fn raw_or_null(value: Option<&str>) -> Box<serde_json::value::RawValue> {
+    let text = value.unwrap_or("null").to_string();
+    serde_json::value::RawValue::from_string(text)
+        .or_else(|_| serde_json::value::RawValue::from_string("null".into()))
+        .unwrap_or_default()
 }
 
 /// An answer that is one JSON value (presence, user status).

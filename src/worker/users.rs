@@ -159,7 +159,6 @@ impl Worker {
         let what = Awaiting::Json {
             key,
             conn_id,
-            channel: channel.to_string(),
             reply,
         };
         self.ask_owner(channel, Query::Presence, what);
@@ -171,7 +170,6 @@ impl Worker {
         let what = Awaiting::Json {
             key,
             conn_id,
-            channel: inbox.clone(),
             reply: HistoryFor::Http { keep_alive },
         };
         self.ask_owner(
