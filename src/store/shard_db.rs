@@ -77,6 +77,9 @@ pub struct Stored {
     pub data: String,
 }
 
+/// A stored state key: (channel, key, value JSON or `None` if deleted, version).
+pub type StateRow = (String, String, Option<String>, u64);
+
 pub struct ShardDb {
     conn: Connection,
 }
@@ -230,7 +233,7 @@ impl ShardDb {
     }
 
     /// Every key of every channel's state: (channel, key, value, version).
-    pub fn state_keys(&self) -> rusqlite::Result<Vec<(String, String, Option<String>, u64)>> {
+    pub fn state_keys(&self) -> rusqlite::Result<Vec<StateRow>> {
         let mut stmt = self
             .conn
             .prepare("SELECT channel, key, value, version FROM state_keys")?;
