@@ -10,6 +10,7 @@ use tungstenite::protocol::{Role, WebSocketContext};
 
 use super::conn::Session;
 use super::dispatch::{HistoryFor, Origin, PublishOptions};
+use super::owner::Query;
 use super::Worker;
 use crate::auth;
 use crate::proto::frames::{self, ErrorReply};
@@ -45,6 +46,39 @@ struct BroadcastBody<'a> {
 #[derive(Deserialize)]
 struct DisconnectBody {
     uid: String,
+}
+
+#[derive(Deserialize)]
+struct PutStateBody<'a> {
+    #[serde(borrow)]
+    value: &'a RawValue,
+    version: u64,
+}
+
+/// An error answer with the status its code calls for (409 for a conflict,
+/// with the current value and version).
+fn error_response(e: &ErrorReply) -> Vec<u8> {
+    let status = match e.code {
+        "conflict" => 409,
+        "forbidden" => 403,
+        "unauthorized" => 401,
+        "bad_request" | "bad_channel" => 400,
+        _ => 503,
+    };
+    let mut body = serde_json::json!({ "error": e.code, "message": e.message });
+    if let Some(current) = e
+        .current
+        .as_deref()
+        .and_then(|c| serde_json::from_str(c).ok())
+    {
+        body["current"] = current;
+    }
+    http::response(
+        status,
+        "application/json",
+        body.to_string().as_bytes(),
+        false,
+    )
 }
 
 fn query_param(query: &str, name: &str) -> Option<String> {
@@ -155,6 +189,15 @@ impl Worker {
                     Err(e) => self.respond(key, http::json_error(400, e.code, &e.message), false),
                 }
             }
+            ("GET", "/api/state") => {
+                let channel = query_param(&request.query, "channel").unwrap_or_default();
+                if let Err(e) = frames::check_channel(&channel) {
+                    return self.respond(key, http::json_error(400, e.code, &e.message), false);
+                }
+                self.set_busy(key);
+                self.json_query(key, &channel, Query::State, HistoryFor::Http { keep_alive });
+            }
+            ("PUT", "/api/state") => self.http_put_state(key, &request),
             ("GET", "/api/stats") => {
                 let mut stats = serde_json::to_value(self.snapshot()).unwrap_or_default();
                 stats["worker"] = self.slot.into();
@@ -165,7 +208,7 @@ impl Worker {
                 "/ws" | "/healthz" | "/api/publish" | "/api/history" | "/api/send"
                 | "/api/broadcast",
             )
-            | (_, "/api/disconnect" | "/api/presence" | "/api/stats") => {
+            | (_, "/api/disconnect" | "/api/presence" | "/api/stats" | "/api/state") => {
                 let e = http::json_error(405, "method_not_allowed", "method not allowed");
                 self.respond(key, e, false);
             }
@@ -188,6 +231,50 @@ impl Worker {
             .or_else(|| request.header("x-api-key"))
             .unwrap_or_default();
         auth::api_key_ok(&self.config.auth.api_keys, presented)
+    }
+
+    /// `PUT /api/state?channel=&key=`: the body is `{"value":…,"version":N}`,
+    /// or the bare value with the expected version in `If-Match`.
+    fn http_put_state(&mut self, key: usize, request: &Request) {
+        let channel = query_param(&request.query, "channel").unwrap_or_default();
+        let state_key = query_param(&request.query, "key");
+        let checked = frames::check_channel(&channel)
+            .and_then(|()| frames::check_key(state_key.map(Into::into)));
+        let state_key = match checked {
+            Ok(k) => k.into_owned(),
+            Err(e) => return self.respond(key, http::json_error(400, e.code, &e.message), false),
+        };
+        let if_match = request
+            .header("if-match")
+            .and_then(|v| std::str::from_utf8(v).ok())
+            .map(|v| v.trim().trim_matches('"').parse::<u64>());
+        let parsed = match if_match {
+            Some(Ok(version)) => serde_json::from_slice::<&RawValue>(&request.body)
+                .map(|v| (v.get().to_string(), version))
+                .map_err(|e| e.to_string()),
+            Some(Err(_)) => Err("If-Match must be a version number".into()),
+            None => serde_json::from_slice::<PutStateBody>(&request.body)
+                .map(|b| (b.value.get().to_string(), b.version))
+                .map_err(|e| {
+                    format!("body must be {{\"value\":..,\"version\":N}} or use If-Match: {e}")
+                }),
+        };
+        let (value, version) = match parsed {
+            Ok(p) => p,
+            Err(message) => {
+                return self.respond(key, http::json_error(400, "bad_request", &message), false)
+            }
+        };
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        conn.http_busy = true;
+        let origin = Origin::Http {
+            key,
+            conn_id: conn.id,
+            keep_alive: request.keep_alive,
+        };
+        self.set_state(origin, &channel, &state_key, Some(value), version);
     }
 
     fn set_busy(&mut self, key: usize) {
@@ -274,7 +361,7 @@ impl Worker {
         conn.http_busy = false;
         match result {
             Ok(body) => self.respond_json(key, 200, body, keep_alive),
-            Err(e) => self.respond(key, http::json_error(503, e.code, &e.message), false),
+            Err(e) => self.respond(key, error_response(&e), false),
         }
         self.serve_http(key);
     }
