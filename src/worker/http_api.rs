@@ -11,6 +11,7 @@ use tungstenite::protocol::{Role, WebSocketContext};
 use super::conn::Session;
 use super::dispatch::{HistoryFor, Origin, PublishOptions};
 use super::owner::Query;
+use super::static_files;
 use super::Worker;
 use crate::auth;
 use crate::proto::frames::{self, ErrorReply};
@@ -142,6 +143,12 @@ impl Worker {
         match (method, request.path.as_str()) {
             ("GET", "/ws") => self.upgrade(key, &request, false),
             ("GET", "/echo") if self.config.debug.echo => self.upgrade(key, &request, true),
+            ("GET", path) if static_files::lookup(path).is_some() => {
+                if let Some((content_type, body)) = static_files::lookup(path) {
+                    let response = http::response(200, content_type, body, keep_alive);
+                    self.respond(key, response, keep_alive);
+                }
+            }
             ("GET", "/healthz") => {
                 let body = serde_json::json!({"status": "ok", "worker": self.slot}).to_string();
                 self.respond_json(key, 200, body, keep_alive);

@@ -9,6 +9,7 @@ mod http_api;
 mod owner;
 mod read;
 mod report;
+mod static_files;
 mod users;
 
 use std::collections::{HashMap, VecDeque};
