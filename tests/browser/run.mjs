@@ -89,7 +89,7 @@ await check("two pages racing for one seat: exactly one wins, both agree", async
   await a.context().close(); await b.context().close();
 });
 
-await check("after kill -9 of every worker, pages reconnect and catch up", async () => {
+await check("after kill -9 of every worker and a reload, pages reconnect and catch up", async () => {
   const [a, b] = await Promise.all([open("/demo/seats?show=kill&name=cat"), open("/demo/seats?show=kill&name=dan")]);
   const before = await status();
   for (const w of before.workers) if (w.pid) process.kill(w.pid, "SIGKILL");
@@ -105,6 +105,16 @@ await check("after kill -9 of every worker, pages reconnect and catch up", async
   await until("live again", async () => (await seatClass(b, "E2")).includes("taken"));
   const after = await status();
   assert(after.workers.every((w, i) => w.pid && w.pid !== before.workers[i].pid), "workers were replaced");
+  // And through a rolling reload (SIGUSR1 to the master), without a page reload.
+  process.kill(after.pid, "SIGUSR1");
+  await until("the reload finished", async () => (await status()).reloads > after.reloads);
+  for (const page of [a, b]) {
+    await until("open after the reload", async () => (await page.getAttribute("body", "data-state")) === "open");
+  }
+  await until("a click after the reload reaches the other page", async () => {
+    if (!(await seatClass(a, "F9")).includes("mine")) await a.click("#seat-F9");
+    return (await seatClass(b, "F9")).includes("taken");
+  });
   await a.context().close(); await b.context().close();
 });
 
