@@ -4,8 +4,9 @@
 
 use bytes::Bytes;
 
-use super::dispatch::{unavailable, Awaiting, Origin, Pending, PublishOptions};
+use super::dispatch::{Origin, PublishOptions};
 use super::owner::{Answer, Query, ReplyTo};
+use super::pending::{unavailable, Awaiting, Pending};
 use super::Worker;
 use crate::bus::{BusEvent, BusMsg};
 use crate::proto::frames::{self, Acked, ErrorReply};

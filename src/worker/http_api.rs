@@ -9,8 +9,9 @@ use serde_json::value::RawValue;
 use tungstenite::protocol::{Role, WebSocketContext};
 
 use super::conn::Session;
-use super::dispatch::{HistoryFor, Origin, PublishOptions};
+use super::dispatch::{Origin, PublishOptions};
 use super::owner::Query;
+use super::pending::HistoryFor;
 use super::static_files;
 use super::Worker;
 use crate::auth;

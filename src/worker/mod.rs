@@ -7,6 +7,7 @@ mod connections;
 mod dispatch;
 mod http_api;
 mod owner;
+mod pending;
 mod read;
 mod report;
 mod static_files;
@@ -38,7 +39,7 @@ use crate::sync::presence::Presence;
 use crate::sync::state::{Entry, KeyedState};
 use crate::sync::subscriptions::Subscriptions;
 use conn::{Conn, Session};
-use dispatch::Pending;
+use pending::Pending;
 
 const WS_LISTENER: Token = Token(0);
 const TCP_LISTENER: Token = Token(1);

@@ -5,9 +5,11 @@
 use std::time::Instant;
 
 use bytes::Bytes;
+use serde_json::value::RawValue;
 
-use super::dispatch::{Awaiting, HistoryFor, Origin, PublishOptions};
+use super::dispatch::{Origin, PublishOptions};
 use super::owner::{now_ms, Query};
+use super::pending::{Awaiting, HistoryFor};
 use super::Worker;
 use crate::auth;
 use crate::bus::frame::encode_header;
@@ -22,6 +24,57 @@ use crate::sync::shard;
 pub const EXPIRED_CHANNEL: &str = "$expired";
 
 impl Worker {
+    pub(super) fn authenticate(&mut self, key: usize, id: Option<&RawValue>, token: &str) {
+        if self.conns.get(key).is_some_and(|c| c.user.is_some()) {
+            let e = ErrorReply::new(
+                "already_authenticated",
+                "this connection is already authenticated",
+            );
+            return self.reply(key, frames::error(id, &e));
+        }
+        match auth::verify(&self.config.auth.jwt_secret, token) {
+            Ok(user) => {
+                let reply = frames::ok_auth(id, &user.uid);
+                self.bind_user(key, user);
+                self.reply(key, reply);
+            }
+            Err(e) => self.refuse_auth(key, id, &e),
+        }
+    }
+
+    /// Binds an authenticated user to the connection.
+    pub(super) fn bind_user(&mut self, key: usize, user: auth::User) {
+        log::debug!(
+            "worker {}: connection key {key} is user {}",
+            self.slot,
+            user.uid
+        );
+        let inbox = auth::inbox(&user.uid);
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        conn.user = Some(user);
+        // Every connection of a user hears its inbox: what was sent while it
+        // was away (after its last ack), then live direct messages.
+        let what = Awaiting::Sub {
+            key,
+            conn_id: conn.id,
+            id: None,
+            channel: inbox.clone(),
+            buffer: Vec::new(),
+            quiet: true,
+        };
+        self.ask_owner(&inbox, Query::Inbox, what);
+    }
+
+    /// An error frame, then the connection closes (WebSocket 4001).
+    pub(super) fn refuse_auth(&mut self, key: usize, id: Option<&RawValue>, e: &ErrorReply) {
+        log::info!("worker {}: refusing a connection: {}", self.slot, e.message);
+        self.reply(key, frames::error(id, e));
+        let deadline = std::time::Instant::now() + super::CLOSE_GRACE;
+        self.close_with(key, super::CLOSE_UNAUTHORIZED, &e.message, deadline);
+    }
+
     fn tracked(&self, channel: &str) -> bool {
         channel.starts_with('#') || self.config.presence.enabled(channel)
     }
