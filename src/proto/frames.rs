@@ -166,15 +166,7 @@ pub fn parse_request(text: &str) -> Result<Request<'_>, (Option<Box<RawValue>>, 
             data: fields
                 .data
                 .ok_or_else(|| fail(ErrorReply::new("bad_request", "`pub` needs `data`")))?,
-            ttl: match fields.ttl {
-                Some(0) => {
-                    return Err(fail(ErrorReply::new(
-                        "bad_request",
-                        "`ttl` must be at least 1 second",
-                    )))
-                }
-                ttl => ttl,
-            },
+            ttl: ttl_field(fields.ttl).map_err(fail)?,
         },
         "history" => Op::History {
             channel: channel().map_err(fail)?,
@@ -192,15 +184,7 @@ pub fn parse_request(text: &str) -> Result<Request<'_>, (Option<Box<RawValue>>, 
             data: fields
                 .data
                 .ok_or_else(|| fail(ErrorReply::new("bad_request", "`send` needs `data`")))?,
-            ttl: match fields.ttl {
-                Some(0) => {
-                    return Err(fail(ErrorReply::new(
-                        "bad_request",
-                        "`ttl` must be at least 1 second",
-                    )))
-                }
-                ttl => ttl,
-            },
+            ttl: ttl_field(fields.ttl).map_err(fail)?,
         },
         "ack" => Op::Ack {
             channel: channel().map_err(fail)?,
@@ -250,6 +234,17 @@ pub fn parse_request(text: &str) -> Result<Request<'_>, (Option<Box<RawValue>>, 
         }
     };
     Ok(Request { id, op })
+}
+
+/// `ttl` in seconds: absent, or at least 1.
+fn ttl_field(ttl: Option<u64>) -> Result<Option<u64>, ErrorReply> {
+    match ttl {
+        Some(0) => Err(ErrorReply::new(
+            "bad_request",
+            "`ttl` must be at least 1 second",
+        )),
+        ttl => Ok(ttl),
+    }
 }
 
 /// The error codes a worker may pass on from another (unknown ones become

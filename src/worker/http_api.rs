@@ -273,16 +273,9 @@ impl Worker {
                 return self.respond(key, http::json_error(400, "bad_request", &message), false)
             }
         };
-        let Some(conn) = self.conns.get_mut(key) else {
-            return;
-        };
-        conn.http_busy = true;
-        let origin = Origin::Http {
-            key,
-            conn_id: conn.id,
-            keep_alive: request.keep_alive,
-        };
-        self.set_state(origin, &channel, &state_key, Some(value), version);
+        if let Some(origin) = self.http_origin(key, request) {
+            self.set_state(origin, &channel, &state_key, Some(value), version);
+        }
     }
 
     fn set_busy(&mut self, key: usize) {
@@ -301,57 +294,76 @@ impl Worker {
             Ok(body) => body,
             Err(e) => return self.bad_body(key, "{\"uid\":..,\"data\":..}", &e),
         };
-        let uid = match frames::check_uid(Some(body.uid)) {
-            Ok(uid) => uid,
-            Err(e) => return self.respond(key, http::json_error(400, e.code, &e.message), false),
-        };
-        let Some(conn) = self.conns.get_mut(key) else {
-            return;
-        };
-        conn.http_busy = true;
-        let origin = Origin::Http {
-            key,
-            conn_id: conn.id,
-            keep_alive: request.keep_alive,
-        };
-        self.stats.msgs_in += 1;
-        let options = PublishOptions {
-            ttl: body.ttl.filter(|&t| t > 0),
-            idempotency_key: body.idempotency_key,
-            state: None,
-        };
-        self.publish(origin, &auth::inbox(&uid), body.data.get(), options);
+        match frames::check_uid(Some(body.uid)) {
+            Ok(uid) => {
+                let inbox = auth::inbox(&uid);
+                self.http_write(
+                    key,
+                    request,
+                    &inbox,
+                    body.data.get(),
+                    body.ttl,
+                    body.idempotency_key,
+                );
+            }
+            Err(e) => self.respond(key, http::json_error(400, e.code, &e.message), false),
+        }
     }
 
     fn http_publish(&mut self, key: usize, request: &Request) {
         let body: PublishBody = match serde_json::from_slice(&request.body) {
             Ok(body) => body,
-            Err(e) => {
-                let message = format!("body must be {{\"channel\":..,\"data\":..}}: {e}");
-                self.respond(key, http::json_error(400, "bad_request", &message), false);
-                return;
+            Err(e) => return self.bad_body(key, "{\"channel\":..,\"data\":..}", &e),
+        };
+        match frames::check_channel(&body.channel) {
+            Ok(()) => {
+                let (ttl, idempotency_key) = (body.ttl, body.idempotency_key);
+                self.http_write(
+                    key,
+                    request,
+                    &body.channel,
+                    body.data.get(),
+                    ttl,
+                    idempotency_key,
+                );
             }
-        };
-        if let Err(e) = frames::check_channel(&body.channel) {
-            self.respond(key, http::json_error(400, e.code, &e.message), false);
-            return;
+            Err(e) => self.respond(key, http::json_error(400, e.code, &e.message), false),
         }
-        let Some(conn) = self.conns.get_mut(key) else {
+    }
+
+    /// Publishes for `POST /api/publish` and `/api/send`; the answer comes
+    /// once the owner has stored the message.
+    fn http_write(
+        &mut self,
+        key: usize,
+        request: &Request,
+        channel: &str,
+        data: &str,
+        ttl: Option<u64>,
+        idempotency_key: Option<String>,
+    ) {
+        let Some(origin) = self.http_origin(key, request) else {
             return;
-        };
-        conn.http_busy = true;
-        let origin = Origin::Http {
-            key,
-            conn_id: conn.id,
-            keep_alive: request.keep_alive,
         };
         self.stats.msgs_in += 1;
         let options = PublishOptions {
-            ttl: body.ttl.filter(|&t| t > 0),
-            idempotency_key: body.idempotency_key,
+            ttl: ttl.filter(|&t| t > 0),
+            idempotency_key,
             state: None,
         };
-        self.publish(origin, &body.channel, body.data.get(), options);
+        self.publish(origin, channel, data, options);
+    }
+
+    /// Marks the connection as waiting for an owner and names it as the
+    /// origin of the request.
+    fn http_origin(&mut self, key: usize, request: &Request) -> Option<Origin> {
+        let conn = self.conns.get_mut(key)?;
+        conn.http_busy = true;
+        Some(Origin::Http {
+            key,
+            conn_id: conn.id,
+            keep_alive: request.keep_alive,
+        })
     }
 
     /// Sends the answer to an HTTP request that waited for an owner, then
