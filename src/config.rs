@@ -109,6 +109,42 @@ pub struct Storage {
     /// Memory for the recent tail of every channel, over all channels of a worker.
     #[serde(deserialize_with = "size")]
     pub cache_bytes: usize,
+    /// Per-channel overrides of `history_size` / `history_ttl`, by name prefix
+    /// (the longest matching prefix wins).
+    pub retention: Vec<Retention>,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Retention {
+    pub prefix: String,
+    pub history_size: Option<u64>,
+    #[serde(default, deserialize_with = "optional_duration")]
+    pub history_ttl: Option<Duration>,
+}
+
+impl Storage {
+    /// `(history_size, history_ttl)` in force for `channel`.
+    pub fn retention_for(&self, channel: &str) -> (u64, Duration) {
+        let rule = self
+            .retention
+            .iter()
+            .filter(|r| channel.starts_with(r.prefix.as_str()))
+            .max_by_key(|r| r.prefix.len());
+        (
+            rule.and_then(|r| r.history_size)
+                .unwrap_or(self.history_size),
+            rule.and_then(|r| r.history_ttl).unwrap_or(self.history_ttl),
+        )
+    }
+
+    /// The largest `history_size` of any channel (sizes the cache).
+    pub fn max_history_size(&self) -> u64 {
+        self.retention
+            .iter()
+            .filter_map(|r| r.history_size)
+            .fold(self.history_size, u64::max)
+    }
 }
 
 /// What an acknowledged publish survives.
@@ -250,6 +286,7 @@ impl Default for Storage {
             history_size: 1000,
             history_ttl: Duration::from_secs(24 * 3600),
             cache_bytes: 64 << 20,
+            retention: Vec::new(),
         }
     }
 }
@@ -270,6 +307,10 @@ fn size<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
         ))
     })?;
     usize::try_from(parsed.as_u64()).map_err(|_| serde::de::Error::custom("size too large"))
+}
+
+fn optional_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    duration(d).map(Some)
 }
 
 fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
@@ -331,6 +372,14 @@ impl Config {
         }
         if self.storage.history_size == 0 {
             return Err("storage.history_size: must be at least 1".into());
+        }
+        for rule in &self.storage.retention {
+            if rule.history_size == Some(0) || rule.history_ttl.is_some_and(|t| t.is_zero()) {
+                return Err(format!(
+                    "storage.retention `{}`: sizes and ttls must be more than 0",
+                    rule.prefix
+                ));
+            }
         }
         if self.storage.history_ttl.is_zero() {
             return Err("storage.history_ttl: must be more than 0s".into());
@@ -417,6 +466,20 @@ mod tests {
             c.control_socket(),
             PathBuf::from("/etc/syncd/run/syncd.sock")
         );
+    }
+
+    #[test]
+    fn retention_overrides_by_longest_prefix() {
+        let c = parse(
+            "[storage]\nhistory_size = 100\n[[storage.retention]]\nprefix = \"chat-\"\nhistory_size = 10\n\
+             [[storage.retention]]\nprefix = \"chat-vip-\"\nhistory_ttl = \"7d\"\n",
+        )
+        .unwrap();
+        let day = Duration::from_secs(24 * 3600);
+        assert_eq!(c.storage.retention_for("news"), (100, day));
+        assert_eq!(c.storage.retention_for("chat-1"), (10, day));
+        assert_eq!(c.storage.retention_for("chat-vip-1"), (100, 7 * day));
+        assert_eq!(c.storage.max_history_size(), 100);
     }
 
     #[test]

@@ -498,3 +498,39 @@ fn a_resume_larger_than_the_send_buffer_streams_through() {
     resume_is_exact(&server);
     assert_eq!(server.sum_stats(|s| s.send_failures), 0);
 }
+
+#[test]
+fn retention_overrides_by_channel_prefix() {
+    let server = Server::start(
+        2,
+        "[storage]\nhistory_size = 50\n[[storage.retention]]\nprefix = \"short-\"\nhistory_size = 5\n",
+    );
+    let mut c = server.tcp();
+    let epoch = c.sub("short-a")["epoch"].as_str().unwrap().to_string();
+    for n in 0..20 {
+        c.send(&json!({"op":"pub","channel":"short-a","data":n}));
+        c.send(&json!({"op":"pub","channel":"long-a","data":n}));
+    }
+    let mut acks = 0;
+    while acks < 40 {
+        if c.recv()["op"] == "ok" {
+            acks += 1;
+        }
+    }
+    let mut other = server.tcp();
+    assert_eq!(full_history(&mut other, "short-a").len(), 5);
+    assert_eq!(full_history(&mut other, "long-a").len(), 20);
+    let reply = other.request(
+        json!({"op":"sub","id":1,"channel":"short-a","since":10,"epoch":epoch}),
+        &mut Vec::new(),
+    );
+    assert_eq!(reply["recovered"], false, "{reply}");
+    let reply = server.tcp().request(
+        json!({"op":"sub","id":2,"channel":"short-a","since":16,"epoch":epoch}),
+        &mut Vec::new(),
+    );
+    assert_eq!(reply["recovered"], true, "{reply}");
+    eventually("the short channel is trimmed on disk", || {
+        server.sum_stats(|s| s.trimmed) >= 15
+    });
+}

@@ -11,6 +11,7 @@ use crossbeam_channel::{Receiver, Sender};
 use mio::Waker;
 
 use super::shard_db::{Append, ShardDb, Stored};
+use crate::config::Storage;
 
 /// Rows deleted per shard per sweep, so a sweep never holds the thread long.
 const SWEEP_BATCH: usize = 500;
@@ -83,7 +84,7 @@ pub struct StoreThread {
 impl StoreThread {
     pub fn spawn(
         shards: HashMap<u32, ShardDb>,
-        history_size: u64,
+        retention: Storage,
         waker: Arc<Waker>,
     ) -> std::io::Result<StoreThread> {
         let (requests, inbox) = crossbeam_channel::unbounded();
@@ -93,7 +94,7 @@ impl StoreThread {
             .spawn(move || {
                 let mut worker = Writer {
                     shards,
-                    history_size,
+                    retention,
                     touched: HashMap::new(),
                     outbox,
                     waker,
@@ -118,7 +119,8 @@ impl StoreThread {
 
 struct Writer {
     shards: HashMap<u32, ShardDb>,
-    history_size: u64,
+    /// Which `history_size` applies to which channel.
+    retention: Storage,
     /// Channels appended to since their last trim, with their last `seq`.
     touched: HashMap<(u32, String), u64>,
     outbox: Sender<Event>,
@@ -246,7 +248,7 @@ impl Writer {
             let Some(db) = self.shards.get_mut(shard) else {
                 continue;
             };
-            let upto = last.saturating_sub(self.history_size);
+            let upto = last.saturating_sub(self.retention.retention_for(channel).0);
             match db.trim(channel, upto, SWEEP_BATCH) {
                 Ok(n) => {
                     trimmed += n;

@@ -166,7 +166,7 @@ impl Worker {
             url => Some(crate::webhook::spawn(url.to_string())?),
         };
         let waker = Arc::new(Waker::new(poll.registry(), STORE)?);
-        let store = StoreThread::spawn(shards, ctx.config.storage.history_size, waker)?;
+        let store = StoreThread::spawn(shards, ctx.config.storage.clone(), waker)?;
         let sockets = (0..ctx.config.workers)
             .map(|s| ctx.config.bus_socket(s))
             .collect();
@@ -189,7 +189,7 @@ impl Worker {
             store,
             cache: HistoryCache::new(
                 ctx.config.storage.cache_bytes,
-                ctx.config.storage.history_size,
+                ctx.config.storage.max_history_size(),
             ),
             inflight: VecDeque::new(),
             next_ticket: 0,

@@ -123,7 +123,7 @@ impl Worker {
         };
         let (seq, epoch) = self.owner.assign(channel, fresh_epoch);
         let now = now_ms();
-        let keep = self.config.storage.history_ttl.as_millis() as i64;
+        let keep = self.config.storage.retention_for(channel).1.as_millis() as i64;
         let keep = options
             .ttl
             .map_or(keep, |t| keep.min(t.saturating_mul(1000) as i64));
@@ -313,7 +313,12 @@ impl Worker {
         let query = match query {
             Query::Inbox => Query::History {
                 since: self.inboxes.acked(channel),
-                limit: self.config.storage.history_size.min(usize::MAX as u64) as usize,
+                limit: self
+                    .config
+                    .storage
+                    .retention_for(channel)
+                    .0
+                    .min(usize::MAX as u64) as usize,
             },
             Query::Presence => {
                 let json =
@@ -369,7 +374,7 @@ impl Worker {
             } => {
                 // Beyond `history_size` the gap is not retained, even where
                 // trimming has not caught up yet.
-                let retained = self.config.storage.history_size;
+                let retained = self.config.storage.retention_for(channel).0;
                 let other_epoch = theirs.as_deref().is_some_and(|e| e != epoch);
                 if other_epoch || *since > seq || seq - since > retained {
                     return self.answer_query(reply_to, Ok(answer(Some(false), vec![])));
@@ -377,7 +382,7 @@ impl Worker {
                 (*since, seq, (seq - since) as usize)
             }
             Query::History { since, limit } => {
-                let oldest = seq.saturating_sub(self.config.storage.history_size);
+                let oldest = seq.saturating_sub(self.config.storage.retention_for(channel).0);
                 let after = (*since).max(oldest);
                 (after, seq.min(after.saturating_add(*limit as u64)), *limit)
             }
