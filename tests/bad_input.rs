@@ -233,3 +233,30 @@ fn silent_connections_on_the_ws_port_are_closed_after_the_handshake_timeout() {
         "pong"
     );
 }
+
+#[test]
+fn subscribing_to_made_up_channels_costs_the_owners_nothing() {
+    let server = Server::start(2, "");
+    let mut c = server.tcp();
+    for n in 0..500 {
+        c.send(&json!({"op":"sub","id":n,"channel":format!("junk-{n}")}));
+        c.send(&json!({"op":"unsub","id":n,"channel":format!("junk-{n}")}));
+    }
+    for _ in 0..1000 {
+        assert_eq!(c.recv()["op"], "ok");
+    }
+    assert_eq!(server.sum_stats(|s| s.channels_owned as u64), 0);
+    // A channel subscribed before its first message keeps the epoch it was given.
+    let epoch = c.sub("later")["epoch"].clone();
+    c.request(
+        json!({"op":"pub","id":"p","channel":"later","data":1}),
+        &mut Vec::new(),
+    );
+    let mut back = server.tcp();
+    let reply = back.request(
+        json!({"op":"sub","id":1,"channel":"later","since":0,"epoch":epoch}),
+        &mut Vec::new(),
+    );
+    assert_eq!(reply["recovered"], true, "{reply}");
+    assert_eq!(reply["epoch"], epoch);
+}

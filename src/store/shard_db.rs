@@ -290,9 +290,22 @@ impl ShardDb {
         Ok(())
     }
 
-    /// Gives every channel a new epoch: its history may have lost messages that
-    /// clients saw (after a crash in `memory` durability).
+    /// The epoch this shard gives channels it has never seen; made once, kept
+    /// until the shard's history is lost.
+    pub fn genesis(&self, fresh: impl FnOnce() -> String) -> rusqlite::Result<String> {
+        if let Some(genesis) = self.get_state("genesis")? {
+            return Ok(genesis);
+        }
+        let genesis = fresh();
+        self.set_state("genesis", &genesis)?;
+        Ok(genesis)
+    }
+
+    /// Gives every channel, and the shard's genesis, a new epoch: its history
+    /// may have lost messages that clients saw (after a crash in `memory`
+    /// durability).
     pub fn renew_epochs(&self, mut fresh: impl FnMut() -> String) -> rusqlite::Result<()> {
+        self.set_state("genesis", &fresh())?;
         let names: Vec<String> = self.channels()?.into_iter().map(|(n, _, _)| n).collect();
         for name in names {
             self.conn.execute(

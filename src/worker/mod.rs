@@ -108,6 +108,8 @@ pub struct Worker {
     idempotency: Idempotency<dispatch::Origin>,
     /// As owner: the keyed state of our channels.
     keyed: KeyedState,
+    /// As owner: each of our shards' epoch for channels it has not seen yet.
+    genesis: HashMap<u32, String>,
     master: LineChannel,
     signals: SignalSet,
     /// Connections with new output to write at the end of this loop turn.
@@ -160,7 +162,8 @@ impl Worker {
         poll.registry()
             .register(&mut signals.reader, SIGNALS, Interest::READABLE)?;
         let instance = random_u64();
-        let (owner, shards, inboxes, idempotency, keyed) = open_shards(&ctx.config, ctx.slot)?;
+        let (owner, shards, inboxes, idempotency, keyed, genesis) =
+            open_shards(&ctx.config, ctx.slot)?;
         let webhook = match ctx.config.delivery.webhook_url.as_str() {
             "" => None,
             url => Some(crate::webhook::spawn(url.to_string())?),
@@ -201,6 +204,7 @@ impl Worker {
             webhook,
             idempotency,
             keyed,
+            genesis,
             master,
             signals,
             dirty: Vec::new(),
@@ -420,6 +424,7 @@ type Opened = (
     Inboxes,
     Idempotency<dispatch::Origin>,
     KeyedState,
+    HashMap<u32, String>,
 );
 
 /// Opens the shard files this slot owns (`shard % workers == slot`) and loads
@@ -432,6 +437,7 @@ fn open_shards(config: &Config, slot: usize) -> io::Result<Opened> {
     let now = Instant::now();
     let mut idempotency = Idempotency::new(config.delivery.idempotency_window);
     let mut keyed = KeyedState::default();
+    let mut genesis = HashMap::new();
     let now_ms = owner::now_ms();
     let mut shards = HashMap::new();
     let storage = &config.storage;
@@ -448,6 +454,7 @@ fn open_shards(config: &Config, slot: usize) -> io::Result<Opened> {
             let left = Duration::from_millis(until_ms.saturating_sub(now_ms).max(0) as u64);
             idempotency.load(&channel, &key, seq, now + left);
         }
+        genesis.insert(shard, db.genesis(owner::fresh_epoch).map_err(fail)?);
         for (channel, key, value, version) in db.state_keys().map_err(fail)? {
             keyed.load(&channel, &key, Entry { value, version });
         }
@@ -470,5 +477,5 @@ fn open_shards(config: &Config, slot: usize) -> io::Result<Opened> {
         }
         shards.insert(shard, db);
     }
-    Ok((owner, shards, inboxes, idempotency, keyed))
+    Ok((owner, shards, inboxes, idempotency, keyed, genesis))
 }

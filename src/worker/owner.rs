@@ -96,6 +96,15 @@ pub fn fresh_epoch() -> String {
 }
 
 impl Worker {
+    /// The epoch of channels this worker's shard has never seen.
+    fn genesis_of(&self, channel: &str) -> String {
+        let shard = self.shard_of(channel);
+        self.genesis
+            .get(&shard)
+            .cloned()
+            .unwrap_or_else(|| "0".into())
+    }
+
     fn shard_of(&self, channel: &str) -> u32 {
         shard::shard_of(channel, self.config.storage.shards)
     }
@@ -121,7 +130,8 @@ impl Worker {
                 Check::Queued => return,
             },
         };
-        let (seq, epoch) = self.owner.assign(channel, fresh_epoch);
+        let genesis = self.genesis_of(channel);
+        let (seq, epoch) = self.owner.assign(channel, &genesis);
         let now = now_ms();
         let keep = self.config.storage.retention_for(channel).1.as_millis() as i64;
         let keep = options
@@ -334,7 +344,7 @@ impl Worker {
             Query::State => {
                 // Committed state and delivered seq move together (in
                 // `release`), so this snapshot is consistent with `seq`.
-                let (seq, epoch) = self.owner.current(channel, fresh_epoch);
+                let (seq, epoch) = self.owner.current(channel, &self.genesis_of(channel));
                 let keys: serde_json::Map<String, serde_json::Value> = self
                     .keyed
                     .all(channel)
@@ -357,7 +367,7 @@ impl Worker {
             }
             query => query,
         };
-        let (seq, epoch) = self.owner.current(channel, fresh_epoch);
+        let (seq, epoch) = self.owner.current(channel, &self.genesis_of(channel));
         let answer = |recovered, lines| Answer {
             seq,
             epoch: epoch.clone(),
