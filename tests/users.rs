@@ -543,3 +543,33 @@ fn broadcast_reaches_every_connection_and_disconnect_closes_every_connection_of_
     );
     assert_eq!(server.http("POST", "/api/broadcast", "{}").0, 400);
 }
+
+#[test]
+fn a_connection_that_authenticates_after_subscribing_joins_and_leaves_once() {
+    let server = Server::start(2, "[presence]\nchannels = [\"room-\"]\n");
+    let mut watcher = server.tcp();
+    watcher.sub("room-9");
+    let mut late = server.tcp();
+    late.sub("room-9");
+    late.send(&json!({"op":"auth","id":"a","token":token("ivy", &[])}));
+    // Its auth reply and its own join, in either order.
+    let mut ops: Vec<String> = (0..2)
+        .map(|_| late.recv()["op"].as_str().unwrap().to_string())
+        .collect();
+    ops.sort();
+    assert_eq!(ops, ["join", "ok"]);
+    assert_eq!(
+        watcher.recv(),
+        json!({"op":"join","channel":"room-9","uid":"ivy"})
+    );
+    late.send(&json!({"op":"unsub","id":"u","channel":"room-9"}));
+    assert_eq!(
+        watcher.recv(),
+        json!({"op":"leave","channel":"room-9","uid":"ivy"})
+    );
+    let reply = watcher.request(
+        json!({"op":"presence","id":"p","channel":"room-9"}),
+        &mut Vec::new(),
+    );
+    assert_eq!(reply["uids"], json!([]));
+}

@@ -68,6 +68,13 @@ impl Subscriptions {
         self.by_channel.get(channel).map_or(&[], Vec::as_slice)
     }
 
+    pub fn channels_of(&self, conn: ConnKey) -> Vec<Box<str>> {
+        self.by_conn
+            .get(&conn)
+            .map(|c| c.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+
     pub fn count_of(&self, conn: ConnKey) -> usize {
         self.by_conn.get(&conn).map_or(0, HashSet::len)
     }

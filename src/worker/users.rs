@@ -54,11 +54,17 @@ impl Worker {
             return;
         };
         conn.user = Some(user);
+        let conn_id = conn.id;
+        // Channels joined before authenticating count for presence from now
+        // on, so leaving them later is symmetric.
+        for channel in self.subs.channels_of(key) {
+            self.track_presence(key, &channel, true);
+        }
         // Every connection of a user hears its inbox: what was sent while it
         // was away (after its last ack), then live direct messages.
         let what = Awaiting::Sub {
             key,
-            conn_id: conn.id,
+            conn_id,
             id: None,
             channel: inbox.clone(),
             buffer: Vec::new(),
