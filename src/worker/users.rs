@@ -214,29 +214,18 @@ impl Worker {
                 }
             };
         }
-        let conn_id = self.conns.get(key).map_or(0, |c| c.id);
-        let what = Awaiting::Json {
-            key,
-            conn_id,
-            reply,
-        };
-        self.ask_owner(channel, Query::Presence, what);
+        self.json_query(key, channel, Query::Presence, reply);
     }
 
     pub(super) fn user_query(&mut self, key: usize, uid: &str, keep_alive: bool) {
-        let conn_id = self.conns.get(key).map_or(0, |c| c.id);
-        let inbox = auth::inbox(uid);
-        let what = Awaiting::Json {
-            key,
-            conn_id,
-            reply: HistoryFor::Http { keep_alive },
+        let query = Query::User {
+            uid: uid.to_string(),
         };
-        self.ask_owner(
-            &inbox,
-            Query::User {
-                uid: uid.to_string(),
-            },
-            what,
+        self.json_query(
+            key,
+            &auth::inbox(uid),
+            query,
+            HistoryFor::Http { keep_alive },
         );
     }
 
