@@ -27,16 +27,7 @@ fn autobahn_fuzzingclient_reports_no_failed_case() {
         "Autobahn scripts not found in {}; set SYNCD_AUTOBAHN_TOOLS",
         tools.display()
     );
-    let setup = Command::new("bash")
-        .arg(tools.join("setup.sh"))
-        .output()
-        .expect("run setup.sh");
-    assert!(
-        setup.status.success(),
-        "setup.sh failed:\n{}{}",
-        String::from_utf8_lossy(&setup.stdout),
-        String::from_utf8_lossy(&setup.stderr)
-    );
+    common::run_setup(&tools.join("setup.sh"));
     let server = Server::start(
         2,
         "[limits]\nmax_frame = \"20MiB\"\nmax_send_buffer = \"64MiB\"\n[debug]\necho = true\n",
@@ -48,11 +39,7 @@ fn autobahn_fuzzingclient_reports_no_failed_case() {
         .env("OUTDIR", &reports)
         .output()
         .expect("run run.sh");
-    let summary = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let summary = common::output_text(&out);
     println!("{summary}");
     assert!(out.status.success(), "Autobahn found failures:\n{summary}");
     assert!(summary.contains(" 0 failed"), "{summary}");

@@ -12,16 +12,7 @@ use common::Server;
 #[test]
 fn demos_work_in_chromium() {
     let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/browser");
-    let setup = Command::new("bash")
-        .arg(format!("{dir}/setup.sh"))
-        .output()
-        .expect("run setup.sh");
-    assert!(
-        setup.status.success(),
-        "browser test setup failed:\n{}{}",
-        String::from_utf8_lossy(&setup.stdout),
-        String::from_utf8_lossy(&setup.stderr)
-    );
+    common::run_setup(std::path::Path::new(&format!("{dir}/setup.sh")));
     let server = Server::start(2, "");
     let mut run = Command::new("node");
     run.arg(format!("{dir}/run.mjs"))
@@ -32,11 +23,7 @@ fn demos_work_in_chromium() {
         run.arg(shots);
     }
     let out = run.output().expect("run node");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = common::output_text(&out);
     println!("{text}");
     assert!(
         out.status.success(),

@@ -192,11 +192,7 @@ fn resume_works_across_kill_9_and_syncd_restart() {
     );
     // `syncd restart -d` stops this server and starts a daemon in its place.
     let out = server.cli(&["restart", "-d"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{}", common::output_text(&out));
     server.wait_exit();
     server.wait_serving();
     resume(&server, 25, 31);
@@ -403,8 +399,7 @@ fn a_bad_data_dir_is_a_clear_start_up_error() {
     )
     .unwrap();
     let out = server.cli(&["start"]);
-    let text =
-        String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
+    let text = common::output_text(&out);
     assert_eq!(out.status.code(), Some(1), "{text}");
     assert!(
         text.contains("shard-03.db") && !text.contains("panicked"),
@@ -417,8 +412,7 @@ fn a_bad_data_dir_is_a_clear_start_up_error() {
     std::fs::write(&server.config, config).unwrap();
     std::fs::write(server.path("afile"), b"x").unwrap();
     let out = server.cli(&["start"]);
-    let text =
-        String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
+    let text = common::output_text(&out);
     assert_eq!(out.status.code(), Some(1), "{text}");
     assert!(
         text.contains("data directory") && !text.contains("panicked"),
@@ -438,11 +432,7 @@ fn backup_copies_a_consistent_snapshot_while_running() {
     }
     let target = server.path("backup");
     let out = server.cli(&["backup", target.to_str().unwrap()]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{}", common::output_text(&out));
     let mut total = 0i64;
     for shard in 0..16 {
         let db = rusqlite::Connection::open(target.join(format!("shard-{shard:02}.db"))).unwrap();

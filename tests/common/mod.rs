@@ -256,6 +256,30 @@ impl Drop for Server {
     }
 }
 
+/// A command's stdout and stderr, as text, for assertions and messages.
+pub fn output_text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// Runs an idempotent install script (`bash SCRIPT`) and fails the test,
+/// with its output, if it fails.
+pub fn run_setup(script: &Path) {
+    let out = Command::new("bash")
+        .arg(script)
+        .output()
+        .expect("run setup script");
+    assert!(
+        out.status.success(),
+        "{} failed:\n{}",
+        script.display(),
+        output_text(&out)
+    );
+}
+
 /// A token for `uid` signed with the test secret.
 pub fn token(uid: &str, channels: &[&str]) -> String {
     let channels = channels.iter().map(|c| c.to_string()).collect();
