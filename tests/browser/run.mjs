@@ -93,7 +93,10 @@ await check("after kill -9 of every worker and a reload, pages reconnect and cat
   const [a, b] = await Promise.all([open("/demo/seats?show=kill&name=cat"), open("/demo/seats?show=kill&name=dan")]);
   const before = await status();
   for (const w of before.workers) if (w.pid) process.kill(w.pid, "SIGKILL");
-  await until("a page noticed", async () => (await a.getAttribute("body", "data-state")) !== "open", 5000);
+  // Each page counts its drops: polling the state itself could miss a quick reconnect.
+  for (const page of [a, b]) {
+    await until("the page saw its connection drop", async () => Number(await page.getAttribute("body", "data-drops")) >= 1, 5000);
+  }
   // Changed while the pages are away (retried until the owner is back).
   await until("the backend's write lands", async () =>
     (await api("PUT", "/api/state?channel=kill&key=D4", { value: { by: "box-office" }, version: 0 })).status === 200);
