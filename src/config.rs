@@ -327,9 +327,12 @@ impl Config {
     /// the embedded default is used with paths relative to `./conf`.
     pub fn load(path: &Path, allow_embedded: bool) -> Result<Config, ConfigError> {
         let (text, base) = match std::fs::read_to_string(path) {
+            // A bare name (`-c myconf.toml`) has an empty parent: the current folder.
             Ok(text) => (
                 text,
-                path.parent().map(Path::to_path_buf).unwrap_or_default(),
+                path.parent()
+                    .filter(|p| !p.as_os_str().is_empty())
+                    .map_or_else(|| PathBuf::from("."), Path::to_path_buf),
             ),
             Err(e) if allow_embedded && e.kind() == std::io::ErrorKind::NotFound => {
                 (EMBEDDED_DEFAULT.to_string(), PathBuf::from("conf"))
@@ -423,16 +426,31 @@ impl Config {
 }
 
 impl Paths {
+    /// Makes every path absolute against `base` and normalised (`conf/../var`
+    /// becomes `var`), so messages and `status` show the path a user would type.
     fn resolve(&mut self, base: &Path) {
-        for path in [&mut self.data_dir, &mut self.pid_file, &mut self.log_file] {
-            if path.is_relative() {
-                *path = base.join(&*path);
-            }
-        }
-        if let Some(path) = self.control_socket.as_mut().filter(|p| p.is_relative()) {
-            *path = base.join(&*path);
+        let paths = [&mut self.data_dir, &mut self.pid_file, &mut self.log_file];
+        for path in paths.into_iter().chain(self.control_socket.as_mut()) {
+            *path = normalize(&base.join(&*path));
         }
     }
+}
+
+/// Removes `.` and `..` components of an absolute path without touching the
+/// file system (the paths may not exist yet). `..` at the root stays there.
+fn normalize(path: &Path) -> PathBuf {
+    use std::path::Component;
+    let mut out = PathBuf::new();
+    for part in path.components() {
+        match part {
+            Component::CurDir => {}
+            Component::ParentDir => {
+                out.pop();
+            }
+            other => out.push(other),
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -445,6 +463,18 @@ mod tests {
             Path::new("/etc/syncd"),
             Path::new("/etc/syncd/syncd.toml"),
         )
+    }
+
+    #[test]
+    fn paths_are_absolute_and_normalised() {
+        let c = Config::parse(
+            "[paths]\ndata_dir = \"../var/./data\"\npid_file = \"/../run/s.pid\"\n",
+            Path::new("/etc/syncd/conf"),
+            Path::new("/etc/syncd/conf/syncd.toml"),
+        )
+        .unwrap();
+        assert_eq!(c.paths.data_dir, Path::new("/etc/syncd/var/data"));
+        assert_eq!(c.paths.pid_file, Path::new("/run/s.pid"));
     }
 
     #[test]

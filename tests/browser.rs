@@ -1,6 +1,6 @@
 //! The demos in real Chromium: two pages racing for a seat, pages surviving a
 //! `kill -9` of every worker, and chat between pages. Driven by
-//! `tests/browser/run.mjs` (playwright-core); `tests/browser/setup.sh`
+//! `tests/browser/run.mjs` (playwright-core); `scripts/setup-tests.sh`
 //! installs Debian's chromium and playwright-core when missing.
 
 mod common;
@@ -12,7 +12,7 @@ use common::Server;
 #[test]
 fn demos_work_in_chromium() {
     let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/browser");
-    common::run_setup(std::path::Path::new(&format!("{dir}/setup.sh")));
+    common::setup_test_tools();
     let server = Server::start(2, "");
     let mut run = Command::new("node");
     run.arg(format!("{dir}/run.mjs"))

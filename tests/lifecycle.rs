@@ -224,36 +224,41 @@ fn second_start_refuses_and_bad_config_names_the_key() {
 #[test]
 fn daemon_mode_detaches_logs_to_file_and_stops() {
     let server = Server::start(1, "");
-    let config = server.path("daemon.toml");
     let (ws, tcp) = (common::free_port(), common::free_port());
     std::fs::write(
-        &config,
+        server.path("daemon.toml"),
         format!(
             "workers = 2\n[listen]\nws = \"127.0.0.1:{ws}\"\ntcp = \"127.0.0.1:{tcp}\"\n[paths]\n\
-             pid_file = \"d/syncd.pid\"\nlog_file = \"d/syncd.log\"\n"
+             pid_file = \"d/syncd.pid\"\nlog_file = \"x/../d/syncd.log\"\n"
         ),
     )
     .unwrap();
-    let cfg = config.to_str().unwrap();
-    let out = Command::new(common::syncd_bin())
-        .args(["-c", cfg, "start", "-d"])
-        .output()
-        .unwrap();
+    // A bare file name, run from the config's folder, as a newcomer types it.
+    let syncd = |args: &[&str]| {
+        Command::new(common::syncd_bin())
+            .args(["-c", "daemon.toml"])
+            .args(args)
+            .current_dir(server.dir.path())
+            .output()
+            .unwrap()
+    };
+    let out = syncd(&["start", "-d"]);
     assert!(out.status.success(), "{}", text(&out));
+    let log_path = server
+        .dir
+        .path()
+        .canonicalize()
+        .unwrap()
+        .join("d/syncd.log");
+    let shown = text(&out);
     assert!(
-        text(&out).contains("started in the background"),
-        "{}",
-        text(&out)
+        shown.contains("started in the background")
+            && shown.contains(&format!("log {})", log_path.display())),
+        "the log path is shown absolute and normalised: {shown}"
     );
-    let out = Command::new(common::syncd_bin())
-        .args(["-c", cfg, "status"])
-        .output()
-        .unwrap();
+    let out = syncd(&["status"]);
     assert!(text(&out).contains("running"), "{}", text(&out));
-    let out = Command::new(common::syncd_bin())
-        .args(["-c", cfg, "stop"])
-        .output()
-        .unwrap();
+    let out = syncd(&["stop"]);
     assert!(out.status.success(), "{}", text(&out));
     let log = std::fs::read_to_string(server.path("d/syncd.log")).unwrap();
     assert!(

@@ -265,16 +265,23 @@ pub fn output_text(out: &Output) -> String {
     )
 }
 
-/// Runs an idempotent install script (`bash SCRIPT`) and fails the test,
-/// with its output, if it fails.
-pub fn run_setup(script: &Path) {
+/// A path inside the repository.
+pub fn repo_path(relative: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(relative)
+}
+
+/// Runs `scripts/setup-tests.sh`, the one idempotent step that installs what
+/// the suite needs beyond cargo (chromium, playwright-core, wstest), and fails
+/// the test with the script's own words if it cannot.
+pub fn setup_test_tools() {
+    let script = repo_path("scripts/setup-tests.sh");
     let out = Command::new("bash")
-        .arg(script)
+        .arg(&script)
         .output()
-        .expect("run setup script");
+        .expect("run bash");
     assert!(
         out.status.success(),
-        "{} failed:\n{}",
+        "{} failed; run it by hand to see why:\n{}",
         script.display(),
         output_text(&out)
     );
