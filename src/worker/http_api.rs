@@ -15,6 +15,7 @@ use super::pending::HistoryFor;
 use super::static_files;
 use super::Worker;
 use crate::auth;
+use crate::proto::compact::compact;
 use crate::proto::frames::{self, ErrorReply};
 use crate::proto::http::{self, Parsed, Request};
 use crate::proto::ws;
@@ -160,7 +161,7 @@ impl Worker {
             ("POST", "/api/broadcast") => {
                 match serde_json::from_slice::<BroadcastBody>(&request.body) {
                     Ok(body) => {
-                        self.broadcast_all(body.data.get());
+                        self.broadcast_all(&compact(body.data));
                         self.respond_json(key, 200, r#"{"ok":true}"#.into(), keep_alive);
                     }
                     Err(e) => self.bad_body(key, "{\"data\":..}", &e),
@@ -258,11 +259,11 @@ impl Worker {
             .map(|v| v.trim().trim_matches('"').parse::<u64>());
         let parsed = match if_match {
             Some(Ok(version)) => serde_json::from_slice::<&RawValue>(&request.body)
-                .map(|v| (v.get().to_string(), version))
+                .map(|v| (compact(v).into_owned(), version))
                 .map_err(|e| e.to_string()),
             Some(Err(_)) => Err("If-Match must be a version number".into()),
             None => serde_json::from_slice::<PutStateBody>(&request.body)
-                .map(|b| (b.value.get().to_string(), b.version))
+                .map(|b| (compact(b.value).into_owned(), b.version))
                 .map_err(|e| {
                     format!("body must be {{\"value\":..,\"version\":N}} or use If-Match: {e}")
                 }),
@@ -301,7 +302,7 @@ impl Worker {
                     key,
                     request,
                     &inbox,
-                    body.data.get(),
+                    &compact(body.data),
                     body.ttl,
                     body.idempotency_key,
                 );
@@ -322,7 +323,7 @@ impl Worker {
                     key,
                     request,
                     &body.channel,
-                    body.data.get(),
+                    &compact(body.data),
                     ttl,
                     idempotency_key,
                 );
