@@ -143,6 +143,9 @@ fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::
 
 /// Parses one request frame. On error, also returns the `id` if it could be read.
 pub fn parse_request(text: &str) -> Result<Request<'_>, (Option<Box<RawValue>>, ErrorReply)> {
+    if !text.trim_start().starts_with('{') {
+        return Err((None, not_an_object(text)));
+    }
     let fields: Fields = serde_json::from_str(text).map_err(|e| {
         if e.is_syntax() || e.is_eof() {
             (
@@ -351,6 +354,15 @@ fn truncate(s: &str, max: usize) -> &str {
     }
 }
 
+/// A frame that does not start as an object: valid JSON of another kind
+/// (`[1,2]`, `"x"`, `5`) is a `bad_request`; anything else `bad_json`.
+fn not_an_object(text: &str) -> ErrorReply {
+    match serde_json::from_str::<&RawValue>(text) {
+        Ok(_) => ErrorReply::new("bad_request", "expected a JSON object with an op"),
+        Err(e) => ErrorReply::new("bad_json", format!("malformed JSON: {e}")),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -384,7 +396,12 @@ mod tests {
         assert_eq!((id.unwrap().get(), e.code), ("7", "bad_request"));
         assert_eq!(code(r#"{"op":"pub","channel":"a"}"#).1.code, "bad_request");
         assert_eq!(code(r#"{"op":"sub","channel":""}"#).1.code, "bad_channel");
-        assert_eq!(code(r#"[1,2]"#).1.code, "bad_request");
+        for not_an_object in ["[1,2]", " \"x\"", "5", "null"] {
+            let e = code(not_an_object).1;
+            assert_eq!(e.code, "bad_request", "{not_an_object}");
+            assert_eq!(e.message, "expected a JSON object with an op");
+        }
+        assert_eq!(code("[1,").1.code, "bad_json");
     }
 
     #[test]

@@ -123,12 +123,14 @@ impl Worker {
                 let _ = ctx.close(&mut conn.t, Some(frame));
                 let _ = ctx.flush(&mut conn.t);
             }
+            // A refused token already got its error frame, with the request's
+            // id: a second one would only confuse.
+            Session::Tcp { .. } if code == CLOSE_UNAUTHORIZED => {}
             Session::Tcp { .. } => {
                 let (op, code) = match code {
                     1001 => ("bye", "shutdown"),
                     1008 => ("error", "slow_consumer"),
                     1009 => ("error", "too_large"),
-                    CLOSE_UNAUTHORIZED => ("error", "unauthorized"),
                     CLOSE_DISCONNECTED => ("error", "disconnected"),
                     _ => ("error", "closing"),
                 };

@@ -84,6 +84,18 @@ fn error_response(e: &ErrorReply) -> Vec<u8> {
     )
 }
 
+/// The API key a request shows (`Authorization: Bearer`, else `X-API-Key`),
+/// empty when none.
+fn presented_key(request: &Request) -> &[u8] {
+    let bearer = request.header("authorization").and_then(|v| {
+        v.strip_prefix(b"Bearer ")
+            .or_else(|| v.strip_prefix(b"bearer "))
+    });
+    bearer
+        .or_else(|| request.header("x-api-key"))
+        .unwrap_or_default()
+}
+
 fn query_param(query: &str, name: &str) -> Option<String> {
     form_urlencoded::parse(query.as_bytes())
         .find(|(n, _)| n == name)
@@ -134,10 +146,13 @@ impl Worker {
         let keep_alive = request.keep_alive;
         let method = request.method.as_str();
         if request.path.starts_with("/api/") && !self.api_key_ok(&request) {
+            // Never echo the presented key: it may be a real one mistyped.
             let message = if self.config.auth.api_keys.is_empty() {
                 "the HTTP API is off: set auth.api_keys in the config"
-            } else {
+            } else if presented_key(&request).is_empty() {
                 "send an API key: Authorization: Bearer KEY (or X-API-Key: KEY)"
+            } else {
+                "API key not accepted: check it against auth.api_keys"
             };
             log::info!("worker {}: HTTP API call without a valid key", self.slot);
             return self.respond(key, http::json_error(401, "unauthorized", message), false);
@@ -232,14 +247,7 @@ impl Worker {
     }
 
     fn api_key_ok(&self, request: &Request) -> bool {
-        let bearer = request.header("authorization").and_then(|v| {
-            v.strip_prefix(b"Bearer ")
-                .or_else(|| v.strip_prefix(b"bearer "))
-        });
-        let presented = bearer
-            .or_else(|| request.header("x-api-key"))
-            .unwrap_or_default();
-        auth::api_key_ok(&self.config.auth.api_keys, presented)
+        auth::api_key_ok(&self.config.auth.api_keys, presented_key(request))
     }
 
     /// `PUT /api/state?channel=&key=`: the body is `{"value":…,"version":N}`,
