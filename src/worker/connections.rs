@@ -98,6 +98,12 @@ impl Worker {
         }
         if result.is_err() || (conn.closing.is_some() && conn.t.out.is_empty()) {
             self.drop_conn(key);
+            return;
+        }
+        // The client read enough of its pipelined answers: serve the rest.
+        if conn.http_stalled && conn.t.out.len() <= conn.t.out_limit() / 4 {
+            conn.http_stalled = false;
+            self.requeue_read(key);
         }
     }
 

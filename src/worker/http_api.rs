@@ -102,16 +102,28 @@ fn query_param(query: &str, name: &str) -> Option<String> {
         .map(|(_, v)| v.into_owned())
 }
 
+/// Most pipelined requests one connection gets answered per loop turn; the
+/// rest wait in its buffer for the next turn (docs/api.md).
+pub(super) const MAX_PIPELINED: usize = 256;
+
 impl Worker {
     /// Serves the complete requests in the connection's buffer, one at a time
-    /// (a request waiting for an owner holds back the ones behind it).
+    /// and in order (a request waiting for an owner holds back the ones behind
+    /// it). Iterative: an answer never serves the next request from inside
+    /// itself, so thousands of pipelined requests cannot deepen the stack.
     pub(super) fn serve_http(&mut self, key: usize) {
-        loop {
+        for _ in 0..MAX_PIPELINED {
             let max_body = self.config.limits.max_frame;
             let Some(conn) = self.conns.get_mut(key) else {
                 return;
             };
             if conn.http_busy || conn.closing.is_some() {
+                return;
+            }
+            // Answers pile up unread: wait until the client takes some
+            // (`flush_conn` resumes us) rather than cut it off as slow.
+            if conn.t.out.len() > conn.t.out_limit() / 2 {
+                conn.http_stalled = true;
                 return;
             }
             let Session::Http { buf } = &mut conn.session else {
@@ -140,6 +152,8 @@ impl Worker {
                 }
             }
         }
+        // The cap for this turn: the rest of the buffer waits for the next.
+        self.requeue_read(key);
     }
 
     fn route(&mut self, key: usize, request: Request) {
@@ -375,8 +389,9 @@ impl Worker {
         })
     }
 
-    /// Sends the answer to an HTTP request that waited for an owner, then
-    /// serves the requests that arrived behind it.
+    /// Sends the answer to an HTTP request that waited for an owner. The
+    /// requests behind it are served from the read queue, not from here:
+    /// serving them in this call recursed once per pipelined request.
     pub(super) fn answer_http(
         &mut self,
         key: usize,
@@ -392,7 +407,7 @@ impl Worker {
             Ok(body) => self.respond_json(key, 200, body, keep_alive),
             Err(e) => self.respond(key, error_response(&e), false),
         }
-        self.serve_http(key);
+        self.requeue_read(key);
     }
 
     fn http_history(&mut self, key: usize, request: &Request) {
