@@ -220,11 +220,12 @@ impl Worker {
         }
         self.serve_http(key);
         // A connection waiting for an owner or for its client to read is
-        // requeued by `answer_http` or `flush_conn` instead of spinning here.
+        // requeued by `answer_http` or `flush_conn` instead of spinning here;
+        // a closing one has nothing more to serve.
         let waiting = self
             .conns
             .get(key)
-            .is_none_or(|c| c.http_busy || c.http_stalled);
+            .is_none_or(|c| c.http_busy || c.http_stalled || c.closing.is_some());
         if matches!(filled, Filled::Budget) && !waiting {
             self.requeue_read(key);
         }
