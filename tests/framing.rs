@@ -7,19 +7,15 @@ mod common;
 use common::{token, Client, Server, TcpClient};
 use serde_json::{json, Value};
 
-/// What `json.dumps(x, indent=2)` or PHP's `JSON_PRETTY_PRINT` send.
-const PRETTY_PUBLISH: &str = r#"{
-  "channel": "pretty",
-  "data": {
+/// `data` as `json.dumps(x, indent=2)` or PHP's `JSON_PRETTY_PRINT` send it.
+const PRETTY_DATA: &str = r#"{
     "seat": "F7",
     "tags": [
       "a b",
       "line\nbreak"
     ],
     "n": 1.50
-  }
-}
-"#;
+  }"#;
 /// The same `data`, compactly encoded: strings and numbers untouched.
 const COMPACT_DATA: &str = r#"{"seat":"F7","tags":["a b","line\nbreak"],"n":1.50}"#;
 
@@ -55,16 +51,13 @@ fn pretty_printed_data_is_one_line_per_message_live_and_on_resume() {
     assert_eq!(authed["op"], "ok", "{authed}");
 
     // 1: an HTTP publish.
-    let (status, body) = server.http("POST", "/api/publish", PRETTY_PUBLISH);
+    let body = format!("{{\n  \"channel\": \"pretty\",\n  \"data\": {PRETTY_DATA}\n}}\n");
+    let (status, body) = server.http("POST", "/api/publish", &body);
     assert_eq!(status, 200, "{body}");
     // 2: a WebSocket client sends its frame pretty-printed.
     let mut ws = server.ws();
-    let data = PRETTY_PUBLISH
-        .split_once("\"data\": ")
-        .map(|(_, d)| d.trim_end().trim_end_matches('}'))
-        .expect("data");
     ws.send_raw(&format!(
-        "{{\n  \"op\": \"pub\",\n  \"id\": 2,\n  \"channel\": \"pretty\",\n  \"data\": {data}}}"
+        "{{\n  \"op\": \"pub\",\n  \"id\": 2,\n  \"channel\": \"pretty\",\n  \"data\": {PRETTY_DATA}\n}}"
     ));
     assert_eq!(ws.recv()["op"], "ok");
     // 3: keyed state over HTTP, the bare value pretty-printed.

@@ -104,7 +104,7 @@ fn query_param(query: &str, name: &str) -> Option<String> {
 
 /// Most pipelined requests one connection gets answered per loop turn; the
 /// rest wait in its buffer for the next turn (docs/api.md).
-pub(super) const MAX_PIPELINED: usize = 256;
+const MAX_PIPELINED: usize = 256;
 
 impl Worker {
     /// Serves the complete requests in the connection's buffer, one at a time
