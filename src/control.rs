@@ -16,8 +16,28 @@ pub enum CliRequest {
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(tag = "t")]
 pub enum ToWorker {
-    Stats { tag: u64 },
-    Connections { tag: u64 },
+    Stats {
+        tag: u64,
+    },
+    Connections {
+        tag: u64,
+    },
+    /// Leave now (`graceful`: flush and close the clients first), telling
+    /// the clients why.
+    Retire {
+        why: Retire,
+        graceful: bool,
+    },
+}
+
+/// Why a worker retires, which its clients are told: after a reload they
+/// should reconnect and resume at once; after a stop there is nothing to
+/// reconnect to for a while.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Retire {
+    Reload,
+    Shutdown,
 }
 
 /// Worker → master.

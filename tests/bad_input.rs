@@ -260,3 +260,63 @@ fn subscribing_to_made_up_channels_costs_the_owners_nothing() {
     assert_eq!(reply["recovered"], true, "{reply}");
     assert_eq!(reply["epoch"], epoch);
 }
+
+#[test]
+fn a_bad_token_over_tcp_gets_one_error_then_the_close() {
+    let server = Server::start(2, "");
+    let mut tcp = server.tcp();
+    tcp.send(&json!({"op":"auth","id":1,"token":"not-a-token"}));
+    let error = tcp.recv();
+    assert_eq!(
+        (error["op"].as_str(), error["code"].as_str(), &error["id"]),
+        (Some("error"), Some("unauthorized"), &json!(1)),
+        "{error}"
+    );
+    // Nothing after it but the close.
+    assert_eq!(tcp.read_line(TIMEOUT), None, "a second frame");
+    // WebSocket: the same one error frame, then close 4001.
+    let mut ws = server.ws();
+    ws.send(&json!({"op":"auth","id":2,"token":"not-a-token"}));
+    assert_eq!(ws.recv()["id"], 2);
+    assert_eq!(ws.close_code(TIMEOUT), Some(4001));
+}
+
+#[test]
+fn a_wrong_api_key_is_told_apart_from_a_missing_one_and_never_echoed() {
+    let server = Server::start(2, "");
+    let body = r#"{"channel":"a","data":1}"#;
+    let (status, missing) = server.http_with("POST", "/api/publish", body, "");
+    assert_eq!(status, 401, "{missing}");
+    assert!(missing.contains("send an API key"), "{missing}");
+    for header in [
+        "Authorization: Bearer wrong-key-123\r\n",
+        "X-API-Key: wrong-key-123\r\n",
+    ] {
+        let (status, wrong) = server.http_with("POST", "/api/publish", body, header);
+        assert_eq!(status, 401, "{wrong}");
+        let wrong: Value = serde_json::from_str(&wrong).unwrap();
+        assert_eq!(wrong["error"], "unauthorized");
+        let message = wrong["message"].as_str().unwrap_or_default();
+        assert!(message.contains("API key not accepted"), "{message}");
+        assert!(!message.contains("wrong-key-123"), "the key is echoed");
+    }
+}
+
+#[test]
+fn json_that_is_not_an_object_is_a_bad_request_that_says_so() {
+    let server = Server::start(2, "");
+    let mut ws = server.ws();
+    let mut tcp = server.tcp();
+    for c in [&mut ws as &mut dyn Client, &mut tcp] {
+        for raw in ["[1,2]", "\"x\"", "5", "null", "true"] {
+            let r = expect_error(c, raw, "bad_request");
+            let message = r["message"].as_str().unwrap_or_default();
+            assert!(
+                message.contains("expected a JSON object with an op"),
+                "{raw} -> {message}"
+            );
+        }
+        let pong = c.request(json!({"op":"ping","id":1}), &mut Vec::new());
+        assert_eq!(pong["op"], "pong");
+    }
+}

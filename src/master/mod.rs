@@ -31,7 +31,7 @@ use nix::unistd::{fork, ForkResult, Pid};
 use slab::Slab;
 
 use crate::config::Config;
-use crate::control::{FromWorker, LineChannel};
+use crate::control::{FromWorker, LineChannel, Retire, ToWorker};
 use crate::signals::SignalSet;
 use crate::worker::{self, WorkerContext};
 use daemon::StartReport;
@@ -211,20 +211,18 @@ impl Master {
     }
 
     fn stop(&mut self, graceful: bool) {
-        let (signal, timeout) = if graceful {
-            (Signal::SIGQUIT, self.config.limits.stop_timeout)
+        let timeout = if graceful {
+            self.config.limits.stop_timeout
         } else {
-            (Signal::SIGTERM, FAST_STOP_TIMEOUT)
+            FAST_STOP_TIMEOUT
         };
         log::info!(
             "master: {} stop",
             if graceful { "graceful" } else { "fast" }
         );
-        for slot in &mut self.slots {
-            slot.respawn_at = None;
-            if let Some(pid) = slot.pid {
-                let _ = kill(pid, signal);
-            }
+        for index in 0..self.slots.len() {
+            self.slots[index].respawn_at = None;
+            self.retire_worker(index, graceful, Retire::Shutdown);
         }
         self.phase = Phase::Stopping {
             deadline: Instant::now() + timeout,
@@ -485,14 +483,15 @@ impl Master {
         let now = Instant::now();
         match rollout.next() {
             Some(index) => match self.slots[index].pid {
-                Some(pid) => {
-                    let (signal, timeout) = if rollout.graceful() {
-                        (Signal::SIGQUIT, self.config.limits.stop_timeout)
+                Some(_) => {
+                    let graceful = rollout.graceful();
+                    let timeout = if graceful {
+                        self.config.limits.stop_timeout
                     } else {
-                        (Signal::SIGTERM, FAST_STOP_TIMEOUT)
+                        FAST_STOP_TIMEOUT
                     };
                     rollout.retire(index, now + timeout);
-                    let _ = kill(pid, signal);
+                    self.retire_worker(index, graceful, Retire::Reload);
                 }
                 None => {
                     rollout.start_slot(index, now + START_TIMEOUT);
@@ -512,6 +511,27 @@ impl Master {
                     report.send(&format!("ok {}", std::process::id()));
                 }
             }
+        }
+    }
+
+    /// Tells the worker in `index` to leave and why (so its clients hear
+    /// "reload" or "shutdown"). Without a link to it, a signal does, minus the why.
+    fn retire_worker(&mut self, index: usize, graceful: bool, why: Retire) {
+        let slot = &mut self.slots[index];
+        let Some(pid) = slot.pid else {
+            return;
+        };
+        let told = slot
+            .link
+            .as_mut()
+            .is_some_and(|link| link.send(&ToWorker::Retire { why, graceful }).is_ok());
+        if !told {
+            let signal = if graceful {
+                Signal::SIGQUIT
+            } else {
+                Signal::SIGTERM
+            };
+            let _ = kill(pid, signal);
         }
     }
 

@@ -1,12 +1,19 @@
-//! The JSON frames of the protocol (docs/protocol.md): parsing requests and
-//! building replies. A request is checked field by field so an error names
-//! what was wrong and still echoes the request's `id` when it could be read.
+//! The JSON frames of the protocol (docs/protocol.md): parsing requests (the
+//! replies are built in `replies`). A request is checked field by field so an
+//! error names what was wrong and still echoes the request's `id` when it
+//! could be read. `data` and state values come out compact (`compact`), so a
+//! pretty-printed request never puts a newline into what is stored or sent.
 
 use std::borrow::Cow;
 
-use bytes::Bytes;
-use serde::{Deserialize, Deserializer, Serialize};
+use serde::{Deserialize, Deserializer};
 use serde_json::value::RawValue;
+
+use super::compact::compact;
+pub use super::replies::{
+    broadcast_line, error, event_line, history_reply, msg_line, notice, ok, ok_acked, ok_auth,
+    ok_presence, ok_pub, ok_sub, ok_with, pong, Acked,
+};
 
 /// Longest channel name accepted, in bytes.
 pub const MAX_CHANNEL_LEN: usize = 200;
@@ -29,7 +36,8 @@ pub enum Op<'a> {
     },
     Pub {
         channel: Cow<'a, str>,
-        data: &'a RawValue,
+        /// Compact JSON text.
+        data: Cow<'a, str>,
         /// Seconds to keep the message (capped by `history_ttl`).
         ttl: Option<u64>,
     },
@@ -45,7 +53,8 @@ pub enum Op<'a> {
     /// A direct message to every connection of `uid`, kept until acked.
     Send {
         uid: Cow<'a, str>,
-        data: &'a RawValue,
+        /// Compact JSON text.
+        data: Cow<'a, str>,
         ttl: Option<u64>,
     },
     /// Cumulative ack of an inbox (`#uid`) up to `seq`.
@@ -61,7 +70,8 @@ pub enum Op<'a> {
     Set {
         channel: Cow<'a, str>,
         key: Cow<'a, str>,
-        value: Option<&'a RawValue>,
+        /// Compact JSON text.
+        value: Option<Cow<'a, str>>,
         version: u64,
     },
     Get {
@@ -133,6 +143,9 @@ fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::
 
 /// Parses one request frame. On error, also returns the `id` if it could be read.
 pub fn parse_request(text: &str) -> Result<Request<'_>, (Option<Box<RawValue>>, ErrorReply)> {
+    if !text.trim_start().starts_with('{') {
+        return Err((None, not_an_object(text)));
+    }
     let fields: Fields = serde_json::from_str(text).map_err(|e| {
         if e.is_syntax() || e.is_eof() {
             (
@@ -165,6 +178,7 @@ pub fn parse_request(text: &str) -> Result<Request<'_>, (Option<Box<RawValue>>, 
             channel: channel().map_err(fail)?,
             data: fields
                 .data
+                .map(compact)
                 .ok_or_else(|| fail(ErrorReply::new("bad_request", "`pub` needs `data`")))?,
             ttl: ttl_field(fields.ttl).map_err(fail)?,
         },
@@ -183,6 +197,7 @@ pub fn parse_request(text: &str) -> Result<Request<'_>, (Option<Box<RawValue>>, 
             uid: check_uid(fields.uid.clone()).map_err(fail)?,
             data: fields
                 .data
+                .map(compact)
                 .ok_or_else(|| fail(ErrorReply::new("bad_request", "`send` needs `data`")))?,
             ttl: ttl_field(fields.ttl).map_err(fail)?,
         },
@@ -201,6 +216,7 @@ pub fn parse_request(text: &str) -> Result<Request<'_>, (Option<Box<RawValue>>, 
             value: Some(
                 fields
                     .value
+                    .map(compact)
                     .ok_or_else(|| fail(ErrorReply::new("bad_request", "`set` needs `value`")))?,
             ),
             version: fields.version.ok_or_else(|| {
@@ -338,197 +354,13 @@ fn truncate(s: &str, max: usize) -> &str {
     }
 }
 
-#[derive(Serialize)]
-struct Reply<'a> {
-    op: &'static str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    id: Option<&'a RawValue>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    channel: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    seq: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    epoch: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    recovered: Option<bool>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    code: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    message: Option<&'a str>,
-}
-
-impl<'a> Reply<'a> {
-    fn new(op: &'static str, id: Option<&'a RawValue>) -> Self {
-        Reply {
-            op,
-            id,
-            channel: None,
-            seq: None,
-            epoch: None,
-            recovered: None,
-            code: None,
-            message: None,
-        }
+/// A frame that does not start as an object: valid JSON of another kind
+/// (`[1,2]`, `"x"`, `5`) is a `bad_request`; anything else `bad_json`.
+fn not_an_object(text: &str) -> ErrorReply {
+    match serde_json::from_str::<&RawValue>(text) {
+        Ok(_) => ErrorReply::new("bad_request", "expected a JSON object with an op"),
+        Err(e) => ErrorReply::new("bad_json", format!("malformed JSON: {e}")),
     }
-
-    fn text(&self) -> String {
-        // Serializing plain strings and numbers cannot fail.
-        serde_json::to_string(self).unwrap_or_default()
-    }
-}
-
-pub fn ok(id: Option<&RawValue>) -> String {
-    Reply::new("ok", id).text()
-}
-
-pub fn ok_auth(id: Option<&RawValue>, uid: &str) -> String {
-    #[derive(Serialize)]
-    struct Authed<'a> {
-        op: &'static str,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        id: Option<&'a RawValue>,
-        uid: &'a str,
-    }
-    serde_json::to_string(&Authed { op: "ok", id, uid }).unwrap_or_default()
-}
-
-pub fn ok_presence(id: Option<&RawValue>, channel: &str, uids: &[String]) -> String {
-    serde_json::json!({"op": "ok", "id": id, "channel": channel, "uids": uids}).to_string()
-}
-
-/// A server event line, such as `{"op":"join","channel":"room-1","uid":"alice"}`.
-pub fn event_line(op: &str, channel: &str, uid: &str) -> Bytes {
-    let mut line = serde_json::json!({"op": op, "channel": channel, "uid": uid}).to_string();
-    line.push('\n');
-    Bytes::from(line)
-}
-
-/// `{"op":"broadcast","data":…}` for every connection.
-pub fn broadcast_line(data: &str) -> Bytes {
-    Bytes::from(format!("{{\"op\":\"broadcast\",\"data\":{data}}}\n"))
-}
-
-pub fn pong(id: Option<&RawValue>) -> String {
-    Reply::new("pong", id).text()
-}
-
-pub fn ok_pub(id: Option<&RawValue>, seq: u64) -> String {
-    Reply {
-        seq: Some(seq),
-        ..Reply::new("ok", id)
-    }
-    .text()
-}
-
-pub fn ok_sub(
-    id: Option<&RawValue>,
-    channel: &str,
-    seq: u64,
-    epoch: &str,
-    recovered: Option<bool>,
-) -> String {
-    Reply {
-        channel: Some(channel),
-        seq: Some(seq),
-        epoch: Some(epoch),
-        recovered,
-        ..Reply::new("ok", id)
-    }
-    .text()
-}
-
-pub fn error(id: Option<&RawValue>, e: &ErrorReply) -> String {
-    let text = Reply {
-        code: Some(e.code),
-        message: Some(&e.message),
-        ..Reply::new("error", id)
-    }
-    .text();
-    match &e.current {
-        Some(current) => format!("{},\"current\":{current}}}", &text[..text.len() - 1]),
-        None => text,
-    }
-}
-
-/// The answer to a write: its `seq`, and for state writes the key's new version.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Acked {
-    pub seq: u64,
-    pub version: Option<u64>,
-}
-
-pub fn ok_acked(id: Option<&RawValue>, acked: Acked) -> String {
-    match acked.version {
-        None => ok_pub(id, acked.seq),
-        Some(version) => {
-            let text = ok_pub(id, acked.seq);
-            format!("{},\"version\":{version}}}", &text[..text.len() - 1])
-        }
-    }
-}
-
-/// `{"op":"ok","id":…,` followed by the fields of `object` (a JSON object
-/// built by a channel's owner).
-pub fn ok_with(id: Option<&RawValue>, object: &str) -> String {
-    let head = ok(id);
-    let fields = object.trim().strip_prefix('{').unwrap_or("}");
-    if fields.trim_start().starts_with('}') {
-        return head;
-    }
-    format!("{},{fields}", &head[..head.len() - 1])
-}
-
-/// `{"op":"ok","id":..,"channel":..,"seq":..,"epoch":..,"messages":[msg, …]}`:
-/// the history of a channel, each message as the `msg` frame it was sent as.
-pub fn history_reply(
-    id: Option<&RawValue>,
-    channel: &str,
-    seq: u64,
-    epoch: &str,
-    lines: &[Bytes],
-) -> String {
-    let head = ok_sub(id, channel, seq, epoch, None);
-    let mut out =
-        String::with_capacity(head.len() + 16 + lines.iter().map(|l| l.len() + 1).sum::<usize>());
-    out.push_str(&head[..head.len() - 1]);
-    out.push_str(",\"messages\":[");
-    for (i, line) in lines.iter().enumerate() {
-        if i > 0 {
-            out.push(',');
-        }
-        // Lines are our own JSON text, built by `msg_line`.
-        out.push_str(std::str::from_utf8(line).unwrap_or("null").trim_end());
-    }
-    out.push_str("]}");
-    out
-}
-
-/// A frame the server sends on its own (not a reply), such as a shutdown notice.
-pub fn notice(op: &'static str, code: &str, message: &str) -> String {
-    Reply {
-        code: Some(code),
-        message: Some(message),
-        ..Reply::new(op, None)
-    }
-    .text()
-}
-
-/// `{"op":"msg",...}` followed by a newline: built once by the channel's owner and
-/// shared, as is, by every subscriber on every worker (TCP sends it whole,
-/// WebSocket sends it without the newline).
-///
-/// `data` must be valid JSON text (it comes from a parsed request's `RawValue`).
-pub fn msg_line(channel: &str, seq: u64, data: &str) -> Bytes {
-    let channel = serde_json::to_string(channel).unwrap_or_default();
-    let mut out = Vec::with_capacity(40 + channel.len() + data.len());
-    out.extend_from_slice(b"{\"op\":\"msg\",\"channel\":");
-    out.extend_from_slice(channel.as_bytes());
-    out.extend_from_slice(b",\"seq\":");
-    out.extend_from_slice(seq.to_string().as_bytes());
-    out.extend_from_slice(b",\"data\":");
-    out.extend_from_slice(data.as_bytes());
-    out.extend_from_slice(b"}\n");
-    Bytes::from(out)
 }
 
 #[cfg(test)]
@@ -543,12 +375,15 @@ mod tests {
         match r.op {
             Op::Pub { channel, data, .. } => {
                 assert_eq!(channel, "news");
-                assert_eq!(data.get(), r#"{"a":[1,2]}"#);
+                assert_eq!(data, r#"{"a":[1,2]}"#);
             }
             other => panic!("{other:?}"),
         }
         let r = parse_request(r#"{"op":"pub","channel":"n","data":null}"#).unwrap();
-        assert!(matches!(r.op, Op::Pub { data, .. } if data.get() == "null"));
+        assert!(matches!(r.op, Op::Pub { data, .. } if data == "null"));
+        // Pretty-printed data comes out compact, strings untouched.
+        let r = parse_request("{\"op\":\"set\",\"channel\":\"n\",\"key\":\"k\",\"version\":0,\n \"value\": [\n  \"a b\",\n  1.50\n ]}").unwrap();
+        assert!(matches!(r.op, Op::Set { value: Some(v), .. } if v == r#"["a b",1.50]"#));
     }
 
     #[test]
@@ -561,7 +396,12 @@ mod tests {
         assert_eq!((id.unwrap().get(), e.code), ("7", "bad_request"));
         assert_eq!(code(r#"{"op":"pub","channel":"a"}"#).1.code, "bad_request");
         assert_eq!(code(r#"{"op":"sub","channel":""}"#).1.code, "bad_channel");
-        assert_eq!(code(r#"[1,2]"#).1.code, "bad_request");
+        for not_an_object in ["[1,2]", " \"x\"", "5", "null"] {
+            let e = code(not_an_object).1;
+            assert_eq!(e.code, "bad_request", "{not_an_object}");
+            assert_eq!(e.message, "expected a JSON object with an op");
+        }
+        assert_eq!(code("[1,").1.code, "bad_json");
     }
 
     #[test]
@@ -588,22 +428,6 @@ mod tests {
                 .1
                 .code,
             "bad_request"
-        );
-        let lines = [msg_line("a", 1, "1"), msg_line("a", 2, "[2]")];
-        let reply: serde_json::Value =
-            serde_json::from_str(&history_reply(None, "a", 2, "e", &lines)).unwrap();
-        assert_eq!(reply["messages"][1]["data"][0], 2);
-        assert_eq!(reply["seq"], 2);
-    }
-
-    #[test]
-    fn msg_line_passes_data_through_untouched() {
-        let data = RawValue::from_string(r#"{"b": 1.50, "a":"\u00e9"}"#.into()).unwrap();
-        let line = msg_line("news", 42, data.get());
-        assert_eq!(
-            &line[..],
-            br#"{"op":"msg","channel":"news","seq":42,"data":{"b": 1.50, "a":"\u00e9"}}
-"#
         );
     }
 }

@@ -129,6 +129,9 @@ pub struct Conn {
     pub closing: Option<Instant>,
     /// An HTTP request is waiting for an owner's answer; later requests wait.
     pub http_busy: bool,
+    /// Pipelined HTTP answers fill half the send buffer: serving waits until
+    /// the client reads them.
+    pub http_stalled: bool,
     /// Queued in `pending_reads` because its read budget ran out.
     pub read_pending: bool,
     /// Lines waiting to enter the outbound queue: a resume's replay (which may
@@ -153,6 +156,7 @@ impl Conn {
             active: now,
             closing: None,
             http_busy: false,
+            http_stalled: false,
             read_pending: false,
             backlog: VecDeque::new(),
             backlog_bytes: 0,

@@ -9,7 +9,24 @@ use mio::{Interest, Token};
 
 use super::conn::{Conn, Session, Transport};
 use super::{Port, Worker, CLOSE_DISCONNECTED, CLOSE_GRACE, CLOSE_UNAUTHORIZED, CONN_BASE};
+use crate::control::Retire;
 use crate::proto::{frames, http};
+
+/// WebSocket close codes (RFC 6455 7.4.1, IANA registry) for a retiring
+/// worker: "going away" for a stop, "service restart" for a reload.
+const CLOSE_GOING_AWAY: u16 = 1001;
+const CLOSE_SERVICE_RESTART: u16 = 1012;
+
+/// The close code and reason clients get when their worker retires.
+pub(super) fn goodbye(why: Retire) -> (u16, &'static str) {
+    match why {
+        Retire::Shutdown => (CLOSE_GOING_AWAY, "server shutting down"),
+        Retire::Reload => (
+            CLOSE_SERVICE_RESTART,
+            "server reloading: reconnect now and resume (sub with since and epoch)",
+        ),
+    }
+}
 
 impl Worker {
     pub(super) fn accept(&mut self, port: Port) {
@@ -98,6 +115,12 @@ impl Worker {
         }
         if result.is_err() || (conn.closing.is_some() && conn.t.out.is_empty()) {
             self.drop_conn(key);
+            return;
+        }
+        // The client read enough of its pipelined answers: serve the rest.
+        if conn.http_stalled && conn.t.out.len() <= conn.t.out_limit() / 4 {
+            conn.http_stalled = false;
+            self.requeue_read(key);
         }
     }
 
@@ -123,12 +146,15 @@ impl Worker {
                 let _ = ctx.close(&mut conn.t, Some(frame));
                 let _ = ctx.flush(&mut conn.t);
             }
+            // A refused token already got its error frame, with the request's
+            // id: a second one would only confuse.
+            Session::Tcp { .. } if code == CLOSE_UNAUTHORIZED => {}
             Session::Tcp { .. } => {
                 let (op, code) = match code {
-                    1001 => ("bye", "shutdown"),
+                    CLOSE_GOING_AWAY => ("bye", "shutdown"),
+                    CLOSE_SERVICE_RESTART => ("bye", "reload"),
                     1008 => ("error", "slow_consumer"),
                     1009 => ("error", "too_large"),
-                    CLOSE_UNAUTHORIZED => ("error", "unauthorized"),
                     CLOSE_DISCONNECTED => ("error", "disconnected"),
                     _ => ("error", "closing"),
                 };
@@ -138,6 +164,20 @@ impl Worker {
             Session::Http { .. } => {}
         }
         self.dirty.push(key);
+    }
+
+    /// A fast retirement: every client is told why, as far as its socket
+    /// takes the last frame right now; nothing waits.
+    pub(super) fn say_goodbye_now(&mut self, why: Retire) {
+        let (code, reason) = goodbye(why);
+        let now = Instant::now();
+        let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
+        for key in keys {
+            self.close_with(key, code, reason, now);
+            if let Some(conn) = self.conns.get_mut(key) {
+                let _ = conn.t.flush_out();
+            }
+        }
     }
 
     pub(super) fn drop_conn(&mut self, key: usize) {

@@ -6,6 +6,8 @@
 //! while it waits (`buffer`), so a resume that needs a disk read still hands
 //! the client every message exactly once: the replay, then what came since.
 
+use std::borrow::Cow;
+
 use bytes::Bytes;
 use serde_json::value::RawValue;
 
@@ -152,12 +154,7 @@ impl Worker {
                     conn_id,
                     id: id.map(RawValue::to_owned),
                 };
-                self.publish(
-                    origin,
-                    &auth::inbox(&uid),
-                    data.get(),
-                    PublishOptions::ttl(ttl),
-                );
+                self.publish(origin, &auth::inbox(&uid), &data, PublishOptions::ttl(ttl));
             }
             Op::Ack { channel, seq } => {
                 if !channel.starts_with('#') {
@@ -184,7 +181,7 @@ impl Worker {
                     conn_id,
                     id: id.map(RawValue::to_owned),
                 };
-                let value = value.map(|v| v.get().to_string());
+                let value = value.map(Cow::into_owned);
                 self.set_state(origin, &channel, &state_key, value, version);
             }
             Op::Get {
@@ -215,7 +212,7 @@ impl Worker {
                     conn_id,
                     id: id.map(RawValue::to_owned),
                 };
-                self.publish(origin, &channel, data.get(), PublishOptions::ttl(ttl));
+                self.publish(origin, &channel, &data, PublishOptions::ttl(ttl));
             }
             Op::History {
                 channel,

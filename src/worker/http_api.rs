@@ -15,6 +15,7 @@ use super::pending::HistoryFor;
 use super::static_files;
 use super::Worker;
 use crate::auth;
+use crate::proto::compact::compact;
 use crate::proto::frames::{self, ErrorReply};
 use crate::proto::http::{self, Parsed, Request};
 use crate::proto::ws;
@@ -83,22 +84,46 @@ fn error_response(e: &ErrorReply) -> Vec<u8> {
     )
 }
 
+/// The API key a request shows (`Authorization: Bearer`, else `X-API-Key`),
+/// empty when none.
+fn presented_key(request: &Request) -> &[u8] {
+    let bearer = request.header("authorization").and_then(|v| {
+        v.strip_prefix(b"Bearer ")
+            .or_else(|| v.strip_prefix(b"bearer "))
+    });
+    bearer
+        .or_else(|| request.header("x-api-key"))
+        .unwrap_or_default()
+}
+
 fn query_param(query: &str, name: &str) -> Option<String> {
     form_urlencoded::parse(query.as_bytes())
         .find(|(n, _)| n == name)
         .map(|(_, v)| v.into_owned())
 }
 
+/// Most pipelined requests one connection gets answered per loop turn; the
+/// rest wait in its buffer for the next turn (docs/api.md).
+const MAX_PIPELINED: usize = 256;
+
 impl Worker {
     /// Serves the complete requests in the connection's buffer, one at a time
-    /// (a request waiting for an owner holds back the ones behind it).
+    /// and in order (a request waiting for an owner holds back the ones behind
+    /// it). Iterative: an answer never serves the next request from inside
+    /// itself, so thousands of pipelined requests cannot deepen the stack.
     pub(super) fn serve_http(&mut self, key: usize) {
-        loop {
+        for _ in 0..MAX_PIPELINED {
             let max_body = self.config.limits.max_frame;
             let Some(conn) = self.conns.get_mut(key) else {
                 return;
             };
             if conn.http_busy || conn.closing.is_some() {
+                return;
+            }
+            // Answers pile up unread: wait until the client takes some
+            // (`flush_conn` resumes us) rather than cut it off as slow.
+            if conn.t.out.len() > conn.t.out_limit() / 2 {
+                conn.http_stalled = true;
                 return;
             }
             let Session::Http { buf } = &mut conn.session else {
@@ -127,16 +152,21 @@ impl Worker {
                 }
             }
         }
+        // The cap for this turn: the rest of the buffer waits for the next.
+        self.requeue_read(key);
     }
 
     fn route(&mut self, key: usize, request: Request) {
         let keep_alive = request.keep_alive;
         let method = request.method.as_str();
         if request.path.starts_with("/api/") && !self.api_key_ok(&request) {
+            // Never echo the presented key: it may be a real one mistyped.
             let message = if self.config.auth.api_keys.is_empty() {
                 "the HTTP API is off: set auth.api_keys in the config"
-            } else {
+            } else if presented_key(&request).is_empty() {
                 "send an API key: Authorization: Bearer KEY (or X-API-Key: KEY)"
+            } else {
+                "API key not accepted: check it against auth.api_keys"
             };
             log::info!("worker {}: HTTP API call without a valid key", self.slot);
             return self.respond(key, http::json_error(401, "unauthorized", message), false);
@@ -160,7 +190,7 @@ impl Worker {
             ("POST", "/api/broadcast") => {
                 match serde_json::from_slice::<BroadcastBody>(&request.body) {
                     Ok(body) => {
-                        self.broadcast_all(body.data.get());
+                        self.broadcast_all(&compact(body.data));
                         self.respond_json(key, 200, r#"{"ok":true}"#.into(), keep_alive);
                     }
                     Err(e) => self.bad_body(key, "{\"data\":..}", &e),
@@ -231,14 +261,7 @@ impl Worker {
     }
 
     fn api_key_ok(&self, request: &Request) -> bool {
-        let bearer = request.header("authorization").and_then(|v| {
-            v.strip_prefix(b"Bearer ")
-                .or_else(|| v.strip_prefix(b"bearer "))
-        });
-        let presented = bearer
-            .or_else(|| request.header("x-api-key"))
-            .unwrap_or_default();
-        auth::api_key_ok(&self.config.auth.api_keys, presented)
+        auth::api_key_ok(&self.config.auth.api_keys, presented_key(request))
     }
 
     /// `PUT /api/state?channel=&key=`: the body is `{"value":…,"version":N}`,
@@ -258,11 +281,11 @@ impl Worker {
             .map(|v| v.trim().trim_matches('"').parse::<u64>());
         let parsed = match if_match {
             Some(Ok(version)) => serde_json::from_slice::<&RawValue>(&request.body)
-                .map(|v| (v.get().to_string(), version))
+                .map(|v| (compact(v).into_owned(), version))
                 .map_err(|e| e.to_string()),
             Some(Err(_)) => Err("If-Match must be a version number".into()),
             None => serde_json::from_slice::<PutStateBody>(&request.body)
-                .map(|b| (b.value.get().to_string(), b.version))
+                .map(|b| (compact(b.value).into_owned(), b.version))
                 .map_err(|e| {
                     format!("body must be {{\"value\":..,\"version\":N}} or use If-Match: {e}")
                 }),
@@ -301,7 +324,7 @@ impl Worker {
                     key,
                     request,
                     &inbox,
-                    body.data.get(),
+                    &compact(body.data),
                     body.ttl,
                     body.idempotency_key,
                 );
@@ -322,7 +345,7 @@ impl Worker {
                     key,
                     request,
                     &body.channel,
-                    body.data.get(),
+                    &compact(body.data),
                     ttl,
                     idempotency_key,
                 );
@@ -366,8 +389,9 @@ impl Worker {
         })
     }
 
-    /// Sends the answer to an HTTP request that waited for an owner, then
-    /// serves the requests that arrived behind it.
+    /// Sends the answer to an HTTP request that waited for an owner. The
+    /// requests behind it are served from the read queue, not from here:
+    /// serving them in this call recursed once per pipelined request.
     pub(super) fn answer_http(
         &mut self,
         key: usize,
@@ -383,7 +407,7 @@ impl Worker {
             Ok(body) => self.respond_json(key, 200, body, keep_alive),
             Err(e) => self.respond(key, error_response(&e), false),
         }
-        self.serve_http(key);
+        self.requeue_read(key);
     }
 
     fn http_history(&mut self, key: usize, request: &Request) {

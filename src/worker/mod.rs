@@ -27,7 +27,7 @@ use slab::Slab;
 use crate::bus::{self, BusEvent, Peers};
 use crate::config::Config;
 use crate::config::Durability;
-use crate::control::{FromWorker, LineChannel, WorkerStats};
+use crate::control::{FromWorker, LineChannel, Retire, WorkerStats};
 use crate::signals::SignalSet;
 use crate::store::cache::HistoryCache;
 use crate::store::shard_db::{shard_path, ShardDb};
@@ -254,7 +254,7 @@ impl Worker {
                                 log::info!("worker {}: SIGTERM, exiting now", self.slot);
                                 return 0;
                             }
-                            self.begin_stop();
+                            self.begin_stop(Retire::Shutdown);
                         }
                     }
                     token if bus::peers::is_bus_token(token) => {
@@ -343,8 +343,8 @@ impl Worker {
         self.accept(Port::Tcp);
     }
 
-    /// Graceful stop: accept no more, tell every client, flush, then exit.
-    fn begin_stop(&mut self) {
+    /// Graceful stop: accept no more, tell every client why, flush, then exit.
+    fn begin_stop(&mut self, why: Retire) {
         if self.stopping.is_some() {
             return;
         }
@@ -355,8 +355,9 @@ impl Worker {
             let _ = self.poll.registry().deregister(listener);
         }
         let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
+        let (code, reason) = connections::goodbye(why);
         for key in keys {
-            self.close_with(key, 1001, "server shutting down", deadline);
+            self.close_with(key, code, reason, deadline);
         }
     }
 

@@ -9,7 +9,7 @@ use tungstenite::Message;
 
 use super::conn::Session;
 use super::{Worker, CLOSE_GRACE};
-use crate::proto::{frames, tcp, ws};
+use crate::proto::{frames, http, tcp, ws};
 
 /// Bytes read from one connection per loop turn.
 const READ_BUDGET: usize = 256 * 1024;
@@ -57,7 +57,9 @@ impl Worker {
         }
     }
 
-    fn requeue_read(&mut self, key: usize) {
+    /// Reads (and serves) the connection again on this loop turn's pass over
+    /// `pending_reads`, or the next one's.
+    pub(super) fn requeue_read(&mut self, key: usize) {
         if let Some(conn) = self.conns.get_mut(key) {
             if !conn.read_pending {
                 conn.read_pending = true;
@@ -195,20 +197,36 @@ impl Worker {
         }
     }
 
+    /// Pipelined requests are read no faster than they are answered: while
+    /// the buffer already holds the largest request there can be, the socket
+    /// is left alone, so the client meets TCP backpressure instead of the
+    /// worker buffering without bound.
     fn read_http(&mut self, key: usize) {
+        let most = http::MAX_HEAD + self.config.limits.max_frame;
         let Some(conn) = self.conns.get_mut(key) else {
             return;
         };
         let Session::Http { buf } = &mut conn.session else {
             return;
         };
-        let filled = fill(&mut conn.t.stream, buf, &mut conn.t.bytes_in);
+        let filled = if buf.len() < most {
+            fill(&mut conn.t.stream, buf, &mut conn.t.bytes_in)
+        } else {
+            Filled::Budget
+        };
         if matches!(filled, Filled::Closed) {
             self.drop_conn(key);
             return;
         }
         self.serve_http(key);
-        if matches!(filled, Filled::Budget) {
+        // A connection waiting for an owner or for its client to read is
+        // requeued by `answer_http` or `flush_conn` instead of spinning here;
+        // a closing one has nothing more to serve.
+        let waiting = self
+            .conns
+            .get(key)
+            .is_none_or(|c| c.http_busy || c.http_stalled || c.closing.is_some());
+        if matches!(filled, Filled::Budget) && !waiting {
             self.requeue_read(key);
         }
     }

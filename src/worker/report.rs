@@ -1,5 +1,5 @@
 //! Answers to the master: readiness, `status` counters and the
-//! `connections` list.
+//! `connections` list; and its order to retire.
 
 use super::conn::Protocol;
 use super::Worker;
@@ -17,6 +17,24 @@ impl Worker {
         };
         for msg in msgs {
             let reply = match msg {
+                ToWorker::Retire {
+                    why,
+                    graceful: true,
+                } => {
+                    self.begin_stop(why);
+                    continue;
+                }
+                ToWorker::Retire {
+                    why,
+                    graceful: false,
+                } => {
+                    log::info!(
+                        "worker {}: told to retire ({why:?}), exiting now",
+                        self.slot
+                    );
+                    self.say_goodbye_now(why);
+                    return Some(0);
+                }
                 ToWorker::Stats { tag } => FromWorker::Stats {
                     tag,
                     stats: self.snapshot(),

@@ -1,0 +1,239 @@
+//! The frames the server builds: replies to requests, `msg` lines shared by
+//! every subscriber, events and notices.
+
+use bytes::Bytes;
+use serde::Serialize;
+use serde_json::value::RawValue;
+
+use super::compact::{compact_text, has_line_break};
+use super::frames::ErrorReply;
+
+#[derive(Serialize)]
+struct Reply<'a> {
+    op: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    id: Option<&'a RawValue>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    channel: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    seq: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    epoch: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    recovered: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    code: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    message: Option<&'a str>,
+}
+
+impl<'a> Reply<'a> {
+    fn new(op: &'static str, id: Option<&'a RawValue>) -> Self {
+        Reply {
+            op,
+            id,
+            channel: None,
+            seq: None,
+            epoch: None,
+            recovered: None,
+            code: None,
+            message: None,
+        }
+    }
+
+    fn text(&self) -> String {
+        // Serializing plain strings and numbers cannot fail.
+        serde_json::to_string(self).unwrap_or_default()
+    }
+}
+
+pub fn ok(id: Option<&RawValue>) -> String {
+    Reply::new("ok", id).text()
+}
+
+pub fn ok_auth(id: Option<&RawValue>, uid: &str) -> String {
+    #[derive(Serialize)]
+    struct Authed<'a> {
+        op: &'static str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<&'a RawValue>,
+        uid: &'a str,
+    }
+    serde_json::to_string(&Authed { op: "ok", id, uid }).unwrap_or_default()
+}
+
+pub fn ok_presence(id: Option<&RawValue>, channel: &str, uids: &[String]) -> String {
+    serde_json::json!({"op": "ok", "id": id, "channel": channel, "uids": uids}).to_string()
+}
+
+/// A server event line, such as `{"op":"join","channel":"room-1","uid":"alice"}`.
+pub fn event_line(op: &str, channel: &str, uid: &str) -> Bytes {
+    let mut line = serde_json::json!({"op": op, "channel": channel, "uid": uid}).to_string();
+    line.push('\n');
+    Bytes::from(line)
+}
+
+/// `{"op":"broadcast","data":…}` for every connection.
+pub fn broadcast_line(data: &str) -> Bytes {
+    Bytes::from(format!("{{\"op\":\"broadcast\",\"data\":{data}}}\n"))
+}
+
+pub fn pong(id: Option<&RawValue>) -> String {
+    Reply::new("pong", id).text()
+}
+
+pub fn ok_pub(id: Option<&RawValue>, seq: u64) -> String {
+    Reply {
+        seq: Some(seq),
+        ..Reply::new("ok", id)
+    }
+    .text()
+}
+
+pub fn ok_sub(
+    id: Option<&RawValue>,
+    channel: &str,
+    seq: u64,
+    epoch: &str,
+    recovered: Option<bool>,
+) -> String {
+    Reply {
+        channel: Some(channel),
+        seq: Some(seq),
+        epoch: Some(epoch),
+        recovered,
+        ..Reply::new("ok", id)
+    }
+    .text()
+}
+
+pub fn error(id: Option<&RawValue>, e: &ErrorReply) -> String {
+    let text = Reply {
+        code: Some(e.code),
+        message: Some(&e.message),
+        ..Reply::new("error", id)
+    }
+    .text();
+    match &e.current {
+        Some(current) => format!("{},\"current\":{current}}}", &text[..text.len() - 1]),
+        None => text,
+    }
+}
+
+/// The answer to a write: its `seq`, and for state writes the key's new version.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Acked {
+    pub seq: u64,
+    pub version: Option<u64>,
+}
+
+pub fn ok_acked(id: Option<&RawValue>, acked: Acked) -> String {
+    match acked.version {
+        None => ok_pub(id, acked.seq),
+        Some(version) => {
+            let text = ok_pub(id, acked.seq);
+            format!("{},\"version\":{version}}}", &text[..text.len() - 1])
+        }
+    }
+}
+
+/// `{"op":"ok","id":…,` followed by the fields of `object` (a JSON object
+/// built by a channel's owner).
+pub fn ok_with(id: Option<&RawValue>, object: &str) -> String {
+    let head = ok(id);
+    let fields = object.trim().strip_prefix('{').unwrap_or("}");
+    if fields.trim_start().starts_with('}') {
+        return head;
+    }
+    format!("{},{fields}", &head[..head.len() - 1])
+}
+
+/// `{"op":"ok","id":..,"channel":..,"seq":..,"epoch":..,"messages":[msg, …]}`:
+/// the history of a channel, each message as the `msg` frame it was sent as.
+pub fn history_reply(
+    id: Option<&RawValue>,
+    channel: &str,
+    seq: u64,
+    epoch: &str,
+    lines: &[Bytes],
+) -> String {
+    let head = ok_sub(id, channel, seq, epoch, None);
+    let mut out =
+        String::with_capacity(head.len() + 16 + lines.iter().map(|l| l.len() + 1).sum::<usize>());
+    out.push_str(&head[..head.len() - 1]);
+    out.push_str(",\"messages\":[");
+    for (i, line) in lines.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        // Lines are our own JSON text, built by `msg_line`.
+        out.push_str(std::str::from_utf8(line).unwrap_or("null").trim_end());
+    }
+    out.push_str("]}");
+    out
+}
+
+/// A frame the server sends on its own (not a reply), such as a shutdown notice.
+pub fn notice(op: &'static str, code: &str, message: &str) -> String {
+    Reply {
+        code: Some(code),
+        message: Some(message),
+        ..Reply::new(op, None)
+    }
+    .text()
+}
+
+/// `{"op":"msg",...}` followed by a newline: built once by the channel's owner and
+/// shared, as is, by every subscriber on every worker (TCP sends it whole,
+/// WebSocket sends it without the newline).
+///
+/// `data` must be valid JSON text (it comes from a parsed request's `RawValue`),
+/// compact since ingress. Rows stored before that may still hold line breaks:
+/// those are compacted here, so the frame stays one line.
+pub fn msg_line(channel: &str, seq: u64, data: &str) -> Bytes {
+    let data = match has_line_break(data) {
+        true => compact_text(data),
+        false => data.into(),
+    };
+    let channel = serde_json::to_string(channel).unwrap_or_default();
+    let mut out = Vec::with_capacity(40 + channel.len() + data.len());
+    out.extend_from_slice(b"{\"op\":\"msg\",\"channel\":");
+    out.extend_from_slice(channel.as_bytes());
+    out.extend_from_slice(b",\"seq\":");
+    out.extend_from_slice(seq.to_string().as_bytes());
+    out.extend_from_slice(b",\"data\":");
+    out.extend_from_slice(data.as_bytes());
+    out.extend_from_slice(b"}\n");
+    Bytes::from(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn history_reply_holds_the_msg_frames() {
+        let lines = [msg_line("a", 1, "1"), msg_line("a", 2, "[2]")];
+        let reply: serde_json::Value =
+            serde_json::from_str(&history_reply(None, "a", 2, "e", &lines)).unwrap();
+        assert_eq!(reply["messages"][1]["data"][0], 2);
+        assert_eq!(reply["seq"], 2);
+    }
+
+    #[test]
+    fn msg_line_passes_data_through_and_stays_one_line() {
+        let data = RawValue::from_string(r#"{"b":1.50,"a":"\u00e9 x"}"#.into()).unwrap();
+        let line = msg_line("news", 42, data.get());
+        assert_eq!(
+            &line[..],
+            br#"{"op":"msg","channel":"news","seq":42,"data":{"b":1.50,"a":"\u00e9 x"}}
+"#
+        );
+        // A pretty row stored by an older version.
+        let line = msg_line("news", 43, "{\n  \"b\": 1.50\n}");
+        assert_eq!(
+            &line[..],
+            b"{\"op\":\"msg\",\"channel\":\"news\",\"seq\":43,\"data\":{\"b\":1.50}}\n"
+        );
+    }
+}
