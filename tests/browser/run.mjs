@@ -41,14 +41,16 @@ async function until(what, fn, ms = 15000) {
   }
 }
 
-function status() {
+// A request on the master's control socket: "status" or "connections".
+function control(cmd) {
   return new Promise((resolve, reject) => {
-    const socket = net.connect(controlSocket, () => socket.write('{"cmd":"status"}\n'));
+    const socket = net.connect(controlSocket, () => socket.write(JSON.stringify({ cmd }) + "\n"));
     let text = "";
     socket.on("data", (d) => { text += d; if (text.includes("\n")) { socket.end(); resolve(JSON.parse(text)); } });
     socket.on("error", reject);
   });
 }
+const status = () => control("status");
 
 // The worker slot owning a channel: FNV-1a 64 of its bytes, % shards, %
 // workers (src/sync/shard.rs).
@@ -156,16 +158,39 @@ await check("kill -9 of a channel's owner five times: both pages get every next 
   const slot = ownerSlot(channel, (await status()).workers.length);
   // Two pages using syncd.js directly. state() right after connect() is the
   // docs' pattern: it waits in the queue until the socket is open.
-  const pages = await Promise.all([0, 1].map(async () => {
+  const refused = [0, 0]; // `unavailable` replies per page: the retry path at work
+  const pages = await Promise.all([0, 1].map(async (i) => {
     const page = await (await browser.newContext()).newPage();
     page.on("pageerror", (e) => console.log(`page error: ${e}`));
+    page.on("websocket", (ws) => ws.on("framereceived", ({ payload }) => {
+      if (String(payload).includes('"code":"unavailable"')) refused[i]++;
+    }));
     await page.goto(base + "/demo/");
     await page.evaluate(async (channel) => {
       const { SyncClient } = await import("/syncd.js");
-      const client = new SyncClient(`ws://${location.host}/ws`);
+      // A short backoff: the pages come back while the owner is still
+      // restarting, so their resubscriptions meet `unavailable`.
+      const client = new SyncClient(`ws://${location.host}/ws`, { minDelay: 20 });
       Object.assign(window, { client, seqs: [], states: [], resyncs: 0 });
       client.addEventListener("state", (e) => states.push(e.detail));
       client.addEventListener("resync", () => resyncs++);
+      // Drops the connection and resolves once a new one is open with every
+      // channel resubscribed (the kernel hands it to a random worker).
+      window.reconnect = () => new Promise((resolve, reject) => {
+        let dropped = false;
+        const timer = setTimeout(() => reject(new Error(`no reconnect: ${client.status}`)), 15000);
+        const on = (e) => {
+          if (e.detail === "closed") dropped = true;
+          if (dropped && e.detail === "open") {
+            client.removeEventListener("state", on);
+            clearTimeout(timer);
+            resolve();
+          }
+        };
+        client.addEventListener("state", on);
+        client.close();
+        client.connect();
+      });
       client.connect();
       const snapshot = await client.state(channel);
       await client.subscribe(channel, (m) => { if (m.op === "msg") seqs.push(m.seq); },
@@ -192,8 +217,25 @@ await check("kill -9 of a channel's owner five times: both pages get every next 
              `page ${i} after round ${round}: seqs ${seqs.join()} (want 1..${seq}, no gap, no duplicate)`);
     }
   }
+  // Both pages on the owner, so that each kill drops both connections and
+  // both must resubscribe while the owner restarts (the flake's situation).
+  // A page on the other worker would just stay subscribed.
+  async function bothOnOwner(round) {
+    for (let tries = 0; ; tries++) {
+      let ws;
+      await until("both pages listed", async () => {
+        ws = (await control("connections")).connections.filter((c) => c.protocol === "ws");
+        return ws.length === 2;
+      });
+      if (ws.every((c) => c.worker === slot)) return tries;
+      assert(tries < 40, `round ${round}: pages never both landed on worker ${slot}`);
+      await Promise.all(pages.map((page) => page.evaluate(() => reconnect())));
+    }
+  }
+  let moves = 0;
   await publishAndSee(0);
   for (let round = 1; round <= 5; round++) {
+    moves += await bothOnOwner(round);
     const pid = (await status()).workers[slot].pid;
     process.kill(pid, "SIGKILL");
     // Back once the master lists a new pid for the slot and it answers (ready).
@@ -203,12 +245,13 @@ await check("kill -9 of a channel's owner five times: both pages get every next 
     });
     await publishAndSee(round);
   }
+  console.log(`  ${moves} reconnects to put both pages on the owner`);
   for (const [i, page] of pages.entries()) {
     await until(`page ${i} open`, async () => (await page.evaluate(() => client.status)) === "open");
     const { states, resyncs } = await page.evaluate(() => ({ states, resyncs }));
     assert(resyncs === 0, `page ${i}: ${resyncs} resync events (a resume lost messages)`);
     const count = (s) => states.filter((x) => x === s).length;
-    console.log(`  page ${i}: ${count("closed")} drops, ${count("resubscribing")} times resubscribing`);
+    console.log(`  page ${i}: ${count("closed")} drops, ${count("resubscribing")} times resubscribing, ${refused[i]} unavailable replies retried`);
   }
   for (const page of pages) await page.context().close();
 });
