@@ -10,30 +10,45 @@ export class SyncError extends Error {
   }
 }
 
+/** Error codes a (re)subscription is retried on: the owner is restarting. */
+const RETRYABLE = new Set(["unavailable", "storage_failed"]);
+
 /**
  * A connection to syncd that reconnects by itself (jittered exponential
  * backoff), resubscribes and resumes every channel from the last seq it saw,
- * and never hands a message to a handler twice.
+ * and never hands a message to a handler twice. Requests made while it is
+ * not connected wait in a bounded queue and are sent, in order, once it is.
  *
- * `status` is "connecting", "open" or "closed". Events (addEventListener):
- * "state" (detail: the new status),
+ * `status` is "connecting", "open", "resubscribing" (connected, but a
+ * channel is not subscribed yet: being resumed after a reconnect, or retried
+ * because its owner worker is restarting) or "closed".
+ * Events (addEventListener): "state" (detail: the new status),
  * "resync" (detail: {channel}) when a resume could not recover every missed
- * message, "broadcast" (detail: data), "inbox" (detail: msg).
+ * message, "broadcast" (detail: data), "inbox" (detail: msg), and
+ * "suberror" (detail: {channel, error}) when the server refused a channel
+ * for good (forbidden, bad name): the client has dropped it.
  */
 export class SyncClient extends EventTarget {
-  constructor(url, { token = null, minDelay = 250, maxDelay = 8000, autoAck = true } = {}) {
+  constructor(url, {
+    token = null, minDelay = 250, maxDelay = 8000, autoAck = true, queueLimit = 1000, queueTimeout = 10000,
+  } = {}) {
     super();
     this.url = url;
     this.token = token;
     this.minDelay = minDelay;
     this.maxDelay = maxDelay;
     this.autoAck = autoAck;
+    this.queueLimit = queueLimit;
+    this.queueTimeout = queueTimeout;
     this.status = "closed";
     this.uid = null;
     this._ws = null;
     this._nextId = 1;
-    this._pending = new Map();
-    this._channels = new Map(); // channel -> {seq, epoch, handlers:Set}
+    this._pending = new Map(); // id -> {resolve, reject}: sent, awaiting a reply
+    this._queue = []; // {op, fields, resolve, reject, timer}: waiting for a connection
+    // channel -> {seq, epoch, handlers, resume, live, joined, inflight, failures, timer, waiters}
+    this._channels = new Map();
+    this._leaving = new Map(); // channel -> promise of its unsub, which a new sub waits for
     this._attempt = 0;
     this._stopped = false;
     this._inboxSeq = 0;
@@ -42,12 +57,23 @@ export class SyncClient extends EventTarget {
   /** Opens the connection (and keeps it open until close()). */
   connect() {
     this._stopped = false;
-    this._open();
+    if (!this._ws) this._open();
     return this;
   }
 
+  /** Closes for good: queued requests and pending subscribe() calls reject with `not_connected`. */
   close() {
     this._stopped = true;
+    const error = () => new SyncError({ code: "not_connected", message: "client closed" });
+    for (const entry of this._queue.splice(0)) {
+      clearTimeout(entry.timer);
+      entry.reject(error());
+    }
+    for (const sub of this._channels.values()) {
+      clearTimeout(sub.timer);
+      sub.timer = null;
+      for (const { reject } of sub.waiters.splice(0)) reject(error());
+    }
     if (this._ws) this._ws.close(1000);
   }
 
@@ -57,25 +83,56 @@ export class SyncClient extends EventTarget {
     this.dispatchEvent(new CustomEvent("state", { detail: state }));
   }
 
+  _isOpen() {
+    return this._ws !== null && this._ws.readyState === WebSocket.OPEN;
+  }
+
+  /** "open" once every channel that was subscribed (or failed) is live again. */
+  _updateState() {
+    if (!this._isOpen()) return;
+    let waiting = false;
+    for (const sub of this._channels.values()) {
+      if (!sub.live && (sub.joined || sub.failures > 0)) waiting = true;
+    }
+    this._setState(waiting ? "resubscribing" : "open");
+  }
+
   _open() {
     this._setState("connecting");
     const url = this.token ? `${this.url}${this.url.includes("?") ? "&" : "?"}token=${encodeURIComponent(this.token)}` : this.url;
     const ws = new WebSocket(url);
     this._ws = ws;
     ws.onopen = () => {
+      if (this._ws !== ws) return;
       this._attempt = 0;
-      this._setState("open");
+      // The token rides on the URL, so the socket is authenticated already:
+      // subscriptions first, then what was queued, in the order it was asked.
       for (const channel of this._channels.keys()) this._resubscribe(channel);
+      for (const entry of this._queue.splice(0)) {
+        clearTimeout(entry.timer);
+        this._send(entry.op, entry.fields).then(entry.resolve, entry.reject);
+      }
+      this._updateState();
     };
-    ws.onmessage = (event) => this._onFrame(JSON.parse(event.data));
+    ws.onmessage = (event) => {
+      if (this._ws === ws) this._onFrame(JSON.parse(event.data));
+    };
     ws.onclose = () => {
+      if (this._ws !== ws) return;
       this._ws = null;
+      // Sent but unanswered: the server may or may not have acted on them.
       for (const { reject } of this._pending.values()) reject(new SyncError({ code: "disconnected", message: "connection closed" }));
       this._pending.clear();
+      // Every channel is resubscribed on the next connection.
+      for (const sub of this._channels.values()) {
+        sub.live = false;
+        clearTimeout(sub.timer);
+        sub.timer = null;
+      }
       this._setState("closed");
       if (this._stopped) return;
       const delay = Math.min(this.maxDelay, this.minDelay * 2 ** this._attempt++);
-      setTimeout(() => this._open(), delay / 2 + Math.random() * delay / 2);
+      setTimeout(() => { if (!this._stopped && !this._ws) this._open(); }, delay / 2 + Math.random() * delay / 2);
     };
   }
 
@@ -108,11 +165,30 @@ export class SyncClient extends EventTarget {
     if (this.autoAck) this.ack(frame.seq).catch(() => {});
   }
 
-  /** Sends a request; resolves with the reply, rejects with SyncError. */
+  /**
+   * Sends a request; resolves with the reply, rejects with SyncError. While
+   * not connected (before the first connection or while reconnecting) it
+   * waits in a queue of at most `queueLimit` requests (beyond: `queue_full`)
+   * for at most `queueTimeout` ms (then: `timeout`), like Socket.IO's buffer.
+   */
   request(op, fields = {}) {
-    if (!this._ws || this._ws.readyState !== WebSocket.OPEN) {
-      return Promise.reject(new SyncError({ code: "disconnected", message: "not connected" }));
+    if (this._stopped) return Promise.reject(new SyncError({ code: "not_connected", message: "client closed" }));
+    if (this._isOpen()) return this._send(op, fields);
+    if (this._queue.length >= this.queueLimit) {
+      return Promise.reject(new SyncError({ code: "queue_full", message: `not connected and ${this.queueLimit} requests already queued` }));
     }
+    return new Promise((resolve, reject) => {
+      const entry = { op, fields, resolve, reject };
+      entry.timer = setTimeout(() => {
+        this._queue.splice(this._queue.indexOf(entry), 1);
+        reject(new SyncError({ code: "timeout", message: `not connected within ${this.queueTimeout} ms` }));
+      }, this.queueTimeout);
+      this._queue.push(entry);
+    });
+  }
+
+  /** Sends on the open socket now. */
+  _send(op, fields) {
     const id = this._nextId++;
     return new Promise((resolve, reject) => {
       this._pending.set(id, { resolve, reject });
@@ -123,40 +199,111 @@ export class SyncClient extends EventTarget {
   /**
    * Subscribes `handler` to a channel's messages (and join/leave events).
    * `since`/`epoch` start from a known point, such as a state() snapshot.
+   * Resolves once the server has subscribed this connection (waiting for a
+   * connection and retrying while the owner restarts, as long as it takes);
+   * rejects if the server refuses the channel (e.g. `forbidden`), or with
+   * `unsubscribed`/`not_connected` if unsubscribe()/close() comes first.
    */
-  async subscribe(channel, handler, { since = null, epoch = null } = {}) {
+  subscribe(channel, handler, { since = null, epoch = null } = {}) {
     let sub = this._channels.get(channel);
     if (!sub) {
-      sub = { seq: since ?? 0, epoch, handlers: new Set(), resume: since !== null };
+      sub = {
+        seq: since ?? 0, epoch, handlers: new Set(), resume: since !== null,
+        live: false, // subscribed on the current connection
+        joined: false, // was live once: losing it means "resubscribing"
+        inflight: null, // the pending `sub` request
+        failures: 0, timer: null, waiters: [],
+      };
       this._channels.set(channel, sub);
     }
     sub.handlers.add(handler);
-    if (this.status === "open") await this._resubscribe(channel);
+    if (sub.live) return Promise.resolve();
+    const done = new Promise((resolve, reject) => sub.waiters.push({ resolve, reject }));
+    this._resubscribe(channel);
+    return done;
   }
 
-  async _resubscribe(channel) {
+  /** Sends `sub` for a channel not live on this connection, resuming from its last seq. */
+  _resubscribe(channel) {
     const sub = this._channels.get(channel);
+    if (!sub || sub.live || sub.inflight || this._stopped || !this._isOpen()) return;
+    const leaving = this._leaving.get(channel);
+    if (leaving) {
+      // An earlier unsubscribe of this channel is still on its way: after it.
+      leaving.catch(() => {}).then(() => this._resubscribe(channel));
+      return;
+    }
+    clearTimeout(sub.timer);
+    sub.timer = null;
     const fields = { channel };
     if (sub.resume) {
       fields.since = sub.seq;
       if (sub.epoch) fields.epoch = sub.epoch;
     }
-    try {
-      const reply = await this.request("sub", fields);
+    const ws = this._ws;
+    sub.inflight = this._send("sub", fields).then((reply) => {
+      sub.inflight = null;
+      sub.live = true;
+      if (this._channels.get(channel) !== sub) return; // left meanwhile: unsubscribe() sends the unsub
       if (reply.recovered === false) {
         this.dispatchEvent(new CustomEvent("resync", { detail: { channel, reply } }));
       }
       if (!sub.resume || reply.recovered === false) sub.seq = reply.seq;
       sub.epoch = reply.epoch;
       sub.resume = true;
-    } catch (e) {
-      if (e.code !== "disconnected" && e.code !== "already_subscribed") throw e;
-    }
+      this._live(sub);
+    }, (e) => {
+      sub.inflight = null;
+      if (this._channels.get(channel) !== sub || this._ws !== ws) return; // left, or the next connection resubscribes
+      if (e.code === "already_subscribed") return this._live(sub);
+      if (RETRYABLE.has(e.code)) {
+        // The owner worker is restarting: retry with jittered backoff until
+        // it answers, the channel is left, or the client is closed.
+        const delay = Math.min(this.maxDelay, this.minDelay * 2 ** sub.failures++);
+        sub.timer = setTimeout(() => {
+          sub.timer = null;
+          if (this._channels.get(channel) === sub && this._ws === ws) this._resubscribe(channel);
+        }, delay / 2 + Math.random() * delay / 2);
+        this._updateState();
+        return;
+      }
+      // Refused for good (forbidden, bad channel name): stop trying.
+      this._channels.delete(channel);
+      const waiters = sub.waiters.splice(0);
+      for (const { reject } of waiters) reject(e);
+      if (!waiters.length) this.dispatchEvent(new CustomEvent("suberror", { detail: { channel, error: e } }));
+      this._updateState();
+    });
   }
 
+  _live(sub) {
+    sub.live = true;
+    sub.joined = true;
+    sub.failures = 0;
+    for (const { resolve } of sub.waiters.splice(0)) resolve();
+    this._updateState();
+  }
+
+  /** Leaves a channel: its handlers get nothing more and retries stop. */
   async unsubscribe(channel) {
+    const sub = this._channels.get(channel);
+    if (!sub) return;
     this._channels.delete(channel);
-    if (this.status === "open") await this.request("unsub", { channel });
+    clearTimeout(sub.timer);
+    sub.timer = null;
+    for (const { reject } of sub.waiters.splice(0)) reject(new SyncError({ code: "unsubscribed", message: `left ${channel}` }));
+    this._updateState();
+    // Only a live (or about to be live) subscription needs an `unsub` on the
+    // wire; a closed connection has none to undo.
+    const ws = this._ws;
+    const unsub = () => (sub.live && this._ws === ws && this._isOpen() ? this._send("unsub", { channel }) : undefined);
+    if (!sub.inflight) return unsub();
+    const leave = sub.inflight.catch(() => {}).then(() => {
+      if (this._leaving.get(channel) === leave) this._leaving.delete(channel);
+      return unsub();
+    });
+    this._leaving.set(channel, leave);
+    return leave;
   }
 
   publish(channel, data, { ttl } = {}) {

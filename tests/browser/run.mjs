@@ -1,13 +1,19 @@
 // Browser tests of the demos in real Chromium (Debian's), driven by playwright-core.
 // usage: node run.mjs BASE_URL CONTROL_SOCKET API_KEY [SCREENSHOT_DIR]
+// SYNCD_SHARDS: the server's [storage] shards (default 16, syncd's default).
 // Prints one line per check and "N passed, M failed"; exits 1 on any failure.
+// tests/browser.rs runs it with TMPDIR and SCREENSHOT_DIR inside the server's
+// temp dir, so neither Chromium's profile nor the screenshots outlive the test.
 import { chromium } from "playwright-core";
 import net from "node:net";
 import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
 
-const [base, controlSocket, apiKey, shots = fs.mkdtempSync(path.join(os.tmpdir(), "syncd-shots-"))] = process.argv.slice(2);
+const [base, controlSocket, apiKey, shotsArg] = process.argv.slice(2);
+const shots = shotsArg ?? fs.mkdtempSync(path.join(os.tmpdir(), "syncd-shots-"));
+fs.mkdirSync(shots, { recursive: true });
+const shards = Number(process.env.SYNCD_SHARDS || 16);
 let passed = 0, failed = 0;
 const deadline = (ms) => Date.now() + ms;
 
@@ -35,13 +41,23 @@ async function until(what, fn, ms = 15000) {
   }
 }
 
-function status() {
+// A request on the master's control socket: "status" or "connections".
+function control(cmd) {
   return new Promise((resolve, reject) => {
-    const socket = net.connect(controlSocket, () => socket.write('{"cmd":"status"}\n'));
+    const socket = net.connect(controlSocket, () => socket.write(JSON.stringify({ cmd }) + "\n"));
     let text = "";
     socket.on("data", (d) => { text += d; if (text.includes("\n")) { socket.end(); resolve(JSON.parse(text)); } });
     socket.on("error", reject);
   });
+}
+const status = () => control("status");
+
+// The worker slot owning a channel: FNV-1a 64 of its bytes, % shards, %
+// workers (src/sync/shard.rs).
+function ownerSlot(channel, workers) {
+  let h = 0xcbf29ce484222325n;
+  for (const byte of Buffer.from(channel)) h = ((h ^ BigInt(byte)) * 0x100000001b3n) & 0xffffffffffffffffn;
+  return Number(h % BigInt(shards)) % workers;
 }
 
 async function api(method, p, body) {
@@ -135,6 +151,120 @@ await check("chat messages appear in both pages", async () => {
   }
   await b.screenshot({ path: path.join(shots, "chat.png") });
   await a.context().close(); await b.context().close();
+});
+
+await check("kill -9 of a channel's owner five times: both pages get every next message", async () => {
+  const channel = "owner-kill";
+  const slot = ownerSlot(channel, (await status()).workers.length);
+  // Two pages using syncd.js directly. state() right after connect() is the
+  // docs' pattern: it waits in the queue until the socket is open.
+  const refused = [0, 0]; // `unavailable` replies per page: the retry path at work
+  const pages = await Promise.all([0, 1].map(async (i) => {
+    const page = await (await browser.newContext()).newPage();
+    page.on("pageerror", (e) => console.log(`page error: ${e}`));
+    page.on("websocket", (ws) => ws.on("framereceived", ({ payload }) => {
+      if (String(payload).includes('"code":"unavailable"')) refused[i]++;
+    }));
+    await page.goto(base + "/demo/");
+    await page.evaluate(async (channel) => {
+      const { SyncClient } = await import("/syncd.js");
+      // A short backoff: the pages come back while the owner is still
+      // restarting, so their resubscriptions meet `unavailable`.
+      const client = new SyncClient(`ws://${location.host}/ws`, { minDelay: 20 });
+      Object.assign(window, { client, seqs: [], states: [], resyncs: 0 });
+      client.addEventListener("state", (e) => states.push(e.detail));
+      client.addEventListener("resync", () => resyncs++);
+      // Drops the connection and resolves once a new one is open with every
+      // channel resubscribed (the kernel hands it to a random worker).
+      window.reconnect = () => new Promise((resolve, reject) => {
+        let dropped = false;
+        const timer = setTimeout(() => reject(new Error(`no reconnect: ${client.status}`)), 15000);
+        const on = (e) => {
+          if (e.detail === "closed") dropped = true;
+          if (dropped && e.detail === "open") {
+            client.removeEventListener("state", on);
+            clearTimeout(timer);
+            resolve();
+          }
+        };
+        client.addEventListener("state", on);
+        client.close();
+        client.connect();
+      });
+      client.connect();
+      const snapshot = await client.state(channel);
+      await client.subscribe(channel, (m) => { if (m.op === "msg") seqs.push(m.seq); },
+                             { since: snapshot.seq, epoch: snapshot.epoch });
+    }, channel);
+    return page;
+  }));
+  // Publishes once (the idempotency key makes retries safe while the owner
+  // is away), then waits for both pages to have every seq exactly once.
+  let last = 0;
+  async function publishAndSee(round) {
+    let seq;
+    await until(`publish ${round} accepted`, async () => {
+      const r = await api("POST", "/api/publish", { channel, data: { round }, idempotency_key: `round-${round}` });
+      if (r.status === 200) seq = JSON.parse(r.body).seq;
+      return r.status === 200;
+    });
+    assert(seq === last + 1, `round ${round}: seq ${seq} after ${last}`);
+    last = seq;
+    for (const [i, page] of pages.entries()) {
+      await until(`page ${i} gets seq ${seq} (round ${round})`, async () => (await page.evaluate(() => seqs)).includes(seq));
+      const seqs = await page.evaluate(() => seqs);
+      assert(seqs.join() === Array.from({ length: seq }, (_, k) => k + 1).join(),
+             `page ${i} after round ${round}: seqs ${seqs.join()} (want 1..${seq}, no gap, no duplicate)`);
+    }
+  }
+  // Both pages on the owner, so that each kill drops both connections and
+  // both must resubscribe while the owner restarts (the flake's situation).
+  // A page on the other worker would just stay subscribed.
+  async function bothOnOwner(round) {
+    for (let tries = 0; ; tries++) {
+      let ws;
+      await until("both pages listed", async () => {
+        ws = (await control("connections")).connections.filter((c) => c.protocol === "ws");
+        return ws.length === 2;
+      });
+      if (ws.every((c) => c.worker === slot)) return tries;
+      assert(tries < 40, `round ${round}: pages never both landed on worker ${slot}`);
+      await Promise.all(pages.map((page) => page.evaluate(() => reconnect())));
+    }
+  }
+  let moves = 0;
+  await publishAndSee(0);
+  for (let round = 1; round <= 5; round++) {
+    moves += await bothOnOwner(round);
+    const pid = (await status()).workers[slot].pid;
+    process.kill(pid, "SIGKILL");
+    // Back once the master lists a new pid for the slot and it answers (ready).
+    await until(`owner slot ${slot} restarted (round ${round})`, async () => {
+      const w = (await status()).workers[slot];
+      return w.pid && w.pid !== pid && w.stats;
+    });
+    await publishAndSee(round);
+  }
+  console.log(`  ${moves} reconnects to put both pages on the owner`);
+  for (const [i, page] of pages.entries()) {
+    await until(`page ${i} open`, async () => (await page.evaluate(() => client.status)) === "open");
+    const { states, resyncs } = await page.evaluate(() => ({ states, resyncs }));
+    assert(resyncs === 0, `page ${i}: ${resyncs} resync events (a resume lost messages)`);
+    const count = (s) => states.filter((x) => x === s).length;
+    console.log(`  page ${i}: ${count("closed")} drops, ${count("resubscribing")} times resubscribing, ${refused[i]} unavailable replies retried`);
+  }
+  for (const page of pages) await page.context().close();
+});
+
+await check("the landing page links the demos and shows its live connection", async () => {
+  const page = await (await browser.newContext({ viewport: { width: 760, height: 560 } })).newPage();
+  page.on("pageerror", (e) => console.log(`page error on /: ${e}`));
+  await page.goto(base + "/");
+  await page.waitForSelector("body[data-state='open']", { timeout: 15000 });
+  assert((await page.textContent("#status")) === "open", "the badge says open");
+  assert(await page.$("a[href='/demo/seats']"), "links the seat demo");
+  await page.screenshot({ path: path.join(shots, "landing.png") });
+  await page.context().close();
 });
 
 await browser.close();
