@@ -4,6 +4,7 @@
 mod bus_events;
 mod conn;
 mod connections;
+mod dirty;
 mod dispatch;
 mod http_api;
 mod owner;
@@ -113,7 +114,7 @@ pub struct Worker {
     master: LineChannel,
     signals: SignalSet,
     /// Connections with new output to write at the end of this loop turn.
-    dirty: Vec<usize>,
+    dirty: dirty::Marks,
     /// Connections whose read budget ran out while input was still waiting.
     pending_reads: Vec<usize>,
     stopping: Option<Instant>,
@@ -207,7 +208,7 @@ impl Worker {
             genesis,
             master,
             signals,
-            dirty: Vec::new(),
+            dirty: dirty::Marks::default(),
             pending_reads: Vec::new(),
             stopping: None,
             stats: WorkerStats::default(),
@@ -227,7 +228,7 @@ impl Worker {
         let mut next_tick = Instant::now() + TICK;
         let mut next_sweep = Instant::now() + SWEEP_EVERY;
         loop {
-            let timeout = if self.pending_reads.is_empty() {
+            let timeout = if self.pending_reads.is_empty() && self.dirty.is_empty() {
                 next_tick.saturating_duration_since(Instant::now())
             } else {
                 Duration::ZERO
@@ -382,21 +383,29 @@ impl Worker {
         }
     }
 
+    /// Writes what is queued. Writing can make more output (a connection
+    /// dropped as its last frame goes out sends `leave` to its neighbours, and
+    /// to other workers), so this goes round until nothing new is marked. The
+    /// rounds are bounded; what is left stays marked for the next turn, which
+    /// then does not wait in `poll`.
     fn flush_all(&mut self) {
-        self.peers.flush(self.poll.registry(), &mut self.bus_events);
-        if !self.bus_events.is_empty() {
-            self.on_bus_events();
+        for _ in 0..FLUSH_ROUNDS {
+            self.peers.flush(self.poll.registry(), &mut self.bus_events);
+            if !self.bus_events.is_empty() {
+                self.on_bus_events();
+            }
+            if self.master.has_output() {
+                let _ = self.master.flush();
+            }
+            if self.dirty.is_empty() {
+                return;
+            }
+            let batch = self.dirty.take();
+            for &key in &batch {
+                self.flush_conn(key);
+            }
+            self.dirty.recycle(batch);
         }
-        if self.master.has_output() {
-            let _ = self.master.flush();
-        }
-        let mut dirty = std::mem::take(&mut self.dirty);
-        dirty.sort_unstable();
-        dirty.dedup();
-        for key in dirty.drain(..) {
-            self.flush_conn(key);
-        }
-        self.dirty = dirty;
     }
 
     /// The connection that made a request is still the one at `key` (keys are
@@ -414,6 +423,9 @@ impl Worker {
         self.next_tag
     }
 }
+
+/// Most write rounds per loop turn (see `flush_all`).
+const FLUSH_ROUNDS: usize = 4;
 
 /// Largest frame between workers: a resume's replay travels as one frame.
 const MAX_BUS_FRAME: usize = 256 << 20;
