@@ -96,6 +96,7 @@ impl StoreThread {
                     shards,
                     retention,
                     touched: HashMap::new(),
+                    failed: false,
                     outbox,
                     waker,
                 };
@@ -123,14 +124,19 @@ struct Writer {
     retention: Storage,
     /// Channels appended to since their last trim, with their last `seq`.
     touched: HashMap<(u32, String), u64>,
+    /// A write failed: the shards may lack something the worker counted on,
+    /// so they must not be marked as closed cleanly.
+    failed: bool,
     outbox: Sender<Event>,
     waker: Arc<Waker>,
 }
 
 impl Writer {
     fn run(&mut self, inbox: Receiver<Request>) {
-        for shard in self.shards.values() {
-            let _ = shard.set_state("clean_shutdown", "0");
+        for (n, shard) in &self.shards {
+            if let Err(e) = shard.set_state("clean_shutdown", "0") {
+                log::error!("store: marking shard {n} as open failed: {e}");
+            }
         }
         while let Ok(first) = inbox.recv() {
             let mut batch = vec![first];
@@ -143,9 +149,7 @@ impl Writer {
             let closing = self.handle(batch);
             let _ = self.waker.wake();
             if closing {
-                for shard in self.shards.values() {
-                    let _ = shard.set_state("clean_shutdown", "1");
-                }
+                self.mark_clean();
                 return;
             }
         }
@@ -174,6 +178,7 @@ impl Writer {
                 None => Err(format!("shard {shard} is not owned here")),
             };
             if let Err(error) = result {
+                self.failed = true;
                 let _ = self.outbox.send(Event::Failed { error });
                 return true;
             }
@@ -209,6 +214,7 @@ impl Writer {
                     if let Some(Err(e)) =
                         self.shards.get(&shard).map(|db| db.set_ack(&channel, seq))
                     {
+                        self.failed = true;
                         log::error!("store: recording the ack of {channel} failed: {e}");
                     }
                 }
@@ -225,6 +231,7 @@ impl Writer {
                         .get(&shard)
                         .map(|db| db.add_dead_letter(&channel, seq, time_ms, reason, &data));
                     if let Some(Err(e)) = stored {
+                        self.failed = true;
                         log::error!("store: recording a dead letter of {channel} failed: {e}");
                     }
                 }
@@ -233,6 +240,20 @@ impl Writer {
             }
         }
         closing
+    }
+
+    /// A clean shutdown only if every write was stored: in `memory`
+    /// durability an unclean one gives the shards' channels new epochs.
+    fn mark_clean(&self) {
+        if self.failed {
+            log::warn!("store: a write failed, so the shards are not marked clean");
+            return;
+        }
+        for (n, shard) in &self.shards {
+            if let Err(e) = shard.set_state("clean_shutdown", "1") {
+                log::error!("store: marking shard {n} as closed cleanly failed: {e}");
+            }
+        }
     }
 
     fn sweep(&mut self, now_ms: i64) {
