@@ -61,8 +61,9 @@ pub enum BusMsg {
         since: u64,
         limit: usize,
     },
-    /// Cumulative ack of an inbox, sent to its owner.
-    Ack { channel: String, seq: u64 },
+    /// Cumulative ack of an inbox, sent to its owner; answered with a
+    /// `QueryAnswer` once it is stored.
+    Ack { tag: u64, channel: String, seq: u64 },
     /// The sender has `count` connections of `uid` in `channel` (to the owner).
     Presence {
         channel: String,

@@ -250,13 +250,23 @@ impl ShardDb {
         rows.collect()
     }
 
-    pub fn set_ack(&self, channel: &str, seq: u64) -> rusqlite::Result<()> {
-        self.conn.execute(
-            "INSERT INTO acks (channel, seq) VALUES (?1, ?2)
-             ON CONFLICT (channel) DO UPDATE SET seq = max(seq, excluded.seq)",
-            params![channel, seq as i64],
-        )?;
-        Ok(())
+    /// Records inboxes' cumulative acks in one transaction; an ack never
+    /// moves back.
+    pub fn set_acks<'a>(
+        &mut self,
+        acks: impl IntoIterator<Item = (&'a str, u64)>,
+    ) -> rusqlite::Result<()> {
+        let tx = self.conn.transaction()?;
+        {
+            let mut set = tx.prepare_cached(
+                "INSERT INTO acks (channel, seq) VALUES (?1, ?2)
+                 ON CONFLICT (channel) DO UPDATE SET seq = max(seq, excluded.seq)",
+            )?;
+            for (channel, seq) in acks {
+                set.execute(params![channel, seq as i64])?;
+            }
+        }
+        tx.commit()
     }
 
     pub fn add_dead_letter(

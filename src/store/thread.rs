@@ -34,8 +34,9 @@ pub enum Request {
         upto: u64,
         limit: usize,
     },
-    /// Record an inbox's cumulative ack.
+    /// Record an inbox's cumulative ack; answered with `AcksStored`.
     Ack {
+        tag: u64,
         shard: u32,
         channel: String,
         seq: u64,
@@ -72,6 +73,11 @@ pub enum Event {
     Swept {
         expired: u64,
         trimmed: u64,
+    },
+    /// The acks with these tags are stored, or failed to be.
+    AcksStored {
+        tags: Vec<u64>,
+        error: Option<String>,
     },
 }
 
@@ -186,6 +192,7 @@ impl Writer {
         if let Some(upto) = last_ticket {
             let _ = self.outbox.send(Event::Committed { upto, count });
         }
+        let mut acks: HashMap<u32, Vec<(u64, String, u64)>> = HashMap::new();
         let mut closing = false;
         for request in rest {
             match request {
@@ -207,17 +214,11 @@ impl Writer {
                 }
                 Request::Sweep { now_ms } => self.sweep(now_ms),
                 Request::Ack {
+                    tag,
                     shard,
                     channel,
                     seq,
-                } => {
-                    if let Some(Err(e)) =
-                        self.shards.get(&shard).map(|db| db.set_ack(&channel, seq))
-                    {
-                        self.failed = true;
-                        log::error!("store: recording the ack of {channel} failed: {e}");
-                    }
-                }
+                } => acks.entry(shard).or_default().push((tag, channel, seq)),
                 Request::DeadLetter {
                     shard,
                     channel,
@@ -239,7 +240,27 @@ impl Writer {
                 Request::Append { .. } => {}
             }
         }
+        self.store_acks(acks);
         closing
+    }
+
+    /// One transaction per shard for its acks, then each ack is answered.
+    fn store_acks(&mut self, acks: HashMap<u32, Vec<(u64, String, u64)>>) {
+        for (shard, batch) in acks {
+            let result = match self.shards.get_mut(&shard) {
+                Some(db) => db
+                    .set_acks(batch.iter().map(|(_, c, s)| (c.as_str(), *s)))
+                    .map_err(|e| e.to_string()),
+                None => Err(format!("shard {shard} is not owned here")),
+            };
+            let error = result.err();
+            if let Some(e) = &error {
+                self.failed = true;
+                log::error!("store: recording acks in shard {shard} failed: {e}");
+            }
+            let tags = batch.into_iter().map(|(tag, _, _)| tag).collect();
+            let _ = self.outbox.send(Event::AcksStored { tags, error });
+        }
     }
 
     /// A clean shutdown only if every write was stored: in `memory`

@@ -120,7 +120,11 @@ impl Worker {
                     ReplyTo::Peer { slot: from, tag },
                 )
             }
-            BusMsg::Ack { channel, seq } => self.owner_ack(&channel, seq),
+            BusMsg::Ack { tag, channel, seq } => self.owner_query(
+                &channel,
+                Query::Ack { seq },
+                ReplyTo::Peer { slot: from, tag },
+            ),
             BusMsg::Presence {
                 channel,
                 uid,

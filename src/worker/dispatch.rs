@@ -164,8 +164,7 @@ impl Worker {
                     let e = ErrorReply::new("bad_request", "`ack` is for inbox channels (#uid)");
                     return self.reply(key, frames::error(id, &e));
                 }
-                self.route_ack(&channel, seq);
-                self.reply(key, frames::ok(id));
+                self.ack(key, id.map(RawValue::to_owned), &channel, seq);
             }
             Op::Presence { channel } => {
                 let reply = HistoryFor::Client {

@@ -100,6 +100,8 @@ pub struct Worker {
     fatal: bool,
     /// As owner: acks and redelivery of the inboxes in our shards.
     inboxes: Inboxes,
+    /// As owner: who waits for each ack sent to the store, by store tag.
+    ack_replies: HashMap<u64, owner::ReplyTo>,
     /// As owner: who is in our channels, per worker.
     presence: Presence,
     /// Our own connections per (channel, uid), as reported to owners.
@@ -200,6 +202,7 @@ impl Worker {
             disk_reads: HashMap::new(),
             fatal: false,
             inboxes,
+            ack_replies: HashMap::new(),
             presence: Presence::default(),
             local_presence: HashMap::new(),
             webhook,

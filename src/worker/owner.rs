@@ -42,6 +42,10 @@ pub enum Query {
         since: u64,
         limit: usize,
     },
+    /// A cumulative ack of an inbox: answered once it is stored.
+    Ack {
+        seq: u64,
+    },
 }
 
 /// Where the owner's answer goes.
@@ -299,9 +303,12 @@ impl Worker {
                     for m in std::mem::take(&mut self.inflight) {
                         self.answer_publish(m.origin, Err(storage_failed(&error)));
                     }
+                    let acks: Vec<u64> = self.ack_replies.keys().copied().collect();
+                    self.acks_stored(acks, Some(error));
                     self.fatal = true;
                 }
                 Event::Read { tag, result } => self.on_disk_read(tag, result),
+                Event::AcksStored { tags, error } => self.acks_stored(tags, error),
                 Event::Swept { expired, trimmed } => {
                     self.stats.expired += expired;
                     self.stats.trimmed += trimmed;
@@ -360,6 +367,7 @@ impl Worker {
                 let json = serde_json::json!({"channel": channel, "seq": seq, "epoch": epoch, "keys": keys});
                 return self.answer_query(reply_to, Ok(json_answer(json.to_string())));
             }
+            Query::Ack { seq } => return self.owner_ack(channel, seq, reply_to),
             Query::User { uid } => {
                 let connections = self.presence.connections(channel, &uid);
                 let json = serde_json::json!({"uid": uid, "online": connections > 0, "connections": connections});
@@ -397,6 +405,7 @@ impl Worker {
                 (after, seq.min(after.saturating_add(*limit as u64)), *limit)
             }
             Query::Inbox
+            | Query::Ack { .. }
             | Query::Presence
             | Query::User { .. }
             | Query::Get { .. }
@@ -471,7 +480,7 @@ impl Worker {
         self.answer_query(read.reply_to, Ok(answer));
     }
 
-    fn answer_query(&mut self, reply_to: ReplyTo, answer: Result<Answer, ErrorReply>) {
+    pub(super) fn answer_query(&mut self, reply_to: ReplyTo, answer: Result<Answer, ErrorReply>) {
         match reply_to {
             ReplyTo::Local(tag) => self.finish_query(tag, answer),
             ReplyTo::Peer { slot, tag } => {

@@ -41,6 +41,12 @@ pub(super) enum Awaiting {
         channel: String,
         reply: HistoryFor,
     },
+    /// An inbox `ack`: answered `ok` once the owner has stored it.
+    Ack {
+        key: usize,
+        conn_id: u64,
+        id: Option<Box<RawValue>>,
+    },
     /// `presence`, `get`, `state` or `GET /api/users/<uid>`: the answer is
     /// one JSON object.
     Json {
@@ -130,6 +136,11 @@ impl Worker {
                 channel: channel.to_string(),
                 since,
                 limit,
+            },
+            Query::Ack { seq } => BusMsg::Ack {
+                tag,
+                channel: channel.to_string(),
+                seq,
             },
         };
         if self.peers.send(owner, &msg, Bytes::new()).is_err() {
@@ -248,6 +259,15 @@ impl Worker {
                     HistoryFor::Http { keep_alive } => {
                         self.answer_http(key, conn_id, keep_alive, json)
                     }
+                }
+            }
+            Awaiting::Ack { key, conn_id, id } => {
+                if self.is_live(key, conn_id) {
+                    let text = match answer {
+                        Ok(_) => frames::ok(id.as_deref()),
+                        Err(e) => frames::error(id.as_deref(), &e),
+                    };
+                    self.reply(key, text);
                 }
             }
             Awaiting::Publish(origin) => {
