@@ -88,6 +88,9 @@ pub enum BusMsg {
         epoch: String,
         recovered: Option<bool>,
         error: Option<String>,
+        /// With `recovered: false`: the oldest `seq` still retained.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        oldest: Option<u64>,
     },
 }
 

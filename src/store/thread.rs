@@ -34,6 +34,14 @@ pub enum Request {
         upto: u64,
         limit: usize,
     },
+    /// Find the oldest unexpired `seq > after` of a channel.
+    Oldest {
+        tag: u64,
+        shard: u32,
+        channel: String,
+        after: u64,
+        now_ms: i64,
+    },
     /// Record an inbox's cumulative ack; answered with `AcksStored`.
     Ack {
         tag: u64,
@@ -73,6 +81,10 @@ pub enum Event {
     Swept {
         expired: u64,
         trimmed: u64,
+    },
+    Oldest {
+        tag: u64,
+        result: Result<Option<u64>, String>,
     },
     /// The acks with these tags are stored, or failed to be.
     AcksStored {
@@ -211,6 +223,21 @@ impl Writer {
                         None => Err(format!("shard {shard} is not owned here")),
                     };
                     let _ = self.outbox.send(Event::Read { tag, result });
+                }
+                Request::Oldest {
+                    tag,
+                    shard,
+                    channel,
+                    after,
+                    now_ms,
+                } => {
+                    let result = match self.shards.get(&shard) {
+                        Some(db) => db
+                            .oldest(&channel, after, now_ms)
+                            .map_err(|e| e.to_string()),
+                        None => Err(format!("shard {shard} is not owned here")),
+                    };
+                    let _ = self.outbox.send(Event::Oldest { tag, result });
                 }
                 Request::Sweep { now_ms } => self.sweep(now_ms),
                 Request::Ack {

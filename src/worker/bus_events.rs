@@ -152,6 +152,7 @@ impl Worker {
                 epoch,
                 recovered,
                 error,
+                oldest,
             } => {
                 let answer = match error {
                     Some(message) => Err(ErrorReply::new("storage_failed", message)),
@@ -159,6 +160,7 @@ impl Worker {
                         seq,
                         epoch,
                         recovered,
+                        oldest,
                         lines: split_lines(&payload),
                     }),
                 };

@@ -11,6 +11,7 @@ mod owner;
 mod pending;
 mod read;
 mod report;
+mod resume;
 mod static_files;
 mod users;
 

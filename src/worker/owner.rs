@@ -62,6 +62,8 @@ pub struct Answer {
     pub seq: u64,
     pub epoch: String,
     pub recovered: Option<bool>,
+    /// With `recovered: false`: the oldest `seq` still retained.
+    pub oldest: Option<u64>,
     /// `msg` lines, newline included, oldest first.
     pub lines: Vec<Bytes>,
 }
@@ -82,11 +84,11 @@ pub struct Inflight {
 
 /// A query waiting for the store thread to read the disk.
 pub struct DiskRead {
-    reply_to: ReplyTo,
-    channel: String,
-    query: Query,
-    seq: u64,
-    epoch: String,
+    pub(super) reply_to: ReplyTo,
+    pub(super) channel: String,
+    pub(super) query: Query,
+    pub(super) seq: u64,
+    pub(super) epoch: String,
 }
 
 pub fn now_ms() -> i64 {
@@ -109,7 +111,7 @@ impl Worker {
             .unwrap_or_else(|| "0".into())
     }
 
-    fn shard_of(&self, channel: &str) -> u32 {
+    pub(super) fn shard_of(&self, channel: &str) -> u32 {
         shard::shard_of(channel, self.config.storage.shards)
     }
 
@@ -308,6 +310,7 @@ impl Worker {
                     self.fatal = true;
                 }
                 Event::Read { tag, result } => self.on_disk_read(tag, result),
+                Event::Oldest { tag, result } => self.on_oldest(tag, result),
                 Event::AcksStored { tags, error } => self.acks_stored(tags, error),
                 Event::Swept { expired, trimmed } => {
                     self.stats.expired += expired;
@@ -380,6 +383,7 @@ impl Worker {
             seq,
             epoch: epoch.clone(),
             recovered,
+            oldest: None,
             lines,
         };
         let (after, upto, limit) = match &query {
@@ -395,7 +399,17 @@ impl Worker {
                 let retained = self.config.storage.retention_for(channel).0;
                 let other_epoch = theirs.as_deref().is_some_and(|e| e != epoch);
                 if other_epoch || *since > seq || seq - since > retained {
-                    return self.answer_query(reply_to, Ok(answer(Some(false), vec![])));
+                    let read = DiskRead {
+                        reply_to,
+                        channel: channel.to_string(),
+                        query: Query::Resume {
+                            since: None,
+                            epoch: None,
+                        },
+                        seq,
+                        epoch: epoch.clone(),
+                    };
+                    return self.find_oldest(read);
                 }
                 (*since, seq, (seq - since) as usize)
             }
@@ -455,7 +469,7 @@ impl Worker {
         };
         let (recovered, lines) = match read.query {
             // A resume replays all of the gap or nothing: any message missing
-            // (trimmed or expired) makes it `recovered: false`.
+            // (trimmed or expired) makes it `recovered: false`, with `oldest`.
             Query::Resume { since, .. } => {
                 let from = since.unwrap_or(0);
                 let whole = live.len() as u64 == read.seq - from
@@ -463,11 +477,10 @@ impl Worker {
                         .iter()
                         .enumerate()
                         .all(|(i, m)| m.seq == from + 1 + i as u64);
-                if whole {
-                    (Some(true), lines(&live))
-                } else {
-                    (Some(false), Vec::new())
+                if !whole {
+                    return self.find_oldest(read);
                 }
+                (Some(true), lines(&live))
             }
             _ => (None, lines(&live)),
         };
@@ -475,6 +488,7 @@ impl Worker {
             seq: read.seq,
             epoch: read.epoch,
             recovered,
+            oldest: None,
             lines,
         };
         self.answer_query(read.reply_to, Ok(answer));
@@ -496,6 +510,7 @@ impl Worker {
                             epoch: a.epoch,
                             recovered: a.recovered,
                             error: None,
+                            oldest: a.oldest,
                         };
                         (msg, Bytes::from(payload))
                     }
@@ -506,6 +521,7 @@ impl Worker {
                             epoch: String::new(),
                             recovered: None,
                             error: Some(e.message),
+                            oldest: None,
                         };
                         (msg, Bytes::new())
                     }
@@ -530,10 +546,11 @@ fn json_answer(json: String) -> Answer {
         seq: 0,
         epoch: String::new(),
         recovered: None,
+        oldest: None,
         lines: vec![Bytes::from(json + "\n")],
     }
 }
 
-fn storage_failed(message: &str) -> ErrorReply {
+pub(super) fn storage_failed(message: &str) -> ErrorReply {
     ErrorReply::new("storage_failed", format!("storage failed: {message}"))
 }

@@ -67,7 +67,7 @@ impl Worker {
             conn_id,
             id: None,
             channel: inbox.clone(),
-            buffer: Vec::new(),
+            buffer: Default::default(),
             quiet: true,
         };
         self.ask_owner(&inbox, Query::Inbox, what);
@@ -267,6 +267,7 @@ impl Worker {
                     seq: 0,
                     epoch: String::new(),
                     recovered: None,
+                    oldest: None,
                     lines: Vec::new(),
                 }),
                 Some(e) => Err(ErrorReply::new(
