@@ -97,6 +97,10 @@ pub struct StoreThread {
     pub requests: Sender<Request>,
     pub events: Receiver<Event>,
     handle: Option<std::thread::JoinHandle<()>>,
+    /// Kept here too: when the thread ends (a failed write ends it) its
+    /// waker must stay open, or closing the eventfd takes the wake-up that
+    /// announces the failure out of the loop's `poll`.
+    _waker: Arc<Waker>,
 }
 
 impl StoreThread {
@@ -107,6 +111,7 @@ impl StoreThread {
     ) -> std::io::Result<StoreThread> {
         let (requests, inbox) = crossbeam_channel::unbounded();
         let (outbox, events) = crossbeam_channel::unbounded();
+        let kept = waker.clone();
         let handle = std::thread::Builder::new()
             .name("store".into())
             .spawn(move || {
@@ -124,6 +129,7 @@ impl StoreThread {
             requests,
             events,
             handle: Some(handle),
+            _waker: kept,
         })
     }
 
