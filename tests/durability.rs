@@ -454,7 +454,9 @@ fn memory_durability_starts_new_epochs_after_a_crash_and_fsync_mode_stores() {
         json!({"op":"pub","id":1,"channel":"m","data":1}),
         &mut Vec::new(),
     );
-    std::thread::sleep(Duration::from_millis(300));
+    eventually("the message is written", || {
+        server.sum_stats(|s| s.stored) >= 1
+    });
     server.stop_now();
     server.launch();
     let after = server.tcp().sub("m")["epoch"].clone();

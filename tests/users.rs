@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{token, Client, Server, TcpClient, WsClient, TIMEOUT};
+use common::{eventually, token, Client, Server, TcpClient, WsClient, TIMEOUT};
 use serde_json::json;
 
 const ALG_NONE: &str =
@@ -302,14 +302,16 @@ fn offline_messages_arrive_on_connect_and_acks_are_remembered() {
     let mut c = login(&server, "carol");
     assert_eq!(c.recv()["seq"], 6, "only what was not acknowledged");
     assert!(c.recv_timeout(Duration::from_millis(150)).is_none());
-    // Acks survive a restart of everything.
-    c.request(
-        json!({"op":"ack","id":"k","channel":"#carol","seq":6}),
-        &mut Vec::new(),
+    // Acks survive a restart of everything: the ok means it is stored.
+    assert_eq!(
+        c.request(
+            json!({"op":"ack","id":"k","channel":"#carol","seq":6}),
+            &mut Vec::new()
+        )["op"],
+        "ok"
     );
     drop(c);
     let mut server = server;
-    std::thread::sleep(Duration::from_millis(100));
     server.stop_now();
     server.launch();
     send(&server, "carol", json!(7), "");
@@ -528,7 +530,10 @@ fn broadcast_reaches_every_connection_and_disconnect_closes_every_connection_of_
     }
     let mut ws_gina =
         WsClient::connect(server.ws_port, &format!("/ws?token={}", token("gina", &[])));
-    std::thread::sleep(Duration::from_millis(100));
+    eventually("gina's new connection is known", || {
+        let (_, body) = server.http("GET", "/api/users/gina", "");
+        serde_json::from_str::<serde_json::Value>(&body).is_ok_and(|u| u["connections"] == 1)
+    });
     assert_eq!(
         server
             .http("POST", "/api/disconnect", r#"{"uid":"gina"}"#)

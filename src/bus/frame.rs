@@ -61,8 +61,9 @@ pub enum BusMsg {
         since: u64,
         limit: usize,
     },
-    /// Cumulative ack of an inbox, sent to its owner.
-    Ack { channel: String, seq: u64 },
+    /// Cumulative ack of an inbox, sent to its owner; answered with a
+    /// `QueryAnswer` once it is stored.
+    Ack { tag: u64, channel: String, seq: u64 },
     /// The sender has `count` connections of `uid` in `channel` (to the owner).
     Presence {
         channel: String,
@@ -87,6 +88,9 @@ pub enum BusMsg {
         epoch: String,
         recovered: Option<bool>,
         error: Option<String>,
+        /// With `recovered: false`: the oldest `seq` still retained.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        oldest: Option<u64>,
     },
 }
 

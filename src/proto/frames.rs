@@ -12,7 +12,7 @@ use serde_json::value::RawValue;
 use super::compact::compact;
 pub use super::replies::{
     broadcast_line, error, event_line, history_reply, msg_line, notice, ok, ok_acked, ok_auth,
-    ok_presence, ok_pub, ok_sub, ok_with, pong, Acked,
+    ok_presence, ok_pub, ok_sub, ok_sub_gap, ok_with, pong, Acked,
 };
 
 /// Longest channel name accepted, in bytes.

@@ -22,6 +22,8 @@ struct Reply<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     recovered: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    oldest: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     code: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     message: Option<&'a str>,
@@ -36,6 +38,7 @@ impl<'a> Reply<'a> {
             seq: None,
             epoch: None,
             recovered: None,
+            oldest: None,
             code: None,
             message: None,
         }
@@ -85,6 +88,26 @@ pub fn pong(id: Option<&RawValue>) -> String {
 pub fn ok_pub(id: Option<&RawValue>, seq: u64) -> String {
     Reply {
         seq: Some(seq),
+        ..Reply::new("ok", id)
+    }
+    .text()
+}
+
+/// A resume that cannot be served in full: `recovered: false`, and the
+/// oldest `seq` still retained (fetch the rest with `history`).
+pub fn ok_sub_gap(
+    id: Option<&RawValue>,
+    channel: &str,
+    seq: u64,
+    epoch: &str,
+    oldest: u64,
+) -> String {
+    Reply {
+        channel: Some(channel),
+        seq: Some(seq),
+        epoch: Some(epoch),
+        recovered: Some(false),
+        oldest: Some(oldest),
         ..Reply::new("ok", id)
     }
     .text()

@@ -192,6 +192,19 @@ impl ShardDb {
         Ok((messages, first.map(|s| s as u64)))
     }
 
+    /// The oldest `seq > after` of `channel` that has not expired at `now_ms`.
+    pub fn oldest(&self, channel: &str, after: u64, now_ms: i64) -> rusqlite::Result<Option<u64>> {
+        let seq: Option<i64> = self
+            .conn
+            .prepare_cached(
+                "SELECT seq FROM messages WHERE channel = ?1 AND seq > ?2 AND expires_at > ?3
+                 ORDER BY seq LIMIT 1",
+            )?
+            .query_row(params![channel, after as i64, now_ms], |r| r.get(0))
+            .optional()?;
+        Ok(seq.map(|s| s as u64))
+    }
+
     /// Idempotency keys still within their window: (channel, key, seq, until_ms).
     pub fn idempotency_keys(
         &self,
@@ -250,13 +263,23 @@ impl ShardDb {
         rows.collect()
     }
 
-    pub fn set_ack(&self, channel: &str, seq: u64) -> rusqlite::Result<()> {
-        self.conn.execute(
-            "INSERT INTO acks (channel, seq) VALUES (?1, ?2)
-             ON CONFLICT (channel) DO UPDATE SET seq = max(seq, excluded.seq)",
-            params![channel, seq as i64],
-        )?;
-        Ok(())
+    /// Records inboxes' cumulative acks in one transaction; an ack never
+    /// moves back.
+    pub fn set_acks<'a>(
+        &mut self,
+        acks: impl IntoIterator<Item = (&'a str, u64)>,
+    ) -> rusqlite::Result<()> {
+        let tx = self.conn.transaction()?;
+        {
+            let mut set = tx.prepare_cached(
+                "INSERT INTO acks (channel, seq) VALUES (?1, ?2)
+                 ON CONFLICT (channel) DO UPDATE SET seq = max(seq, excluded.seq)",
+            )?;
+            for (channel, seq) in acks {
+                set.execute(params![channel, seq as i64])?;
+            }
+        }
+        tx.commit()
     }
 
     pub fn add_dead_letter(
@@ -360,6 +383,9 @@ mod tests {
             vec![4, 6, 7, 8, 9, 10]
         );
         assert_eq!(first, Some(4));
+        assert_eq!(db.oldest("a", 0, 0).unwrap(), Some(4));
+        assert_eq!(db.oldest("a", 6, 0).unwrap(), Some(7));
+        assert_eq!(db.oldest("a", 10, 0).unwrap(), None);
         db.renew_epochs(|| "e2".into()).unwrap();
         assert_eq!(db.channels().unwrap()[0].1, "e2");
     }

@@ -34,8 +34,17 @@ pub enum Request {
         upto: u64,
         limit: usize,
     },
-    /// Record an inbox's cumulative ack.
+    /// Find the oldest unexpired `seq > after` of a channel.
+    Oldest {
+        tag: u64,
+        shard: u32,
+        channel: String,
+        after: u64,
+        now_ms: i64,
+    },
+    /// Record an inbox's cumulative ack; answered with `AcksStored`.
     Ack {
+        tag: u64,
         shard: u32,
         channel: String,
         seq: u64,
@@ -73,12 +82,25 @@ pub enum Event {
         expired: u64,
         trimmed: u64,
     },
+    Oldest {
+        tag: u64,
+        result: Result<Option<u64>, String>,
+    },
+    /// The acks with these tags are stored, or failed to be.
+    AcksStored {
+        tags: Vec<u64>,
+        error: Option<String>,
+    },
 }
 
 pub struct StoreThread {
     pub requests: Sender<Request>,
     pub events: Receiver<Event>,
     handle: Option<std::thread::JoinHandle<()>>,
+    /// Kept here too: when the thread ends (a failed write ends it) its
+    /// waker must stay open, or closing the eventfd takes the wake-up that
+    /// announces the failure out of the loop's `poll`.
+    _waker: Arc<Waker>,
 }
 
 impl StoreThread {
@@ -89,6 +111,7 @@ impl StoreThread {
     ) -> std::io::Result<StoreThread> {
         let (requests, inbox) = crossbeam_channel::unbounded();
         let (outbox, events) = crossbeam_channel::unbounded();
+        let kept = waker.clone();
         let handle = std::thread::Builder::new()
             .name("store".into())
             .spawn(move || {
@@ -96,6 +119,7 @@ impl StoreThread {
                     shards,
                     retention,
                     touched: HashMap::new(),
+                    failed: false,
                     outbox,
                     waker,
                 };
@@ -105,6 +129,7 @@ impl StoreThread {
             requests,
             events,
             handle: Some(handle),
+            _waker: kept,
         })
     }
 
@@ -123,14 +148,19 @@ struct Writer {
     retention: Storage,
     /// Channels appended to since their last trim, with their last `seq`.
     touched: HashMap<(u32, String), u64>,
+    /// A write failed: the shards may lack something the worker counted on,
+    /// so they must not be marked as closed cleanly.
+    failed: bool,
     outbox: Sender<Event>,
     waker: Arc<Waker>,
 }
 
 impl Writer {
     fn run(&mut self, inbox: Receiver<Request>) {
-        for shard in self.shards.values() {
-            let _ = shard.set_state("clean_shutdown", "0");
+        for (n, shard) in &self.shards {
+            if let Err(e) = shard.set_state("clean_shutdown", "0") {
+                log::error!("store: marking shard {n} as open failed: {e}");
+            }
         }
         while let Ok(first) = inbox.recv() {
             let mut batch = vec![first];
@@ -143,9 +173,7 @@ impl Writer {
             let closing = self.handle(batch);
             let _ = self.waker.wake();
             if closing {
-                for shard in self.shards.values() {
-                    let _ = shard.set_state("clean_shutdown", "1");
-                }
+                self.mark_clean();
                 return;
             }
         }
@@ -174,6 +202,7 @@ impl Writer {
                 None => Err(format!("shard {shard} is not owned here")),
             };
             if let Err(error) = result {
+                self.failed = true;
                 let _ = self.outbox.send(Event::Failed { error });
                 return true;
             }
@@ -181,6 +210,7 @@ impl Writer {
         if let Some(upto) = last_ticket {
             let _ = self.outbox.send(Event::Committed { upto, count });
         }
+        let mut acks: HashMap<u32, Vec<(u64, String, u64)>> = HashMap::new();
         let mut closing = false;
         for request in rest {
             match request {
@@ -200,18 +230,28 @@ impl Writer {
                     };
                     let _ = self.outbox.send(Event::Read { tag, result });
                 }
+                Request::Oldest {
+                    tag,
+                    shard,
+                    channel,
+                    after,
+                    now_ms,
+                } => {
+                    let result = match self.shards.get(&shard) {
+                        Some(db) => db
+                            .oldest(&channel, after, now_ms)
+                            .map_err(|e| e.to_string()),
+                        None => Err(format!("shard {shard} is not owned here")),
+                    };
+                    let _ = self.outbox.send(Event::Oldest { tag, result });
+                }
                 Request::Sweep { now_ms } => self.sweep(now_ms),
                 Request::Ack {
+                    tag,
                     shard,
                     channel,
                     seq,
-                } => {
-                    if let Some(Err(e)) =
-                        self.shards.get(&shard).map(|db| db.set_ack(&channel, seq))
-                    {
-                        log::error!("store: recording the ack of {channel} failed: {e}");
-                    }
-                }
+                } => acks.entry(shard).or_default().push((tag, channel, seq)),
                 Request::DeadLetter {
                     shard,
                     channel,
@@ -225,6 +265,7 @@ impl Writer {
                         .get(&shard)
                         .map(|db| db.add_dead_letter(&channel, seq, time_ms, reason, &data));
                     if let Some(Err(e)) = stored {
+                        self.failed = true;
                         log::error!("store: recording a dead letter of {channel} failed: {e}");
                     }
                 }
@@ -232,7 +273,41 @@ impl Writer {
                 Request::Append { .. } => {}
             }
         }
+        self.store_acks(acks);
         closing
+    }
+
+    /// One transaction per shard for its acks, then each ack is answered.
+    fn store_acks(&mut self, acks: HashMap<u32, Vec<(u64, String, u64)>>) {
+        for (shard, batch) in acks {
+            let result = match self.shards.get_mut(&shard) {
+                Some(db) => db
+                    .set_acks(batch.iter().map(|(_, c, s)| (c.as_str(), *s)))
+                    .map_err(|e| e.to_string()),
+                None => Err(format!("shard {shard} is not owned here")),
+            };
+            let error = result.err();
+            if let Some(e) = &error {
+                self.failed = true;
+                log::error!("store: recording acks in shard {shard} failed: {e}");
+            }
+            let tags = batch.into_iter().map(|(tag, _, _)| tag).collect();
+            let _ = self.outbox.send(Event::AcksStored { tags, error });
+        }
+    }
+
+    /// A clean shutdown only if every write was stored: in `memory`
+    /// durability an unclean one gives the shards' channels new epochs.
+    fn mark_clean(&self) {
+        if self.failed {
+            log::warn!("store: a write failed, so the shards are not marked clean");
+            return;
+        }
+        for (n, shard) in &self.shards {
+            if let Err(e) = shard.set_state("clean_shutdown", "1") {
+                log::error!("store: marking shard {n} as closed cleanly failed: {e}");
+            }
+        }
     }
 
     fn sweep(&mut self, now_ms: i64) {

@@ -7,4 +7,5 @@ pub mod owner;
 pub mod presence;
 pub mod shard;
 pub mod state;
+pub mod sub_buffer;
 pub mod subscriptions;

@@ -24,8 +24,14 @@ mod tests {
 
     #[test]
     fn hash_is_stable_and_spreads() {
-        // Pinned: a change here would move every channel to another shard file.
-        assert_eq!(shard_of("news", 16), shard_of("news", 16));
+        // Pinned: a change here would move every channel to another shard
+        // file. 0xaf63dc4c8601ec8c is the published FNV-1a (64-bit) of "a".
+        assert_eq!(
+            shard_of("a", 1 << 31),
+            (0xaf63_dc4c_8601_ec8c_u64 % (1 << 31)) as u32
+        );
+        assert_eq!(shard_of("news", 16), 6);
+        assert_eq!(shard_of("#carol", 16), 15);
         assert_eq!(
             shard_of("", 1 << 31),
             (0xcbf2_9ce4_8422_2325u64 % (1 << 31)) as u32

@@ -120,7 +120,11 @@ impl Worker {
                     ReplyTo::Peer { slot: from, tag },
                 )
             }
-            BusMsg::Ack { channel, seq } => self.owner_ack(&channel, seq),
+            BusMsg::Ack { tag, channel, seq } => self.owner_query(
+                &channel,
+                Query::Ack { seq },
+                ReplyTo::Peer { slot: from, tag },
+            ),
             BusMsg::Presence {
                 channel,
                 uid,
@@ -148,6 +152,7 @@ impl Worker {
                 epoch,
                 recovered,
                 error,
+                oldest,
             } => {
                 let answer = match error {
                     Some(message) => Err(ErrorReply::new("storage_failed", message)),
@@ -155,6 +160,7 @@ impl Worker {
                         seq,
                         epoch,
                         recovered,
+                        oldest,
                         lines: split_lines(&payload),
                     }),
                 };

@@ -12,7 +12,7 @@ use bytes::Bytes;
 use serde_json::value::RawValue;
 
 use super::owner::Query;
-use super::pending::{unavailable, Awaiting, HistoryFor, Pending, MAX_SUB_BUFFER};
+use super::pending::{unavailable, Awaiting, HistoryFor, Pending};
 use super::Worker;
 use crate::auth;
 use crate::bus::BusMsg;
@@ -133,7 +133,7 @@ impl Worker {
                     conn_id,
                     id: id.map(RawValue::to_owned),
                     channel: channel.to_string(),
-                    buffer: Vec::new(),
+                    buffer: Default::default(),
                     quiet: false,
                 };
                 self.ask_owner(&channel, query, what);
@@ -161,8 +161,7 @@ impl Worker {
                     let e = ErrorReply::new("bad_request", "`ack` is for inbox channels (#uid)");
                     return self.reply(key, frames::error(id, &e));
                 }
-                self.route_ack(&channel, seq);
-                self.reply(key, frames::ok(id));
+                self.ack(key, id.map(RawValue::to_owned), &channel, seq);
             }
             Op::Presence { channel } => {
                 let reply = HistoryFor::Client {
@@ -277,19 +276,7 @@ impl Worker {
     /// Hands a stored message to this worker's subscribers of `channel`, and
     /// to the `sub`s still waiting for their owner's answer.
     pub(super) fn deliver_local(&mut self, channel: &str, seq: u64, line: &Bytes) {
-        if let Some(tags) = self.pending_subs.get(channel) {
-            for tag in tags {
-                if let Some(Pending {
-                    what: Awaiting::Sub { buffer, .. },
-                    ..
-                }) = self.pending.get_mut(tag)
-                {
-                    if buffer.len() < MAX_SUB_BUFFER {
-                        buffer.push((seq, line.clone()));
-                    }
-                }
-            }
-        }
+        self.buffer_for_waiting_subs(channel, seq, line);
         let subscribers = self.subs.subscribers(channel);
         if subscribers.is_empty() {
             return;

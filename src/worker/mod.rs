@@ -4,12 +4,14 @@
 mod bus_events;
 mod conn;
 mod connections;
+mod dirty;
 mod dispatch;
 mod http_api;
 mod owner;
 mod pending;
 mod read;
 mod report;
+mod resume;
 mod static_files;
 mod users;
 
@@ -99,6 +101,8 @@ pub struct Worker {
     fatal: bool,
     /// As owner: acks and redelivery of the inboxes in our shards.
     inboxes: Inboxes,
+    /// As owner: who waits for each ack sent to the store, by store tag.
+    ack_replies: HashMap<u64, owner::ReplyTo>,
     /// As owner: who is in our channels, per worker.
     presence: Presence,
     /// Our own connections per (channel, uid), as reported to owners.
@@ -113,7 +117,7 @@ pub struct Worker {
     master: LineChannel,
     signals: SignalSet,
     /// Connections with new output to write at the end of this loop turn.
-    dirty: Vec<usize>,
+    dirty: dirty::Marks,
     /// Connections whose read budget ran out while input was still waiting.
     pending_reads: Vec<usize>,
     stopping: Option<Instant>,
@@ -199,6 +203,7 @@ impl Worker {
             disk_reads: HashMap::new(),
             fatal: false,
             inboxes,
+            ack_replies: HashMap::new(),
             presence: Presence::default(),
             local_presence: HashMap::new(),
             webhook,
@@ -207,7 +212,7 @@ impl Worker {
             genesis,
             master,
             signals,
-            dirty: Vec::new(),
+            dirty: dirty::Marks::default(),
             pending_reads: Vec::new(),
             stopping: None,
             stats: WorkerStats::default(),
@@ -227,7 +232,7 @@ impl Worker {
         let mut next_tick = Instant::now() + TICK;
         let mut next_sweep = Instant::now() + SWEEP_EVERY;
         loop {
-            let timeout = if self.pending_reads.is_empty() {
+            let timeout = if self.pending_reads.is_empty() && self.dirty.is_empty() {
                 next_tick.saturating_duration_since(Instant::now())
             } else {
                 Duration::ZERO
@@ -383,21 +388,29 @@ impl Worker {
         }
     }
 
+    /// Writes what is queued. Writing can make more output (a connection
+    /// dropped as its last frame goes out sends `leave` to its neighbours, and
+    /// to other workers), so this goes round until nothing new is marked. The
+    /// rounds are bounded; what is left stays marked for the next turn, which
+    /// then does not wait in `poll`.
     fn flush_all(&mut self) {
-        self.peers.flush(self.poll.registry(), &mut self.bus_events);
-        if !self.bus_events.is_empty() {
-            self.on_bus_events();
+        for _ in 0..FLUSH_ROUNDS {
+            self.peers.flush(self.poll.registry(), &mut self.bus_events);
+            if !self.bus_events.is_empty() {
+                self.on_bus_events();
+            }
+            if self.master.has_output() {
+                let _ = self.master.flush();
+            }
+            if self.dirty.is_empty() {
+                return;
+            }
+            let batch = self.dirty.take();
+            for &key in &batch {
+                self.flush_conn(key);
+            }
+            self.dirty.recycle(batch);
         }
-        if self.master.has_output() {
-            let _ = self.master.flush();
-        }
-        let mut dirty = std::mem::take(&mut self.dirty);
-        dirty.sort_unstable();
-        dirty.dedup();
-        for key in dirty.drain(..) {
-            self.flush_conn(key);
-        }
-        self.dirty = dirty;
     }
 
     /// The connection that made a request is still the one at `key` (keys are
@@ -415,6 +428,9 @@ impl Worker {
         self.next_tag
     }
 }
+
+/// Most write rounds per loop turn (see `flush_all`).
+const FLUSH_ROUNDS: usize = 4;
 
 /// Largest frame between workers: a resume's replay travels as one frame.
 const MAX_BUS_FRAME: usize = 256 << 20;

@@ -42,6 +42,10 @@ pub enum Query {
         since: u64,
         limit: usize,
     },
+    /// A cumulative ack of an inbox: answered once it is stored.
+    Ack {
+        seq: u64,
+    },
 }
 
 /// Where the owner's answer goes.
@@ -58,6 +62,8 @@ pub struct Answer {
     pub seq: u64,
     pub epoch: String,
     pub recovered: Option<bool>,
+    /// With `recovered: false`: the oldest `seq` still retained.
+    pub oldest: Option<u64>,
     /// `msg` lines, newline included, oldest first.
     pub lines: Vec<Bytes>,
 }
@@ -78,11 +84,11 @@ pub struct Inflight {
 
 /// A query waiting for the store thread to read the disk.
 pub struct DiskRead {
-    reply_to: ReplyTo,
-    channel: String,
-    query: Query,
-    seq: u64,
-    epoch: String,
+    pub(super) reply_to: ReplyTo,
+    pub(super) channel: String,
+    pub(super) query: Query,
+    pub(super) seq: u64,
+    pub(super) epoch: String,
 }
 
 pub fn now_ms() -> i64 {
@@ -105,7 +111,7 @@ impl Worker {
             .unwrap_or_else(|| "0".into())
     }
 
-    fn shard_of(&self, channel: &str) -> u32 {
+    pub(super) fn shard_of(&self, channel: &str) -> u32 {
         shard::shard_of(channel, self.config.storage.shards)
     }
 
@@ -299,9 +305,13 @@ impl Worker {
                     for m in std::mem::take(&mut self.inflight) {
                         self.answer_publish(m.origin, Err(storage_failed(&error)));
                     }
+                    let acks: Vec<u64> = self.ack_replies.keys().copied().collect();
+                    self.acks_stored(acks, Some(error));
                     self.fatal = true;
                 }
                 Event::Read { tag, result } => self.on_disk_read(tag, result),
+                Event::Oldest { tag, result } => self.on_oldest(tag, result),
+                Event::AcksStored { tags, error } => self.acks_stored(tags, error),
                 Event::Swept { expired, trimmed } => {
                     self.stats.expired += expired;
                     self.stats.trimmed += trimmed;
@@ -360,6 +370,7 @@ impl Worker {
                 let json = serde_json::json!({"channel": channel, "seq": seq, "epoch": epoch, "keys": keys});
                 return self.answer_query(reply_to, Ok(json_answer(json.to_string())));
             }
+            Query::Ack { seq } => return self.owner_ack(channel, seq, reply_to),
             Query::User { uid } => {
                 let connections = self.presence.connections(channel, &uid);
                 let json = serde_json::json!({"uid": uid, "online": connections > 0, "connections": connections});
@@ -372,6 +383,7 @@ impl Worker {
             seq,
             epoch: epoch.clone(),
             recovered,
+            oldest: None,
             lines,
         };
         let (after, upto, limit) = match &query {
@@ -387,7 +399,17 @@ impl Worker {
                 let retained = self.config.storage.retention_for(channel).0;
                 let other_epoch = theirs.as_deref().is_some_and(|e| e != epoch);
                 if other_epoch || *since > seq || seq - since > retained {
-                    return self.answer_query(reply_to, Ok(answer(Some(false), vec![])));
+                    let read = DiskRead {
+                        reply_to,
+                        channel: channel.to_string(),
+                        query: Query::Resume {
+                            since: None,
+                            epoch: None,
+                        },
+                        seq,
+                        epoch: epoch.clone(),
+                    };
+                    return self.find_oldest(read);
                 }
                 (*since, seq, (seq - since) as usize)
             }
@@ -397,6 +419,7 @@ impl Worker {
                 (after, seq.min(after.saturating_add(*limit as u64)), *limit)
             }
             Query::Inbox
+            | Query::Ack { .. }
             | Query::Presence
             | Query::User { .. }
             | Query::Get { .. }
@@ -446,7 +469,7 @@ impl Worker {
         };
         let (recovered, lines) = match read.query {
             // A resume replays all of the gap or nothing: any message missing
-            // (trimmed or expired) makes it `recovered: false`.
+            // (trimmed or expired) makes it `recovered: false`, with `oldest`.
             Query::Resume { since, .. } => {
                 let from = since.unwrap_or(0);
                 let whole = live.len() as u64 == read.seq - from
@@ -454,11 +477,10 @@ impl Worker {
                         .iter()
                         .enumerate()
                         .all(|(i, m)| m.seq == from + 1 + i as u64);
-                if whole {
-                    (Some(true), lines(&live))
-                } else {
-                    (Some(false), Vec::new())
+                if !whole {
+                    return self.find_oldest(read);
                 }
+                (Some(true), lines(&live))
             }
             _ => (None, lines(&live)),
         };
@@ -466,12 +488,13 @@ impl Worker {
             seq: read.seq,
             epoch: read.epoch,
             recovered,
+            oldest: None,
             lines,
         };
         self.answer_query(read.reply_to, Ok(answer));
     }
 
-    fn answer_query(&mut self, reply_to: ReplyTo, answer: Result<Answer, ErrorReply>) {
+    pub(super) fn answer_query(&mut self, reply_to: ReplyTo, answer: Result<Answer, ErrorReply>) {
         match reply_to {
             ReplyTo::Local(tag) => self.finish_query(tag, answer),
             ReplyTo::Peer { slot, tag } => {
@@ -487,6 +510,7 @@ impl Worker {
                             epoch: a.epoch,
                             recovered: a.recovered,
                             error: None,
+                            oldest: a.oldest,
                         };
                         (msg, Bytes::from(payload))
                     }
@@ -497,6 +521,7 @@ impl Worker {
                             epoch: String::new(),
                             recovered: None,
                             error: Some(e.message),
+                            oldest: None,
                         };
                         (msg, Bytes::new())
                     }
@@ -521,10 +546,11 @@ fn json_answer(json: String) -> Answer {
         seq: 0,
         epoch: String::new(),
         recovered: None,
+        oldest: None,
         lines: vec![Bytes::from(json + "\n")],
     }
 }
 
-fn storage_failed(message: &str) -> ErrorReply {
+pub(super) fn storage_failed(message: &str) -> ErrorReply {
     ErrorReply::new("storage_failed", format!("storage failed: {message}"))
 }

@@ -7,9 +7,11 @@ use serde_json::value::RawValue;
 
 use super::dispatch::Origin;
 use super::owner::{Answer, Query, ReplyTo};
+use super::resume::SubAnswer;
 use super::Worker;
 use crate::bus::BusMsg;
 use crate::proto::frames::{self, ErrorReply};
+use crate::sync::sub_buffer::SubBuffer;
 
 /// Where a history answer goes.
 pub enum HistoryFor {
@@ -30,8 +32,8 @@ pub(super) enum Awaiting {
         conn_id: u64,
         id: Option<Box<RawValue>>,
         channel: String,
-        /// Messages of the channel that arrived while waiting: `(seq, line)`.
-        buffer: Vec<(u64, Bytes)>,
+        /// Messages of the channel that arrived while waiting.
+        buffer: SubBuffer,
         /// The automatic inbox subscription of a user: no reply frame.
         quiet: bool,
     },
@@ -40,6 +42,12 @@ pub(super) enum Awaiting {
         conn_id: u64,
         channel: String,
         reply: HistoryFor,
+    },
+    /// An inbox `ack`: answered `ok` once the owner has stored it.
+    Ack {
+        key: usize,
+        conn_id: u64,
+        id: Option<Box<RawValue>>,
     },
     /// `presence`, `get`, `state` or `GET /api/users/<uid>`: the answer is
     /// one JSON object.
@@ -51,7 +59,19 @@ pub(super) enum Awaiting {
 }
 
 /// Most messages a waiting `sub` buffers before it gives up.
-pub(super) const MAX_SUB_BUFFER: usize = 100_000;
+const MAX_SUB_BUFFER: usize = 100_000;
+
+/// `MAX_SUB_BUFFER`, or the test-only override `SYNCD_TEST_MAX_SUB_BUFFER`
+/// (see docs/operations.md) so tests need not publish 100 000 messages.
+pub(super) fn sub_buffer_cap() -> usize {
+    static CAP: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *CAP.get_or_init(|| {
+        std::env::var("SYNCD_TEST_MAX_SUB_BUFFER")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(MAX_SUB_BUFFER)
+    })
+}
 
 pub fn unavailable(slot: usize) -> ErrorReply {
     ErrorReply::new(
@@ -77,6 +97,22 @@ impl Worker {
             reply,
         };
         self.ask_owner(channel, Query::History { since, limit }, what);
+    }
+
+    /// A message of `channel` for the `sub`s still waiting for its owner.
+    pub(super) fn buffer_for_waiting_subs(&mut self, channel: &str, seq: u64, line: &Bytes) {
+        let Some(tags) = self.pending_subs.get(channel) else {
+            return;
+        };
+        for tag in tags {
+            if let Some(Pending {
+                what: Awaiting::Sub { buffer, .. },
+                ..
+            }) = self.pending.get_mut(tag)
+            {
+                buffer.push(seq, line, sub_buffer_cap());
+            }
+        }
     }
 
     /// Records what waits for the answer, then asks the owner: this worker
@@ -131,6 +167,11 @@ impl Worker {
                 since,
                 limit,
             },
+            Query::Ack { seq } => BusMsg::Ack {
+                tag,
+                channel: channel.to_string(),
+                seq,
+            },
         };
         if self.peers.send(owner, &msg, Bytes::new()).is_err() {
             self.finish_query(tag, Err(unavailable(owner)));
@@ -157,42 +198,15 @@ impl Worker {
                         self.pending_subs.remove(channel.as_str());
                     }
                 }
-                if !self.is_live(key, conn_id) {
-                    return;
-                }
-                let answer = match answer {
-                    Ok(answer) => answer,
-                    Err(e) if quiet => {
-                        return log::warn!(
-                            "worker {}: inbox {channel} unavailable: {}",
-                            self.slot,
-                            e.message
-                        )
-                    }
-                    Err(e) => return self.reply(key, frames::error(id.as_deref(), &e)),
+                let sub = SubAnswer {
+                    key,
+                    conn_id,
+                    id,
+                    channel,
+                    buffer,
+                    quiet,
                 };
-                let reply = frames::ok_sub(
-                    id.as_deref(),
-                    &channel,
-                    answer.seq,
-                    &answer.epoch,
-                    answer.recovered,
-                );
-                if !quiet {
-                    self.reply(key, reply);
-                }
-                let live = buffer
-                    .into_iter()
-                    .filter(|(seq, _)| *seq > answer.seq)
-                    .map(|(_, line)| line);
-                let limit = self.config.limits.max_send_buffer;
-                if let Some(conn) = self.conns.get_mut(key) {
-                    conn.replay(answer.lines.into_iter().chain(live), limit);
-                }
-                if self.subs.add(key, &channel) {
-                    self.track_presence(key, &channel, true);
-                }
-                self.mark_dirty(key);
+                self.finish_sub(sub, answer);
             }
             Awaiting::History {
                 key,
@@ -248,6 +262,15 @@ impl Worker {
                     HistoryFor::Http { keep_alive } => {
                         self.answer_http(key, conn_id, keep_alive, json)
                     }
+                }
+            }
+            Awaiting::Ack { key, conn_id, id } => {
+                if self.is_live(key, conn_id) {
+                    let text = match answer {
+                        Ok(_) => frames::ok(id.as_deref()),
+                        Err(e) => frames::error(id.as_deref(), &e),
+                    };
+                    self.reply(key, text);
                 }
             }
             Awaiting::Publish(origin) => {

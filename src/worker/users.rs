@@ -8,7 +8,7 @@ use bytes::Bytes;
 use serde_json::value::RawValue;
 
 use super::dispatch::{Origin, PublishOptions};
-use super::owner::{now_ms, Query};
+use super::owner::{now_ms, Answer, Query, ReplyTo};
 use super::pending::{Awaiting, HistoryFor};
 use super::Worker;
 use crate::auth;
@@ -67,7 +67,7 @@ impl Worker {
             conn_id,
             id: None,
             channel: inbox.clone(),
-            buffer: Vec::new(),
+            buffer: Default::default(),
             quiet: true,
         };
         self.ask_owner(&inbox, Query::Inbox, what);
@@ -229,28 +229,53 @@ impl Worker {
         );
     }
 
-    pub(super) fn route_ack(&mut self, channel: &str, seq: u64) {
-        let owner = self.owner_of(channel);
-        if owner == self.slot {
-            self.owner_ack(channel, seq);
-        } else {
-            let msg = BusMsg::Ack {
-                channel: channel.to_string(),
-                seq,
-            };
-            let _ = self.peers.send(owner, &msg, Bytes::new());
-        }
+    /// A client's `ack`: answered `ok` only once the inbox's owner has
+    /// stored it, as a publish is answered only once stored.
+    pub(super) fn ack(&mut self, key: usize, id: Option<Box<RawValue>>, channel: &str, seq: u64) {
+        let conn_id = self.conns.get(key).map_or(0, |c| c.id);
+        let what = Awaiting::Ack { key, conn_id, id };
+        self.ask_owner(channel, Query::Ack { seq }, what);
     }
 
-    /// As the owner of an inbox: a cumulative ack.
-    pub(super) fn owner_ack(&mut self, channel: &str, seq: u64) {
-        if self.inboxes.ack(channel, seq) {
-            let shard = shard::shard_of(channel, self.config.storage.shards);
-            let _ = self.store.requests.send(Request::Ack {
-                shard,
-                channel: channel.to_string(),
-                seq,
-            });
+    /// As the owner of an inbox: a cumulative ack. Redelivery stops now; the
+    /// answer waits for the store. An ack that moves nothing is stored again
+    /// all the same, so its answer also waits for the earlier ones.
+    pub(super) fn owner_ack(&mut self, channel: &str, seq: u64, reply_to: ReplyTo) {
+        self.inboxes.ack(channel, seq);
+        let tag = self.next_tag();
+        let request = Request::Ack {
+            tag,
+            shard: shard::shard_of(channel, self.config.storage.shards),
+            channel: channel.to_string(),
+            seq,
+        };
+        if self.store.requests.send(request).is_err() {
+            let e = ErrorReply::new("storage_failed", "storage failed: the store thread is gone");
+            return self.answer_query(reply_to, Err(e));
+        }
+        self.ack_replies.insert(tag, reply_to);
+    }
+
+    /// As the owner: the store has recorded (or failed to record) these acks.
+    pub(super) fn acks_stored(&mut self, tags: Vec<u64>, error: Option<String>) {
+        for tag in tags {
+            let Some(reply_to) = self.ack_replies.remove(&tag) else {
+                continue;
+            };
+            let answer = match &error {
+                None => Ok(Answer {
+                    seq: 0,
+                    epoch: String::new(),
+                    recovered: None,
+                    oldest: None,
+                    lines: Vec::new(),
+                }),
+                Some(e) => Err(ErrorReply::new(
+                    "storage_failed",
+                    format!("storage failed: {e}"),
+                )),
+            };
+            self.answer_query(reply_to, answer);
         }
     }
 

@@ -493,3 +493,27 @@ pub fn eventually(what: &str, mut f: impl FnMut() -> bool) {
 pub fn exists(path: &Path) -> bool {
     path.exists()
 }
+
+impl Server {
+    /// Restarts syncd (kill -9, then `start` again) with extra environment
+    /// variables: the test-only knobs listed in docs/operations.md.
+    pub fn relaunch_with_env(&mut self, env: &[(&str, &str)]) {
+        self.stop_now();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("out.log"))
+            .expect("log");
+        let child = Command::new(syncd_bin())
+            .args(["-c", self.config.to_str().unwrap(), "start"])
+            .envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .process_group(0)
+            .spawn()
+            .expect("spawn syncd");
+        self.child = Some(child);
+        self.wait_serving();
+    }
+}
