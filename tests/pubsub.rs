@@ -183,3 +183,50 @@ fn ping_unsub_and_sub_reply_carry_the_id_and_current_seq() {
     );
     assert!(early.is_empty());
 }
+
+#[test]
+fn unsub_sent_right_after_sub_leaves_the_connection_unsubscribed() {
+    let server = Server::start(2, "[storage]\nshards = 16\n");
+    let [mut c, mut watcher] = [0, 1].map(|_| server.tcp());
+    while server.worker_of(watcher.local_addr()) != server.worker_of(c.local_addr()) {
+        watcher = server.tcp();
+    }
+    let here = server.worker_of(c.local_addr());
+    for round in 0..20 {
+        // Owned by the other worker, so the sub waits for an answer over
+        // the bus while the unsub is read.
+        let channel = (0..)
+            .map(|i| format!("unsub-race-{round}-{i}"))
+            .find(|ch| syncd::sync::shard::owner_of(ch, 16, 2) != here)
+            .expect("a channel owned elsewhere");
+        watcher.sub(&channel);
+        c.send_raw(&format!(
+            "{}\n{}",
+            json!({"op":"sub","id":1,"channel":channel}),
+            json!({"op":"unsub","id":2,"channel":channel})
+        ));
+        let first = c.recv();
+        let second = c.recv();
+        assert_eq!(second, json!({"op":"ok","id":2}), "round {round}");
+        assert!(
+            first["op"] == "ok" || first["code"] == "cancelled",
+            "the sub is answered, ok or cancelled: {first}"
+        );
+        let (status, body) = server.http(
+            "POST",
+            "/api/publish",
+            &json!({"channel":channel,"data":round}).to_string(),
+        );
+        assert_eq!(status, 200, "{body}");
+        // The watcher shares c's worker, which queues a message to all its
+        // local subscribers at once: once the watcher has it, a ping from c
+        // is answered after anything c would have been sent.
+        assert_eq!(watcher.recv()["data"], round);
+        let mut early = Vec::new();
+        c.request(json!({"op":"ping","id":3}), &mut early);
+        assert!(
+            early.is_empty(),
+            "round {round}: still subscribed: {early:?}"
+        );
+    }
+}

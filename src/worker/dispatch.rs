@@ -139,6 +139,7 @@ impl Worker {
                 self.ask_owner(&channel, query, what);
             }
             Op::Unsub { channel } => {
+                self.cancel_waiting_sub(key, conn_id, &channel);
                 if self.subs.remove(key, &channel) {
                     self.track_presence(key, &channel, false);
                 }

@@ -115,6 +115,41 @@ impl Worker {
         }
     }
 
+    /// An `unsub` that overtakes this connection's `sub` of the channel, still
+    /// waiting for the owner: the `sub` is answered `cancelled` at once and
+    /// the owner's answer will find nothing, so the connection ends up
+    /// unsubscribed, as its last request said.
+    pub(super) fn cancel_waiting_sub(&mut self, key: usize, conn_id: u64, channel: &str) {
+        let Some(tags) = self.pending_subs.get_mut(channel) else {
+            return;
+        };
+        let pending = &mut self.pending;
+        let mut cancelled = Vec::new();
+        tags.retain(|tag| {
+            let ours = matches!(
+                pending.get(tag),
+                Some(Pending { what: Awaiting::Sub { key: k, conn_id: c, quiet: false, .. }, .. })
+                    if *k == key && *c == conn_id
+            );
+            if ours {
+                cancelled.extend(pending.remove(tag));
+            }
+            !ours
+        });
+        if tags.is_empty() {
+            self.pending_subs.remove(channel);
+        }
+        for Pending { what, .. } in cancelled {
+            if let Awaiting::Sub { id, .. } = what {
+                let e = ErrorReply::new(
+                    "cancelled",
+                    "an unsub of this channel came before the subscription was confirmed",
+                );
+                self.reply(key, frames::error(id.as_deref(), &e));
+            }
+        }
+    }
+
     /// Records what waits for the answer, then asks the owner: this worker
     /// directly, or another one over the bus.
     pub(super) fn ask_owner(&mut self, channel: &str, query: Query, what: Awaiting) {
