@@ -65,6 +65,12 @@ impl Server {
     /// Runs `syncd start` in the foreground (as a child of the test) and waits
     /// until every worker serves.
     pub fn launch(&mut self) {
+        self.launch_with_env(&[]);
+    }
+
+    /// As `launch`, with extra environment variables: the test-only knobs
+    /// listed in docs/operations.md.
+    pub fn launch_with_env(&mut self, env: &[(&str, &str)]) {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -72,6 +78,7 @@ impl Server {
             .expect("log");
         let child = Command::new(syncd_bin())
             .args(["-c", self.config.to_str().unwrap(), "start"])
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
@@ -499,21 +506,6 @@ impl Server {
     /// variables: the test-only knobs listed in docs/operations.md.
     pub fn relaunch_with_env(&mut self, env: &[(&str, &str)]) {
         self.stop_now();
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.path().join("out.log"))
-            .expect("log");
-        let child = Command::new(syncd_bin())
-            .args(["-c", self.config.to_str().unwrap(), "start"])
-            .envs(env.iter().copied())
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .process_group(0)
-            .spawn()
-            .expect("spawn syncd");
-        self.child = Some(child);
-        self.wait_serving();
+        self.launch_with_env(env);
     }
 }
