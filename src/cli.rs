@@ -141,7 +141,6 @@ fn start(config: Config, daemon: bool) -> anyhow::Result<i32> {
     for dir in [
         config.paths.pid_file.parent(),
         config.paths.log_file.parent(),
-        config.control_socket().parent(),
     ]
     .into_iter()
     .flatten()

@@ -69,8 +69,11 @@ pub struct Paths {
     pub data_dir: PathBuf,
     pub pid_file: PathBuf,
     pub log_file: PathBuf,
+    /// The private folder (mode 0700) of the control socket and the worker
+    /// links. Defaults to `run` beside the pid file.
+    pub run_dir: Option<PathBuf>,
     /// The control socket `status`, `connections` and `reload` talk to.
-    /// Defaults to `syncd.sock` beside the pid file.
+    /// Defaults to `syncd.sock` in `run_dir`.
     pub control_socket: Option<PathBuf>,
 }
 
@@ -261,6 +264,7 @@ impl Default for Paths {
             data_dir: "data".into(),
             pid_file: "syncd.pid".into(),
             log_file: "syncd.log".into(),
+            run_dir: None,
             control_socket: None,
         }
     }
@@ -408,20 +412,28 @@ impl Config {
         Ok(())
     }
 
-    pub fn control_socket(&self) -> PathBuf {
-        self.paths.control_socket.clone().unwrap_or_else(|| {
+    /// The folder only syncd's own user may enter: the control socket and the
+    /// worker links live here (see `crate::private_socket`).
+    pub fn run_dir(&self) -> PathBuf {
+        self.paths.run_dir.clone().unwrap_or_else(|| {
             self.paths
                 .pid_file
                 .parent()
                 .unwrap_or(Path::new("."))
-                .join("syncd.sock")
+                .join("run")
         })
+    }
+
+    pub fn control_socket(&self) -> PathBuf {
+        self.paths
+            .control_socket
+            .clone()
+            .unwrap_or_else(|| self.run_dir().join("syncd.sock"))
     }
 
     /// Where worker `slot` listens for links from the other workers.
     pub fn bus_socket(&self, slot: usize) -> PathBuf {
-        self.control_socket()
-            .with_file_name(format!("syncd-bus-{slot}.sock"))
+        self.run_dir().join(format!("syncd-bus-{slot}.sock"))
     }
 }
 
@@ -430,7 +442,8 @@ impl Paths {
     /// becomes `var`), so messages and `status` show the path a user would type.
     fn resolve(&mut self, base: &Path) {
         let paths = [&mut self.data_dir, &mut self.pid_file, &mut self.log_file];
-        for path in paths.into_iter().chain(self.control_socket.as_mut()) {
+        let optional = [self.run_dir.as_mut(), self.control_socket.as_mut()];
+        for path in paths.into_iter().chain(optional.into_iter().flatten()) {
             *path = normalize(&base.join(&*path));
         }
     }
@@ -494,7 +507,11 @@ mod tests {
         assert_eq!(c.paths.pid_file, PathBuf::from("/etc/syncd/run/s.pid"));
         assert_eq!(
             c.control_socket(),
-            PathBuf::from("/etc/syncd/run/syncd.sock")
+            PathBuf::from("/etc/syncd/run/run/syncd.sock")
+        );
+        assert_eq!(
+            c.bus_socket(1),
+            PathBuf::from("/etc/syncd/run/run/syncd-bus-1.sock")
         );
     }
 

@@ -8,6 +8,7 @@ pub mod control;
 pub mod logging;
 pub mod master;
 pub mod outbound;
+pub mod private_socket;
 pub mod proto;
 pub mod signals;
 pub mod store;

@@ -26,7 +26,7 @@ fn demos_work_in_chromium() {
     let mut run = Command::new("node");
     run.arg(format!("{dir}/run.mjs"))
         .arg(format!("http://127.0.0.1:{}", server.ws_port))
-        .arg(server.path("syncd.sock"))
+        .arg(server.control_socket())
         .arg("test-key")
         .arg(shots)
         .env("TMPDIR", &tmp)

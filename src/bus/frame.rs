@@ -5,13 +5,24 @@
 use bytes::{BufMut, Bytes, BytesMut};
 use serde::{Deserialize, Serialize};
 
+use super::secret::LinkSecret;
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(tag = "t")]
 pub enum BusMsg {
-    /// First frame on a new link, from the dialing worker.
-    Hello { slot: usize, instance: u64 },
-    /// The accepting worker's answer on the same link.
-    Welcome { slot: usize, instance: u64 },
+    /// First frame on a new link, from the dialing worker, with the proof
+    /// that it was forked by our master.
+    Hello {
+        slot: usize,
+        instance: u64,
+        secret: LinkSecret,
+    },
+    /// The accepting worker's answer on the same link, with the same proof.
+    Welcome {
+        slot: usize,
+        instance: u64,
+        secret: LinkSecret,
+    },
     /// Publish `payload` (the `data` JSON) on `channel`; sent to the owner.
     Publish {
         tag: u64,

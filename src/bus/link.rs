@@ -29,6 +29,9 @@ pub enum LinkError {
     Closed,
     #[error("peer is not reading: {0} bytes queued")]
     Stuck(usize),
+    /// The peer could not prove it was forked by our master.
+    #[error("refused: {0}")]
+    Refused(&'static str),
 }
 
 impl Link {

@@ -4,6 +4,8 @@
 pub mod frame;
 pub mod link;
 pub mod peers;
+pub mod secret;
 
 pub use frame::BusMsg;
 pub use peers::{BusEvent, Peers};
+pub use secret::LinkSecret;

@@ -9,6 +9,10 @@
 //! When a Hello arrives from an instance our own out link does not lead to, that
 //! peer was restarted: we dial it again at once, so a new worker is linked both
 //! ways before it accepts clients (see `is_settled`).
+//!
+//! Trust: the sockets are private to our user (`crate::private_socket`), and
+//! both Hello and Welcome must carry the master's per-start `LinkSecret`. A
+//! link that fails either check is closed before any frame of it is used.
 
 use std::io;
 use std::os::unix::net::UnixStream as StdUnixStream;
@@ -22,6 +26,9 @@ use slab::Slab;
 
 use super::frame::BusMsg;
 use super::link::{Link, LinkError};
+use super::secret::LinkSecret;
+use crate::logging::LogLimit;
+use crate::private_socket;
 
 pub const LISTENER: Token = Token(10);
 const OUT_BASE: usize = 1_000;
@@ -54,9 +61,20 @@ struct InLink {
     peer: Option<(usize, u64)>,
 }
 
+/// Who this worker is on the links.
+pub struct Me {
+    pub slot: usize,
+    /// This process, so peers can tell a restarted worker from the old one.
+    pub instance: u64,
+    pub secret: LinkSecret,
+}
+
 pub struct Peers {
     slot: usize,
     instance: u64,
+    secret: LinkSecret,
+    /// Links refused for failing a trust check, logged within a budget.
+    refusals: LogLimit,
     sockets: Vec<PathBuf>,
     listener: UnixListener,
     out: Vec<Option<OutLink>>,
@@ -72,20 +90,24 @@ pub fn is_bus_token(token: Token) -> bool {
 impl Peers {
     /// Binds this slot's socket (replacing a stale one) and dials every other slot.
     pub fn start(
-        slot: usize,
-        instance: u64,
+        me: Me,
         sockets: Vec<PathBuf>,
         max_frame: usize,
         registry: &Registry,
     ) -> io::Result<Peers> {
-        let path = &sockets[slot];
-        let _ = std::fs::remove_file(path);
-        let mut listener = UnixListener::bind(path)?;
+        let Me {
+            slot,
+            instance,
+            secret,
+        } = me;
+        let mut listener = private_socket::bind(&sockets[slot])?;
         registry.register(&mut listener, LISTENER, Interest::READABLE)?;
         let workers = sockets.len();
         let mut peers = Peers {
             slot,
             instance,
+            secret,
+            refusals: LogLimit::new(5),
             listener,
             out: (0..workers).map(|_| None).collect(),
             incoming: Slab::new(),
@@ -104,6 +126,7 @@ impl Peers {
             let _ = registry.deregister(&mut old.link.stream);
         }
         let connected = StdUnixStream::connect(&self.sockets[peer]).and_then(|s| {
+            private_socket::peer_is_us(&s).map_err(io::Error::other)?;
             s.set_nonblocking(true)?;
             let mut stream = UnixStream::from_std(s);
             registry.register(
@@ -119,6 +142,7 @@ impl Peers {
                 let hello = BusMsg::Hello {
                     slot: self.slot,
                     instance: self.instance,
+                    secret: self.secret.clone(),
                 };
                 if link.send(&hello, Bytes::new()).is_ok() {
                     self.out[peer] = Some(OutLink {
@@ -224,6 +248,10 @@ impl Peers {
         loop {
             match self.listener.accept() {
                 Ok((mut stream, _)) => {
+                    if let Err(why) = private_socket::peer_is_us(&stream) {
+                        self.refused(&why);
+                        continue;
+                    }
                     let entry = self.incoming.vacant_entry();
                     if entry.key() >= IN_MAX {
                         log::error!("bus: too many incoming links, refusing one");
@@ -257,11 +285,20 @@ impl Peers {
             return;
         };
         let mut frames = Vec::new();
-        let result = out.link.receive(&mut frames);
+        let mut result = out.link.receive(&mut frames);
         for (msg, _) in frames {
-            if let BusMsg::Welcome { instance, .. } = msg {
-                out.peer_instance = Some(instance);
-                events.push(BusEvent::Up { slot });
+            match msg {
+                BusMsg::Welcome {
+                    instance, secret, ..
+                } if secret.matches(&self.secret) => {
+                    out.peer_instance = Some(instance);
+                    events.push(BusEvent::Up { slot });
+                }
+                BusMsg::Welcome { .. } => {
+                    result = Err(LinkError::Refused("Welcome without our secret"));
+                    break;
+                }
+                _ => {}
             }
         }
         let result = result.and_then(|()| out.link.flush());
@@ -277,13 +314,22 @@ impl Peers {
         let mut frames = Vec::new();
         let result = inc.link.receive(&mut frames);
         let mut redial = None;
+        let mut result = result;
         for (msg, payload) in frames {
             match (msg, inc.peer) {
-                (BusMsg::Hello { slot, instance }, None) if slot < self.out.len() => {
+                (
+                    BusMsg::Hello {
+                        slot,
+                        instance,
+                        secret,
+                    },
+                    None,
+                ) if slot < self.out.len() && secret.matches(&self.secret) => {
                     inc.peer = Some((slot, instance));
                     let welcome = BusMsg::Welcome {
                         slot: self.slot,
                         instance: self.instance,
+                        secret: self.secret.clone(),
                     };
                     let _ = inc.link.send(&welcome, Bytes::new());
                     let ours = self.out[slot].as_ref().map(|o| o.peer_instance);
@@ -293,7 +339,11 @@ impl Peers {
                     log::debug!("bus: worker {slot} linked to us");
                 }
                 (msg, Some((from, _))) => events.push(BusEvent::Msg { from, msg, payload }),
-                (msg, None) => log::warn!("bus: frame before Hello, ignored: {msg:?}"),
+                // Nothing of a link is used before a Hello with our secret.
+                (_, None) => {
+                    result = Err(LinkError::Refused("no Hello with our secret"));
+                    break;
+                }
             }
         }
         let result = result.and_then(|()| inc.link.flush());
@@ -329,9 +379,19 @@ impl Peers {
     ) {
         let mut inc = self.incoming.remove(key);
         let _ = registry.deregister(&mut inc.link.stream);
-        if let Some((slot, _)) = inc.peer {
-            log::info!("bus: link from worker {slot} closed: {e}");
-            events.push(BusEvent::Down { slot });
+        match inc.peer {
+            Some((slot, _)) => {
+                log::info!("bus: link from worker {slot} closed: {e}");
+                events.push(BusEvent::Down { slot });
+            }
+            None if matches!(e, LinkError::Refused(_)) => self.refused(&e.to_string()),
+            None => {}
+        }
+    }
+
+    fn refused(&mut self, why: &str) {
+        if let Some(left_out) = self.refusals.allow(Instant::now()) {
+            log::warn!("bus: refused a link ({why}); {left_out} more refusals not logged");
         }
     }
 }

@@ -30,8 +30,10 @@ use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::{fork, ForkResult, Pid};
 use slab::Slab;
 
+use crate::bus::LinkSecret;
 use crate::config::Config;
 use crate::control::{FromWorker, LineChannel, Retire, ToWorker};
+use crate::private_socket;
 use crate::signals::SignalSet;
 use crate::worker::{self, WorkerContext};
 use daemon::StartReport;
@@ -73,6 +75,8 @@ enum Phase {
 
 pub struct Master {
     config: Config,
+    /// Made once per start; every worker forked from here inherits it.
+    link_secret: LinkSecret,
     sockets: Vec<SlotSockets>,
     slots: Vec<Slot>,
     poll: Poll,
@@ -124,10 +128,13 @@ impl Master {
         ])?;
         poll.registry()
             .register(&mut signals.reader, SIGNALS, Interest::READABLE)?;
+        let run_dir = config.run_dir();
+        private_socket::prepare_dir(&run_dir)
+            .map_err(|e| anyhow::anyhow!("run_dir {}: {e}", run_dir.display()))?;
         let path = config.control_socket();
-        let _ = std::fs::remove_file(&path);
-        let mut control = UnixListener::bind(&path)
+        let mut control = private_socket::bind(&path)
             .map_err(|e| anyhow::anyhow!("control socket {}: {e}", path.display()))?;
+        let link_secret = LinkSecret::generate()?;
         poll.registry()
             .register(&mut control, CONTROL, Interest::READABLE)?;
         let now = Instant::now();
@@ -150,6 +157,7 @@ impl Master {
             config.listen.tcp
         );
         Ok(Master {
+            link_secret,
             phase: Phase::Rolling(Rollout::start(config.workers)),
             config,
             sockets,
@@ -353,6 +361,7 @@ impl Master {
             ws_listener,
             tcp_listener,
             master: link,
+            link_secret: self.link_secret.clone(),
         };
         std::process::exit(worker::run(ctx))
     }

@@ -34,6 +34,11 @@ impl Master {
         loop {
             match self.control.accept() {
                 Ok((stream, _)) => {
+                    // The socket is 0600 in a 0700 folder; this is the last lock.
+                    if let Err(why) = crate::private_socket::peer_is_us(&stream) {
+                        log::warn!("master: refused a control connection: {why}");
+                        continue;
+                    }
                     let entry = self.clients.vacant_entry();
                     let mut channel = LineChannel::new(stream);
                     let token = Token(CLIENT_BASE + entry.key());

@@ -26,7 +26,7 @@ use mio::net::{TcpListener, UnixStream};
 use mio::{Events, Interest, Poll, Token, Waker};
 use slab::Slab;
 
-use crate::bus::{self, BusEvent, Peers};
+use crate::bus::{self, peers, BusEvent, LinkSecret, Peers};
 use crate::config::Config;
 use crate::config::Durability;
 use crate::control::{FromWorker, LineChannel, Retire, WorkerStats};
@@ -67,6 +67,8 @@ pub struct WorkerContext {
     pub ws_listener: StdTcpListener,
     pub tcp_listener: StdTcpListener,
     pub master: StdUnixStream,
+    /// Proves to the other workers that we were forked by the same master.
+    pub link_secret: LinkSecret,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -177,7 +179,12 @@ impl Worker {
         let sockets = (0..ctx.config.workers)
             .map(|s| ctx.config.bus_socket(s))
             .collect();
-        let peers = Peers::start(ctx.slot, instance, sockets, MAX_BUS_FRAME, poll.registry())?;
+        let me = peers::Me {
+            slot: ctx.slot,
+            instance,
+            secret: ctx.link_secret,
+        };
+        let peers = Peers::start(me, sockets, MAX_BUS_FRAME, poll.registry())?;
         Ok(Worker {
             slot: ctx.slot,
             poll,

@@ -114,6 +114,16 @@ impl Server {
         self.dir.path().join(name)
     }
 
+    /// The master's control socket: `run/` beside the pid file.
+    pub fn control_socket(&self) -> PathBuf {
+        self.path("run/syncd.sock")
+    }
+
+    /// Worker `slot`'s link socket, which the other workers dial.
+    pub fn bus_socket(&self, slot: usize) -> PathBuf {
+        self.path(&format!("run/syncd-bus-{slot}.sock"))
+    }
+
     pub fn cli(&self, args: &[&str]) -> Output {
         Command::new(syncd_bin())
             .arg("-c")
@@ -125,7 +135,7 @@ impl Server {
     }
 
     fn ask<T: for<'de> serde::Deserialize<'de>>(&self, req: &CliRequest) -> std::io::Result<T> {
-        let mut s = UnixStream::connect(self.path("syncd.sock"))?;
+        let mut s = UnixStream::connect(self.control_socket())?;
         s.set_read_timeout(Some(TIMEOUT))?;
         s.write_all(&serde_json::to_vec(req)?)?;
         s.write_all(b"\n")?;
