@@ -84,6 +84,39 @@ pub fn api_key_ok(keys: &[String], presented: &[u8]) -> bool {
     bool::from(found) && !presented.is_empty()
 }
 
+/// Whether a WebSocket handshake's `Origin` is on `allowed` (see
+/// `[auth] allowed_origins`). An empty list allows all. An entry with a
+/// scheme (`https://app.example.com`) is compared with the whole origin; one
+/// without (`app.example.com:8443`) with its host and port under any scheme.
+/// A leading `*.` stands for one or more subdomains, never the bare domain.
+pub fn origin_allowed(allowed: &[String], origin: &str) -> bool {
+    if allowed.is_empty() {
+        return true;
+    }
+    let origin = origin.to_ascii_lowercase();
+    let host = origin.split_once("://").map_or("", |(_, host)| host);
+    allowed.iter().any(|entry| {
+        let entry = entry.to_ascii_lowercase();
+        if entry == "*" {
+            return true;
+        }
+        let (candidate, pattern) = if entry.contains("://") {
+            (origin.as_str(), entry.as_str())
+        } else {
+            (host, entry.as_str())
+        };
+        match pattern.split_once("*.") {
+            // `https://*.example.com` or `*.example.com`: the part before the
+            // star must match exactly, then any labels, then the domain.
+            Some((before, domain)) => candidate
+                .strip_prefix(before)
+                .and_then(|rest| rest.strip_suffix(domain))
+                .is_some_and(|labels| labels.len() > 1 && labels.ends_with('.')),
+            None => candidate == pattern,
+        }
+    })
+}
+
 pub fn unauthorized(message: &str) -> ErrorReply {
     ErrorReply::new("unauthorized", message)
 }
@@ -141,6 +174,25 @@ pub fn may_publish(user: Option<&User>, channel: &str) -> Result<(), ErrorReply>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn origins_match_exactly_by_host_or_by_subdomain_pattern() {
+        let list: Vec<String> = ["https://app.example.com", "*.example.org", "localhost:3000"]
+            .map(String::from)
+            .to_vec();
+        let allowed = |o: &str| origin_allowed(&list, o);
+        assert!(allowed("https://app.example.com") && allowed("HTTPS://App.Example.com"));
+        assert!(!allowed("http://app.example.com") && !allowed("https://app.example.com:8443"));
+        assert!(allowed("https://a.example.org") && allowed("http://a.b.example.org"));
+        assert!(!allowed("https://example.org") && !allowed("https://evilexample.org"));
+        assert!(!allowed("https://example.org.evil.net") && !allowed("https://a.example.org:1"));
+        assert!(allowed("http://localhost:3000") && !allowed("http://localhost:3001"));
+        assert!(!allowed("null") && !allowed(""));
+        let pinned = vec!["https://*.example.com".to_string()];
+        assert!(origin_allowed(&pinned, "https://x.example.com"));
+        assert!(!origin_allowed(&pinned, "http://x.example.com"));
+        assert!(origin_allowed(&[], "https://anything.test"));
+    }
 
     #[test]
     fn tokens_round_trip_and_bad_ones_are_refused() {

@@ -174,6 +174,14 @@ pub struct Auth {
     pub api_keys: Vec<String>,
     /// Let connections without a token subscribe and publish to public channels.
     pub allow_anonymous: bool,
+    /// Web origins allowed to open a WebSocket (`https://app.example.com`,
+    /// `app.example.com` for any scheme, `*.example.com` for subdomains);
+    /// empty: any. A handshake without an Origin header (not a browser) is
+    /// always allowed.
+    pub allowed_origins: Vec<String>,
+    /// Serve on a non-loopback address even with empty or example
+    /// credentials (see `crate::exposure`).
+    pub insecure_allow_public: bool,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -226,6 +234,8 @@ impl Default for Auth {
             jwt_secret: String::new(),
             api_keys: Vec::new(),
             allow_anonymous: true,
+            allowed_origins: Vec::new(),
+            insecure_allow_public: false,
         }
     }
 }

@@ -5,6 +5,7 @@ pub mod bus;
 pub mod cli;
 pub mod config;
 pub mod control;
+pub mod exposure;
 pub mod logging;
 pub mod master;
 pub mod outbound;

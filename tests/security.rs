@@ -118,12 +118,13 @@ fn a_forged_hello_and_deliver_reach_no_subscriber() {
 /// Runs a tiny Python client as user `nobody`: it connects to `socket`,
 /// asks for status and prints what it got, or the error.
 fn as_nobody_ask(socket: &Path) -> String {
+    // A refusal shows as a reset, a broken pipe or a close with no reply.
     let script = "import socket, sys\n\
         s = socket.socket(socket.AF_UNIX)\n\
         try:\n    s.connect(sys.argv[1])\nexcept OSError as e:\n    print('connect failed:', e); sys.exit(0)\n\
-        s.sendall(b'{\"cmd\":\"status\"}\\n')\n\
         s.settimeout(10)\n\
-        try:\n    data = s.recv(65536)\nexcept ConnectionResetError:\n    data = b''\n\
+        try:\n    s.sendall(b'{\"cmd\":\"status\"}\\n'); data = s.recv(65536)\n\
+        except (ConnectionResetError, BrokenPipeError):\n    data = b''\n\
         print('reply:', data.decode() if data else '(closed, nothing)')\n";
     let out = Command::new("/usr/bin/python3")
         .args(["-c", script])
@@ -165,4 +166,75 @@ fn another_user_can_neither_reach_nor_use_the_control_socket() {
         server.log()
     );
     assert_eq!(server.status().state, "running");
+}
+
+/// A WebSocket handshake on `/ws` with `origin` (if any); the HTTP status.
+fn handshake(server: &Server, origin: Option<&str>) -> u16 {
+    let origin = origin.map_or(String::new(), |o| format!("Origin: {o}\r\n"));
+    let raw = format!(
+        "GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{origin}\r\n"
+    );
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", server.ws_port)).unwrap();
+    s.set_read_timeout(Some(common::TIMEOUT)).unwrap();
+    s.write_all(raw.as_bytes()).unwrap();
+    let mut head = [0u8; 12];
+    s.read_exact(&mut head).expect("a status line");
+    String::from_utf8_lossy(&head[9..12]).parse().unwrap_or(0)
+}
+
+#[test]
+fn websocket_origins_outside_the_allow_list_get_403() {
+    let server = Server::start(
+        2,
+        "[auth]\njwt_secret = \"test-secret\"\napi_keys = [\"test-key\"]\n\
+         allowed_origins = [\"https://app.example.com\", \"*.example.org\"]\n",
+    );
+    assert_eq!(handshake(&server, Some("https://app.example.com")), 101);
+    assert_eq!(handshake(&server, Some("https://chat.example.org")), 101);
+    assert_eq!(
+        handshake(&server, None),
+        101,
+        "non-browser clients send no Origin"
+    );
+    for evil in [
+        "https://evil.test",
+        "http://app.example.com",
+        "https://example.org",
+        "null",
+    ] {
+        assert_eq!(handshake(&server, Some(evil)), 403, "{evil}");
+    }
+    let open = Server::start(1, "");
+    assert_eq!(handshake(&open, Some("https://anyone.test")), 101);
+}
+
+#[test]
+fn a_public_address_with_example_credentials_does_not_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("public.toml");
+    std::fs::write(
+        &config,
+        "[listen]\nws = \"0.0.0.0:18000\"\ntcp = \"127.0.0.1:12345\"\n\
+         [auth]\njwt_secret = \"dev-secret-change-me\"\napi_keys = [\"dev-key-change-me\"]\n",
+    )
+    .unwrap();
+    let out = Command::new(common::syncd_bin())
+        .args(["-c", config.to_str().unwrap(), "start"])
+        .output()
+        .unwrap();
+    let said = common::output_text(&out);
+    assert!(!out.status.success(), "{said}");
+    for needed in [
+        "auth.api_keys",
+        "auth.jwt_secret",
+        "insecure_allow_public",
+        "0.0.0.0:18000",
+    ] {
+        assert!(said.contains(needed), "the refusal names {needed}: {said}");
+    }
+    assert!(
+        !dir.path().join("syncd.pid").exists(),
+        "refused before taking the pid file"
+    );
 }

@@ -111,6 +111,9 @@ pub fn run(config: Config, report: Option<StartReport>) -> i32 {
 
 impl Master {
     fn new(mut config: Config) -> anyhow::Result<Master> {
+        for warning in crate::exposure::check(&config).map_err(anyhow::Error::msg)? {
+            log::warn!("master: {warning}");
+        }
         let pidfile = PidFile::acquire(&config.paths.pid_file)?;
         // Checked here, before any fork, so a bad data directory is one clear
         // error rather than workers dying in a loop.
@@ -275,6 +278,12 @@ impl Master {
         fresh.listen = self.config.listen.clone();
         fresh.paths = self.config.paths.clone();
         fresh.storage = self.config.storage.clone();
+        match crate::exposure::check(&fresh) {
+            Ok(warnings) => warnings.iter().for_each(|w| log::warn!("master: {w}")),
+            Err(e) => {
+                return log::error!("master: config not reloaded, keeping the running one: {e}")
+            }
+        }
         log::info!("master: config re-read from {}", source.display());
         self.config = fresh;
         self.reload(true);

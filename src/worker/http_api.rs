@@ -455,6 +455,18 @@ impl Worker {
             self.respond(key, e, false);
             return;
         }
+        // Browsers always send Origin; other clients need not, and are let in.
+        if let Some(origin) = request.header("origin") {
+            let origin = String::from_utf8_lossy(origin);
+            if !auth::origin_allowed(&self.config.auth.allowed_origins, &origin) {
+                log::info!(
+                    "worker {}: refusing an upgrade from origin {origin}",
+                    self.slot
+                );
+                let e = http::json_error(403, "forbidden", "this origin may not connect");
+                return self.respond(key, e, false);
+            }
+        }
         let token = form_urlencoded::parse(request.query.as_bytes())
             .find(|(name, _)| name == "token")
             .map(|(_, value)| value.into_owned());
