@@ -1,12 +1,16 @@
-//! Who is asking: JWT (HS256) tokens for clients, API keys for backends, and
-//! which channels a user may read or publish to.
+//! Who is asking: JWT tokens for clients (HS256 with a shared secret, or
+//! RS256/ES256 with a public key), API keys for backends, and which channels
+//! a user may read or publish to.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use jsonwebtoken::{decode, encode, Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use jsonwebtoken::{
+    decode, decode_header, encode, Algorithm, DecodingKey, EncodingKey, Header, Validation,
+};
 use serde::{Deserialize, Serialize};
 use subtle::ConstantTimeEq;
 
+use crate::config::Auth;
 use crate::proto::frames::ErrorReply;
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -23,31 +27,78 @@ pub struct User {
     pub uid: String,
     /// Channel names, or prefixes ending in `*`.
     pub channels: Vec<String>,
+    /// When the token expires (seconds since the epoch).
+    pub exp: u64,
 }
 
-/// Checks a token: HS256 only (so `alg: none` and every other algorithm are
-/// refused), signed with `secret`, not expired, with a non-empty `sub`.
-pub fn verify(secret: &str, token: &str) -> Result<User, ErrorReply> {
-    if secret.is_empty() {
-        return Err(unauthorized(
-            "this server accepts no tokens (auth.jwt_secret is not set)",
-        ));
+/// The public key of `[auth] jwt_public_key` and the one algorithm it
+/// verifies: RS256 for an RSA key, ES256 for a P-256 key.
+fn public_key(pem: &[u8]) -> Result<(Algorithm, DecodingKey), String> {
+    if let Ok(key) = DecodingKey::from_rsa_pem(pem) {
+        return Ok((Algorithm::RS256, key));
     }
-    let mut validation = Validation::new(Algorithm::HS256);
+    DecodingKey::from_ec_pem(pem)
+        .map(|key| (Algorithm::ES256, key))
+        .map_err(|e| format!("not an RSA or EC (P-256) public key in PEM: {e}"))
+}
+
+/// Checks at start that the configured key can verify tokens.
+pub fn check_config(auth: &Auth) -> Result<(), String> {
+    match &auth.jwt_public_key {
+        Some(path) => public_key(&auth.jwt_public_pem)
+            .map(|_| ())
+            .map_err(|e| format!("auth.jwt_public_key {}: {e}", path.display())),
+        None => Ok(()),
+    }
+}
+
+/// Checks a token against `[auth]`: signed with the HS256 secret or by the
+/// public key's own algorithm (so `alg: none`, and an HS256 token "signed"
+/// with the public key, are refused), within `exp` and `nbf` give or take
+/// `jwt_leeway`, with `aud` and `iss` when they are configured, and a
+/// non-empty `sub`.
+pub fn verify(auth: &Auth, token: &str) -> Result<User, ErrorReply> {
+    let header = decode_header(token).map_err(|e| unauthorized(&format!("bad token: {e}")))?;
+    let (algorithm, key) = match header.alg {
+        Algorithm::HS256 if !auth.jwt_secret.is_empty() => (
+            Algorithm::HS256,
+            DecodingKey::from_secret(auth.jwt_secret.as_bytes()),
+        ),
+        Algorithm::RS256 | Algorithm::ES256 if auth.jwt_public_key.is_some() => {
+            public_key(&auth.jwt_public_pem).map_err(|e| unauthorized(&e))?
+        }
+        alg => {
+            return Err(unauthorized(&format!(
+            "this server accepts no {alg:?} tokens (see auth.jwt_secret and auth.jwt_public_key)"
+        )))
+        }
+    };
+    if algorithm != header.alg {
+        return Err(unauthorized("bad token: wrong algorithm for the key"));
+    }
+    let mut validation = Validation::new(algorithm);
     validation.set_required_spec_claims(&["exp", "sub"]);
-    validation.leeway = 0;
-    let data = decode::<Claims>(
-        token,
-        &DecodingKey::from_secret(secret.as_bytes()),
-        &validation,
-    )
-    .map_err(|e| unauthorized(&format!("bad token: {e}")))?;
+    validation.leeway = auth.jwt_leeway.as_secs();
+    validation.validate_nbf = true;
+    // Without a configured audience a token's `aud` is not ours to judge.
+    validation.validate_aud = !auth.jwt_audience.is_empty();
+    if !auth.jwt_audience.is_empty() {
+        validation.set_audience(&[&auth.jwt_audience]);
+        validation.required_spec_claims.insert("aud".into());
+    }
+    if !auth.jwt_issuer.is_empty() {
+        validation.set_issuer(&[&auth.jwt_issuer]);
+        validation.required_spec_claims.insert("iss".into());
+    }
+    let data = decode::<Claims>(token, &key, &validation)
+        .map_err(|e| unauthorized(&format!("bad token: {e}")))?;
     if data.claims.sub.is_empty() || data.claims.sub.len() > 128 {
         return Err(unauthorized("bad token: `sub` must be 1 to 128 bytes"));
     }
     Ok(User {
         uid: data.claims.sub,
         channels: data.claims.channels,
+        exp: data.claims.exp,
     })
 }
 
@@ -194,6 +245,39 @@ mod tests {
         assert!(origin_allowed(&[], "https://anything.test"));
     }
 
+    fn hs256(secret: &str) -> Auth {
+        Auth {
+            jwt_secret: secret.into(),
+            jwt_leeway: Duration::ZERO,
+            ..Auth::default()
+        }
+    }
+
+    fn now() -> u64 {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+    }
+
+    /// A token with any claims, signed as `alg` with `key`.
+    fn sign(alg: Algorithm, key: &EncodingKey, claims: serde_json::Value) -> String {
+        encode(&Header::new(alg), &claims, key).unwrap()
+    }
+
+    fn keys_dir() -> std::path::PathBuf {
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/keys")
+    }
+
+    fn with_public_key(file: &str) -> Auth {
+        let path = keys_dir().join(file);
+        Auth {
+            jwt_public_pem: std::fs::read(&path).unwrap(),
+            jwt_public_key: Some(path),
+            ..Auth::default()
+        }
+    }
+
     #[test]
     fn tokens_round_trip_and_bad_ones_are_refused() {
         let token = mint(
@@ -203,25 +287,104 @@ mod tests {
             vec!["private-a*".into()],
         )
         .unwrap();
-        let user = verify("s3cret", &token).unwrap();
+        let user = verify(&hs256("s3cret"), &token).unwrap();
         assert_eq!(user.uid, "alice");
-        assert_eq!(verify("other", &token).unwrap_err().code, "unauthorized");
-        assert!(verify("", &token).is_err());
+        assert!(user.exp >= now() + 59);
+        let refused = |auth: &Auth, token: &str| verify(auth, token).unwrap_err().code;
+        assert_eq!(refused(&hs256("other"), &token), "unauthorized");
+        assert_eq!(refused(&hs256(""), &token), "unauthorized");
         let mut tampered = token.clone();
         tampered.insert(tampered.len() / 2, 'x');
-        assert!(verify("s3cret", &tampered).is_err());
+        assert_eq!(refused(&hs256("s3cret"), &tampered), "unauthorized");
         // alg: none, unsigned
         let none =
             "eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0.eyJzdWIiOiJhbGljZSIsImV4cCI6OTk5OTk5OTk5OX0.";
-        assert!(verify("s3cret", none).is_err());
-        let expired = mint("s3cret", "bob", Duration::ZERO, vec![]).unwrap();
-        std::thread::sleep(Duration::from_millis(1100));
-        assert!(verify("s3cret", &expired).is_err());
+        assert_eq!(refused(&hs256("s3cret"), none), "unauthorized");
+        let key = EncodingKey::from_secret(b"s3cret");
+        let expired = sign(
+            Algorithm::HS256,
+            &key,
+            serde_json::json!({"sub":"bob","exp":now() - 3}),
+        );
+        assert_eq!(refused(&hs256("s3cret"), &expired), "unauthorized");
+        let lenient = Auth {
+            jwt_leeway: Duration::from_secs(5),
+            ..hs256("s3cret")
+        };
+        assert!(verify(&lenient, &expired).is_ok(), "within jwt_leeway");
+    }
+
+    #[test]
+    fn nbf_aud_and_iss_are_checked_when_configured() {
+        let key = EncodingKey::from_secret(b"k");
+        let exp = now() + 60;
+        let token = |claims: serde_json::Value| sign(Algorithm::HS256, &key, claims);
+        let plain = hs256("k");
+        let early = token(serde_json::json!({"sub":"a","exp":exp,"nbf":now() + 30}));
+        assert!(verify(&plain, &early).is_err(), "nbf in the future");
+        let strict = Auth {
+            jwt_audience: "syncd".into(),
+            jwt_issuer: "https://auth.example.com".into(),
+            ..hs256("k")
+        };
+        let good = token(serde_json::json!({"sub":"a","exp":exp,
+            "aud":["other","syncd"],"iss":"https://auth.example.com"}));
+        assert!(verify(&strict, &good).is_ok());
+        assert!(
+            verify(&plain, &good).is_ok(),
+            "aud and iss unchecked when not configured"
+        );
+        for bad in [
+            serde_json::json!({"sub":"a","exp":exp,"aud":"other","iss":"https://auth.example.com"}),
+            serde_json::json!({"sub":"a","exp":exp,"aud":"syncd","iss":"https://evil.test"}),
+            serde_json::json!({"sub":"a","exp":exp,"iss":"https://auth.example.com"}),
+            serde_json::json!({"sub":"a","exp":exp,"aud":"syncd"}),
+        ] {
+            assert!(verify(&strict, &token(bad.clone())).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn rs256_and_es256_verify_with_the_public_key_only() {
+        let claims = serde_json::json!({"sub":"carol","exp":now() + 60});
+        for (alg, private, public) in [
+            (Algorithm::RS256, "rsa-private.pem", "rsa-public.pem"),
+            (Algorithm::ES256, "ec-private.pem", "ec-public.pem"),
+        ] {
+            let pem = std::fs::read(keys_dir().join(private)).unwrap();
+            let key = match alg {
+                Algorithm::RS256 => EncodingKey::from_rsa_pem(&pem).unwrap(),
+                _ => EncodingKey::from_ec_pem(&pem).unwrap(),
+            };
+            let auth = with_public_key(public);
+            assert_eq!(check_config(&auth), Ok(()));
+            let token = sign(alg, &key, claims.clone());
+            assert_eq!(verify(&auth, &token).unwrap().uid, "carol", "{alg:?}");
+            // The classic confusion: HS256 "signed" with the public key's bytes.
+            let forged = sign(
+                Algorithm::HS256,
+                &EncodingKey::from_secret(&auth.jwt_public_pem),
+                claims.clone(),
+            );
+            assert!(verify(&auth, &forged).is_err(), "{alg:?}");
+        }
+        // An RS256 token against an EC key is refused, not confused.
+        let rsa =
+            EncodingKey::from_rsa_pem(&std::fs::read(keys_dir().join("rsa-private.pem")).unwrap())
+                .unwrap();
+        let token = sign(Algorithm::RS256, &rsa, claims);
+        assert!(verify(&with_public_key("ec-public.pem"), &token).is_err());
+        let mut bad = with_public_key("ec-public.pem");
+        bad.jwt_public_pem = b"not a key".to_vec();
+        assert!(check_config(&bad)
+            .unwrap_err()
+            .contains("auth.jwt_public_key"));
     }
 
     #[test]
     fn channel_rules() {
         let alice = User {
+            exp: 0,
             uid: "alice".into(),
             channels: vec![
                 "private-team".into(),

@@ -167,8 +167,21 @@ pub enum Durability {
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct Auth {
-    /// HS256 secret for client tokens; empty: no token is accepted.
+    /// HS256 secret for client tokens; empty: no HS256 token is accepted.
     pub jwt_secret: String,
+    /// A PEM public key (RSA or P-256) for RS256 or ES256 client tokens, so
+    /// the signing key can stay with the backend.
+    pub jwt_public_key: Option<PathBuf>,
+    /// The key's PEM text, read when the config is loaded.
+    #[serde(skip)]
+    pub jwt_public_pem: Vec<u8>,
+    /// When set, a token's `aud` must contain it.
+    pub jwt_audience: String,
+    /// When set, a token's `iss` must equal it.
+    pub jwt_issuer: String,
+    /// Clock difference allowed when checking `exp` and `nbf`.
+    #[serde(deserialize_with = "duration")]
+    pub jwt_leeway: Duration,
     /// Keys for the backend HTTP API (`Authorization: Bearer KEY` or
     /// `X-API-Key: KEY`); empty: the API refuses every call.
     pub api_keys: Vec<String>,
@@ -232,6 +245,11 @@ impl Default for Auth {
     fn default() -> Self {
         Auth {
             jwt_secret: String::new(),
+            jwt_public_key: None,
+            jwt_public_pem: Vec::new(),
+            jwt_audience: String::new(),
+            jwt_issuer: String::new(),
+            jwt_leeway: Duration::from_secs(5),
             api_keys: Vec::new(),
             allow_anonymous: true,
             allowed_origins: Vec::new(),
@@ -370,6 +388,11 @@ impl Config {
         config.source = source.to_path_buf();
         let base = std::path::absolute(base).map_err(|e| invalid(e.to_string()))?;
         config.paths.resolve(&base);
+        if let Some(key) = config.auth.jwt_public_key.as_mut() {
+            *key = normalize(&base.join(&*key));
+            config.auth.jwt_public_pem = std::fs::read(&*key)
+                .map_err(|e| invalid(format!("auth.jwt_public_key {}: {e}", key.display())))?;
+        }
         config.check().map_err(invalid)?;
         Ok(config)
     }

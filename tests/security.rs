@@ -171,16 +171,7 @@ fn another_user_can_neither_reach_nor_use_the_control_socket() {
 /// A WebSocket handshake on `/ws` with `origin` (if any); the HTTP status.
 fn handshake(server: &Server, origin: Option<&str>) -> u16 {
     let origin = origin.map_or(String::new(), |o| format!("Origin: {o}\r\n"));
-    let raw = format!(
-        "GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{origin}\r\n"
-    );
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", server.ws_port)).unwrap();
-    s.set_read_timeout(Some(common::TIMEOUT)).unwrap();
-    s.write_all(raw.as_bytes()).unwrap();
-    let mut head = [0u8; 12];
-    s.read_exact(&mut head).expect("a status line");
-    String::from_utf8_lossy(&head[9..12]).parse().unwrap_or(0)
+    common::ws_handshake_status(server.ws_port, "/ws", &origin)
 }
 
 #[test]

@@ -11,8 +11,26 @@ use serde_json::json;
 const ALG_NONE: &str =
     "eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0.eyJzdWIiOiJhbGljZSIsImV4cCI6OTk5OTk5OTk5OX0.";
 
+/// Expired a minute ago: past the default 5 s `jwt_leeway`, so no waiting.
 fn expired_token() -> String {
-    syncd::auth::mint("test-secret", "alice", Duration::ZERO, vec![]).unwrap()
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        &json!({"sub":"alice","exp":now - 60}),
+        &jsonwebtoken::EncodingKey::from_secret(b"test-secret"),
+    )
+    .unwrap()
+}
+
+/// The `[auth]` table of `Server::start`'s config.
+fn server_auth() -> syncd::config::Auth {
+    syncd::config::Auth {
+        jwt_secret: "test-secret".into(),
+        ..Default::default()
+    }
 }
 
 fn tampered_token() -> String {
@@ -33,7 +51,6 @@ fn every_bad_token_is_refused_with_a_clear_code() {
         wrong_secret,
         "garbage".into(),
     ];
-    std::thread::sleep(Duration::from_millis(1100)); // let the expired token expire
     for bad in bad_tokens {
         // On the URL: no upgrade, 401.
         let (status, body) = server.http_with("GET", &format!("/ws?token={bad}"), "", "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n");
@@ -91,7 +108,7 @@ fn a_good_token_binds_the_user_on_the_url_or_in_a_frame() {
     assert!(out.status.success());
     let minted = String::from_utf8_lossy(&out.stdout).trim().to_string();
     assert_eq!(
-        syncd::auth::verify("test-secret", &minted).unwrap().uid,
+        syncd::auth::verify(&server_auth(), &minted).unwrap().uid,
         "carol"
     );
 }

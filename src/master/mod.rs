@@ -111,6 +111,7 @@ pub fn run(config: Config, report: Option<StartReport>) -> i32 {
 
 impl Master {
     fn new(mut config: Config) -> anyhow::Result<Master> {
+        crate::auth::check_config(&config.auth).map_err(anyhow::Error::msg)?;
         for warning in crate::exposure::check(&config).map_err(anyhow::Error::msg)? {
             log::warn!("master: {warning}");
         }
@@ -278,7 +279,7 @@ impl Master {
         fresh.listen = self.config.listen.clone();
         fresh.paths = self.config.paths.clone();
         fresh.storage = self.config.storage.clone();
-        match crate::exposure::check(&fresh) {
+        match crate::auth::check_config(&fresh.auth).and_then(|()| crate::exposure::check(&fresh)) {
             Ok(warnings) => warnings.iter().for_each(|w| log::warn!("master: {w}")),
             Err(e) => {
                 return log::error!("master: config not reloaded, keeping the running one: {e}")

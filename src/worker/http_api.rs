@@ -470,7 +470,7 @@ impl Worker {
         let token = form_urlencoded::parse(request.query.as_bytes())
             .find(|(name, _)| name == "token")
             .map(|(_, value)| value.into_owned());
-        let user = match token.map(|t| auth::verify(&self.config.auth.jwt_secret, &t)) {
+        let user = match token.map(|t| auth::verify(&self.config.auth, &t)) {
             None => None,
             Some(Ok(user)) => Some(user),
             Some(Err(e)) => {

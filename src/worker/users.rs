@@ -32,7 +32,7 @@ impl Worker {
             );
             return self.reply(key, frames::error(id, &e));
         }
-        match auth::verify(&self.config.auth.jwt_secret, token) {
+        match auth::verify(&self.config.auth, token) {
             Ok(user) => {
                 let reply = frames::ok_auth(id, &user.uid);
                 self.bind_user(key, user);

@@ -519,3 +519,19 @@ impl Server {
         self.launch_with_env(env);
     }
 }
+
+/// Sends a WebSocket handshake for `path` with extra `headers` (each ending
+/// in CRLF) and returns the HTTP status, without waiting for the connection
+/// to end (after a 101 it stays open).
+pub fn ws_handshake_status(port: u16, path: &str, headers: &str) -> u16 {
+    let raw = format!(
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{headers}\r\n"
+    );
+    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    s.set_read_timeout(Some(TIMEOUT)).unwrap();
+    s.write_all(raw.as_bytes()).expect("send");
+    let mut head = [0u8; 12];
+    s.read_exact(&mut head).expect("a status line");
+    String::from_utf8_lossy(&head[9..12]).parse().unwrap_or(0)
+}
