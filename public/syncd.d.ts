@@ -19,6 +19,12 @@ export declare class SyncError extends Error {
 export interface ClientOptions {
   /** A JWT, sent on the WebSocket URL (`?token=`). */
   token?: string | null;
+  /**
+   * Fetches a fresh JWT from your backend. Called before connecting when there
+   * is no token or it expires within 10 s, and when the server asks for a
+   * refresh shortly before `exp`; the connection then carries on unbroken.
+   */
+  getToken?: (() => Promise<string> | string) | null;
   /** Reconnect and resubscribe backoff: jittered, from minDelay doubling to maxDelay (ms). Defaults 250 and 8000. */
   minDelay?: number;
   maxDelay?: number;
@@ -46,6 +52,8 @@ export interface SyncClientEventMap {
   inbox: CustomEvent<Msg>;
   /** The server refused a channel for good while resubscribing (e.g. `forbidden`); it was dropped. */
   suberror: CustomEvent<{ channel: string; error: SyncError }>;
+  /** The token expires at `exp` (Unix seconds) and there is no getToken: call refresh(token). */
+  refresh_needed: CustomEvent<{ exp: number }>;
 }
 
 export declare class SyncClient extends EventTarget {
@@ -70,6 +78,8 @@ export declare class SyncClient extends EventTarget {
   get(channel: string, key: string): Promise<{ key: string; value: unknown; version: number }>;
   state(channel: string): Promise<{ seq: number; epoch: string; keys: Record<string, { value: unknown; version: number }> }>;
   auth(token: string): Promise<{ uid: string }>;
+  /** Replaces the connection's token with a newer one for the same user. */
+  refresh(token: string): Promise<{ exp: number }>;
   send(uid: string, data: unknown, options?: { ttl?: number }): Promise<{ seq: number }>;
   ack(seq: number): Promise<unknown>;
   presence(channel: string): Promise<{ channel: string; uids: string[] }>;

@@ -26,15 +26,25 @@ const RETRYABLE = new Set(["unavailable", "storage_failed"]);
  * "resync" (detail: {channel}) when a resume could not recover every missed
  * message, "broadcast" (detail: data), "inbox" (detail: msg), and
  * "suberror" (detail: {channel, error}) when the server refused a channel
- * for good (forbidden, bad name): the client has dropped it.
+ * for good (forbidden, bad name): the client has dropped it, and
+ * "refresh_needed" (detail: {exp}) when the token is about to expire and no
+ * `getToken` option can fetch a new one (call refresh(token) yourself).
+ *
+ * Tokens: with a `getToken()` option (an async function returning a JWT, as
+ * in centrifuge-js) the client fetches a fresh token before connecting when
+ * it has none or it expires within 10 s, and answers the server's
+ * `refresh_needed` with `refresh`, so a long-lived page never outlives its
+ * token.
  */
 export class SyncClient extends EventTarget {
   constructor(url, {
-    token = null, minDelay = 250, maxDelay = 8000, autoAck = true, queueLimit = 1000, queueTimeout = 10000,
+    token = null, getToken = null, minDelay = 250, maxDelay = 8000, autoAck = true, queueLimit = 1000,
+    queueTimeout = 10000,
   } = {}) {
     super();
     this.url = url;
     this.token = token;
+    this.getToken = getToken;
     this.minDelay = minDelay;
     this.maxDelay = maxDelay;
     this.autoAck = autoAck;
@@ -99,6 +109,29 @@ export class SyncClient extends EventTarget {
 
   _open() {
     this._setState("connecting");
+    if (this.getToken && this._tokenExpiresWithin(10)) {
+      // A token that would be refused (or soon closed) is not worth a dial.
+      Promise.resolve()
+        .then(() => this.getToken())
+        .then((token) => { this.token = token; }, () => {})
+        .then(() => { if (!this._stopped && !this._ws) this._dial(); });
+      return;
+    }
+    this._dial();
+  }
+
+  /** True without a token, or when its `exp` is less than `seconds` away. */
+  _tokenExpiresWithin(seconds) {
+    if (!this.token) return true;
+    try {
+      const exp = JSON.parse(atob(this.token.split(".")[1].replace(/-/g, "+").replace(/_/g, "/"))).exp;
+      return exp - Date.now() / 1000 < seconds;
+    } catch {
+      return true;
+    }
+  }
+
+  _dial() {
     const url = this.token ? `${this.url}${this.url.includes("?") ? "&" : "?"}token=${encodeURIComponent(this.token)}` : this.url;
     const ws = new WebSocket(url);
     this._ws = ws;
@@ -155,7 +188,34 @@ export class SyncClient extends EventTarget {
       if (sub) for (const handler of sub.handlers) handler(frame);
     } else if (frame.op === "broadcast") {
       this.dispatchEvent(new CustomEvent("broadcast", { detail: frame.data }));
+    } else if (frame.op === "refresh_needed") {
+      this._onRefreshNeeded(frame);
     }
+  }
+
+  /** The server's warning before the token expires: fetch and send a new one. */
+  async _onRefreshNeeded(frame) {
+    if (!this.getToken) {
+      this.dispatchEvent(new CustomEvent("refresh_needed", { detail: { exp: frame.exp } }));
+      return;
+    }
+    // Retried until it works or the token runs out (then the server closes
+    // with token_expired and the reconnect fetches a token anyway).
+    for (let delay = 1000; Date.now() / 1000 < frame.exp; delay = Math.min(delay * 2, 8000)) {
+      try {
+        await this.refresh(await this.getToken());
+        return;
+      } catch {
+        await new Promise((r) => setTimeout(r, delay / 2 + Math.random() * delay / 2));
+      }
+    }
+  }
+
+  /** Replaces the connection's token (same user) before the old one expires. */
+  async refresh(token) {
+    const reply = await this.request("refresh", { token });
+    this.token = token;
+    return reply;
   }
 
   _onInbox(frame) {
