@@ -517,3 +517,11 @@ impl Server {
         self.wait_serving();
     }
 }
+
+impl TcpClient {
+    /// The raw socket, for a test that writes or reads it without framing
+    /// (nothing must have been read through the client yet).
+    pub fn into_stream(self) -> TcpStream {
+        self.writer
+    }
+}
