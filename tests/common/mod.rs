@@ -535,3 +535,11 @@ pub fn ws_handshake_status(port: u16, path: &str, headers: &str) -> u16 {
     s.read_exact(&mut head).expect("a status line");
     String::from_utf8_lossy(&head[9..12]).parse().unwrap_or(0)
 }
+
+impl TcpClient {
+    /// The raw socket, for a test that writes or reads it without framing
+    /// (nothing must have been read through the client yet).
+    pub fn into_stream(self) -> TcpStream {
+        self.writer
+    }
+}
