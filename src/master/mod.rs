@@ -91,6 +91,9 @@ pub struct Master {
 /// Runs the master until it stops; returns the process exit code.
 pub fn run(config: Config, report: Option<StartReport>) -> i32 {
     crate::logging::set_role("master");
+    for warning in &config.warnings {
+        log::warn!("master: {warning}");
+    }
     let mut master = match Master::new(config) {
         Ok(master) => master,
         Err(e) => {
@@ -267,6 +270,9 @@ impl Master {
         fresh.listen = self.config.listen.clone();
         fresh.paths = self.config.paths.clone();
         fresh.storage = self.config.storage.clone();
+        for warning in &fresh.warnings {
+            log::warn!("master: {warning}");
+        }
         log::info!("master: config re-read from {}", source.display());
         self.config = fresh;
         self.reload(true);
