@@ -85,6 +85,7 @@ impl Transport {
     pub fn flush_out(&mut self) -> io::Result<()> {
         let n = self.out.write_to(&mut self.stream)?;
         self.bytes_out += n as u64;
+        super::timers::note_written(n);
         Ok(())
     }
 }
@@ -261,6 +262,9 @@ impl Conn {
         if self.backlog.is_empty() {
             self.backlog_bytes = 0;
             self.backlog_limit = 0;
+            if self.backlog.capacity() > 64 {
+                self.backlog = VecDeque::new();
+            }
         }
     }
 }

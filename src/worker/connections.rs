@@ -167,6 +167,7 @@ impl Worker {
         );
         timers::log_cut_off(self.slot, conn, &why);
         conn.t.out.discard_unsent();
+        timers::trim_soon(Instant::now());
         let reason = format!("slow_consumer: send buffer over {limit}");
         self.close_with(key, 1008, &reason, Instant::now() + CLOSE_GRACE);
     }

@@ -7,7 +7,7 @@
 //! a plain function of the rules, the connection's state and `now`, so the
 //! rules are unit-tested without sockets or clocks.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -216,6 +216,55 @@ thread_local! {
     static CUT_OFF_LOG: RefCell<LogLimiter> = const { RefCell::new(LogLimiter::new()) };
 }
 
+thread_local! {
+    /// Until when the allocator is asked, once a second, to give freed
+    /// memory back to the system (after a slow consumer's queue went away).
+    static TRIM_UNTIL: Cell<Option<Instant>> = const { Cell::new(None) };
+    static LAST_TRIM: Cell<Option<Instant>> = const { Cell::new(None) };
+    /// Bytes written to clients since the last trim.
+    static WRITTEN: Cell<u64> = const { Cell::new(0) };
+}
+
+/// How long after a cut-off the worker keeps returning freed memory: the
+/// messages its queue shared are freed as the other readers catch up.
+const TRIM_FOR: Duration = Duration::from_secs(5);
+/// Writing this much since the last trim (queues that grew and drained)
+/// calls for one too.
+const TRIM_AFTER_WRITING: u64 = 16 << 20;
+
+/// A large queue was (or is about to be) freed.
+pub fn trim_soon(now: Instant) {
+    TRIM_UNTIL.with(|t| t.set(Some(now + TRIM_FOR)));
+}
+
+/// Counts bytes written to clients (their queues' memory is freed).
+pub fn note_written(bytes: usize) {
+    WRITTEN.with(|w| w.set(w.get() + bytes as u64));
+}
+
+/// Returns freed heap pages to the system, at most once a second, after a
+/// cut-off or a lot of traffic. glibc keeps freed memory otherwise, and RSS
+/// stays at the peak of the last burst.
+fn maybe_trim(now: Instant) {
+    let wanted = TRIM_UNTIL
+        .with(|t| t.get())
+        .is_some_and(|until| now < until)
+        || WRITTEN.with(|w| w.get()) >= TRIM_AFTER_WRITING;
+    let recent = LAST_TRIM
+        .with(|t| t.get())
+        .is_some_and(|last| now.duration_since(last) < Duration::from_secs(1));
+    if !wanted || recent {
+        return;
+    }
+    LAST_TRIM.with(|t| t.set(Some(now)));
+    WRITTEN.with(|w| w.set(0));
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only walks the allocator's own free lists.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 /// Logs a connection closed by a limit, rate limited per worker.
 pub fn log_cut_off(slot: usize, conn: &Conn, why: &str) {
     let allowed = CUT_OFF_LOG.with(|l| l.borrow_mut().allow(Instant::now()));
@@ -236,6 +285,7 @@ pub fn log_cut_off(slot: usize, conn: &Conn, why: &str) {
 impl Worker {
     /// The tick's pass over every connection's deadlines.
     pub(super) fn sweep_conns(&mut self, now: Instant) {
+        maybe_trim(now);
         let rules = Rules::from_limits(&self.config.limits);
         let mut todo = Vec::new();
         for (key, c) in &self.conns {
