@@ -26,6 +26,13 @@ fn stalled_ws(port: u16) -> WsClient {
     WsClient { ws }
 }
 
+/// The burst tests take the machine's cores; they run one at a time.
+static HEAVY: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn heavy() -> std::sync::MutexGuard<'static, ()> {
+    HEAVY.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn rss(server: &Server) -> u64 {
     server.sum_stats(|s| s.rss_bytes)
 }
@@ -78,6 +85,7 @@ fn readers(server: &Server, channel: &str, count: usize) -> Vec<Arc<AtomicU64>> 
 
 #[test]
 fn a_burst_to_twenty_readers_cuts_off_only_the_stalled_one_and_memory_comes_back() {
+    let _one_at_a_time = heavy();
     const N: u64 = 3000;
     let server = Server::start(
         2,
@@ -94,34 +102,38 @@ fn a_burst_to_twenty_readers_cuts_off_only_the_stalled_one_and_memory_comes_back
 
     let mut stalled = stalled_ws(server.ws_port);
     stalled.sub("burst");
-    let started = Instant::now();
     burst(&server, "burst", N as usize);
-    eventually("the 20 readers got the whole burst", || all_have(2 * N));
+    let mut peak = rss(&server);
+    eventually("the 20 readers got the whole burst", || {
+        peak = peak.max(rss(&server));
+        all_have(2 * N)
+    });
     eventually("the stalled reader was cut off", || {
         server.sum_stats(|s| s.send_failures) == 1
     });
-    let mut peak = 0;
-    let mut back = None;
+    // From here, RSS must be back within the soft window (3 s).
+    let done = Instant::now();
     let window = Duration::from_secs(3);
-    while started.elapsed() < window + Duration::from_secs(5) {
+    let mut back = None;
+    while done.elapsed() < window + Duration::from_secs(5) {
         let now = rss(&server);
         peak = peak.max(now);
         // Within 1.5 MiB (some 4%) of the baseline: allocator noise.
         if now <= baseline + (3 << 19) {
-            back = Some(started.elapsed());
+            back = Some(done.elapsed());
             break;
         }
         std::thread::sleep(Duration::from_millis(50));
     }
     eprintln!(
-        "rss: baseline {} KiB, peak seen {} KiB, back after {:?}",
+        "rss: baseline {} KiB, highest seen {} KiB, back after {:?}",
         baseline >> 10,
         peak >> 10,
         back
     );
     let back = back.expect("worker RSS came back to its baseline");
     assert!(
-        back <= window + Duration::from_secs(1),
+        back <= window,
         "RSS took {back:?}, more than the soft window"
     );
     assert_eq!(
@@ -139,6 +151,7 @@ fn a_burst_to_twenty_readers_cuts_off_only_the_stalled_one_and_memory_comes_back
 
 #[test]
 fn a_client_over_the_soft_limit_too_long_is_cut_off() {
+    let _one_at_a_time = heavy();
     let server = Server::start(
         2,
         "[limits]\nsend_buffer_hard = \"8MiB\"\nsend_buffer_soft = \"64KiB\"\n\
@@ -163,6 +176,7 @@ fn a_client_over_the_soft_limit_too_long_is_cut_off() {
 
 #[test]
 fn oversize_websocket_frames_get_1009_every_time() {
+    let _one_at_a_time = heavy();
     let server = Server::start(2, "[limits]\nmax_frame = \"1MiB\"\n");
     let big = "x".repeat(2 << 20);
     for attempt in 0..20 {
@@ -183,6 +197,7 @@ fn oversize_websocket_frames_get_1009_every_time() {
 /// tries lost it before lingering close.
 #[test]
 fn oversize_frames_get_1009_even_with_messages_in_flight() {
+    let _one_at_a_time = heavy();
     let server = Server::start(
         2,
         "[limits]\nmax_frame = \"1MiB\"\n[storage]\ndurability = \"memory\"\n",
@@ -214,6 +229,7 @@ fn oversize_frames_get_1009_even_with_messages_in_flight() {
 
 #[test]
 fn oversize_tcp_lines_get_too_large_every_time() {
+    let _one_at_a_time = heavy();
     let server = Server::start(2, "[limits]\nmax_frame = \"1MiB\"\n");
     let mut big = "x".repeat(2 << 20);
     big.push('\n');
@@ -231,6 +247,7 @@ fn oversize_tcp_lines_get_too_large_every_time() {
 
 #[test]
 fn max_send_buffer_still_works_with_a_deprecation_warning() {
+    let _one_at_a_time = heavy();
     let server = Server::start(
         2,
         "[limits]\nmax_send_buffer = \"64KiB\"\n[storage]\ndurability = \"memory\"\n",
