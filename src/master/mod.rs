@@ -191,8 +191,10 @@ impl Master {
             self.tick(Instant::now());
             if let Phase::Stopping { .. } = self.phase {
                 if self.slots.iter().all(|s| s.pid.is_none()) {
-                    self.cleanup();
+                    // Logged before the pid file goes: `syncd stop` returns
+                    // as soon as it does, and may read the log at once.
                     log::info!("master stopped");
+                    self.cleanup();
                     return 0;
                 }
             }
