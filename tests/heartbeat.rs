@@ -137,3 +137,40 @@ fn idle_connections_are_closed_after_idle_timeout() {
     }
     assert_eq!(server.sum_stats(|s| s.idle_timeouts), 2);
 }
+
+/// The kernel's view of the server side of `client`'s connection: its
+/// `tr:tm->when` field in /proc/net/tcp (timer kind, clock ticks left).
+fn server_side_timer(server_port: u16, client: std::net::SocketAddr) -> Option<(u32, u64)> {
+    let table = std::fs::read_to_string("/proc/net/tcp").ok()?;
+    let local = format!("0100007F:{server_port:04X}");
+    let remote = format!("0100007F:{:04X}", client.port());
+    table.lines().skip(1).find_map(|line| {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        if f.get(1) != Some(&local.as_str()) || f.get(2) != Some(&remote.as_str()) {
+            return None;
+        }
+        let (kind, when) = f.get(5)?.split_once(':')?;
+        Some((
+            u32::from_str_radix(kind, 16).ok()?,
+            u64::from_str_radix(when, 16).ok()?,
+        ))
+    })
+}
+
+#[test]
+fn accepted_sockets_have_keepalive_on() {
+    let server = Server::start(2, "");
+    let ws = server.ws();
+    let tcp = server.tcp();
+    for (port, client) in [
+        (server.ws_port, ws.local_addr()),
+        (server.tcp_port, tcp.local_addr()),
+    ] {
+        // Timer kind 2 with a long way to go (the kernel's keepalive time,
+        // 2 hours by default; clock ticks are 1/100 s) is the keepalive
+        // timer; without SO_KEEPALIVE an idle socket has no timer.
+        eventually("the server side shows its keepalive timer", || {
+            server_side_timer(port, client).is_some_and(|(kind, when)| kind == 2 && when > 6000)
+        });
+    }
+}
