@@ -50,6 +50,9 @@ pub struct Config {
     /// The file this configuration came from (or `<embedded>`), for messages.
     #[serde(skip)]
     pub source: PathBuf,
+    /// Things worth a warning in the log (deprecated keys), found while parsing.
+    #[serde(skip)]
+    pub warnings: Vec<String>,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -83,9 +86,25 @@ pub struct Limits {
     /// Largest WebSocket message, TCP line or HTTP body accepted.
     #[serde(deserialize_with = "size")]
     pub max_frame: usize,
-    /// Bytes queued towards one client before it is cut off as a slow consumer.
-    #[serde(deserialize_with = "size")]
-    pub max_send_buffer: usize,
+    /// Bytes queued towards one client past which it is cut off at once
+    /// (resolved from `send_buffer_hard`, or its deprecated alias
+    /// `max_send_buffer`, when the file is parsed).
+    #[serde(skip)]
+    pub send_buffer_hard: usize,
+    /// A client whose queue stays over this for `send_buffer_soft_for` is cut
+    /// off (resolved when parsed: at most `send_buffer_hard` unless set).
+    #[serde(skip)]
+    pub send_buffer_soft: usize,
+    #[serde(deserialize_with = "duration")]
+    pub send_buffer_soft_for: Duration,
+    /// As written in the file; `None` when absent.
+    #[serde(rename = "send_buffer_hard", deserialize_with = "optional_size")]
+    pub hard_as_written: Option<usize>,
+    #[serde(rename = "send_buffer_soft", deserialize_with = "optional_size")]
+    pub soft_as_written: Option<usize>,
+    /// Deprecated alias of `send_buffer_hard`.
+    #[serde(deserialize_with = "optional_size")]
+    pub max_send_buffer: Option<usize>,
     /// Open client connections per worker process.
     pub max_connections: usize,
     /// How long a graceful stop or reload may take before workers are killed.
@@ -94,6 +113,77 @@ pub struct Limits {
     /// How long a connection may take to send its HTTP request or first line.
     #[serde(deserialize_with = "duration")]
     pub handshake_timeout: Duration,
+    /// WebSocket pings (and TCP ones with `tcp_ping`) this often; `None`
+    /// ("0s" or "off") sends none.
+    #[serde(deserialize_with = "optional_duration_or_off")]
+    pub ping_interval: Option<Duration>,
+    /// A peer that has not answered a ping within this is closed.
+    #[serde(deserialize_with = "duration")]
+    pub pong_timeout: Duration,
+    /// Send `{"op":"ping"}` lines to TCP clients too (they answer `{"op":"pong"}`).
+    pub tcp_ping: bool,
+    /// Close WebSocket and TCP connections that send nothing for this long.
+    #[serde(deserialize_with = "optional_duration_or_off")]
+    pub idle_timeout: Option<Duration>,
+    /// After the last frame, how long input is read and discarded before the
+    /// socket is closed, so the peer gets that frame instead of a reset.
+    #[serde(deserialize_with = "duration")]
+    pub linger_timeout: Duration,
+}
+
+/// `send_buffer_hard` when neither it nor `max_send_buffer` is set.
+pub const DEFAULT_SEND_BUFFER_HARD: usize = 32 << 20;
+/// `send_buffer_soft` when it is not set (or the hard limit, if lower).
+pub const DEFAULT_SEND_BUFFER_SOFT: usize = 4 << 20;
+
+impl Limits {
+    /// Settles the send-buffer limits from the keys as written, and says
+    /// what deserves a warning. Fails when the soft limit passes the hard one.
+    fn resolve(&mut self, warnings: &mut Vec<String>) -> Result<(), String> {
+        match (self.hard_as_written, self.max_send_buffer) {
+            (Some(_), Some(_)) => warnings.push(
+                "limits.max_send_buffer is deprecated and ignored: limits.send_buffer_hard \
+                 is set too and wins (remove max_send_buffer)"
+                    .into(),
+            ),
+            (None, Some(_)) => warnings.push(
+                "limits.max_send_buffer is deprecated: rename it to limits.send_buffer_hard \
+                 (see also limits.send_buffer_soft)"
+                    .into(),
+            ),
+            _ => {}
+        }
+        self.send_buffer_hard = self
+            .hard_as_written
+            .or(self.max_send_buffer)
+            .unwrap_or(DEFAULT_SEND_BUFFER_HARD);
+        let hard_key = if self.hard_as_written.is_none() && self.max_send_buffer.is_some() {
+            "limits.max_send_buffer (the deprecated name of limits.send_buffer_hard)"
+        } else {
+            "limits.send_buffer_hard"
+        };
+        if self.send_buffer_hard < 1024 {
+            return Err(format!("{hard_key}: must be at least 1KiB"));
+        }
+        self.send_buffer_soft = match self.soft_as_written {
+            Some(soft) if soft > self.send_buffer_hard => {
+                return Err(format!(
+                    "limits.send_buffer_soft ({}) must not be more than {hard_key} ({})",
+                    bytesize::ByteSize(soft as u64),
+                    bytesize::ByteSize(self.send_buffer_hard as u64)
+                ))
+            }
+            Some(soft) => soft,
+            None => DEFAULT_SEND_BUFFER_SOFT.min(self.send_buffer_hard),
+        };
+        if self.pong_timeout.is_zero() {
+            return Err("limits.pong_timeout: must be more than 0s".into());
+        }
+        if self.send_buffer_soft_for.is_zero() {
+            return Err("limits.send_buffer_soft_for: must be more than 0s".into());
+        }
+        Ok(())
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -302,10 +392,20 @@ impl Default for Limits {
     fn default() -> Self {
         Limits {
             max_frame: 1 << 20,
-            max_send_buffer: 1 << 20,
+            send_buffer_hard: DEFAULT_SEND_BUFFER_HARD,
+            send_buffer_soft: DEFAULT_SEND_BUFFER_SOFT,
+            send_buffer_soft_for: Duration::from_secs(10),
+            hard_as_written: None,
+            soft_as_written: None,
+            max_send_buffer: None,
             max_connections: 10_000,
             stop_timeout: Duration::from_secs(10),
             handshake_timeout: Duration::from_secs(10),
+            ping_interval: Some(Duration::from_secs(25)),
+            pong_timeout: Duration::from_secs(10),
+            tcp_ping: false,
+            idle_timeout: None,
+            linger_timeout: Duration::from_secs(2),
         }
     }
 }
@@ -339,6 +439,24 @@ fn size<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
         ))
     })?;
     usize::try_from(parsed.as_u64()).map_err(|_| serde::de::Error::custom("size too large"))
+}
+
+fn optional_size<'de, D: Deserializer<'de>>(d: D) -> Result<Option<usize>, D::Error> {
+    size(d).map(Some)
+}
+
+/// A duration, or "off" (also "0s") for none.
+fn optional_duration_or_off<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    let text = String::deserialize(d)?;
+    if text.trim() == "off" {
+        return Ok(None);
+    }
+    let parsed = humantime::parse_duration(&text).map_err(|_| {
+        serde::de::Error::custom(format!(
+            "invalid duration `{text}` (write it like \"500ms\", \"30s\" or \"1h\", or \"off\")"
+        ))
+    })?;
+    Ok(Some(parsed).filter(|d| !d.is_zero()))
 }
 
 fn optional_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
@@ -386,6 +504,9 @@ impl Config {
         };
         let mut config: Config = toml::from_str(text).map_err(|e| invalid(e.to_string()))?;
         config.source = source.to_path_buf();
+        let mut warnings = Vec::new();
+        config.limits.resolve(&mut warnings).map_err(invalid)?;
+        config.warnings = warnings;
         let base = std::path::absolute(base).map_err(|e| invalid(e.to_string()))?;
         config.paths.resolve(&base);
         if let Some(key) = config.auth.jwt_public_key.as_mut() {
@@ -426,9 +547,6 @@ impl Config {
         }
         if self.limits.max_frame < 128 {
             return Err("limits.max_frame: must be at least 128B".into());
-        }
-        if self.limits.max_send_buffer < 1024 {
-            return Err("limits.max_send_buffer: must be at least 1KiB".into());
         }
         if self.limits.max_connections == 0 {
             return Err("limits.max_connections: must be at least 1".into());
@@ -526,7 +644,9 @@ mod tests {
     #[test]
     fn embedded_default_is_valid() {
         let config = parse(EMBEDDED_DEFAULT).expect("embedded default parses");
-        assert_eq!(config.limits.max_send_buffer, 1 << 20);
+        assert_eq!(config.limits.send_buffer_hard, 32 << 20);
+        assert_eq!(config.limits.send_buffer_soft, 4 << 20);
+        assert!(config.warnings.is_empty(), "{:?}", config.warnings);
     }
 
     #[test]
@@ -574,5 +694,61 @@ mod tests {
         assert!(e.contains("stop_timeout") && e.contains("soon"), "{e}");
         let e = parse("workers = 0\n").unwrap_err().to_string();
         assert!(e.contains("workers"), "{e}");
+    }
+
+    #[test]
+    fn send_buffer_limits_defaults_alias_and_order() {
+        let c = parse("").unwrap();
+        assert_eq!(c.limits.send_buffer_hard, 32 << 20);
+        assert_eq!(c.limits.send_buffer_soft, 4 << 20);
+        assert_eq!(c.limits.send_buffer_soft_for, Duration::from_secs(10));
+        assert_eq!(c.limits.ping_interval, Some(Duration::from_secs(25)));
+        assert_eq!(c.limits.pong_timeout, Duration::from_secs(10));
+        assert!(!c.limits.tcp_ping);
+        assert_eq!(c.limits.idle_timeout, None);
+        assert_eq!(c.limits.linger_timeout, Duration::from_secs(2));
+        assert!(c.warnings.is_empty());
+
+        // The alias alone: it is the hard limit, with a warning; the soft
+        // limit follows it down.
+        let c = parse("[limits]\nmax_send_buffer = \"256KiB\"\n").unwrap();
+        assert_eq!(c.limits.send_buffer_hard, 256 << 10);
+        assert_eq!(c.limits.send_buffer_soft, 256 << 10);
+        assert_eq!(c.warnings.len(), 1);
+        assert!(c.warnings[0].contains("max_send_buffer is deprecated"));
+
+        // Both: the new key wins and the warning names both.
+        let c =
+            parse("[limits]\nmax_send_buffer = \"1MiB\"\nsend_buffer_hard = \"8MiB\"\n").unwrap();
+        assert_eq!(c.limits.send_buffer_hard, 8 << 20);
+        let w = &c.warnings[0];
+        assert!(
+            w.contains("max_send_buffer") && w.contains("send_buffer_hard"),
+            "{w}"
+        );
+
+        // Soft over hard is refused, naming both keys.
+        let e = parse("[limits]\nsend_buffer_hard = \"1MiB\"\nsend_buffer_soft = \"2MiB\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("send_buffer_soft") && e.contains("send_buffer_hard"),
+            "{e}"
+        );
+        let e = parse("[limits]\nmax_send_buffer = \"1MiB\"\nsend_buffer_soft = \"2MiB\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("send_buffer_soft") && e.contains("max_send_buffer"),
+            "{e}"
+        );
+
+        let c = parse("[limits]\nping_interval = \"off\"\nidle_timeout = \"5m\"\n").unwrap();
+        assert_eq!(c.limits.ping_interval, None);
+        assert_eq!(c.limits.idle_timeout, Some(Duration::from_secs(300)));
+        let e = parse("[limits]\nping_interval = \"often\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("ping_interval"), "{e}");
     }
 }

@@ -68,8 +68,15 @@ pub struct WorkerStats {
     pub msgs_in: u64,
     /// `msg` frames queued to subscribers.
     pub msgs_out: u64,
-    /// Clients cut off because their send buffer overflowed.
+    /// Clients cut off as slow consumers: their queue passed
+    /// `send_buffer_hard`, or stayed over `send_buffer_soft` too long.
     pub send_failures: u64,
+    /// Connections closed because a ping went unanswered for `pong_timeout`.
+    #[serde(default)]
+    pub pong_timeouts: u64,
+    /// Connections closed after `idle_timeout` without input.
+    #[serde(default)]
+    pub idle_timeouts: u64,
     /// Connections refused over `max_connections`.
     pub refused: u64,
     /// Messages written to this worker's shards, expired and deleted, and

@@ -10,6 +10,9 @@ use bytes::{Buf, Bytes};
 
 /// Most segments handed to one `writev` call (Linux allows 1024).
 const MAX_IOVECS: usize = 64;
+/// An empty queue keeps room for this many segments; after a burst that
+/// needed more, the room is given back, so idle connections hold no buffer.
+const KEEP_SEGMENTS: usize = 64;
 
 #[derive(Debug)]
 pub struct Overflow;
@@ -57,6 +60,13 @@ impl OutboundQueue {
         let keep = usize::from(self.head_started).min(self.segments.len());
         self.segments.truncate(keep);
         self.queued = self.segments.iter().map(Bytes::len).sum();
+        self.shrink_if_drained();
+    }
+
+    fn shrink_if_drained(&mut self) {
+        if self.segments.is_empty() && self.segments.capacity() > KEEP_SEGMENTS {
+            self.segments = VecDeque::new();
+        }
     }
 
     pub fn is_empty(&self) -> bool {
@@ -106,6 +116,7 @@ impl OutboundQueue {
                 }
             }
         }
+        self.shrink_if_drained();
         Ok(total)
     }
 }
@@ -157,5 +168,21 @@ mod tests {
         q.write_to(&mut w).unwrap();
         assert_eq!(w.got, b"hellohello!");
         assert!(q.is_empty());
+    }
+
+    #[test]
+    fn a_drained_queue_gives_back_the_room_a_burst_took() {
+        let mut q = OutboundQueue::new(1 << 20);
+        let b = Bytes::from_static(b"x");
+        for _ in 0..1000 {
+            q.push(&[&b]).unwrap();
+        }
+        assert!(q.segments.capacity() >= 1000);
+        let mut w = Trickle {
+            got: vec![],
+            room: usize::MAX,
+        };
+        q.write_to(&mut w).unwrap();
+        assert_eq!(q.segments.capacity(), 0);
     }
 }

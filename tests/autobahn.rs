@@ -15,7 +15,7 @@ fn autobahn_fuzzingclient_reports_no_failed_case() {
     common::setup_test_tools();
     let server = Server::start(
         2,
-        "[limits]\nmax_frame = \"20MiB\"\nmax_send_buffer = \"64MiB\"\n[debug]\necho = true\n",
+        "[limits]\nmax_frame = \"20MiB\"\nsend_buffer_hard = \"64MiB\"\n[debug]\necho = true\n",
     );
     let out = Command::new("bash")
         .arg(common::repo_path("scripts/autobahn-run.sh"))

@@ -95,6 +95,9 @@ pub struct Master {
 /// Runs the master until it stops; returns the process exit code.
 pub fn run(config: Config, report: Option<StartReport>) -> i32 {
     crate::logging::set_role("master");
+    for warning in &config.warnings {
+        log::warn!("master: {warning}");
+    }
     let mut master = match Master::new(config) {
         Ok(master) => master,
         Err(e) => {
@@ -200,8 +203,10 @@ impl Master {
             self.tick(Instant::now());
             if let Phase::Stopping { .. } = self.phase {
                 if self.slots.iter().all(|s| s.pid.is_none()) {
-                    self.cleanup();
+                    // Logged before the pid file goes: `syncd stop` returns
+                    // as soon as it does, and may read the log at once.
                     log::info!("master stopped");
+                    self.cleanup();
                     return 0;
                 }
             }
@@ -279,6 +284,9 @@ impl Master {
         fresh.listen = self.config.listen.clone();
         fresh.paths = self.config.paths.clone();
         fresh.storage = self.config.storage.clone();
+        for warning in &fresh.warnings {
+            log::warn!("master: {warning}");
+        }
         match crate::auth::check_config(&fresh.auth).and_then(|()| crate::exposure::check(&fresh)) {
             Ok(warnings) => warnings.iter().for_each(|w| log::warn!("master: {w}")),
             Err(e) => {

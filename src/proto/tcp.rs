@@ -40,9 +40,29 @@ pub fn next_line<'a>(
     }))
 }
 
+/// Whether `text` is a client's `{"op":"pong"}`, the answer to the server's
+/// heartbeat `{"op":"ping"}` (other fields are ignored). It gets no reply.
+pub fn is_pong(text: &str) -> bool {
+    #[derive(serde::Deserialize)]
+    struct OpOnly<'a> {
+        #[serde(borrow)]
+        op: std::borrow::Cow<'a, str>,
+    }
+    text.contains("pong") && serde_json::from_str::<OpOnly<'_>>(text).is_ok_and(|f| f.op == "pong")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pong_lines() {
+        assert!(is_pong(r#"{"op":"pong"}"#));
+        assert!(is_pong(r#" { "op" : "pong", "id": 3 } "#));
+        assert!(!is_pong(r#"{"op":"ping"}"#));
+        assert!(!is_pong(r#"{"op":"pub","channel":"pong","data":1}"#));
+        assert!(!is_pong("pong"));
+    }
 
     #[test]
     fn splits_lines_and_flags_bad_ones() {

@@ -11,6 +11,7 @@ use bytes::Bytes;
 use mio::net::TcpStream;
 use tungstenite::protocol::WebSocketContext;
 
+use super::timers::ConnTimers;
 use crate::outbound::OutboundQueue;
 
 /// The socket and the bytes waiting for it. tungstenite reads and writes through
@@ -20,8 +21,12 @@ pub struct Transport {
     pub out: OutboundQueue,
     pub bytes_in: u64,
     pub bytes_out: u64,
-    /// Set when a write would have passed `max_send_buffer`.
+    /// Set when bytes were refused because the queue would have passed
+    /// `send_buffer_hard` even after writing what the socket took.
     pub overflowed: bool,
+    /// `send_buffer_soft`: replays refill the queue up to here, and a queue
+    /// that stays above it for `send_buffer_soft_for` is cut off.
+    soft: usize,
 }
 
 impl Read for Transport {
@@ -36,9 +41,7 @@ impl Write for Transport {
     /// Never blocks: the bytes join the outbound queue, or the connection is
     /// marked as overflowed and will be cut off.
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        if self.out.push(&[&Bytes::copy_from_slice(buf)]).is_err() {
-            self.overflowed = true;
-        }
+        self.queue(&[&Bytes::copy_from_slice(buf)]);
         Ok(buf.len())
     }
 
@@ -48,30 +51,41 @@ impl Write for Transport {
 }
 
 impl Transport {
-    pub fn new(stream: TcpStream, limit: usize) -> Self {
+    /// A transport whose queue holds at most `hard` bytes, and aims to stay
+    /// under `soft`.
+    pub fn new(stream: TcpStream, hard: usize, soft: usize) -> Self {
         Transport {
             stream,
-            out: OutboundQueue::new(limit),
+            out: OutboundQueue::new(hard),
             bytes_in: 0,
             bytes_out: 0,
             overflowed: false,
+            soft: soft.min(hard),
         }
     }
 
-    /// Queues `parts` as one unit, or marks the connection overflowed.
+    /// Queues `parts` as one unit, or marks the connection overflowed. The
+    /// hard limit is checked only after trying to write what is queued: a
+    /// client whose socket takes the bytes is never cut off for them.
     pub fn queue(&mut self, parts: &[&Bytes]) {
-        if self.out.push(parts).is_err() {
-            self.overflowed = true;
+        if self.out.push(parts).is_ok() {
+            return;
         }
+        if self.flush_out().is_ok() && self.out.push(parts).is_ok() {
+            return;
+        }
+        self.overflowed = true;
     }
 
+    /// The soft limit: what replays and pipelined HTTP answers aim below.
     pub fn out_limit(&self) -> usize {
-        self.out.limit()
+        self.soft
     }
 
     pub fn flush_out(&mut self) -> io::Result<()> {
         let n = self.out.write_to(&mut self.stream)?;
         self.bytes_out += n as u64;
+        super::timers::note_written(n);
         Ok(())
     }
 }
@@ -135,17 +149,32 @@ pub struct Conn {
     /// Queued in `pending_reads` because its read budget ran out.
     pub read_pending: bool,
     /// Lines waiting to enter the outbound queue: a resume's replay (which may
-    /// be larger than `max_send_buffer`) and the live messages behind it. They
+    /// be larger than `send_buffer_hard`) and the live messages behind it. They
     /// move into the queue as it drains, so order is kept and memory bounded.
     pub backlog: VecDeque<Bytes>,
     backlog_bytes: usize,
     backlog_limit: usize,
     /// Set once the connection has shown a valid token.
     pub user: Option<crate::auth::User>,
+    /// Heartbeat, idle, soft-limit and linger deadlines.
+    pub timers: ConnTimers,
+    /// The peer will send nothing more that matters (its WebSocket close
+    /// came, or it shut its side): once our output is out, close without
+    /// lingering.
+    pub input_done: bool,
+    /// The input stopped making sense (a frame too large, a protocol error):
+    /// what still arrives is discarded unread.
+    pub input_broken: bool,
 }
 
 impl Conn {
-    pub fn new(id: u64, peer: SocketAddr, t: Transport, session: Session) -> Conn {
+    pub fn new(
+        id: u64,
+        peer: SocketAddr,
+        t: Transport,
+        session: Session,
+        timers: ConnTimers,
+    ) -> Conn {
         let now = Instant::now();
         Conn {
             id,
@@ -162,6 +191,9 @@ impl Conn {
             backlog_bytes: 0,
             backlog_limit: 0,
             user: None,
+            timers,
+            input_done: false,
+            input_broken: false,
         }
     }
 
@@ -230,6 +262,9 @@ impl Conn {
         if self.backlog.is_empty() {
             self.backlog_bytes = 0;
             self.backlog_limit = 0;
+            if self.backlog.capacity() > 64 {
+                self.backlog = VecDeque::new();
+            }
         }
     }
 }

@@ -8,6 +8,7 @@ use bytes::Bytes;
 use mio::{Interest, Token};
 
 use super::conn::{Conn, Session, Transport};
+use super::timers::{self, ConnTimers, Rules, CLOSE_IDLE, CLOSE_PONG_TIMEOUT};
 use super::{Port, Worker, CLOSE_DISCONNECTED, CLOSE_GRACE, CLOSE_UNAUTHORIZED, CONN_BASE};
 use crate::control::Retire;
 use crate::proto::{frames, http};
@@ -63,6 +64,9 @@ impl Worker {
                 continue;
             }
             let _ = stream.set_nodelay(true);
+            // Dead peers the heartbeat does not cover (TCP without tcp_ping)
+            // are found by the kernel, eventually.
+            let _ = socket2::SockRef::from(&stream).set_keepalive(true);
             let entry = self.conns.vacant_entry();
             let token = Token(CONN_BASE + entry.key());
             if let Err(e) = self.poll.registry().register(
@@ -80,8 +84,17 @@ impl Worker {
                     start: 0,
                 },
             };
-            let transport = Transport::new(stream, self.config.limits.max_send_buffer);
-            entry.insert(Conn::new(self.next_conn_id, peer, transport, session));
+            let limits = &self.config.limits;
+            let transport =
+                Transport::new(stream, limits.send_buffer_hard, limits.send_buffer_soft);
+            let timers = ConnTimers::new(Instant::now(), &Rules::from_limits(limits));
+            entry.insert(Conn::new(
+                self.next_conn_id,
+                peer,
+                transport,
+                session,
+                timers,
+            ));
             self.next_conn_id += 1;
         }
     }
@@ -90,20 +103,10 @@ impl Worker {
         let Some(conn) = self.conns.get_mut(key) else {
             return;
         };
-        if conn.t.overflowed && conn.closing.is_none() {
-            self.stats.send_failures += 1;
-            log::warn!(
-                "worker {}: cutting off slow client {} ({}): send buffer full",
-                self.slot,
-                conn.id,
-                conn.peer
-            );
-            conn.t.out.discard_unsent();
-            self.close_with(key, 1008, "send buffer full", Instant::now() + CLOSE_GRACE);
-        }
-        let Some(conn) = self.conns.get_mut(key) else {
+        if conn.timers.linger_until.is_some() {
+            // The write side is shut; only reading remains.
             return;
-        };
+        }
         let mut result = conn.t.flush_out();
         // Room freed: let a waiting replay move on, as long as the socket takes it.
         while result.is_ok() && !conn.backlog.is_empty() && conn.t.out.is_empty() {
@@ -113,8 +116,31 @@ impl Worker {
         if !conn.backlog.is_empty() {
             conn.refill();
         }
-        if result.is_err() || (conn.closing.is_some() && conn.t.out.is_empty()) {
+        if result.is_err() {
             self.drop_conn(key);
+            return;
+        }
+        // The limits are checked only now, after the socket took what it could.
+        if conn.closing.is_none() {
+            let soft_for = self.config.limits.send_buffer_soft_for;
+            if conn.t.overflowed {
+                self.cut_off_slow(key, "send_buffer_hard");
+            } else if conn
+                .timers
+                .track_soft(conn.t.out.len(), conn.t.out_limit(), soft_for)
+            {
+                self.cut_off_slow(key, "send_buffer_soft");
+            }
+        }
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        if conn.closing.is_some() {
+            if !conn.t.out.is_empty() && conn.t.flush_out().is_err() {
+                self.drop_conn(key);
+            } else if conn.t.out.is_empty() {
+                self.linger(key);
+            }
             return;
         }
         // The client read enough of its pipelined answers: serve the rest.
@@ -122,6 +148,47 @@ impl Worker {
             conn.http_stalled = false;
             self.requeue_read(key);
         }
+    }
+
+    /// Cuts off a client whose queue passed `send_buffer_hard`, or stayed
+    /// over `send_buffer_soft` too long (`limit` names which): what it has not
+    /// started receiving is dropped, then it gets 1008 / `slow_consumer`.
+    pub(super) fn cut_off_slow(&mut self, key: usize, limit: &str) {
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        if conn.closing.is_some() {
+            return;
+        }
+        self.stats.send_failures += 1;
+        let why = format!(
+            "slow consumer: {} bytes queued, over {limit}",
+            conn.t.out.len()
+        );
+        timers::log_cut_off(self.slot, conn, &why);
+        conn.t.out.discard_unsent();
+        timers::trim_soon(Instant::now());
+        let reason = format!("slow_consumer: send buffer over {limit}");
+        self.close_with(key, 1008, &reason, Instant::now() + CLOSE_GRACE);
+    }
+
+    /// Our last frame is out: shut the write side (the peer sees it, then
+    /// EOF) and read and discard what still comes, until the peer closes or
+    /// `linger_timeout` passes. Closing with unread input would send a reset,
+    /// which can destroy the last frame before the peer reads it.
+    fn linger(&mut self, key: usize) {
+        let linger = self.config.limits.linger_timeout;
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        if conn.input_done || linger.is_zero() {
+            self.drop_conn(key);
+            return;
+        }
+        conn.timers.linger_until = Some(Instant::now() + linger);
+        let _ = conn.t.stream.shutdown(std::net::Shutdown::Write);
+        // Input that is already waiting raises no new event.
+        self.requeue_read(key);
     }
 
     /// Sends a last frame (WebSocket close `code`, or an error/bye line on TCP)
@@ -155,6 +222,8 @@ impl Worker {
                     CLOSE_SERVICE_RESTART => ("bye", "reload"),
                     1008 => ("error", "slow_consumer"),
                     1009 => ("error", "too_large"),
+                    CLOSE_PONG_TIMEOUT => ("error", "pong_timeout"),
+                    CLOSE_IDLE => ("error", "idle_timeout"),
                     CLOSE_DISCONNECTED => ("error", "disconnected"),
                     _ => ("error", "closing"),
                 };

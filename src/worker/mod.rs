@@ -13,6 +13,7 @@ mod read;
 mod report;
 mod resume;
 mod static_files;
+mod timers;
 mod users;
 
 use std::collections::{HashMap, VecDeque};
@@ -40,7 +41,7 @@ use crate::sync::owner::ChannelOwner;
 use crate::sync::presence::Presence;
 use crate::sync::state::{Entry, KeyedState};
 use crate::sync::subscriptions::Subscriptions;
-use conn::{Conn, Session};
+use conn::Conn;
 use pending::Pending;
 
 const WS_LISTENER: Token = Token(0);
@@ -376,23 +377,7 @@ impl Worker {
     fn tick(&mut self, now: Instant) {
         self.peers.tick(self.poll.registry(), now);
         self.redeliver(now);
-        let idle = self.config.limits.handshake_timeout;
-        let expired: Vec<usize> = self
-            .conns
-            .iter()
-            .filter(|(_, c)| match c.closing {
-                Some(deadline) => now >= deadline,
-                None => {
-                    matches!(c.session, Session::Http { .. })
-                        && !c.http_busy
-                        && now.duration_since(c.active) > idle
-                }
-            })
-            .map(|(k, _)| k)
-            .collect();
-        for key in expired {
-            self.drop_conn(key);
-        }
+        self.sweep_conns(now);
     }
 
     /// Writes what is queued. Writing can make more output (a connection

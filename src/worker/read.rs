@@ -45,15 +45,68 @@ fn fill(stream: &mut impl Read, buf: &mut Vec<u8>, counter: &mut u64) -> Filled 
     Filled::Budget
 }
 
+/// Reads and throws away what the socket has, up to the budget.
+fn discard(stream: &mut impl Read, counter: &mut u64) -> Filled {
+    let mut sink = [0u8; 16 * 1024];
+    let mut got = 0;
+    while got < READ_BUDGET {
+        match stream.read(&mut sink) {
+            Ok(0) => return Filled::Closed,
+            Ok(n) => {
+                got += n;
+                *counter += n as u64;
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Filled::Drained,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(_) => return Filled::Closed,
+        }
+    }
+    Filled::Budget
+}
+
 impl Worker {
     pub(super) fn read_conn(&mut self, key: usize) {
         let Some(conn) = self.conns.get_mut(key) else {
             return;
         };
-        match conn.session {
-            Session::Http { .. } => self.read_http(key),
-            Session::Ws { .. } => self.read_ws(key),
-            Session::Tcp { .. } => self.read_tcp(key),
+        let before = conn.t.bytes_in;
+        // A closing WebSocket whose input still parses is read for the
+        // peer's close frame; any other closing connection's input is moot.
+        let ws = matches!(conn.session, Session::Ws { .. });
+        if conn.closing.is_some() && (conn.input_broken || !ws) {
+            self.discard_input(key);
+        } else {
+            match conn.session {
+                Session::Http { .. } => self.read_http(key),
+                Session::Ws { .. } => self.read_ws(key),
+                Session::Tcp { .. } => self.read_tcp(key),
+            }
+        }
+        if let Some(conn) = self.conns.get_mut(key) {
+            if conn.t.bytes_in != before {
+                conn.timers.last_input = Instant::now();
+            }
+        }
+    }
+
+    /// Input of a connection on its way out: read and dropped, so that
+    /// closing the socket never meets unread input (and sends a reset).
+    fn discard_input(&mut self, key: usize) {
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        match discard(&mut conn.t.stream, &mut conn.t.bytes_in) {
+            Filled::Closed => {
+                conn.input_done = true;
+                if conn.timers.linger_until.is_some() {
+                    self.drop_conn(key);
+                } else {
+                    // Drops it once its last frame is out.
+                    self.mark_dirty(key);
+                }
+            }
+            Filled::Budget => self.requeue_read(key),
+            Filled::Drained => {}
         }
     }
 
@@ -77,13 +130,6 @@ impl Worker {
             return;
         };
         let filled = fill(&mut conn.t.stream, buf, &mut conn.t.bytes_in);
-        if conn.closing.is_some() {
-            buf.clear();
-            if matches!(filled, Filled::Closed) {
-                self.drop_conn(key);
-            }
-            return;
-        }
         let mut lines = Vec::new();
         let mut too_long = false;
         loop {
@@ -102,6 +148,7 @@ impl Worker {
         for line in lines {
             match line {
                 Ok(text) if text.trim().is_empty() => {}
+                Ok(text) if tcp::is_pong(&text) => self.on_pong(key),
                 Ok(text) => self.on_frame(key, &text),
                 Err(()) => {
                     let e = frames::ErrorReply::new("not_utf8", "lines must be UTF-8 JSON");
@@ -112,6 +159,9 @@ impl Worker {
         if too_long {
             log::info!("worker {}: TCP line over max_frame, closing", self.slot);
             let reason = format!("line over {max} bytes");
+            if let Some(conn) = self.conns.get_mut(key) {
+                conn.input_broken = true;
+            }
             self.close_with(key, 1009, &reason, Instant::now() + CLOSE_GRACE);
         }
         match filled {
@@ -126,17 +176,11 @@ impl Worker {
             let Some(conn) = self.conns.get_mut(key) else {
                 return;
             };
-            if conn.closing.is_some() {
-                // Our close frame is on its way; the rest of the input is moot.
-                let mut sink = Vec::new();
-                if matches!(
-                    fill(&mut conn.t.stream, &mut sink, &mut conn.t.bytes_in),
-                    Filled::Closed
-                ) {
-                    self.drop_conn(key);
-                }
-                return;
+            if conn.input_broken {
+                return self.discard_input(key);
             }
+            // Our close frame is on its way: only the peer's matters now.
+            let closing = conn.closing.is_some();
             let Session::Ws { ctx, echo } = &mut conn.session else {
                 return;
             };
@@ -146,8 +190,24 @@ impl Worker {
             let _ = ctx.flush(&mut conn.t);
             self.mark_dirty(key);
             match result {
+                Ok(Message::Pong(_)) => self.on_pong(key),
+                Ok(Message::Close(_)) => {
+                    // tungstenite queued the close reply (or this answers
+                    // ours): drop once it is sent, without lingering.
+                    if let Some(conn) = self.conns.get_mut(key) {
+                        conn.input_done = true;
+                        if conn.timers.linger_until.is_some() {
+                            self.drop_conn(key);
+                        } else {
+                            conn.closing.get_or_insert(Instant::now() + CLOSE_GRACE);
+                        }
+                    }
+                    return;
+                }
+                Ok(_) if closing => {}
                 Ok(Message::Text(text)) if echo => self.echo(key, Message::Text(text)),
                 Ok(Message::Binary(data)) if echo => self.echo(key, Message::Binary(data)),
+                Ok(Message::Text(text)) if tcp::is_pong(&text) => self.on_pong(key),
                 Ok(Message::Text(text)) => {
                     if self.conns.get(key).is_some_and(|c| c.closing.is_none()) {
                         self.on_frame(key, &text);
@@ -160,12 +220,6 @@ impl Worker {
                     );
                     self.reply(key, frames::error(None, &e));
                 }
-                Ok(Message::Close(_)) => {
-                    // tungstenite queued the close reply; drop once it is sent.
-                    if let Some(conn) = self.conns.get_mut(key) {
-                        conn.closing = Some(Instant::now() + CLOSE_GRACE);
-                    }
-                }
                 Ok(_) => {}
                 Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(
@@ -177,15 +231,29 @@ impl Worker {
                     return;
                 }
                 Err(e) => {
-                    log::info!("worker {}: WebSocket error, closing: {e}", self.slot);
-                    let code = u16::from(ws::close_code_for(&e));
-                    let reason = e.to_string();
-                    self.close_with(key, code, &reason, Instant::now() + CLOSE_GRACE);
-                    return;
+                    // What follows cannot be parsed: it is discarded until
+                    // the peer closes or the linger time is up.
+                    if let Some(conn) = self.conns.get_mut(key) {
+                        conn.input_broken = true;
+                    }
+                    if !closing {
+                        log::info!("worker {}: WebSocket error, closing: {e}", self.slot);
+                        let code = u16::from(ws::close_code_for(&e));
+                        let reason = e.to_string();
+                        self.close_with(key, code, &reason, Instant::now() + CLOSE_GRACE);
+                    }
+                    return self.discard_input(key);
                 }
             }
         }
         self.requeue_read(key);
+    }
+
+    /// The peer answered a ping (a WebSocket pong, or `{"op":"pong"}`).
+    fn on_pong(&mut self, key: usize) {
+        if let Some(conn) = self.conns.get_mut(key) {
+            conn.timers.pong();
+        }
     }
 
     fn echo(&mut self, key: usize, message: Message) {

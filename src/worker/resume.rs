@@ -130,7 +130,7 @@ impl Worker {
         if !quiet {
             self.reply(key, reply);
         }
-        let limit = self.config.limits.max_send_buffer;
+        let limit = self.config.limits.send_buffer_hard;
         if let Some(conn) = self.conns.get_mut(key) {
             conn.replay(lines, limit);
         }
