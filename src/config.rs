@@ -310,8 +310,18 @@ fn size<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
             "invalid size `{text}` (write it like \"64KiB\" or \"1MiB\")"
         ))
     })?;
+    // bytesize saturates ("16EiB" is u64::MAX); anything near that would
+    // overflow the sums made with these sizes (head + body, reservations).
+    if parsed.as_u64() > MAX_SIZE {
+        return Err(serde::de::Error::custom(format!(
+            "size `{text}` too large (at most 1TiB)"
+        )));
+    }
     usize::try_from(parsed.as_u64()).map_err(|_| serde::de::Error::custom("size too large"))
 }
+
+/// Largest size a config value may name.
+const MAX_SIZE: u64 = 1 << 40;
 
 fn optional_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
     duration(d).map(Some)
@@ -393,6 +403,10 @@ impl Config {
         }
         if self.limits.max_frame < 128 {
             return Err("limits.max_frame: must be at least 128B".into());
+        }
+        // tungstenite reserves a frame's claimed length (up to this) at once.
+        if self.limits.max_frame > 1 << 30 {
+            return Err("limits.max_frame: must be at most 1GiB".into());
         }
         if self.limits.max_send_buffer < 1024 {
             return Err("limits.max_send_buffer: must be at least 1KiB".into());
