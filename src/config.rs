@@ -438,8 +438,18 @@ fn size<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
             "invalid size `{text}` (write it like \"64KiB\" or \"1MiB\")"
         ))
     })?;
+    // bytesize saturates ("16EiB" is u64::MAX); anything near that would
+    // overflow the sums made with these sizes (head + body, reservations).
+    if parsed.as_u64() > MAX_SIZE {
+        return Err(serde::de::Error::custom(format!(
+            "size `{text}` too large (at most 1TiB)"
+        )));
+    }
     usize::try_from(parsed.as_u64()).map_err(|_| serde::de::Error::custom("size too large"))
 }
+
+/// Largest size a config value may name.
+const MAX_SIZE: u64 = 1 << 40;
 
 fn optional_size<'de, D: Deserializer<'de>>(d: D) -> Result<Option<usize>, D::Error> {
     size(d).map(Some)
@@ -547,6 +557,10 @@ impl Config {
         }
         if self.limits.max_frame < 128 {
             return Err("limits.max_frame: must be at least 128B".into());
+        }
+        // tungstenite reserves a frame's claimed length (up to this) at once.
+        if self.limits.max_frame > 1 << 30 {
+            return Err("limits.max_frame: must be at most 1GiB".into());
         }
         if self.limits.max_connections == 0 {
             return Err("limits.max_connections: must be at least 1".into());

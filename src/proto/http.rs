@@ -85,7 +85,8 @@ pub fn parse(buf: &[u8], max_body: usize) -> Parsed {
     if body_len > max_body {
         return Parsed::Invalid(413, format!("body over {max_body} bytes"));
     }
-    if buf.len() < head_len + body_len {
+    // Saturating: with a huge `max_body` the sum could overflow.
+    if buf.len() < head_len.saturating_add(body_len) {
         return Parsed::Partial;
     }
     let connection = find("connection").map(|v| v.to_ascii_lowercase());
