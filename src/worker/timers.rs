@@ -15,6 +15,7 @@ use bytes::Bytes;
 use super::conn::{Conn, Protocol, Session};
 use super::{Worker, CLOSE_GRACE};
 use crate::config::Limits;
+use crate::logging::LogLimit;
 
 /// WebSocket close code for a peer that missed its pong (RFC 6455 7.4.1:
 /// "internal error" is the closest; clients reconnect).
@@ -173,47 +174,9 @@ pub fn due(rules: &Rules, t: &ConnTimers, view: View, now: Instant) -> Due {
     Due::Nothing
 }
 
-/// At most `BURST` lines per `WINDOW`; the rest are counted and summed up in
-/// the next line that goes out.
-pub struct LogLimiter {
-    window_start: Option<Instant>,
-    in_window: u32,
-    suppressed: u64,
-}
-
-const WINDOW: Duration = Duration::from_secs(1);
-const BURST: u32 = 10;
-
-impl LogLimiter {
-    pub const fn new() -> LogLimiter {
-        LogLimiter {
-            window_start: None,
-            in_window: 0,
-            suppressed: 0,
-        }
-    }
-
-    /// `Some(lines suppressed since the last one)` when a line may go out now.
-    pub fn allow(&mut self, now: Instant) -> Option<u64> {
-        match self.window_start {
-            Some(start) if now.duration_since(start) < WINDOW => {}
-            _ => {
-                self.window_start = Some(now);
-                self.in_window = 0;
-            }
-        }
-        if self.in_window >= BURST {
-            self.suppressed += 1;
-            return None;
-        }
-        self.in_window += 1;
-        Some(std::mem::take(&mut self.suppressed))
-    }
-}
-
 thread_local! {
     /// One per worker process (the worker loop is single-threaded).
-    static CUT_OFF_LOG: RefCell<LogLimiter> = const { RefCell::new(LogLimiter::new()) };
+    static CUT_OFF_LOG: RefCell<LogLimit> = const { RefCell::new(LogLimit::new(10)) };
 }
 
 thread_local! {
@@ -457,18 +420,5 @@ mod tests {
         assert!(t.track_soft(200, 100, Duration::ZERO));
         assert!(!t.track_soft(100, 100, S(10)));
         assert!(t.soft_since.is_none());
-    }
-
-    #[test]
-    fn log_limiter_lets_a_burst_through_then_counts() {
-        let mut l = LogLimiter::new();
-        let t0 = Instant::now();
-        for _ in 0..BURST {
-            assert_eq!(l.allow(t0), Some(0));
-        }
-        assert_eq!(l.allow(t0), None);
-        assert_eq!(l.allow(t0 + Duration::from_millis(500)), None);
-        assert_eq!(l.allow(t0 + WINDOW), Some(2));
-        assert_eq!(l.allow(t0 + WINDOW), Some(0));
     }
 }
