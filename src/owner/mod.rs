@@ -25,6 +25,8 @@ mod users;
 #[cfg(test)]
 mod model_test;
 #[cfg(test)]
+mod testing;
+#[cfg(test)]
 mod tests;
 #[cfg(test)]
 mod tests_users;
