@@ -13,6 +13,7 @@ use std::borrow::Cow;
 use bytes::Bytes;
 use serde_json::value::RawValue;
 
+pub use super::pending::Origin;
 use super::pending::{unavailable, Awaiting, HistoryFor, WaitingSub};
 use super::users::EXPIRED_CHANNEL;
 use super::Worker;
@@ -25,24 +26,6 @@ use crate::proto::frames::{self, Acked, ErrorReply, Op};
 use crate::proto::ws::text_frame_header;
 use crate::store::{Engine, Gone};
 use crate::sync::shard;
-
-/// Who asked for a publish, so the answer can find them.
-pub enum Origin {
-    Client {
-        key: usize,
-        conn_id: u64,
-        id: Option<Box<RawValue>>,
-    },
-    Http {
-        key: usize,
-        conn_id: u64,
-        keep_alive: bool,
-    },
-    /// Another worker, for one of its clients.
-    Peer { slot: usize, tag: u64 },
-    /// The server itself (dead letters on `$expired`): nobody to answer.
-    Internal,
-}
 
 impl Worker {
     pub(super) fn on_frame(&mut self, key: usize, text: &str) {

@@ -9,11 +9,28 @@ use std::collections::HashMap;
 use bytes::Bytes;
 use serde_json::value::RawValue;
 
-use super::dispatch::Origin;
 use super::Worker;
 use crate::owner::{Answer, Query, Reply};
 use crate::proto::frames::{self, ErrorReply};
 use crate::sync::sub_buffer::SubBuffer;
+
+/// Who asked for a publish, so the answer can find them.
+pub enum Origin {
+    Client {
+        key: usize,
+        conn_id: u64,
+        id: Option<Box<RawValue>>,
+    },
+    Http {
+        key: usize,
+        conn_id: u64,
+        keep_alive: bool,
+    },
+    /// Another worker, for one of its clients.
+    Peer { slot: usize, tag: u64 },
+    /// The server itself (dead letters on `$expired`): nobody to answer.
+    Internal,
+}
 
 /// Where a history or JSON answer goes.
 pub enum HistoryFor {
