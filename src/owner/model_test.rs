@@ -1,9 +1,11 @@
 //! Property test: random commands, with storage answering in random batches
 //! and its completions fed back in random order, against a reference model
 //! that is a plain `Vec` of messages per channel and a map of keyed state.
-//! Checked: each channel's seqs are contiguous and in publish order, every
-//! recovered replay and every history equals the model's slice, and every
-//! compare-and-set is decided as one writer at a time would decide it.
+//! Checked: each channel's seqs are contiguous and in publish order, a write
+//! is acked only after its message went out, an answer never names a `seq`
+//! not yet delivered, every recovered replay and every history equals the
+//! model's slice, and every compare-and-set is decided as one writer at a
+//! time would decide it.
 
 use std::collections::HashMap;
 
@@ -58,9 +60,11 @@ fn op() -> impl Strategy<Value = Op> {
 /// What a question asked, to check its answer against the model.
 enum Asked {
     Publish {
+        channel: usize,
         seq: u64,
     },
     Set {
+        channel: usize,
         version: Option<u64>,
     },
     Replay {
@@ -126,7 +130,7 @@ fn run(ops: Vec<Op>, memory: bool, cached: bool) -> Result<(), TestCaseError> {
                 let to = h.publish(CHANNELS[channel], &data);
                 model.messages[channel].push(format!("{n}"));
                 let seq = model.messages[channel].len() as u64;
-                asked.push((to, Asked::Publish { seq }));
+                asked.push((to, Asked::Publish { channel, seq }));
             }
             Op::Set {
                 channel,
@@ -145,7 +149,7 @@ fn run(ops: Vec<Op>, memory: bool, cached: bool) -> Result<(), TestCaseError> {
                     });
                     model.messages[channel].push(change.to_string());
                 }
-                asked.push((to, Asked::Set { version }));
+                asked.push((to, Asked::Set { channel, version }));
             }
             Op::Resume { channel, since } => {
                 let query = Query::Resume {
@@ -205,19 +209,33 @@ fn run(ops: Vec<Op>, memory: bool, cached: bool) -> Result<(), TestCaseError> {
     for (to, question) in asked {
         let replies = h.replies_to(to);
         prop_assert_eq!(replies.len(), 1, "one answer each");
+        let channel = match &question {
+            Asked::Publish { channel, .. }
+            | Asked::Set { channel, .. }
+            | Asked::Replay { channel, .. }
+            | Asked::History { channel, .. } => *channel,
+        };
+        let out = h.delivered_before(to, CHANNELS[channel]);
         match (question, replies[0]) {
-            (Asked::Publish { seq }, Reply::Published(Ok(acked))) => {
-                prop_assert_eq!(acked.seq, seq)
+            (Asked::Publish { seq, .. }, Reply::Published(Ok(acked))) => {
+                prop_assert_eq!(acked.seq, seq);
+                prop_assert!(out >= seq, "acked only once delivered");
             }
-            (Asked::Set { version: Some(v) }, Reply::Published(Ok(acked))) => {
-                prop_assert_eq!(acked.version, Some(v))
+            (
+                Asked::Set {
+                    version: Some(v), ..
+                },
+                Reply::Published(Ok(acked)),
+            ) => {
+                prop_assert_eq!(acked.version, Some(v));
+                prop_assert!(out >= acked.seq, "acked only once delivered");
             }
-            (Asked::Set { version: None }, Reply::Published(Err(e))) => {
+            (Asked::Set { version: None, .. }, Reply::Published(Err(e))) => {
                 prop_assert_eq!(e.code, "conflict")
             }
             (Asked::Replay { channel, since }, Reply::Answer(Ok(answer))) => {
                 let all = &model.messages[channel];
-                prop_assert!(answer.seq as usize <= all.len());
+                prop_assert!(answer.seq <= out, "names only what went out");
                 if answer.recovered == Some(true) {
                     let lines: Vec<String> = answer.lines.iter().map(data_of).collect();
                     prop_assert_eq!(&lines[..], &all[since as usize..answer.seq as usize]);
@@ -235,6 +253,7 @@ fn run(ops: Vec<Op>, memory: bool, cached: bool) -> Result<(), TestCaseError> {
                 Reply::Answer(Ok(answer)),
             ) => {
                 let all = &model.messages[channel];
+                prop_assert!(answer.seq <= out, "names only what went out");
                 let from = (since as usize).min(answer.seq as usize);
                 let upto = (from + limit).min(answer.seq as usize);
                 let seqs: Vec<u64> = (from as u64 + 1..=upto as u64).collect();

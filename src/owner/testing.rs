@@ -183,6 +183,8 @@ pub struct Harness {
     pub engine: MemEngine,
     pub now: Now,
     pub replies: Vec<(ReplyTo, Reply)>,
+    /// For each reply: how many deliveries had been made when it came.
+    pub reply_marks: Vec<usize>,
     pub delivered: Vec<(String, u64, Bytes)>,
     pub events: Vec<(String, Bytes)>,
     pub dead: Vec<String>,
@@ -208,6 +210,7 @@ impl Harness {
             engine: MemEngine::default(),
             now,
             replies: Vec::new(),
+            reply_marks: Vec::new(),
             delivered: Vec::new(),
             events: Vec::new(),
             dead: Vec::new(),
@@ -237,7 +240,10 @@ impl Harness {
                 }
                 Effect::Deliver { channel, seq, line } => self.delivered.push((channel, seq, line)),
                 Effect::Event { channel, line } => self.events.push((channel, line)),
-                Effect::Reply { to, reply } => self.replies.push((to, reply)),
+                Effect::Reply { to, reply } => {
+                    self.replies.push((to, reply));
+                    self.reply_marks.push(self.delivered.len());
+                }
                 Effect::DeadLetter { report } => self.dead.push(report),
             }
         }
@@ -343,6 +349,16 @@ impl Harness {
             Reply::Answer(result) => result.clone(),
             other => panic!("not an answer: {other:?}"),
         }
+    }
+
+    /// The last seq of `channel` delivered before the reply to `to`.
+    pub fn delivered_before(&self, to: ReplyTo, channel: &str) -> u64 {
+        let at = self.replies.iter().position(|(t, _)| *t == to);
+        let mark = at.map_or(0, |i| self.reply_marks[i]);
+        let before = self.delivered[..mark]
+            .iter()
+            .filter(|(c, _, _)| c == channel);
+        before.map(|(_, s, _)| *s).max().unwrap_or(0)
     }
 
     /// The seqs of delivered messages of `channel`.
