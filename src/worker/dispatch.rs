@@ -24,7 +24,7 @@ pub use crate::owner::PublishOptions;
 use crate::owner::{Answer, Command, Effect, Now, Query, Reply, ReplyTo};
 use crate::proto::frames::{self, Acked, ErrorReply, Op};
 use crate::proto::ws::text_frame_header;
-use crate::store::{Engine, Gone};
+use crate::store::Gone;
 use crate::sync::shard;
 
 impl Worker {

@@ -80,8 +80,8 @@ pub struct Worker {
     subs: Subscriptions,
     /// The owner of this worker's shards: numbering, storing, resume, users.
     owner: OwnerCore,
-    /// Storage, as the owner's effects ask for it.
-    engine: StoreThread,
+    /// Storage, as the owner's effects ask for it (the SQLite store thread).
+    engine: Box<dyn Engine>,
     peers: Peers,
     bus_events: Vec<BusEvent>,
     /// Requests waiting for an owner's answer.
@@ -136,7 +136,11 @@ impl Worker {
             url => Some(crate::webhook::spawn(url.to_string())?),
         };
         let waker = Arc::new(Waker::new(poll.registry(), STORE)?);
-        let engine = StoreThread::spawn(shards, ctx.config.storage.clone(), waker)?;
+        let engine = Box::new(StoreThread::spawn(
+            shards,
+            ctx.config.storage.clone(),
+            waker,
+        )?);
         let sockets = (0..ctx.config.workers)
             .map(|s| ctx.config.bus_socket(s))
             .collect();
