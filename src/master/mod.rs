@@ -188,8 +188,10 @@ impl Master {
             self.tick(Instant::now());
             if let Phase::Stopping { .. } = self.phase {
                 if self.slots.iter().all(|s| s.pid.is_none()) {
-                    self.cleanup();
+                    // Logged before the pid file goes: `syncd stop` returns
+                    // as soon as it is gone, and its caller may read the log.
                     log::info!("master stopped");
+                    self.cleanup();
                     return 0;
                 }
             }
