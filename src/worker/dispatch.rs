@@ -24,7 +24,6 @@ pub use crate::owner::PublishOptions;
 use crate::owner::{Answer, Command, Effect, Now, Query, Reply, ReplyTo};
 use crate::proto::frames::{self, Acked, ErrorReply, Op};
 use crate::proto::ws::text_frame_header;
-use crate::store::Gone;
 use crate::sync::shard;
 
 impl Worker {
@@ -393,15 +392,8 @@ impl Worker {
 
     fn run_effect(&mut self, effect: Effect) {
         match effect {
-            Effect::Store(request) => {
-                if let Err(Gone(request)) = self.engine.submit(request) {
-                    log::error!("worker {}: the store thread is gone", self.slot);
-                    if let Some(completion) = (*request).gone() {
-                        self.owner
-                            .handle(Command::Completed(completion), Now::read());
-                    }
-                }
-            }
+            // Submitted by `OwnerSide::poll_effect`.
+            Effect::Store(_) => {}
             Effect::Deliver { channel, seq, line } => {
                 let msg = BusMsg::Deliver { channel, seq };
                 let header = encode_header(&msg, line.len());
@@ -448,9 +440,7 @@ impl Worker {
 
     /// The store has news: each completion goes to the owner core.
     pub(super) fn on_store_events(&mut self) {
-        let mut done = Vec::new();
-        self.engine.completions(&mut done);
-        for completion in done {
+        for completion in self.owner.completions() {
             self.tell_owner(Command::Completed(completion));
         }
     }

@@ -7,6 +7,7 @@ mod connections;
 mod dirty;
 mod dispatch;
 mod http_api;
+mod owner_side;
 mod pending;
 mod read;
 mod report;
@@ -31,9 +32,9 @@ use crate::owner::{Command, Now, OwnerConfig, OwnerCore};
 use crate::signals::SignalSet;
 use crate::store::open::open_shards;
 use crate::store::thread::StoreThread;
-use crate::store::Engine;
 use crate::sync::subscriptions::Subscriptions;
 use conn::{Conn, Session};
+use owner_side::OwnerSide;
 use pending::PendingTable;
 
 const WS_LISTENER: Token = Token(0);
@@ -78,10 +79,9 @@ pub struct Worker {
     conns: Slab<Conn>,
     next_conn_id: u64,
     subs: Subscriptions,
-    /// The owner of this worker's shards: numbering, storing, resume, users.
-    owner: OwnerCore,
-    /// Storage, as the owner's effects ask for it (the SQLite store thread).
-    engine: Box<dyn Engine>,
+    /// The owner of this worker's shards (numbering, storing, resume, users)
+    /// and its storage engine (the SQLite store thread).
+    owner: OwnerSide,
     peers: Peers,
     bus_events: Vec<BusEvent>,
     /// Requests waiting for an owner's answer.
@@ -130,17 +130,14 @@ impl Worker {
             .register(&mut signals.reader, SIGNALS, Interest::READABLE)?;
         let instance = crate::random_u64();
         let (shards, loaded) = open_shards(&ctx.config, ctx.slot)?;
-        let owner = OwnerCore::new(OwnerConfig::new(&ctx.config, ctx.slot), loaded, Now::read());
+        let core = OwnerCore::new(OwnerConfig::new(&ctx.config, ctx.slot), loaded, Now::read());
         let webhook = match ctx.config.delivery.webhook_url.as_str() {
             "" => None,
             url => Some(crate::webhook::spawn(url.to_string())?),
         };
         let waker = Arc::new(Waker::new(poll.registry(), STORE)?);
-        let engine = Box::new(StoreThread::spawn(
-            shards,
-            ctx.config.storage.clone(),
-            waker,
-        )?);
+        let engine = StoreThread::spawn(shards, ctx.config.storage.clone(), waker)?;
+        let owner = OwnerSide::new(core, Box::new(engine));
         let sockets = (0..ctx.config.workers)
             .map(|s| ctx.config.bus_socket(s))
             .collect();
@@ -155,7 +152,6 @@ impl Worker {
             next_conn_id: 1,
             subs: Subscriptions::default(),
             owner,
-            engine,
             peers,
             bus_events: Vec::new(),
             pending: PendingTable::default(),
@@ -174,7 +170,7 @@ impl Worker {
     fn run(&mut self) -> i32 {
         let code = self.event_loop();
         // Whatever was queued for the disk is written before we go.
-        self.engine.close();
+        self.owner.close();
         code
     }
 
