@@ -55,16 +55,6 @@ pub struct Now {
     pub ms: i64,
 }
 
-impl Now {
-    /// Reads both clocks. Only the edge calls this; the core is handed `Now`.
-    pub fn read() -> Now {
-        Now {
-            at: Instant::now(),
-            ms: crate::store::open::now_ms(),
-        }
-    }
-}
-
 /// Where an answer goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ReplyTo {

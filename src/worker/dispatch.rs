@@ -21,7 +21,7 @@ use crate::auth;
 use crate::bus::frame::encode_header;
 use crate::bus::BusMsg;
 pub use crate::owner::PublishOptions;
-use crate::owner::{Answer, Command, Effect, Now, Query, Reply, ReplyTo};
+use crate::owner::{Answer, Command, Effect, Query, Reply, ReplyTo};
 use crate::proto::frames::{self, Acked, ErrorReply, Op};
 use crate::proto::ws::text_frame_header;
 use crate::sync::shard;
@@ -384,7 +384,7 @@ impl Worker {
     /// Hands a command to this worker's owner core and carries out what it
     /// asks for, in order.
     pub(super) fn tell_owner(&mut self, command: Command) {
-        self.owner.handle(command, Now::read());
+        self.owner.handle(command, super::owner_side::now());
         while let Some(effect) = self.owner.poll_effect() {
             self.run_effect(effect);
         }

@@ -28,7 +28,7 @@ use slab::Slab;
 use crate::bus::{self, BusEvent, Peers};
 use crate::config::Config;
 use crate::control::{FromWorker, LineChannel, Retire, WorkerStats};
-use crate::owner::{Command, Now, OwnerConfig, OwnerCore};
+use crate::owner::{Command, OwnerConfig, OwnerCore};
 use crate::signals::SignalSet;
 use crate::store::open::open_shards;
 use crate::store::thread::StoreThread;
@@ -130,7 +130,11 @@ impl Worker {
             .register(&mut signals.reader, SIGNALS, Interest::READABLE)?;
         let instance = crate::random_u64();
         let (shards, loaded) = open_shards(&ctx.config, ctx.slot)?;
-        let core = OwnerCore::new(OwnerConfig::new(&ctx.config, ctx.slot), loaded, Now::read());
+        let core = OwnerCore::new(
+            OwnerConfig::new(&ctx.config, ctx.slot),
+            loaded,
+            owner_side::now(),
+        );
         let webhook = match ctx.config.delivery.webhook_url.as_str() {
             "" => None,
             url => Some(crate::webhook::spawn(url.to_string())?),

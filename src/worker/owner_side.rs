@@ -7,6 +7,14 @@
 use crate::owner::{Command, Effect, Now, OwnerCore, OwnerStats};
 use crate::store::{Completion, Engine, Gone};
 
+/// Reads both clocks for the core, which never reads them itself.
+pub fn now() -> Now {
+    Now {
+        at: std::time::Instant::now(),
+        ms: crate::store::open::now_ms(),
+    }
+}
+
 pub struct OwnerSide {
     core: OwnerCore,
     engine: Box<dyn Engine>,
@@ -31,8 +39,7 @@ impl OwnerSide {
             if let Err(Gone(request)) = self.engine.submit(request) {
                 log::error!("the store thread is gone");
                 if let Some(completion) = (*request).gone() {
-                    self.core
-                        .handle(Command::Completed(completion), Now::read());
+                    self.core.handle(Command::Completed(completion), now());
                 }
             }
         }
