@@ -9,6 +9,7 @@ pub mod exposure;
 pub mod logging;
 pub mod master;
 pub mod outbound;
+pub mod owner;
 pub mod private_socket;
 pub mod proto;
 pub mod signals;
@@ -16,3 +17,17 @@ pub mod store;
 pub mod sync;
 pub mod webhook;
 pub mod worker;
+
+/// A random number for names that must differ between processes (epochs,
+/// worker instances); not for secrets.
+pub(crate) fn random_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    h.write_u32(std::process::id());
+    h.finish()
+}

@@ -1,8 +1,13 @@
 //! Durable storage: one SQLite file per shard, written only by the shard's owner
-//! worker through its store thread, and an in-memory cache of recent messages.
+//! worker through its store thread (an `Engine`), and an in-memory cache of
+//! recent messages.
 
 pub mod backup;
 pub mod cache;
+pub mod engine;
 pub mod meta;
+pub mod open;
 pub mod shard_db;
 pub mod thread;
+
+pub use engine::{Completion, Engine, Gone, Request};

@@ -5,12 +5,12 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::time::Duration;
 
 use crossbeam_channel::{Receiver, Sender};
 use mio::Waker;
 
-use super::shard_db::{Append, ShardDb, Stored};
+use super::engine::{Completion, Engine, Gone, Request};
+use super::shard_db::{Append, ShardDb};
 use crate::config::Storage;
 
 /// Rows deleted per shard per sweep, so a sweep never holds the thread long.
@@ -18,84 +18,9 @@ const SWEEP_BATCH: usize = 500;
 /// Requests taken into one group commit at most.
 const MAX_BATCH: usize = 8192;
 
-pub enum Request {
-    /// Store one message; `ticket` numbers appends in the order sent.
-    Append {
-        shard: u32,
-        ticket: u64,
-        msg: Append,
-    },
-    /// Read retained messages `after < seq <= upto` of a channel.
-    Read {
-        tag: u64,
-        shard: u32,
-        channel: String,
-        after: u64,
-        upto: u64,
-        limit: usize,
-    },
-    /// Find the oldest unexpired `seq > after` of a channel.
-    Oldest {
-        tag: u64,
-        shard: u32,
-        channel: String,
-        after: u64,
-        now_ms: i64,
-    },
-    /// Record an inbox's cumulative ack; answered with `AcksStored`.
-    Ack {
-        tag: u64,
-        shard: u32,
-        channel: String,
-        seq: u64,
-    },
-    /// Record a message given up (expired, or out of attempts).
-    DeadLetter {
-        shard: u32,
-        channel: String,
-        seq: u64,
-        reason: &'static str,
-        data: String,
-        time_ms: i64,
-    },
-    /// Delete expired rows and trim channels over `history_size`.
-    Sweep { now_ms: i64 },
-    /// Record a clean shutdown and end the thread.
-    Close,
-}
-
-pub enum Event {
-    /// Every append with a ticket up to this one is stored.
-    Committed {
-        upto: u64,
-        count: u64,
-    },
-    /// Storing failed: nothing from `from` on is stored.
-    Failed {
-        error: String,
-    },
-    Read {
-        tag: u64,
-        result: Result<(Vec<Stored>, Option<u64>), String>,
-    },
-    Swept {
-        expired: u64,
-        trimmed: u64,
-    },
-    Oldest {
-        tag: u64,
-        result: Result<Option<u64>, String>,
-    },
-    /// The acks with these tags are stored, or failed to be.
-    AcksStored {
-        tags: Vec<u64>,
-        error: Option<String>,
-    },
-}
-
 pub struct StoreThread {
-    pub requests: Sender<Request>,
-    pub events: Receiver<Event>,
+    requests: Sender<Request>,
+    events: Receiver<Completion>,
     handle: Option<std::thread::JoinHandle<()>>,
     /// Kept here too: when the thread ends (a failed write ends it) its
     /// waker must stay open, or closing the eventfd takes the wake-up that
@@ -132,9 +57,19 @@ impl StoreThread {
             _waker: kept,
         })
     }
+}
+
+impl Engine for StoreThread {
+    fn submit(&mut self, request: Request) -> Result<(), Gone> {
+        self.requests.send(request).map_err(|e| Gone(Box::new(e.0)))
+    }
+
+    fn completions(&mut self, out: &mut Vec<Completion>) {
+        out.extend(self.events.try_iter());
+    }
 
     /// Sends `Close` and waits for the thread to finish what was queued.
-    pub fn close(&mut self) {
+    fn close(&mut self) {
         let _ = self.requests.send(Request::Close);
         if let Some(handle) = self.handle.take() {
             let _ = handle.join();
@@ -151,7 +86,7 @@ struct Writer {
     /// A write failed: the shards may lack something the worker counted on,
     /// so they must not be marked as closed cleanly.
     failed: bool,
-    outbox: Sender<Event>,
+    outbox: Sender<Completion>,
     waker: Arc<Waker>,
 }
 
@@ -203,12 +138,12 @@ impl Writer {
             };
             if let Err(error) = result {
                 self.failed = true;
-                let _ = self.outbox.send(Event::Failed { error });
+                let _ = self.outbox.send(Completion::Failed { error });
                 return true;
             }
         }
         if let Some(upto) = last_ticket {
-            let _ = self.outbox.send(Event::Committed { upto, count });
+            let _ = self.outbox.send(Completion::Committed { upto, count });
         }
         let mut acks: HashMap<u32, Vec<(u64, String, u64)>> = HashMap::new();
         let mut closing = false;
@@ -228,7 +163,7 @@ impl Writer {
                             .map_err(|e| e.to_string()),
                         None => Err(format!("shard {shard} is not owned here")),
                     };
-                    let _ = self.outbox.send(Event::Read { tag, result });
+                    let _ = self.outbox.send(Completion::Read { tag, result });
                 }
                 Request::Oldest {
                     tag,
@@ -243,7 +178,7 @@ impl Writer {
                             .map_err(|e| e.to_string()),
                         None => Err(format!("shard {shard} is not owned here")),
                     };
-                    let _ = self.outbox.send(Event::Oldest { tag, result });
+                    let _ = self.outbox.send(Completion::Oldest { tag, result });
                 }
                 Request::Sweep { now_ms } => self.sweep(now_ms),
                 Request::Ack {
@@ -292,7 +227,7 @@ impl Writer {
                 log::error!("store: recording acks in shard {shard} failed: {e}");
             }
             let tags = batch.into_iter().map(|(tag, _, _)| tag).collect();
-            let _ = self.outbox.send(Event::AcksStored { tags, error });
+            let _ = self.outbox.send(Completion::AcksStored { tags, error });
         }
     }
 
@@ -336,10 +271,7 @@ impl Writer {
         }
         self.touched.retain(|key, _| !done.contains(key));
         if expired + trimmed > 0 {
-            let _ = self.outbox.send(Event::Swept { expired, trimmed });
+            let _ = self.outbox.send(Completion::Swept { expired, trimmed });
         }
     }
 }
-
-/// How often the worker asks for a sweep.
-pub const SWEEP_EVERY: Duration = Duration::from_secs(1);

@@ -1,11 +1,7 @@
-//! Channel logic with no sockets in it: which worker owns a channel, the owner's
-//! sequence numbers, and who is subscribed to what on this worker.
+//! Plain logic of the edge, with no sockets in it: which worker owns a
+//! channel, who is subscribed to what on this worker, and what a `sub`
+//! waiting for its owner buffers meanwhile.
 
-pub mod idempotency;
-pub mod inbox;
-pub mod owner;
-pub mod presence;
 pub mod shard;
-pub mod state;
 pub mod sub_buffer;
 pub mod subscriptions;

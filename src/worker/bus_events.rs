@@ -5,10 +5,10 @@
 use bytes::Bytes;
 
 use super::dispatch::{Origin, PublishOptions};
-use super::owner::{Answer, Query, ReplyTo};
-use super::pending::{unavailable, Awaiting, Pending};
+use super::pending::unavailable;
 use super::Worker;
 use crate::bus::{BusEvent, BusMsg};
+use crate::owner::{Answer, Command, Query, Reply, ReplyTo};
 use crate::proto::frames::{self, Acked, ErrorReply};
 
 impl Worker {
@@ -19,7 +19,7 @@ impl Worker {
                     BusEvent::Msg { from, msg, payload } => self.on_bus_msg(from, msg, payload),
                     BusEvent::Down { slot } => {
                         self.fail_pending(slot);
-                        self.presence_slot_down(slot);
+                        self.tell_owner(Command::SlotDown { slot });
                     }
                     BusEvent::Up { slot } => self.resend_presence(slot),
                 }
@@ -39,13 +39,17 @@ impl Worker {
                 let origin = Origin::Peer { slot: from, tag };
                 match std::str::from_utf8(&payload) {
                     Ok(data) if self.owner_of(&channel) == self.slot => {
-                        let data = data.to_string();
                         let options = PublishOptions {
                             ttl,
                             idempotency_key,
                             state: None,
                         };
-                        self.publish_owned(origin, &channel, &data, options);
+                        self.tell_owner(Command::Publish {
+                            to: ReplyTo::Peer { slot: from, tag },
+                            channel,
+                            data: data.to_string(),
+                            options,
+                        });
                     }
                     _ => {
                         log::error!("worker {}: misrouted publish for {channel}", self.slot);
@@ -60,22 +64,16 @@ impl Worker {
                 version,
                 error,
             } => {
-                if let Some(Pending {
-                    what: Awaiting::Publish(origin),
-                    ..
-                }) = self.pending.remove(&tag)
-                {
-                    let result = match (seq, error) {
-                        (Some(seq), _) => Ok(Acked { seq, version }),
-                        (None, Some((code, message, current))) => Err(ErrorReply {
-                            code: frames::known_code(&code),
-                            message,
-                            current,
-                        }),
-                        (None, None) => Err(ErrorReply::new("internal", "publish failed")),
-                    };
-                    self.answer_publish(origin, result);
-                }
+                let result = match (seq, error) {
+                    (Some(seq), _) => Ok(Acked { seq, version }),
+                    (None, Some((code, message, current))) => Err(ErrorReply {
+                        code: frames::known_code(&code),
+                        message,
+                        current,
+                    }),
+                    (None, None) => Err(ErrorReply::new("internal", "publish failed")),
+                };
+                self.finish(tag, Reply::Published(result));
             }
             BusMsg::StateSet {
                 tag,
@@ -84,16 +82,21 @@ impl Worker {
                 version,
                 delete,
             } => {
-                let origin = Origin::Peer { slot: from, tag };
                 let value = (!delete).then(|| String::from_utf8_lossy(&payload).into_owned());
-                self.set_owned(origin, &channel, &key, value, version);
+                self.tell_owner(Command::Set {
+                    to: ReplyTo::Peer { slot: from, tag },
+                    channel,
+                    key,
+                    value,
+                    expected: version,
+                });
             }
             BusMsg::StateQuery { tag, channel, key } => {
                 let query = match key {
                     Some(key) => Query::Get { key },
                     None => Query::State,
                 };
-                self.owner_query(&channel, query, ReplyTo::Peer { slot: from, tag })
+                self.owner_query(from, tag, channel, query)
             }
             BusMsg::SubQuery {
                 tag,
@@ -107,29 +110,28 @@ impl Worker {
                 } else {
                     Query::Resume { since, epoch }
                 };
-                self.owner_query(&channel, query, ReplyTo::Peer { slot: from, tag })
+                self.owner_query(from, tag, channel, query)
             }
             BusMsg::PresenceQuery { tag, channel } => {
-                self.owner_query(&channel, Query::Presence, ReplyTo::Peer { slot: from, tag })
+                self.owner_query(from, tag, channel, Query::Presence)
             }
             BusMsg::UserQuery { tag, uid } => {
                 let inbox = crate::auth::inbox(&uid);
-                self.owner_query(
-                    &inbox,
-                    Query::User { uid },
-                    ReplyTo::Peer { slot: from, tag },
-                )
+                self.owner_query(from, tag, inbox, Query::User { uid })
             }
-            BusMsg::Ack { tag, channel, seq } => self.owner_query(
-                &channel,
-                Query::Ack { seq },
-                ReplyTo::Peer { slot: from, tag },
-            ),
+            BusMsg::Ack { tag, channel, seq } => {
+                self.owner_query(from, tag, channel, Query::Ack { seq })
+            }
             BusMsg::Presence {
                 channel,
                 uid,
                 count,
-            } => self.on_presence_report(from, &channel, &uid, count),
+            } => self.tell_owner(Command::Presence {
+                slot: from,
+                channel,
+                uid,
+                count,
+            }),
             BusMsg::Event { channel } => self.send_to_subscribers(&channel, &payload),
             BusMsg::Broadcast => self.broadcast_local(&payload),
             BusMsg::Disconnect { uid } => self.disconnect_local(&uid),
@@ -140,11 +142,7 @@ impl Worker {
                 limit,
             } => {
                 let limit = limit.min(frames::MAX_HISTORY_LIMIT);
-                self.owner_query(
-                    &channel,
-                    Query::History { since, limit },
-                    ReplyTo::Peer { slot: from, tag },
-                )
+                self.owner_query(from, tag, channel, Query::History { since, limit })
             }
             BusMsg::QueryAnswer {
                 tag,
@@ -164,36 +162,25 @@ impl Worker {
                         lines: split_lines(&payload),
                     }),
                 };
-                self.finish_query(tag, answer);
+                self.finish(tag, Reply::Answer(answer));
             }
             BusMsg::Hello { .. } | BusMsg::Welcome { .. } => {}
         }
     }
 
+    /// A question from worker `from` for this worker's owner core.
+    fn owner_query(&mut self, from: usize, tag: u64, channel: String, query: Query) {
+        let to = ReplyTo::Peer { slot: from, tag };
+        self.tell_owner(Command::Query { to, channel, query });
+    }
+
     /// A link to `slot` broke: nothing waiting on it will be answered.
     pub(super) fn fail_pending(&mut self, slot: usize) {
-        let tags: Vec<u64> = self
-            .pending
-            .iter()
-            .filter(|(_, p)| p.slot == slot && slot != self.slot)
-            .map(|(&t, _)| t)
-            .collect();
-        for tag in tags {
-            if let Some(Pending {
-                what: Awaiting::Publish(_),
-                ..
-            }) = self.pending.get(&tag)
-            {
-                if let Some(Pending {
-                    what: Awaiting::Publish(origin),
-                    ..
-                }) = self.pending.remove(&tag)
-                {
-                    self.answer_publish(origin, Err(unavailable(slot)));
-                }
-            } else {
-                self.finish_query(tag, Err(unavailable(slot)));
-            }
+        if slot == self.slot {
+            return;
+        }
+        for tag in self.pending.tags_on(slot) {
+            self.finish(tag, Reply::Answer(Err(unavailable(slot))));
         }
     }
 }

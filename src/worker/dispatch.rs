@@ -1,69 +1,30 @@
-//! The requesting side: client requests routed to channel owners, answers
-//! routed back to whoever asked, and messages to local subscribers.
+//! Routing: client requests go to the channel's owner (this worker's
+//! `OwnerCore`, or another worker's over a link), the owner's effects are
+//! carried out, answers go back to whoever asked, and messages go to local
+//! subscribers.
 //!
-//! A request for a channel owned by another worker crosses the bus; `Pending`
-//! remembers who is waiting. A `sub` also collects the messages that arrive
-//! while it waits (`buffer`), so a resume that needs a disk read still hands
-//! the client every message exactly once: the replay, then what came since.
+//! The pending table remembers who is waiting. A `sub` also collects the
+//! messages that arrive while it waits (`buffer`), so a resume that needs a
+//! disk read still hands the client every message exactly once: the replay,
+//! then what came since.
 
 use std::borrow::Cow;
 
 use bytes::Bytes;
 use serde_json::value::RawValue;
 
-use super::owner::Query;
-use super::pending::{unavailable, Awaiting, HistoryFor, Pending};
+pub use super::pending::Origin;
+use super::pending::{unavailable, Awaiting, HistoryFor, WaitingSub};
+use super::users::EXPIRED_CHANNEL;
 use super::Worker;
 use crate::auth;
+use crate::bus::frame::encode_header;
 use crate::bus::BusMsg;
+pub use crate::owner::PublishOptions;
+use crate::owner::{Answer, Command, Effect, Query, Reply, ReplyTo};
 use crate::proto::frames::{self, Acked, ErrorReply, Op};
 use crate::proto::ws::text_frame_header;
 use crate::sync::shard;
-
-/// Who asked for a publish, so the answer can find them.
-pub enum Origin {
-    Client {
-        key: usize,
-        conn_id: u64,
-        id: Option<Box<RawValue>>,
-    },
-    Http {
-        key: usize,
-        conn_id: u64,
-        keep_alive: bool,
-    },
-    /// Another worker, for one of its clients.
-    Peer { slot: usize, tag: u64 },
-    /// The server itself (dead letters on `$expired`): nobody to answer.
-    Internal,
-}
-
-/// How long to keep a message, and the backend's key that makes a retried
-/// publish or send return the first result instead of publishing twice.
-#[derive(Debug, Clone, Default)]
-pub struct PublishOptions {
-    pub ttl: Option<u64>,
-    pub idempotency_key: Option<String>,
-    /// Set when the message records a keyed-state change.
-    pub state: Option<StateWrite>,
-}
-
-/// A granted compare-and-set: what to store with the message.
-#[derive(Debug, Clone)]
-pub struct StateWrite {
-    pub key: String,
-    pub value: Option<String>,
-    pub version: u64,
-}
-
-impl PublishOptions {
-    pub fn ttl(ttl: Option<u64>) -> Self {
-        PublishOptions {
-            ttl,
-            ..PublishOptions::default()
-        }
-    }
-}
 
 impl Worker {
     pub(super) fn on_frame(&mut self, key: usize, text: &str) {
@@ -128,18 +89,21 @@ impl Worker {
                     since,
                     epoch: epoch.map(|e| e.into_owned()),
                 };
-                let what = Awaiting::Sub {
+                let what = Awaiting::Sub(WaitingSub {
                     key,
                     conn_id,
                     id: id.map(RawValue::to_owned),
                     channel: channel.to_string(),
                     buffer: Default::default(),
                     quiet: false,
-                };
+                    unsub: None,
+                });
                 self.ask_owner(&channel, query, what);
             }
             Op::Unsub { channel } => {
-                self.cancel_waiting_sub(key, conn_id, &channel);
+                if self.overtake_waiting_sub(key, conn_id, &channel, id) {
+                    return;
+                }
                 if self.subs.remove(key, &channel) {
                     self.track_presence(key, &channel, false);
                 }
@@ -255,29 +219,260 @@ impl Worker {
     ) {
         let owner = self.owner_of(channel);
         if owner == self.slot {
-            self.publish_owned(origin, channel, data, options);
-            return;
+            let to = self.reply_to(origin);
+            let (channel, data) = (channel.to_string(), data.to_string());
+            return self.tell_owner(Command::Publish {
+                to,
+                channel,
+                data,
+                options,
+            });
         }
-        let tag = self.next_tag();
-        let msg = BusMsg::Publish {
-            tag,
-            channel: channel.to_string(),
-            ttl: options.ttl,
-            idempotency_key: options.idempotency_key,
-        };
+        let channel = channel.to_string();
         let payload = Bytes::copy_from_slice(data.as_bytes());
-        if self.peers.send(owner, &msg, payload).is_err() {
-            self.answer_publish(origin, Err(unavailable(owner)));
-            return;
+        self.send_to_owner(owner, Awaiting::Publish(origin), payload, |tag| {
+            BusMsg::Publish {
+                tag,
+                channel,
+                ttl: options.ttl,
+                idempotency_key: options.idempotency_key,
+            }
+        });
+    }
+
+    /// Records what waits, then sends `msg` (its tag set here) to the owner
+    /// at `slot`; a broken link fails the request at once.
+    fn send_to_owner(
+        &mut self,
+        slot: usize,
+        what: Awaiting,
+        payload: Bytes,
+        msg: impl FnOnce(u64) -> BusMsg,
+    ) {
+        let tag = self.pending.insert(slot, what);
+        if self.peers.send(slot, &msg(tag), payload).is_err() {
+            self.finish(tag, Reply::Answer(Err(unavailable(slot))));
         }
-        let what = Awaiting::Publish(origin);
-        self.pending.insert(tag, Pending { slot: owner, what });
+    }
+
+    /// How the owner core names whoever asked.
+    fn reply_to(&mut self, origin: Origin) -> ReplyTo {
+        match origin {
+            Origin::Peer { slot, tag } => ReplyTo::Peer { slot, tag },
+            Origin::Internal => ReplyTo::Internal,
+            local => ReplyTo::Local(self.pending.insert(self.slot, Awaiting::Publish(local))),
+        }
+    }
+
+    /// `set`/`del` (and `PUT /api/state`): decided by the channel's owner.
+    pub(super) fn set_state(
+        &mut self,
+        origin: Origin,
+        channel: &str,
+        key: &str,
+        value: Option<String>,
+        expected: u64,
+    ) {
+        let owner = self.owner_of(channel);
+        if owner == self.slot {
+            let to = self.reply_to(origin);
+            let (channel, key) = (channel.to_string(), key.to_string());
+            return self.tell_owner(Command::Set {
+                to,
+                channel,
+                key,
+                value,
+                expected,
+            });
+        }
+        let (channel, key, delete) = (channel.to_string(), key.to_string(), value.is_none());
+        let payload = Bytes::from(value.unwrap_or_default());
+        self.send_to_owner(owner, Awaiting::Publish(origin), payload, |tag| {
+            BusMsg::StateSet {
+                tag,
+                channel,
+                key,
+                version: expected,
+                delete,
+            }
+        });
+    }
+
+    pub(super) fn history(
+        &mut self,
+        key: usize,
+        channel: &str,
+        since: u64,
+        limit: usize,
+        reply: HistoryFor,
+    ) {
+        let conn_id = self.conns.get(key).map_or(0, |c| c.id);
+        let what = Awaiting::History {
+            key,
+            conn_id,
+            channel: channel.to_string(),
+            reply,
+        };
+        self.ask_owner(channel, Query::History { since, limit }, what);
+    }
+
+    /// A question whose answer is one JSON object (`get`, `state`).
+    pub(super) fn json_query(
+        &mut self,
+        key: usize,
+        channel: &str,
+        query: Query,
+        reply: HistoryFor,
+    ) {
+        let conn_id = self.conns.get(key).map_or(0, |c| c.id);
+        let what = Awaiting::Json {
+            key,
+            conn_id,
+            reply,
+        };
+        self.ask_owner(channel, query, what);
+    }
+
+    /// Records what waits for the answer, then asks the owner: this worker's
+    /// core directly, or another worker over its link.
+    pub(super) fn ask_owner(&mut self, channel: &str, query: Query, what: Awaiting) {
+        let owner = self.owner_of(channel);
+        if owner == self.slot {
+            let to = ReplyTo::Local(self.pending.insert(owner, what));
+            let channel = channel.to_string();
+            return self.tell_owner(Command::Query { to, channel, query });
+        }
+        let channel = channel.to_string();
+        let msg = move |tag| match query {
+            Query::Inbox => BusMsg::SubQuery {
+                tag,
+                channel,
+                since: None,
+                epoch: None,
+                inbox: true,
+            },
+            Query::Presence => BusMsg::PresenceQuery { tag, channel },
+            Query::User { uid } => BusMsg::UserQuery { tag, uid },
+            Query::Get { key } => BusMsg::StateQuery {
+                tag,
+                channel,
+                key: Some(key),
+            },
+            Query::State => BusMsg::StateQuery {
+                tag,
+                channel,
+                key: None,
+            },
+            Query::Resume { since, epoch } => BusMsg::SubQuery {
+                tag,
+                channel,
+                since,
+                epoch,
+                inbox: false,
+            },
+            Query::History { since, limit } => BusMsg::HistoryQuery {
+                tag,
+                channel,
+                since,
+                limit,
+            },
+            Query::Ack { seq } => BusMsg::Ack { tag, channel, seq },
+        };
+        self.send_to_owner(owner, what, Bytes::new(), msg);
+    }
+
+    /// Hands a command to this worker's owner core and carries out what it
+    /// asks for, in order.
+    pub(super) fn tell_owner(&mut self, command: Command) {
+        self.owner.handle(command, super::owner_side::now());
+        while let Some(effect) = self.owner.poll_effect() {
+            self.run_effect(effect);
+        }
+    }
+
+    fn run_effect(&mut self, effect: Effect) {
+        match effect {
+            // Submitted by `OwnerSide::poll_effect`.
+            Effect::Store(_) => {}
+            Effect::Deliver { channel, seq, line } => {
+                let msg = BusMsg::Deliver { channel, seq };
+                let header = encode_header(&msg, line.len());
+                self.peers.broadcast(&header, &line, &mut self.bus_events);
+                if let BusMsg::Deliver { channel, .. } = msg {
+                    self.deliver_local(&channel, seq, &line);
+                }
+            }
+            Effect::Event { channel, line } => {
+                let msg = BusMsg::Event { channel };
+                let header = encode_header(&msg, line.len());
+                self.peers.broadcast(&header, &line, &mut self.bus_events);
+                if let BusMsg::Event { channel } = msg {
+                    self.send_to_subscribers(&channel, &line);
+                }
+            }
+            Effect::Reply { to, reply } => match to {
+                ReplyTo::Local(tag) => self.finish(tag, reply),
+                ReplyTo::Peer { slot, tag } => self.reply_to_peer(slot, tag, reply),
+                ReplyTo::Internal => {
+                    if let Reply::Published(Err(e)) = reply {
+                        log::error!(
+                            "worker {}: internal publish failed: {}",
+                            self.slot,
+                            e.message
+                        );
+                    }
+                }
+            },
+            Effect::DeadLetter { report } => {
+                let options = PublishOptions::default();
+                self.publish(Origin::Internal, EXPIRED_CHANNEL, &report, options);
+                if let Some(webhook) = &self.webhook {
+                    if webhook.try_send(report).is_err() {
+                        log::error!(
+                            "worker {}: webhook queue full, a dead letter was not posted",
+                            self.slot
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    /// The store has news: each completion goes to the owner core.
+    pub(super) fn on_store_events(&mut self) {
+        for completion in self.owner.completions() {
+            self.tell_owner(Command::Completed(completion));
+        }
+    }
+
+    fn reply_to_peer(&mut self, slot: usize, tag: u64, reply: Reply) {
+        let answer = match reply {
+            Reply::Published(result) => {
+                return self.answer_publish(Origin::Peer { slot, tag }, result)
+            }
+            Reply::Answer(answer) => answer,
+        };
+        let (msg, payload) = match answer {
+            Ok(a) => peer_answer(tag, a),
+            Err(e) => {
+                let msg = BusMsg::QueryAnswer {
+                    tag,
+                    seq: 0,
+                    epoch: String::new(),
+                    recovered: None,
+                    error: Some(e.message),
+                    oldest: None,
+                };
+                (msg, Bytes::new())
+            }
+        };
+        let _ = self.peers.send(slot, &msg, payload);
     }
 
     /// Hands a stored message to this worker's subscribers of `channel`, and
     /// to the `sub`s still waiting for their owner's answer.
     pub(super) fn deliver_local(&mut self, channel: &str, seq: u64, line: &Bytes) {
-        self.buffer_for_waiting_subs(channel, seq, line);
+        self.pending.buffer(channel, seq, line);
         let subscribers = self.subs.subscribers(channel);
         if subscribers.is_empty() {
             return;
@@ -346,4 +541,21 @@ impl Worker {
             }
         }
     }
+}
+
+/// An answer as one frame: the lines travel as the payload, unparsed.
+fn peer_answer(tag: u64, a: Answer) -> (BusMsg, Bytes) {
+    let mut payload = Vec::with_capacity(a.lines.iter().map(Bytes::len).sum());
+    for line in &a.lines {
+        payload.extend_from_slice(line);
+    }
+    let msg = BusMsg::QueryAnswer {
+        tag,
+        seq: a.seq,
+        epoch: a.epoch,
+        recovered: a.recovered,
+        error: None,
+        oldest: a.oldest,
+    };
+    (msg, Bytes::from(payload))
 }

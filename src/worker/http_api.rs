@@ -10,11 +10,11 @@ use tungstenite::protocol::{Role, WebSocketContext};
 
 use super::conn::Session;
 use super::dispatch::{Origin, PublishOptions};
-use super::owner::Query;
 use super::pending::HistoryFor;
 use super::static_files;
 use super::Worker;
 use crate::auth;
+use crate::owner::Query;
 use crate::proto::compact::compact;
 use crate::proto::frames::{self, ErrorReply};
 use crate::proto::http::{self, Parsed, Request};

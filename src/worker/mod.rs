@@ -7,16 +7,15 @@ mod connections;
 mod dirty;
 mod dispatch;
 mod http_api;
-mod owner;
+mod owner_side;
 mod pending;
 mod read;
 mod report;
-mod resume;
 mod static_files;
 mod timers;
 mod users;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::io;
 use std::net::TcpListener as StdTcpListener;
 use std::os::unix::net::UnixStream as StdUnixStream;
@@ -29,20 +28,15 @@ use slab::Slab;
 
 use crate::bus::{self, peers, BusEvent, LinkSecret, Peers};
 use crate::config::Config;
-use crate::config::Durability;
 use crate::control::{FromWorker, LineChannel, Retire, WorkerStats};
+use crate::owner::{Command, OwnerConfig, OwnerCore};
 use crate::signals::SignalSet;
-use crate::store::cache::HistoryCache;
-use crate::store::shard_db::{shard_path, ShardDb};
-use crate::store::thread::{Request, StoreThread, SWEEP_EVERY};
-use crate::sync::idempotency::Idempotency;
-use crate::sync::inbox::Inboxes;
-use crate::sync::owner::ChannelOwner;
-use crate::sync::presence::Presence;
-use crate::sync::state::{Entry, KeyedState};
+use crate::store::open::open_shards;
+use crate::store::thread::StoreThread;
 use crate::sync::subscriptions::Subscriptions;
 use conn::Conn;
-use pending::Pending;
+use owner_side::OwnerSide;
+use pending::PendingTable;
 
 const WS_LISTENER: Token = Token(0);
 const TCP_LISTENER: Token = Token(1);
@@ -88,35 +82,16 @@ pub struct Worker {
     conns: Slab<Conn>,
     next_conn_id: u64,
     subs: Subscriptions,
-    owner: ChannelOwner,
+    /// The owner of this worker's shards (numbering, storing, resume, users)
+    /// and its storage engine (the SQLite store thread).
+    owner: OwnerSide,
     peers: Peers,
     bus_events: Vec<BusEvent>,
-    pending: HashMap<u64, Pending>,
-    /// Tags of the `sub`s waiting for an owner, by channel.
-    pending_subs: HashMap<Box<str>, Vec<u64>>,
-    next_tag: u64,
-    store: StoreThread,
-    cache: HistoryCache,
-    inflight: VecDeque<owner::Inflight>,
-    next_ticket: u64,
-    disk_reads: HashMap<u64, owner::DiskRead>,
-    /// Storage failed: exit so the master restarts us from what the disk holds.
-    fatal: bool,
-    /// As owner: acks and redelivery of the inboxes in our shards.
-    inboxes: Inboxes,
-    /// As owner: who waits for each ack sent to the store, by store tag.
-    ack_replies: HashMap<u64, owner::ReplyTo>,
-    /// As owner: who is in our channels, per worker.
-    presence: Presence,
+    /// Requests waiting for an owner's answer.
+    pending: PendingTable,
     /// Our own connections per (channel, uid), as reported to owners.
     local_presence: HashMap<(String, String), usize>,
     webhook: Option<crossbeam_channel::Sender<String>>,
-    /// As owner: idempotency keys of recent backend publishes.
-    idempotency: Idempotency<dispatch::Origin>,
-    /// As owner: the keyed state of our channels.
-    keyed: KeyedState,
-    /// As owner: each of our shards' epoch for channels it has not seen yet.
-    genesis: HashMap<u32, String>,
     master: LineChannel,
     signals: SignalSet,
     /// Connections with new output to write at the end of this loop turn.
@@ -138,18 +113,6 @@ pub fn run(ctx: WorkerContext) -> i32 {
     }
 }
 
-pub(crate) fn random_u64() -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos()),
-    );
-    h.write_u32(std::process::id());
-    h.finish()
-}
-
 impl Worker {
     fn new(ctx: WorkerContext) -> io::Result<Worker> {
         let poll = Poll::new()?;
@@ -168,15 +131,20 @@ impl Worker {
         let mut signals = SignalSet::new(&[libc::SIGTERM, libc::SIGQUIT])?;
         poll.registry()
             .register(&mut signals.reader, SIGNALS, Interest::READABLE)?;
-        let instance = random_u64();
-        let (owner, shards, inboxes, idempotency, keyed, genesis) =
-            open_shards(&ctx.config, ctx.slot)?;
+        let instance = crate::random_u64();
+        let (shards, loaded) = open_shards(&ctx.config, ctx.slot)?;
+        let core = OwnerCore::new(
+            OwnerConfig::new(&ctx.config, ctx.slot),
+            loaded,
+            owner_side::now(),
+        );
         let webhook = match ctx.config.delivery.webhook_url.as_str() {
             "" => None,
             url => Some(crate::webhook::spawn(url.to_string())?),
         };
         let waker = Arc::new(Waker::new(poll.registry(), STORE)?);
-        let store = StoreThread::spawn(shards, ctx.config.storage.clone(), waker)?;
+        let engine = StoreThread::spawn(shards, ctx.config.storage.clone(), waker)?;
+        let owner = OwnerSide::new(core, Box::new(engine));
         let sockets = (0..ctx.config.workers)
             .map(|s| ctx.config.bus_socket(s))
             .collect();
@@ -198,26 +166,9 @@ impl Worker {
             owner,
             peers,
             bus_events: Vec::new(),
-            pending: HashMap::new(),
-            pending_subs: HashMap::new(),
-            next_tag: 1,
-            store,
-            cache: HistoryCache::new(
-                ctx.config.storage.cache_bytes,
-                ctx.config.storage.max_history_size(),
-            ),
-            inflight: VecDeque::new(),
-            next_ticket: 0,
-            disk_reads: HashMap::new(),
-            fatal: false,
-            inboxes,
-            ack_replies: HashMap::new(),
-            presence: Presence::default(),
+            pending: PendingTable::default(),
             local_presence: HashMap::new(),
             webhook,
-            idempotency,
-            keyed,
-            genesis,
             master,
             signals,
             dirty: dirty::Marks::default(),
@@ -231,14 +182,13 @@ impl Worker {
     fn run(&mut self) -> i32 {
         let code = self.event_loop();
         // Whatever was queued for the disk is written before we go.
-        self.store.close();
+        self.owner.close();
         code
     }
 
     fn event_loop(&mut self) -> i32 {
         let mut events = Events::with_capacity(1024);
         let mut next_tick = Instant::now() + TICK;
-        let mut next_sweep = Instant::now() + SWEEP_EVERY;
         loop {
             let timeout = if self.pending_reads.is_empty() && self.dirty.is_empty() {
                 next_tick.saturating_duration_since(Instant::now())
@@ -299,14 +249,7 @@ impl Worker {
                 next_tick = now + TICK;
                 self.tick(now);
             }
-            if now >= next_sweep {
-                next_sweep = now + SWEEP_EVERY;
-                self.idempotency.purge(now);
-                let _ = self.store.requests.send(Request::Sweep {
-                    now_ms: owner::now_ms(),
-                });
-            }
-            if self.fatal {
+            if self.owner.is_fatal() {
                 self.flush_all();
                 return 1;
             }
@@ -376,7 +319,7 @@ impl Worker {
 
     fn tick(&mut self, now: Instant) {
         self.peers.tick(self.poll.registry(), now);
-        self.redeliver(now);
+        self.tell_owner(Command::Tick);
         self.sweep_conns(now);
     }
 
@@ -414,11 +357,6 @@ impl Worker {
     fn mark_dirty(&mut self, key: usize) {
         self.dirty.push(key);
     }
-
-    fn next_tag(&mut self) -> u64 {
-        self.next_tag += 1;
-        self.next_tag
-    }
 }
 
 /// Most write rounds per loop turn (see `flush_all`).
@@ -426,65 +364,3 @@ const FLUSH_ROUNDS: usize = 4;
 
 /// Largest frame between workers: a resume's replay travels as one frame.
 const MAX_BUS_FRAME: usize = 256 << 20;
-
-type Opened = (
-    ChannelOwner,
-    HashMap<u32, ShardDb>,
-    Inboxes,
-    Idempotency<dispatch::Origin>,
-    KeyedState,
-    HashMap<u32, String>,
-);
-
-/// Opens the shard files this slot owns (`shard % workers == slot`) and loads
-/// their channels. In `memory` durability, a shard that was not closed cleanly
-/// may have lost messages clients saw, so its channels get new epochs. Also
-/// loads the inboxes' acks and unacked messages, and recent idempotency keys.
-fn open_shards(config: &Config, slot: usize) -> io::Result<Opened> {
-    let mut owner = ChannelOwner::default();
-    let mut inboxes = Inboxes::new(config.delivery.ack_timeout, config.delivery.max_attempts);
-    let now = Instant::now();
-    let mut idempotency = Idempotency::new(config.delivery.idempotency_window);
-    let mut keyed = KeyedState::default();
-    let mut genesis = HashMap::new();
-    let now_ms = owner::now_ms();
-    let mut shards = HashMap::new();
-    let storage = &config.storage;
-    for shard in (0..storage.shards).filter(|&s| s as usize % config.workers == slot) {
-        let path = shard_path(&config.paths.data_dir, shard);
-        let fail = |e: rusqlite::Error| io::Error::other(format!("{}: {e}", path.display()));
-        let db = ShardDb::open(&path, storage.durability).map_err(fail)?;
-        let clean = db.get_state("clean_shutdown").map_err(fail)?;
-        if storage.durability == Durability::Memory && clean.as_deref() == Some("0") {
-            log::warn!("shard {shard} was not closed cleanly: its channels start new epochs");
-            db.renew_epochs(owner::fresh_epoch).map_err(fail)?;
-        }
-        for (channel, key, seq, until_ms) in db.idempotency_keys(now_ms).map_err(fail)? {
-            let left = Duration::from_millis(until_ms.saturating_sub(now_ms).max(0) as u64);
-            idempotency.load(&channel, &key, seq, now + left);
-        }
-        genesis.insert(shard, db.genesis(owner::fresh_epoch).map_err(fail)?);
-        for (channel, key, value, version) in db.state_keys().map_err(fail)? {
-            keyed.load(&channel, &key, Entry { value, version });
-        }
-        for (channel, seq) in db.acks().map_err(fail)? {
-            inboxes.ack(&channel, seq);
-        }
-        for (name, epoch, last_seq) in db.channels().map_err(fail)? {
-            if name.starts_with('#') {
-                // Direct messages not acked yet wait for their user again.
-                let after = inboxes.acked(&name);
-                let (rows, _) = db
-                    .read(&name, after, last_seq, usize::MAX >> 1)
-                    .map_err(fail)?;
-                for m in rows {
-                    let line = crate::proto::frames::msg_line(&name, m.seq, &m.data);
-                    inboxes.delivered(&name, m.seq, m.expires_ms, line, m.data, now);
-                }
-            }
-            owner.load(&name, epoch, last_seq);
-        }
-        shards.insert(shard, db);
-    }
-    Ok((owner, shards, inboxes, idempotency, keyed, genesis))
-}

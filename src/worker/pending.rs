@@ -1,19 +1,38 @@
-//! Requests waiting for a channel's owner: `sub` (with its buffer of
-//! messages that arrive meanwhile), `history`, `get`/`state`, presence and
-//! state writes, and how each answer reaches whoever asked.
+//! Requests waiting for a channel's owner (this worker's `OwnerCore`, or
+//! another worker's over a link): `PendingTable` remembers who waits for each
+//! tag, and a waiting `sub` buffers the messages that arrive meanwhile. The
+//! `impl Worker` part below turns each answer into frames for whoever asked,
+//! and finishes a `sub` with its reply, replay and buffered messages.
+
+use std::collections::HashMap;
 
 use bytes::Bytes;
 use serde_json::value::RawValue;
 
-use super::dispatch::Origin;
-use super::owner::{Answer, Query, ReplyTo};
-use super::resume::SubAnswer;
 use super::Worker;
-use crate::bus::BusMsg;
+use crate::owner::{Answer, Query, Reply};
 use crate::proto::frames::{self, ErrorReply};
 use crate::sync::sub_buffer::SubBuffer;
 
-/// Where a history answer goes.
+/// Who asked for a publish, so the answer can find them.
+pub enum Origin {
+    Client {
+        key: usize,
+        conn_id: u64,
+        id: Option<Box<RawValue>>,
+    },
+    Http {
+        key: usize,
+        conn_id: u64,
+        keep_alive: bool,
+    },
+    /// Another worker, for one of its clients.
+    Peer { slot: usize, tag: u64 },
+    /// The server itself (dead letters on `$expired`): nobody to answer.
+    Internal,
+}
+
+/// Where a history or JSON answer goes.
 pub enum HistoryFor {
     Client { id: Option<Box<RawValue>> },
     Http { keep_alive: bool },
@@ -21,22 +40,14 @@ pub enum HistoryFor {
 
 /// A request waiting for an owner's answer.
 pub struct Pending {
-    pub(super) slot: usize,
-    pub(super) what: Awaiting,
+    /// The worker that owns the channel: its link breaking fails the request.
+    pub slot: usize,
+    pub what: Awaiting,
 }
 
-pub(super) enum Awaiting {
+pub enum Awaiting {
     Publish(Origin),
-    Sub {
-        key: usize,
-        conn_id: u64,
-        id: Option<Box<RawValue>>,
-        channel: String,
-        /// Messages of the channel that arrived while waiting.
-        buffer: SubBuffer,
-        /// The automatic inbox subscription of a user: no reply frame.
-        quiet: bool,
-    },
+    Sub(WaitingSub),
     History {
         key: usize,
         conn_id: u64,
@@ -58,12 +69,133 @@ pub(super) enum Awaiting {
     },
 }
 
+/// A `sub` waiting for the owner's answer.
+pub struct WaitingSub {
+    pub key: usize,
+    pub conn_id: u64,
+    pub id: Option<Box<RawValue>>,
+    pub channel: String,
+    /// Messages of the channel that arrived while waiting.
+    pub buffer: SubBuffer,
+    /// The automatic inbox subscription of a user: no reply frame.
+    pub quiet: bool,
+    /// An `unsub` of the channel overtook this `sub`.
+    pub unsub: Option<Overtaken>,
+}
+
+/// A `sub` an `unsub` overtook: it is answered but does not subscribe; the
+/// last such `sub` then answers the `unsub` too.
+pub struct Overtaken {
+    pub answer: bool,
+    /// The `unsub`'s id.
+    pub id: Option<Box<RawValue>>,
+}
+
+/// Every request of this worker waiting for an owner, by tag.
+#[derive(Default)]
+pub struct PendingTable {
+    entries: HashMap<u64, Pending>,
+    /// Tags of the `sub`s waiting, by channel.
+    subs: HashMap<Box<str>, Vec<u64>>,
+    next_tag: u64,
+}
+
+impl PendingTable {
+    /// Records a request to the owner at `slot`; returns its tag.
+    pub fn insert(&mut self, slot: usize, what: Awaiting) -> u64 {
+        self.next_tag += 1;
+        let tag = self.next_tag;
+        if let Awaiting::Sub(sub) = &what {
+            let channel = sub.channel.as_str();
+            self.subs.entry(channel.into()).or_default().push(tag);
+        }
+        self.entries.insert(tag, Pending { slot, what });
+        tag
+    }
+
+    /// The request answered now, if it still waits.
+    pub fn remove(&mut self, tag: u64) -> Option<Pending> {
+        let pending = self.entries.remove(&tag)?;
+        if let Awaiting::Sub(sub) = &pending.what {
+            self.forget_sub(&sub.channel, tag);
+        }
+        Some(pending)
+    }
+
+    fn forget_sub(&mut self, channel: &str, tag: u64) {
+        if let Some(tags) = self.subs.get_mut(channel) {
+            tags.retain(|&t| t != tag);
+            if tags.is_empty() {
+                self.subs.remove(channel);
+            }
+        }
+    }
+
+    /// A message of `channel` for the `sub`s still waiting for its owner.
+    pub fn buffer(&mut self, channel: &str, seq: u64, line: &Bytes) {
+        let Some(tags) = self.subs.get(channel) else {
+            return;
+        };
+        for tag in tags {
+            if let Some(Pending {
+                what: Awaiting::Sub(sub),
+                ..
+            }) = self.entries.get_mut(tag)
+            {
+                sub.buffer.push(seq, line, sub_buffer_cap());
+            }
+        }
+    }
+
+    /// An `unsub` of `channel` by this connection, while its `sub`s wait:
+    /// they will not subscribe, and the last one answers the `unsub` (`id`)
+    /// after its own answer. Returns false when no `sub` waits.
+    pub fn overtake(
+        &mut self,
+        key: usize,
+        conn_id: u64,
+        channel: &str,
+        id: Option<Box<RawValue>>,
+    ) -> bool {
+        let tags = self.subs.get(channel).cloned().unwrap_or_default();
+        let ours: Vec<u64> = tags
+            .into_iter()
+            .filter(|tag| {
+                matches!(self.entries.get(tag), Some(Pending { what: Awaiting::Sub(s), .. })
+                    if s.key == key && s.conn_id == conn_id && !s.quiet)
+            })
+            .collect();
+        let Some(&last) = ours.iter().max() else {
+            return false;
+        };
+        for tag in ours {
+            if let Some(Pending {
+                what: Awaiting::Sub(sub),
+                ..
+            }) = self.entries.get_mut(&tag)
+            {
+                sub.unsub = Some(Overtaken {
+                    answer: tag == last,
+                    id: id.clone().filter(|_| tag == last),
+                });
+            }
+        }
+        true
+    }
+
+    /// Tags of the requests waiting on the link to `slot`.
+    pub fn tags_on(&self, slot: usize) -> Vec<u64> {
+        let on = self.entries.iter().filter(|(_, p)| p.slot == slot);
+        on.map(|(&t, _)| t).collect()
+    }
+}
+
 /// Most messages a waiting `sub` buffers before it gives up.
 const MAX_SUB_BUFFER: usize = 100_000;
 
 /// `MAX_SUB_BUFFER`, or the test-only override `SYNCD_TEST_MAX_SUB_BUFFER`
 /// (see docs/operations.md) so tests need not publish 100 000 messages.
-pub(super) fn sub_buffer_cap() -> usize {
+fn sub_buffer_cap() -> usize {
     static CAP: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
     *CAP.get_or_init(|| {
         std::env::var("SYNCD_TEST_MAX_SUB_BUFFER")
@@ -81,174 +213,52 @@ pub fn unavailable(slot: usize) -> ErrorReply {
 }
 
 impl Worker {
-    pub(super) fn history(
+    /// An `unsub` that overtakes this connection's `sub` of the channel, still
+    /// waiting for the owner: the `sub` is answered when the owner's answer
+    /// comes but does not subscribe, and the `unsub`'s `ok` follows it, so the
+    /// connection ends up unsubscribed, as its last request said. Returns
+    /// false when no `sub` waits (the `unsub` is answered at once).
+    pub(super) fn overtake_waiting_sub(
         &mut self,
         key: usize,
+        conn_id: u64,
         channel: &str,
-        since: u64,
-        limit: usize,
-        reply: HistoryFor,
-    ) {
-        let conn_id = self.conns.get(key).map_or(0, |c| c.id);
-        let what = Awaiting::History {
-            key,
-            conn_id,
-            channel: channel.to_string(),
-            reply,
-        };
-        self.ask_owner(channel, Query::History { since, limit }, what);
+        id: Option<&RawValue>,
+    ) -> bool {
+        let id = id.map(RawValue::to_owned);
+        self.pending.overtake(key, conn_id, channel, id)
     }
 
-    /// A message of `channel` for the `sub`s still waiting for its owner.
-    pub(super) fn buffer_for_waiting_subs(&mut self, channel: &str, seq: u64, line: &Bytes) {
-        let Some(tags) = self.pending_subs.get(channel) else {
+    /// The owner answered the request with this tag.
+    pub(super) fn finish(&mut self, tag: u64, reply: Reply) {
+        let Some(pending) = self.pending.remove(tag) else {
             return;
         };
-        for tag in tags {
-            if let Some(Pending {
-                what: Awaiting::Sub { buffer, .. },
-                ..
-            }) = self.pending.get_mut(tag)
-            {
-                buffer.push(seq, line, sub_buffer_cap());
+        let answer = match (pending.what, reply) {
+            (Awaiting::Publish(origin), Reply::Published(result)) => {
+                return self.answer_publish(origin, result)
             }
-        }
-    }
-
-    /// An `unsub` that overtakes this connection's `sub` of the channel, still
-    /// waiting for the owner: the `sub` is answered `cancelled` at once and
-    /// the owner's answer will find nothing, so the connection ends up
-    /// unsubscribed, as its last request said.
-    pub(super) fn cancel_waiting_sub(&mut self, key: usize, conn_id: u64, channel: &str) {
-        let Some(tags) = self.pending_subs.get_mut(channel) else {
-            return;
-        };
-        let pending = &mut self.pending;
-        let mut cancelled = Vec::new();
-        tags.retain(|tag| {
-            let ours = matches!(
-                pending.get(tag),
-                Some(Pending { what: Awaiting::Sub { key: k, conn_id: c, quiet: false, .. }, .. })
-                    if *k == key && *c == conn_id
-            );
-            if ours {
-                cancelled.extend(pending.remove(tag));
+            (Awaiting::Publish(origin), Reply::Answer(answer)) => {
+                let e = ErrorReply::new("internal", "unexpected answer");
+                return self.answer_publish(origin, answer.and(Err(e)));
             }
-            !ours
-        });
-        if tags.is_empty() {
-            self.pending_subs.remove(channel);
-        }
-        for Pending { what, .. } in cancelled {
-            if let Awaiting::Sub { id, .. } = what {
-                let e = ErrorReply::new(
-                    "cancelled",
-                    "an unsub of this channel came before the subscription was confirmed",
-                );
-                self.reply(key, frames::error(id.as_deref(), &e));
+            (what, Reply::Answer(answer)) => (what, answer),
+            (what, Reply::Published(result)) => {
+                let e = ErrorReply::new("internal", "unexpected answer");
+                (what, result.and(Err(e)))
             }
-        }
-    }
-
-    /// Records what waits for the answer, then asks the owner: this worker
-    /// directly, or another one over the bus.
-    pub(super) fn ask_owner(&mut self, channel: &str, query: Query, what: Awaiting) {
-        let owner = self.owner_of(channel);
-        let tag = self.next_tag();
-        if matches!(what, Awaiting::Sub { .. }) {
-            self.pending_subs
-                .entry(channel.into())
-                .or_default()
-                .push(tag);
-        }
-        self.pending.insert(tag, Pending { slot: owner, what });
-        if owner == self.slot {
-            self.owner_query(channel, query, ReplyTo::Local(tag));
-            return;
-        }
-        let msg = match query {
-            Query::Inbox => BusMsg::SubQuery {
-                tag,
-                channel: channel.to_string(),
-                since: None,
-                epoch: None,
-                inbox: true,
-            },
-            Query::Presence => BusMsg::PresenceQuery {
-                tag,
-                channel: channel.to_string(),
-            },
-            Query::User { uid } => BusMsg::UserQuery { tag, uid },
-            Query::Get { key } => BusMsg::StateQuery {
-                tag,
-                channel: channel.to_string(),
-                key: Some(key),
-            },
-            Query::State => BusMsg::StateQuery {
-                tag,
-                channel: channel.to_string(),
-                key: None,
-            },
-            Query::Resume { since, epoch } => BusMsg::SubQuery {
-                tag,
-                channel: channel.to_string(),
-                since,
-                epoch,
-                inbox: false,
-            },
-            Query::History { since, limit } => BusMsg::HistoryQuery {
-                tag,
-                channel: channel.to_string(),
-                since,
-                limit,
-            },
-            Query::Ack { seq } => BusMsg::Ack {
-                tag,
-                channel: channel.to_string(),
-                seq,
-            },
         };
-        if self.peers.send(owner, &msg, Bytes::new()).is_err() {
-            self.finish_query(tag, Err(unavailable(owner)));
-        }
-    }
-
-    /// An owner answered a `sub` or `history`.
-    pub(super) fn finish_query(&mut self, tag: u64, answer: Result<Answer, ErrorReply>) {
-        let Some(pending) = self.pending.remove(&tag) else {
-            return;
-        };
-        match pending.what {
-            Awaiting::Sub {
-                key,
-                conn_id,
-                id,
-                channel,
-                buffer,
-                quiet,
-            } => {
-                if let Some(tags) = self.pending_subs.get_mut(channel.as_str()) {
-                    tags.retain(|&t| t != tag);
-                    if tags.is_empty() {
-                        self.pending_subs.remove(channel.as_str());
-                    }
-                }
-                let sub = SubAnswer {
+        match answer {
+            (Awaiting::Sub(sub), answer) => self.finish_sub(sub, answer),
+            (
+                Awaiting::History {
                     key,
                     conn_id,
-                    id,
                     channel,
-                    buffer,
-                    quiet,
-                };
-                self.finish_sub(sub, answer);
-            }
-            Awaiting::History {
-                key,
-                conn_id,
-                channel,
-                reply,
-            } => {
+                    reply,
+                },
+                answer,
+            ) => {
                 if !self.is_live(key, conn_id) {
                     return;
                 }
@@ -274,11 +284,14 @@ impl Worker {
                     }
                 }
             }
-            Awaiting::Json {
-                key,
-                conn_id,
-                reply,
-            } => {
+            (
+                Awaiting::Json {
+                    key,
+                    conn_id,
+                    reply,
+                },
+                answer,
+            ) => {
                 if !self.is_live(key, conn_id) {
                     return;
                 }
@@ -299,7 +312,7 @@ impl Worker {
                     }
                 }
             }
-            Awaiting::Ack { key, conn_id, id } => {
+            (Awaiting::Ack { key, conn_id, id }, answer) => {
                 if self.is_live(key, conn_id) {
                     let text = match answer {
                         Ok(_) => frames::ok(id.as_deref()),
@@ -308,56 +321,102 @@ impl Worker {
                     self.reply(key, text);
                 }
             }
-            Awaiting::Publish(origin) => {
-                let result = answer.and(Err(ErrorReply::new("internal", "unexpected answer")));
-                self.answer_publish(origin, result);
-            }
+            (Awaiting::Publish(_), _) => {}
         }
     }
 
-    /// `set`/`del` (and `PUT /api/state`): decided by the channel's owner.
-    pub(super) fn set_state(
-        &mut self,
-        origin: Origin,
-        channel: &str,
-        key: &str,
-        value: Option<String>,
-        version: u64,
-    ) {
-        let owner = self.owner_of(channel);
-        if owner == self.slot {
-            return self.set_owned(origin, channel, key, value, version);
-        }
-        let tag = self.next_tag();
-        let msg = BusMsg::StateSet {
-            tag,
-            channel: channel.to_string(),
-            key: key.to_string(),
-            version,
-            delete: value.is_none(),
-        };
-        let payload = Bytes::from(value.unwrap_or_default());
-        if self.peers.send(owner, &msg, payload).is_err() {
-            return self.answer_publish(origin, Err(unavailable(owner)));
-        }
-        let what = Awaiting::Publish(origin);
-        self.pending.insert(tag, Pending { slot: owner, what });
-    }
-
-    /// A question whose answer is one JSON object (`get`, `state`).
-    pub(super) fn json_query(
-        &mut self,
-        key: usize,
-        channel: &str,
-        query: Query,
-        reply: HistoryFor,
-    ) {
-        let conn_id = self.conns.get(key).map_or(0, |c| c.id);
-        let what = Awaiting::Json {
+    /// The owner answered a `sub`: reply, replay, and start delivering live
+    /// messages, with no hole between the three. When the buffer of messages
+    /// that arrived during the wait had to drop some, the worker asks the
+    /// owner for `oldest` (a resume from past the end), and never replays
+    /// around a hole.
+    fn finish_sub(&mut self, sub: WaitingSub, answer: Result<Answer, ErrorReply>) {
+        let WaitingSub {
             key,
             conn_id,
-            reply,
+            id,
+            channel,
+            buffer,
+            quiet,
+            unsub,
+        } = sub;
+        if !self.is_live(key, conn_id) {
+            return;
+        }
+        if let Some(unsub) = unsub {
+            let reply = match answer {
+                Ok(a) => frames::ok_sub(id.as_deref(), &channel, a.seq, &a.epoch, a.recovered),
+                Err(e) => frames::error(id.as_deref(), &e),
+            };
+            self.reply(key, reply);
+            if unsub.answer {
+                self.reply(key, frames::ok(unsub.id.as_deref()));
+            }
+            return;
+        }
+        let answer = match answer {
+            Ok(answer) => answer,
+            Err(e) if quiet => {
+                return log::warn!(
+                    "worker {}: inbox {channel} unavailable: {}",
+                    self.slot,
+                    e.message
+                )
+            }
+            Err(e) => return self.reply(key, frames::error(id.as_deref(), &e)),
         };
-        self.ask_owner(channel, query, what);
+        // Live messages after this one follow on without a hole.
+        let upto = answer.seq.max(buffer.last_seen());
+        let was_gap = buffer.is_gap();
+        let lines: Vec<Bytes> = match (buffer.after(answer.seq), answer.recovered) {
+            (Some(live), _) => answer.lines.into_iter().chain(live).collect(),
+            // An inbox's missing messages come again by redelivery.
+            (None, _) if quiet => answer.lines,
+            (None, Some(true)) if !was_gap => {
+                // The replay is whole but what came meanwhile is not: ask the
+                // owner for `oldest`, which a resume from past the end gets.
+                let what = Awaiting::Sub(WaitingSub {
+                    key,
+                    conn_id,
+                    id,
+                    channel: channel.clone(),
+                    buffer: SubBuffer::after_gap(upto),
+                    quiet,
+                    unsub: None,
+                });
+                let query = Query::Resume {
+                    since: Some(u64::MAX),
+                    epoch: None,
+                };
+                return self.ask_owner(&channel, query, what);
+            }
+            // A plain `sub` just starts later; a resume is not recovered.
+            (None, _) => Vec::new(),
+        };
+        let gap = (was_gap || answer.recovered == Some(false)) && !quiet;
+        let seq = if lines.is_empty() { upto } else { answer.seq };
+        let reply = if gap {
+            let oldest = answer.oldest.unwrap_or(seq + 1);
+            frames::ok_sub_gap(id.as_deref(), &channel, seq, &answer.epoch, oldest)
+        } else {
+            frames::ok_sub(
+                id.as_deref(),
+                &channel,
+                seq,
+                &answer.epoch,
+                answer.recovered,
+            )
+        };
+        if !quiet {
+            self.reply(key, reply);
+        }
+        let limit = self.config.limits.send_buffer_hard;
+        if let Some(conn) = self.conns.get_mut(key) {
+            conn.replay(lines, limit);
+        }
+        if self.subs.add(key, &channel) {
+            self.track_presence(key, &channel, true);
+        }
+        self.mark_dirty(key);
     }
 }

@@ -59,6 +59,11 @@ impl Worker {
         stats.rss_bytes = rss_bytes();
         stats.subscriptions = self.subs.total();
         stats.channels_owned = self.owner.channels();
+        let owned = self.owner.stats();
+        stats.stored = owned.stored;
+        stats.expired = owned.expired;
+        stats.trimmed = owned.trimmed;
+        stats.disk_reads = owned.disk_reads;
         for (_, conn) in &self.conns {
             match conn.session.protocol() {
                 Protocol::Ws => stats.ws += 1,

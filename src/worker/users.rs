@@ -1,24 +1,20 @@
-//! Users across workers: presence (each worker reports its connection counts
-//! per user to the channel's owner), inbox acks and redelivery at the owner of
-//! `#uid`, dead letters, and the broadcast / disconnect backend calls.
+//! Users at the edge: authentication, each worker's count of its own
+//! connections per user and channel (reported to the channel's owner, which
+//! sums them), inbox acks (sent to the owner of `#uid`), and the broadcast /
+//! disconnect backend calls.
 
 use std::time::Instant;
 
 use bytes::Bytes;
 use serde_json::value::RawValue;
 
-use super::dispatch::{Origin, PublishOptions};
-use super::owner::{now_ms, Answer, Query, ReplyTo};
-use super::pending::{Awaiting, HistoryFor};
+use super::pending::{Awaiting, HistoryFor, WaitingSub};
 use super::Worker;
 use crate::auth;
 use crate::bus::frame::encode_header;
 use crate::bus::BusMsg;
+use crate::owner::{Command, Query};
 use crate::proto::frames::{self, ErrorReply};
-use crate::store::thread::Request;
-use crate::sync::inbox::DeadLetter;
-use crate::sync::presence::Change;
-use crate::sync::shard;
 
 /// The channel that receives every dead letter.
 pub const EXPIRED_CHANNEL: &str = "$expired";
@@ -62,14 +58,15 @@ impl Worker {
         }
         // Every connection of a user hears its inbox: what was sent while it
         // was away (after its last ack), then live direct messages.
-        let what = Awaiting::Sub {
+        let what = Awaiting::Sub(WaitingSub {
             key,
             conn_id,
             id: None,
             channel: inbox.clone(),
             buffer: Default::default(),
             quiet: true,
-        };
+            unsub: None,
+        });
         self.ask_owner(&inbox, Query::Inbox, what);
     }
 
@@ -120,7 +117,12 @@ impl Worker {
     fn report_presence(&mut self, channel: &str, uid: &str, count: usize) {
         let owner = self.owner_of(channel);
         if owner == self.slot {
-            self.on_presence_report(self.slot, channel, uid, count);
+            self.tell_owner(Command::Presence {
+                slot: owner,
+                channel: channel.to_string(),
+                uid: uid.to_string(),
+                count,
+            });
         } else {
             let msg = BusMsg::Presence {
                 channel: channel.to_string(),
@@ -148,50 +150,6 @@ impl Worker {
             };
             let _ = self.peers.send(slot, &msg, Bytes::new());
         }
-    }
-
-    /// As the owner: a worker's count of `uid` in `channel` changed.
-    pub(super) fn on_presence_report(
-        &mut self,
-        slot: usize,
-        channel: &str,
-        uid: &str,
-        count: usize,
-    ) {
-        let change = self.presence.report(channel, uid, slot, count);
-        if channel.starts_with('#') {
-            if change == Change::Joined {
-                self.inboxes.reconnected(channel, Instant::now());
-            }
-            return;
-        }
-        match change {
-            Change::Joined => self.emit_event(channel, "join", uid),
-            Change::Left => self.emit_event(channel, "leave", uid),
-            Change::Same => {}
-        }
-    }
-
-    /// As the owner: worker `slot` is gone, and so are its users.
-    pub(super) fn presence_slot_down(&mut self, slot: usize) {
-        for (channel, uid) in self.presence.drop_slot(slot) {
-            if !channel.starts_with('#') {
-                self.emit_event(&channel, "leave", &uid);
-            }
-        }
-    }
-
-    /// A join/leave line for every subscriber of `channel`, on every worker.
-    fn emit_event(&mut self, channel: &str, op: &str, uid: &str) {
-        let line = frames::event_line(op, channel, uid);
-        let header = encode_header(
-            &BusMsg::Event {
-                channel: channel.to_string(),
-            },
-            line.len(),
-        );
-        self.peers.broadcast(&header, &line, &mut self.bus_events);
-        self.send_to_subscribers(channel, &line);
     }
 
     pub(super) fn send_to_subscribers(&mut self, channel: &str, line: &Bytes) {
@@ -235,119 +193,6 @@ impl Worker {
         let conn_id = self.conns.get(key).map_or(0, |c| c.id);
         let what = Awaiting::Ack { key, conn_id, id };
         self.ask_owner(channel, Query::Ack { seq }, what);
-    }
-
-    /// As the owner of an inbox: a cumulative ack. Redelivery stops now; the
-    /// answer waits for the store. An ack that moves nothing is stored again
-    /// all the same, so its answer also waits for the earlier ones.
-    pub(super) fn owner_ack(&mut self, channel: &str, seq: u64, reply_to: ReplyTo) {
-        self.inboxes.ack(channel, seq);
-        let tag = self.next_tag();
-        let request = Request::Ack {
-            tag,
-            shard: shard::shard_of(channel, self.config.storage.shards),
-            channel: channel.to_string(),
-            seq,
-        };
-        if self.store.requests.send(request).is_err() {
-            let e = ErrorReply::new("storage_failed", "storage failed: the store thread is gone");
-            return self.answer_query(reply_to, Err(e));
-        }
-        self.ack_replies.insert(tag, reply_to);
-    }
-
-    /// As the owner: the store has recorded (or failed to record) these acks.
-    pub(super) fn acks_stored(&mut self, tags: Vec<u64>, error: Option<String>) {
-        for tag in tags {
-            let Some(reply_to) = self.ack_replies.remove(&tag) else {
-                continue;
-            };
-            let answer = match &error {
-                None => Ok(Answer {
-                    seq: 0,
-                    epoch: String::new(),
-                    recovered: None,
-                    oldest: None,
-                    lines: Vec::new(),
-                }),
-                Some(e) => Err(ErrorReply::new(
-                    "storage_failed",
-                    format!("storage failed: {e}"),
-                )),
-            };
-            self.answer_query(reply_to, answer);
-        }
-    }
-
-    /// As the owner: send unacked direct messages again to online users, and
-    /// turn expired or exhausted ones into dead letters.
-    pub(super) fn redeliver(&mut self, now: Instant) {
-        let presence = &self.presence;
-        let (resend, dead) = self.inboxes.due(now, now_ms(), |channel| {
-            presence.connections(channel, &channel[1..]) > 0
-        });
-        for (channel, seq, line) in resend {
-            log::debug!("worker {}: redelivering {channel} seq {seq}", self.slot);
-            let header = encode_header(
-                &BusMsg::Deliver {
-                    channel: channel.clone(),
-                    seq,
-                },
-                line.len(),
-            );
-            self.peers.broadcast(&header, &line, &mut self.bus_events);
-            self.deliver_local(&channel, seq, &line);
-        }
-        for letter in dead {
-            self.dead_letter(letter);
-        }
-    }
-
-    /// Never lost silently: recorded in the shard, published on `$expired`,
-    /// and POSTed to the webhook when one is configured.
-    fn dead_letter(&mut self, letter: DeadLetter) {
-        log::info!(
-            "worker {}: dead letter {} seq {} ({})",
-            self.slot,
-            letter.channel,
-            letter.seq,
-            letter.reason
-        );
-        let uid = letter.channel[1..].to_string();
-        let data =
-            serde_json::value::RawValue::from_string(letter.data.clone()).unwrap_or_else(|_| {
-                serde_json::value::RawValue::from_string("null".into()).unwrap_or_default()
-            });
-        let report = serde_json::json!({
-            "uid": uid,
-            "channel": letter.channel,
-            "seq": letter.seq,
-            "reason": letter.reason,
-            "data": data,
-        })
-        .to_string();
-        let _ = self.store.requests.send(Request::DeadLetter {
-            shard: shard::shard_of(&letter.channel, self.config.storage.shards),
-            channel: letter.channel,
-            seq: letter.seq,
-            reason: letter.reason,
-            data: letter.data,
-            time_ms: now_ms(),
-        });
-        self.publish(
-            Origin::Internal,
-            EXPIRED_CHANNEL,
-            &report,
-            PublishOptions::default(),
-        );
-        if let Some(webhook) = &self.webhook {
-            if webhook.try_send(report).is_err() {
-                log::error!(
-                    "worker {}: webhook queue full, a dead letter was not posted",
-                    self.slot
-                );
-            }
-        }
     }
 
     /// `POST /api/broadcast`: a line for every connection on every worker.

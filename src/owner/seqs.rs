@@ -1,4 +1,4 @@
-//! What the owner worker of a shard decides: each channel's `seq` (assigned,
+//! What the owner decides: each channel's `seq` (assigned,
 //! then delivered once stored) and the epoch that names the channel's stream.
 
 use std::collections::HashMap;
@@ -12,11 +12,11 @@ pub struct ChannelState {
 }
 
 #[derive(Default)]
-pub struct ChannelOwner {
+pub struct SeqTable {
     channels: HashMap<Box<str>, ChannelState>,
 }
 
-impl ChannelOwner {
+impl SeqTable {
     /// A channel as found on disk at start-up.
     pub fn load(&mut self, name: &str, epoch: String, last_seq: u64) {
         self.channels.insert(
@@ -74,7 +74,7 @@ mod tests {
 
     #[test]
     fn seq_is_per_channel_contiguous_and_resumes_from_disk() {
-        let mut o = ChannelOwner::default();
+        let mut o = SeqTable::default();
         o.load("a", "ea".into(), 7);
         assert_eq!(o.assign("a", "g"), (8, "ea".into()));
         assert_eq!(o.current("a", "g"), (7, "ea".into()), "not delivered yet");

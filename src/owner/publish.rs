@@ -1,0 +1,193 @@
+//! The write path: numbering a message, sending it to storage, and releasing
+//! it (cache, delivery, answers) once storage has it.
+
+use bytes::Bytes;
+
+use super::idempotency::Check;
+use super::{storage_failed, Effect, Now, OwnerCore, PublishOptions, ReplyTo, StateWrite};
+use crate::config::Durability;
+use crate::proto::frames::{self, Acked, ErrorReply};
+use crate::store::cache::Cached;
+use crate::store::shard_db::Append;
+use crate::store::Request;
+
+/// A message numbered and sent to storage, not yet released.
+pub(super) struct Inflight {
+    pub(super) ticket: u64,
+    state: Option<StateWrite>,
+    idempotency_key: Option<String>,
+    /// For direct messages: the `data`, kept for redelivery and dead letters.
+    inbox_data: Option<String>,
+    channel: String,
+    seq: u64,
+    expires_ms: i64,
+    line: Bytes,
+    pub(super) to: ReplyTo,
+}
+
+impl OwnerCore {
+    /// Numbers a message and sends it to storage. In `memory` durability it
+    /// is released at once; otherwise when its transaction has committed. A
+    /// repeated `idempotency_key` gets the first publish's `seq` instead.
+    pub(super) fn publish(
+        &mut self,
+        to: ReplyTo,
+        channel: &str,
+        data: &str,
+        options: PublishOptions,
+        now: Now,
+    ) {
+        if self.fatal {
+            // Nothing more is numbered once storage has failed.
+            return self.reply_published(to, Err(storage_failed("the store thread is gone")));
+        }
+        let to = match &options.idempotency_key {
+            None => to,
+            Some(key) => match self.idempotency.check(channel, key, to, now.at) {
+                Check::Publish(to) => to,
+                Check::Done(seq, to) => {
+                    return self.reply_published(to, Ok(Acked { seq, version: None }))
+                }
+                Check::Queued => return,
+            },
+        };
+        let genesis = self.genesis_of(channel);
+        let (seq, epoch) = self.seqs.assign(channel, &genesis);
+        let storage = &self.config.storage;
+        let keep = storage.retention_for(channel).1.as_millis() as i64;
+        let keep = options
+            .ttl
+            .map_or(keep, |t| keep.min(t.saturating_mul(1000) as i64));
+        let expires_ms = now.ms.saturating_add(keep);
+        let window = self.config.idempotency_window.as_millis() as i64;
+        self.next_ticket += 1;
+        let message = Inflight {
+            ticket: self.next_ticket,
+            inbox_data: channel.starts_with('#').then(|| data.to_string()),
+            channel: channel.to_string(),
+            seq,
+            expires_ms,
+            line: frames::msg_line(channel, seq, data),
+            to,
+            idempotency_key: options.idempotency_key,
+            state: options.state,
+        };
+        let request = Request::Append {
+            shard: self.shard_of(channel),
+            ticket: message.ticket,
+            msg: Append {
+                channel: channel.to_string(),
+                seq,
+                time_ms: now.ms,
+                expires_ms,
+                data: data.to_string(),
+                epoch,
+                idempotency: message
+                    .idempotency_key
+                    .clone()
+                    .map(|k| (k, now.ms.saturating_add(window))),
+                state: message
+                    .state
+                    .as_ref()
+                    .map(|w| (w.key.clone(), w.value.clone(), w.version)),
+            },
+        };
+        self.store(request);
+        if self.config.storage.durability == Durability::Memory {
+            self.release(message, now);
+        } else {
+            self.inflight.push_back(message);
+        }
+    }
+
+    /// Compare-and-set of `key` (`value: None` deletes). The winner's change
+    /// is published like any message, and stored with it.
+    pub(super) fn set(
+        &mut self,
+        to: ReplyTo,
+        channel: &str,
+        key: &str,
+        value: Option<String>,
+        expected: u64,
+        now: Now,
+    ) {
+        let version = match self.keyed.cas(channel, key, expected, value.clone()) {
+            Ok(version) => version,
+            Err(current) => {
+                let value_json = raw_or_null(current.value.as_deref());
+                let detail = serde_json::json!({"key": key, "value": value_json, "version": current.version});
+                let mut e = ErrorReply::new(
+                    "conflict",
+                    format!("`{key}` is at version {}, not {expected}", current.version),
+                );
+                e.current = Some(detail.to_string());
+                return self.reply_published(to, Err(e));
+            }
+        };
+        let change = serde_json::json!({
+            "key": key,
+            "version": version,
+            "value": raw_or_null(value.as_deref()),
+        });
+        let options = PublishOptions {
+            state: Some(StateWrite {
+                key: key.to_string(),
+                value,
+                version,
+            }),
+            ..PublishOptions::default()
+        };
+        self.publish(to, channel, &change.to_string(), options, now);
+    }
+
+    /// The message is stored as the durability mode promises: now it may be
+    /// seen. The same bytes go to every other worker and every local subscriber.
+    pub(super) fn release(&mut self, m: Inflight, now: Now) {
+        let channel = m.channel;
+        self.seqs.delivered(&channel, m.seq);
+        if let Some(data) = m.inbox_data {
+            self.inboxes
+                .delivered(&channel, m.seq, m.expires_ms, m.line.clone(), data, now.at);
+        }
+        let cached = Cached {
+            seq: m.seq,
+            expires_ms: m.expires_ms,
+            line: m.line.clone(),
+        };
+        self.cache.push(&channel, cached);
+        let retries = match &m.idempotency_key {
+            Some(key) => self.idempotency.done(&channel, key, m.seq, now.at),
+            None => Vec::new(),
+        };
+        let version = m.state.as_ref().map(|s| s.version);
+        if let Some(write) = m.state {
+            self.keyed
+                .commit(&channel, &write.key, write.value, write.version);
+        }
+        self.effects.push_back(Effect::Deliver {
+            channel,
+            seq: m.seq,
+            line: m.line,
+        });
+        for retry in retries {
+            let acked = Acked {
+                seq: m.seq,
+                version: None,
+            };
+            self.reply_published(retry, Ok(acked));
+        }
+        let acked = Acked {
+            seq: m.seq,
+            version,
+        };
+        self.reply_published(m.to, Ok(acked));
+    }
+}
+
+/// Stored JSON text as a value to embed, `null` when absent.
+pub(super) fn raw_or_null(value: Option<&str>) -> Box<serde_json::value::RawValue> {
+    let text = value.unwrap_or("null").to_string();
+    serde_json::value::RawValue::from_string(text)
+        .or_else(|_| serde_json::value::RawValue::from_string("null".into()))
+        .unwrap_or_default()
+}

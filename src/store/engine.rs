@@ -1,0 +1,126 @@
+//! The seam between the owner core and storage. The core never calls
+//! storage: it returns `Request`s as effects, the worker hands them to an
+//! `Engine`, and each engine reports `Completion`s, which the worker feeds
+//! back to the core. The SQLite store thread is one engine; a remote one
+//! (Redis) fits the same seam: submitting never blocks, completions arrive
+//! later in any order except that `Committed` covers appends in ticket order.
+
+use super::shard_db::{Append, Stored};
+
+#[derive(Debug)]
+pub enum Request {
+    /// Store one message; `ticket` numbers appends in the order sent.
+    Append {
+        shard: u32,
+        ticket: u64,
+        msg: Append,
+    },
+    /// Read retained messages `after < seq <= upto` of a channel.
+    Read {
+        tag: u64,
+        shard: u32,
+        channel: String,
+        after: u64,
+        upto: u64,
+        limit: usize,
+    },
+    /// Find the oldest unexpired `seq > after` of a channel.
+    Oldest {
+        tag: u64,
+        shard: u32,
+        channel: String,
+        after: u64,
+        now_ms: i64,
+    },
+    /// Record an inbox's cumulative ack; answered with `AcksStored`.
+    Ack {
+        tag: u64,
+        shard: u32,
+        channel: String,
+        seq: u64,
+    },
+    /// Record a message given up (expired, or out of attempts).
+    DeadLetter {
+        shard: u32,
+        channel: String,
+        seq: u64,
+        reason: &'static str,
+        data: String,
+        time_ms: i64,
+    },
+    /// Delete expired rows and trim channels over `history_size`.
+    Sweep { now_ms: i64 },
+    /// Record a clean shutdown and end the thread.
+    Close,
+}
+
+/// What the engine reports back, each fed to the owner core as a command.
+#[derive(Debug)]
+pub enum Completion {
+    /// Every append with a ticket up to this one is stored.
+    Committed {
+        upto: u64,
+        count: u64,
+    },
+    /// Storing failed: nothing from `from` on is stored.
+    Failed {
+        error: String,
+    },
+    Read {
+        tag: u64,
+        result: Result<(Vec<Stored>, Option<u64>), String>,
+    },
+    Swept {
+        expired: u64,
+        trimmed: u64,
+    },
+    Oldest {
+        tag: u64,
+        result: Result<Option<u64>, String>,
+    },
+    /// The acks with these tags are stored, or failed to be.
+    AcksStored {
+        tags: Vec<u64>,
+        error: Option<String>,
+    },
+}
+
+/// The engine cannot take requests any more (its thread ended); the
+/// request is handed back.
+pub struct Gone(pub Box<Request>);
+
+/// Storage as the worker drives it: submit without waiting, collect what
+/// finished. Wake-ups are the engine's business (the store thread wakes the
+/// mio loop with a `Waker`).
+pub trait Engine {
+    /// Queues a request. `Err(Gone)` means it will never be answered.
+    fn submit(&mut self, request: Request) -> Result<(), Gone>;
+    /// Moves every finished request's completion into `out`.
+    fn completions(&mut self, out: &mut Vec<Completion>);
+    /// Finishes what was queued and stops.
+    fn close(&mut self);
+}
+
+impl Request {
+    /// What a request submitted to a gone engine amounts to: a failure the
+    /// owner core answers like any other. `None` where nobody waits.
+    pub fn gone(self) -> Option<Completion> {
+        let error = "the store thread is gone".to_string();
+        match self {
+            Request::Append { .. } => Some(Completion::Failed { error }),
+            Request::Read { tag, .. } => Some(Completion::Read {
+                tag,
+                result: Err(error),
+            }),
+            Request::Oldest { tag, .. } => Some(Completion::Oldest {
+                tag,
+                result: Err(error),
+            }),
+            Request::Ack { tag, .. } => Some(Completion::AcksStored {
+                tags: vec![tag],
+                error: Some(error),
+            }),
+            Request::DeadLetter { .. } | Request::Sweep { .. } | Request::Close => None,
+        }
+    }
+}
