@@ -295,7 +295,9 @@ fn pings_during(server: &Server, label: &str, during: impl FnOnce()) {
 
 #[test]
 fn a_flooder_that_never_reads_is_cut_off_and_pings_on_its_worker_are_all_answered() {
-    let server = Server::start(WORKERS, "");
+    // A hard limit the flood's replies pass within its few seconds (the
+    // default 32 MiB would take longer than the flood lasts).
+    let server = Server::start(WORKERS, "[limits]\nsend_buffer_hard = \"1MiB\"\n");
     let channel = flood_channel();
     let socket = flooder_socket(&server);
     let mut result = None;
@@ -338,7 +340,7 @@ fn a_flooder_that_never_reads_is_cut_off_and_pings_on_its_worker_are_all_answere
 /// A flooder that reads its replies in another thread, as fast as it can.
 /// Nothing slows a TCP or WebSocket client's requests down to the pace it
 /// reads its replies (HTTP has that backpressure, docs/api.md): if the
-/// replies come faster than it reads, its queue passes `max_send_buffer`
+/// replies come faster than it reads, its queue passes `send_buffer_hard`
 /// and it is cut off like any slow consumer. Either way is reported; what
 /// is checked is that it then gets the reason, and otherwise every seq.
 fn reading_flooder(ws: bool) {
