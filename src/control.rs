@@ -79,6 +79,9 @@ pub struct WorkerStats {
     pub idle_timeouts: u64,
     /// Connections refused over `max_connections`.
     pub refused: u64,
+    /// Requests refused by `publish_rate`.
+    #[serde(default)]
+    pub rate_limited: u64,
     /// Messages written to this worker's shards, expired and deleted, and
     /// trimmed (over `history_size`) and deleted.
     pub stored: u64,

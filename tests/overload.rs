@@ -293,11 +293,15 @@ fn pings_during(server: &Server, label: &str, during: impl FnOnce()) {
     }
 }
 
+/// The flood measures raw overload, so `publish_rate` (which would refuse
+/// most of it cheaply, see tests/abuse.rs) is off.
+const NO_RATE: &str = "[limits]\npublish_rate = 0\n";
+
 #[test]
 fn a_flooder_that_never_reads_is_cut_off_and_pings_on_its_worker_are_all_answered() {
     // A hard limit the flood's replies pass within its few seconds (the
     // default 32 MiB would take longer than the flood lasts).
-    let server = Server::start(WORKERS, "[limits]\nsend_buffer_hard = \"1MiB\"\n");
+    let server = Server::start(WORKERS, &format!("{NO_RATE}send_buffer_hard = \"1MiB\"\n"));
     let channel = flood_channel();
     let socket = flooder_socket(&server);
     let mut result = None;
@@ -345,7 +349,7 @@ fn a_flooder_that_never_reads_is_cut_off_and_pings_on_its_worker_are_all_answere
 /// is checked is that it then gets the reason, and otherwise every seq.
 fn reading_flooder(ws: bool) {
     let label = if ws { "WebSocket" } else { "TCP" };
-    let server = Server::start(WORKERS, "");
+    let server = Server::start(WORKERS, NO_RATE);
     let channel = flood_channel();
     let socket = if ws {
         let ws = on_slot(&server, || server.ws());

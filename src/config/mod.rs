@@ -47,6 +47,8 @@ pub struct Config {
     #[serde(default)]
     pub presence: PresenceConfig,
     #[serde(default)]
+    pub users: Users,
+    #[serde(default)]
     pub log: Log,
     #[serde(default)]
     pub debug: Debug,

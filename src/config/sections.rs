@@ -61,6 +61,10 @@ pub struct Limits {
     pub max_send_buffer: Option<usize>,
     /// Open client connections per worker process.
     pub max_connections: usize,
+    /// Publishes (`pub`, `send`, `set`/`del`) per second per connection, a
+    /// token bucket holding up to `publish_burst`; 0 turns it off.
+    pub publish_rate: u32,
+    pub publish_burst: u32,
     /// How long a graceful stop or reload may take before workers are killed.
     #[serde(deserialize_with = "duration")]
     pub stop_timeout: Duration,
@@ -270,6 +274,24 @@ impl Default for Delivery {
     }
 }
 
+/// `[users]`: what users may do to each other.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Users {
+    /// Whether clients may `send` direct messages, or only the backend API.
+    pub client_send: ClientSend,
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum ClientSend {
+    /// Any authenticated user may send to any uid.
+    #[default]
+    Any,
+    /// Only `POST /api/send` (the backend) may.
+    None,
+}
+
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct PresenceConfig {
@@ -349,6 +371,8 @@ impl Default for Limits {
             soft_as_written: None,
             max_send_buffer: None,
             max_connections: 10_000,
+            publish_rate: 10_000,
+            publish_burst: 20_000,
             stop_timeout: Duration::from_secs(10),
             handshake_timeout: Duration::from_secs(10),
             ping_interval: Some(Duration::from_secs(25)),

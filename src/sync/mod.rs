@@ -1,7 +1,8 @@
 //! Plain logic of the edge, with no sockets in it: which worker owns a
 //! channel, who is subscribed to what on this worker, and what a `sub`
-//! waiting for its owner buffers meanwhile.
+//! waiting for its owner buffers meanwhile, and the rate limits.
 
+pub mod rate;
 pub mod shard;
 pub mod sub_buffer;
 pub mod subscriptions;

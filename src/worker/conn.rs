@@ -1,6 +1,7 @@
 //! One client connection: its socket, its outbound queue and which protocol it
 //! speaks (HTTP until upgraded, WebSocket, or newline-delimited JSON).
 
+use crate::sync::rate::TokenBucket;
 use std::io::{self, Read, Write};
 use std::net::SocketAddr;
 use std::time::Instant;
@@ -165,6 +166,8 @@ pub struct Conn {
     /// The input stopped making sense (a frame too large, a protocol error):
     /// what still arrives is discarded unread.
     pub input_broken: bool,
+    /// `publish_rate`'s bucket, made at the first publish.
+    pub publishes: Option<TokenBucket>,
 }
 
 impl Conn {
@@ -194,6 +197,7 @@ impl Conn {
             timers,
             input_done: false,
             input_broken: false,
+            publishes: None,
         }
     }
 

@@ -15,6 +15,7 @@ use serde_json::value::RawValue;
 
 pub use super::pending::Origin;
 use super::pending::{unavailable, Awaiting, HistoryFor, WaitingSub};
+use super::request_limits;
 use super::users::EXPIRED_CHANNEL;
 use super::Worker;
 use crate::auth;
@@ -68,6 +69,13 @@ impl Worker {
         };
         if let Err(e) = checked {
             return self.reply(key, frames::error(id, &e));
+        }
+        if let Some(conn) = self.conns.get_mut(key) {
+            let now = std::time::Instant::now();
+            if let Err(e) = request_limits::check(&self.config, conn, op, now) {
+                self.stats.rate_limited += u64::from(e.code == "rate_limited");
+                return self.reply(key, frames::error(id, &e));
+            }
         }
         match request.op {
             Op::Auth { token } => self.authenticate(key, id, &token),

@@ -11,6 +11,7 @@ mod owner_side;
 mod pending;
 mod read;
 mod report;
+mod request_limits;
 mod static_files;
 mod timers;
 mod users;
