@@ -3,5 +3,6 @@
 //! waiting for its owner buffers meanwhile.
 
 pub mod shard;
+pub mod stream;
 pub mod sub_buffer;
 pub mod subscriptions;
