@@ -961,24 +961,14 @@ fn run_chaos(repair: bool) {
 }
 
 /// The chaos run of issue 11, as specified: a live subscription never skips
-/// a seq. Fails today on the server bug described at
-/// `a_live_subscriber_misses_nothing_when_the_owner_worker_leaves`:
-/// messages an owner worker stored but had not released when it died or
-/// retired never reach subscribers that stay connected on other workers.
+/// a seq, even when the owner worker of its channel dies or retires with
+/// messages stored but not released (the worker holding the subscription
+/// fetches them from the owner's next process: `sync::stream`). This
+/// supersedes the variant whose subscribers repaired live gaps themselves
+/// (`Shared::repair`, kept for debugging: `run_chaos(true)`).
 #[test]
-#[ignore = "server bug: a live subscriber on a surviving worker silently misses messages \
-            the owner stored but had not released when it died or retired"]
 fn chaos_every_acked_publish_reaches_every_live_subscriber_once_in_order() {
     run_chaos(false);
-}
-
-/// The same chaos, with subscribers that repair a live gap the way a client
-/// can (unsub, then sub `since` the last seq): checks everything else (acks,
-/// idempotent retries, resumes, nothing stored twice or unacknowledged), and
-/// prints how many live gaps the server bug caused.
-#[test]
-fn chaos_every_acked_publish_reaches_every_subscriber_once_in_order_with_gap_repair() {
-    run_chaos(true);
 }
 
 /// The smallest form of what the chaos test finds. A subscriber and a
@@ -1070,19 +1060,14 @@ fn owner_leaves_under_load(signals: &[Signal]) -> Vec<(Signal, Vec<u64>)> {
         .collect()
 }
 
-/// The server bug, reproduced (it shows in most rounds, so six rounds show
-/// it nearly always): see `owner_leaves_under_load`. Suspected code:
-/// `Worker::run` (src/worker/mod.rs) calls `store.close()` after the event
-/// loop, so appends still queued are committed after the worker stopped
-/// releasing them; the graceful stop returns once `conns` is empty without
-/// waiting for `inflight`; and a SIGKILL between a commit and its release
-/// loses the release. Nothing on the subscribers' side notices: on
-/// `BusEvent::Down`/`Up` (src/worker/bus_events.rs) only pending requests
-/// and presence are handled, and `deliver_local` (src/worker/dispatch.rs)
-/// forwards a `seq` that skips ahead without resyncing the channel.
+/// The former server bug (it showed in most rounds, so six rounds showed it
+/// nearly always): see `owner_leaves_under_load`. An owner that leaves
+/// between committing messages and releasing them (a SIGKILL, or a stop
+/// that closes the store after its loop) never sends them; the subscriber's
+/// worker now notices (a skipped seq, or the owner's link going down and
+/// coming up again) and fetches them from the owner's next process
+/// (`sync::stream`, `Worker::fetch_missing`).
 #[test]
-#[ignore = "server bug: a live subscriber on a surviving worker silently misses messages \
-            the owner stored but had not released when it died or retired"]
 fn a_live_subscriber_misses_nothing_when_the_owner_worker_leaves() {
     use Signal::{SIGKILL, SIGQUIT, SIGTERM};
     let rounds = owner_leaves_under_load(&[SIGQUIT, SIGTERM, SIGKILL, SIGQUIT, SIGTERM, SIGKILL]);

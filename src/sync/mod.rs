@@ -4,5 +4,6 @@
 
 pub mod rate;
 pub mod shard;
+pub mod stream;
 pub mod sub_buffer;
 pub mod subscriptions;

@@ -51,16 +51,16 @@ impl SubBuffer {
     /// What follows an answer that covers messages up to `seq`: the kept
     /// messages after it, or `None` when some of those were dropped.
     pub fn after(self, seq: u64) -> Option<Vec<Bytes>> {
+        let kept = self.take_after(seq)?;
+        Some(kept.into_iter().map(|(_, line)| line).collect())
+    }
+
+    /// `after`, with each message's `seq`.
+    pub fn take_after(self, seq: u64) -> Option<Vec<(u64, Bytes)>> {
         if self.gap || (self.dropped && self.last_seen > seq) {
             return None;
         }
-        Some(
-            self.lines
-                .into_iter()
-                .filter(|(s, _)| *s > seq)
-                .map(|(_, line)| line)
-                .collect(),
-        )
+        Some(self.lines.into_iter().filter(|(s, _)| *s > seq).collect())
     }
 }
 

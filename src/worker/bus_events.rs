@@ -20,8 +20,12 @@ impl Worker {
                     BusEvent::Down { slot } => {
                         self.fail_pending(slot);
                         self.tell_owner(Command::SlotDown { slot });
+                        self.stall_streams(slot);
                     }
-                    BusEvent::Up { slot } => self.resend_presence(slot),
+                    BusEvent::Up { slot } => {
+                        self.resend_presence(slot);
+                        self.refetch_streams(slot);
+                    }
                 }
             }
         }
@@ -172,6 +176,31 @@ impl Worker {
     fn owner_query(&mut self, from: usize, tag: u64, channel: String, query: Query) {
         let to = ReplyTo::Peer { slot: from, tag };
         self.tell_owner(Command::Query { to, channel, query });
+    }
+
+    /// A link to `slot` broke: messages it released may not have reached us,
+    /// and a new process of it may number its channels anew (another
+    /// epoch). Its channels' streams hold what arrives until it is asked.
+    fn stall_streams(&mut self, slot: usize) {
+        if slot == self.slot {
+            return;
+        }
+        for channel in self.subs.streams_where(|c| self.owner_of(c) == slot) {
+            self.subs.stall(&channel);
+        }
+    }
+
+    /// Our link reached a (new) process of worker `slot`: whatever it stored
+    /// but its previous process never released, and whatever it released
+    /// while the link was down, is fetched for each of its channels that has
+    /// subscribers here.
+    fn refetch_streams(&mut self, slot: usize) {
+        if slot == self.slot {
+            return;
+        }
+        for channel in self.subs.streams_where(|c| self.owner_of(c) == slot) {
+            self.fetch_missing(&channel);
+        }
     }
 
     /// A link to `slot` broke: nothing waiting on it will be answered.

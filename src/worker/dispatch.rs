@@ -14,7 +14,7 @@ use bytes::Bytes;
 use serde_json::value::RawValue;
 
 pub use super::pending::Origin;
-use super::pending::{unavailable, Awaiting, HistoryFor, WaitingSub};
+use super::pending::{sub_buffer_cap, unavailable, Awaiting, HistoryFor, WaitingSub};
 use super::request_limits;
 use super::users::EXPIRED_CHANNEL;
 use super::Worker;
@@ -26,6 +26,7 @@ use crate::owner::{Answer, Command, Effect, Query, Reply, ReplyTo};
 use crate::proto::frames::{self, Acked, ErrorReply, Op};
 use crate::proto::ws::text_frame_header;
 use crate::sync::shard;
+use crate::sync::stream::Arrival;
 
 impl Worker {
     pub(super) fn on_frame(&mut self, key: usize, text: &str) {
@@ -478,16 +479,39 @@ impl Worker {
     }
 
     /// Hands a stored message to this worker's subscribers of `channel`, and
-    /// to the `sub`s still waiting for their owner's answer.
+    /// to the `sub`s still waiting for their owner's answer. A message from
+    /// another worker that skips seqs is held while the missing ones are
+    /// fetched from the owner (`sync::stream`, `fetch_missing`).
     pub(super) fn deliver_local(&mut self, channel: &str, seq: u64, line: &Bytes) {
         self.pending.buffer(channel, seq, line);
-        let subscribers = self.subs.subscribers(channel);
-        if subscribers.is_empty() {
+        if self.subs.subscribers(channel).is_empty() {
             return;
         }
+        match self.subs.arrive(channel, seq, line, sub_buffer_cap()) {
+            Arrival::Deliver => self.send_msg(channel, seq, line),
+            Arrival::Skip => {}
+            Arrival::Fetch => self.fetch_missing(channel),
+        }
+    }
+
+    /// Whether this worker keeps a `Stream` of `channel` for its subscribers:
+    /// for channels another worker owns, but not inboxes, whose owner resends
+    /// unacked messages with their old seq.
+    pub(super) fn tracks_stream(&self, channel: &str) -> bool {
+        !channel.starts_with('#') && self.owner_of(channel) != self.slot
+    }
+
+    /// Queues message `seq` of `channel` to each local subscriber that does
+    /// not have it yet.
+    pub(super) fn send_msg(&mut self, channel: &str, seq: u64, line: &Bytes) {
+        let subscribers = self.subs.subscribers(channel);
+        let stream = self.subs.stream(channel);
         // One frame header for every WebSocket subscriber of this message.
         let ws_header = text_frame_header(line.len().saturating_sub(1));
         for &key in subscribers {
+            if stream.is_some_and(|s| s.has(key, seq)) {
+                continue;
+            }
             let Some(conn) = self.conns.get_mut(key) else {
                 continue;
             };

@@ -12,6 +12,7 @@ use serde_json::value::RawValue;
 use super::Worker;
 use crate::owner::{Answer, Query, Reply};
 use crate::proto::frames::{self, ErrorReply};
+use crate::sync::stream::{Fetched, Out};
 use crate::sync::sub_buffer::SubBuffer;
 
 /// Who asked for a publish, so the answer can find them.
@@ -59,6 +60,12 @@ pub enum Awaiting {
         key: usize,
         conn_id: u64,
         id: Option<Box<RawValue>>,
+    },
+    /// A fetch (round `round`) of the messages a channel's stream is missing:
+    /// a resume from the last seq its subscribers here have had.
+    Repair {
+        channel: String,
+        round: u64,
     },
     /// `presence`, `get`, `state` or `GET /api/users/<uid>`: the answer is
     /// one JSON object.
@@ -195,7 +202,7 @@ const MAX_SUB_BUFFER: usize = 100_000;
 
 /// `MAX_SUB_BUFFER`, or the test-only override `SYNCD_TEST_MAX_SUB_BUFFER`
 /// (see docs/operations.md) so tests need not publish 100 000 messages.
-fn sub_buffer_cap() -> usize {
+pub(super) fn sub_buffer_cap() -> usize {
     static CAP: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
     *CAP.get_or_init(|| {
         std::env::var("SYNCD_TEST_MAX_SUB_BUFFER")
@@ -250,6 +257,9 @@ impl Worker {
         };
         match answer {
             (Awaiting::Sub(sub), answer) => self.finish_sub(sub, answer),
+            (Awaiting::Repair { channel, round }, answer) => {
+                self.finish_repair(&channel, round, answer)
+            }
             (
                 Awaiting::History {
                     key,
@@ -416,7 +426,97 @@ impl Worker {
         }
         if self.subs.add(key, &channel) {
             self.track_presence(key, &channel, true);
+            if self.tracks_stream(&channel) {
+                self.subs.track(key, &channel, upto, &answer.epoch);
+            }
         }
         self.mark_dirty(key);
+    }
+
+    /// Asks the owner of `channel` for every message after the last one its
+    /// subscribers here have had (a resume in the stream's epoch); what
+    /// arrives meanwhile is held.
+    pub(super) fn fetch_missing(&mut self, channel: &str) {
+        let Some((round, since, epoch)) = self.subs.start_fetch(channel) else {
+            return;
+        };
+        log::debug!(
+            "worker {}: {channel}: fetching what follows seq {since}",
+            self.slot
+        );
+        let query = Query::Resume {
+            since: Some(since),
+            epoch: Some(epoch),
+        };
+        let what = Awaiting::Repair {
+            channel: channel.to_string(),
+            round,
+        };
+        self.ask_owner(channel, query, what);
+    }
+
+    /// The owner answered a fetch: the missing messages, then the held ones,
+    /// go to the subscribers; what cannot be filled is announced with a
+    /// `resync` frame (docs/protocol.md). No answer (the link broke) leaves
+    /// the stream held until the owner's next process links up or the next
+    /// message arrives.
+    fn finish_repair(&mut self, channel: &str, round: u64, answer: Result<Answer, ErrorReply>) {
+        let fetched = match answer {
+            Ok(a) => Some(Fetched {
+                seq: a.seq,
+                epoch: a.epoch,
+                recovered: a.recovered == Some(true),
+                oldest: a.oldest,
+                lines: a.lines,
+            }),
+            Err(e) => {
+                log::debug!(
+                    "worker {}: {channel}: fetch failed: {}",
+                    self.slot,
+                    e.message
+                );
+                None
+            }
+        };
+        let (out, again) = self.subs.resolve(channel, round, fetched, sub_buffer_cap());
+        for out in out {
+            match out {
+                Out::Msg(seq, line) => self.send_msg(channel, seq, &line),
+                Out::Resync {
+                    after,
+                    seq,
+                    epoch,
+                    oldest,
+                } => {
+                    log::warn!(
+                        "worker {}: {channel}: messages after {after} up to {seq} cannot be \
+                         delivered here; subscribers are told to resync",
+                        self.slot
+                    );
+                    let mut frame = serde_json::json!({
+                        "op": "resync", "channel": channel, "after": after,
+                        "seq": seq, "epoch": epoch,
+                    });
+                    if let Some(oldest) = oldest {
+                        frame["oldest"] = oldest.into();
+                    }
+                    let line = Bytes::from(frame.to_string() + "\n");
+                    let stream = self.subs.stream(channel);
+                    let keys: Vec<usize> = self
+                        .subs
+                        .subscribers(channel)
+                        .iter()
+                        .copied()
+                        .filter(|&k| !stream.is_some_and(|s| s.has(k, seq)))
+                        .collect();
+                    for key in keys {
+                        self.send_line(key, &line);
+                    }
+                }
+            }
+        }
+        if again {
+            self.fetch_missing(channel);
+        }
     }
 }
