@@ -23,8 +23,9 @@ const RETRYABLE = new Set(["unavailable", "storage_failed"]);
  * channel is not subscribed yet: being resumed after a reconnect, or retried
  * because its owner worker is restarting) or "closed".
  * Events (addEventListener): "state" (detail: the new status),
- * "resync" (detail: {channel}) when a resume could not recover every missed
- * message, "broadcast" (detail: data), "inbox" (detail: msg), and
+ * "resync" (detail: {channel, reply}) when a resume could not recover every
+ * missed message, or the server announced a hole it cannot fill in a live
+ * subscription (the `resync` frame; the subscription goes on after it), "broadcast" (detail: data), "inbox" (detail: msg), and
  * "suberror" (detail: {channel, error}) when the server refused a channel
  * for good (forbidden, bad name): the client has dropped it, and
  * "refresh_needed" (detail: {exp}) when the token is about to expire and no
@@ -188,6 +189,13 @@ export class SyncClient extends EventTarget {
       if (sub) for (const handler of sub.handlers) handler(frame);
     } else if (frame.op === "broadcast") {
       this.dispatchEvent(new CustomEvent("broadcast", { detail: frame.data }));
+    } else if (frame.op === "resync") {
+      // A hole the server could not fill: carry on after it, and tell the page.
+      const sub = this._channels.get(frame.channel);
+      if (!sub) return;
+      sub.seq = frame.seq;
+      sub.epoch = frame.epoch;
+      this.dispatchEvent(new CustomEvent("resync", { detail: { channel: frame.channel, reply: frame } }));
     } else if (frame.op === "refresh_needed") {
       this._onRefreshNeeded(frame);
     }
