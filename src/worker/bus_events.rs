@@ -133,8 +133,8 @@ impl Worker {
                 count,
             }),
             BusMsg::Event { channel } => self.send_to_subscribers(&channel, &payload),
-            BusMsg::Broadcast => self.broadcast_local(&payload),
-            BusMsg::Disconnect { uid } => self.disconnect_local(&uid),
+            BusMsg::Broadcast => self.conns.broadcast_local(&payload),
+            BusMsg::Disconnect { uid } => self.conns.disconnect_local(&uid),
             BusMsg::HistoryQuery {
                 tag,
                 channel,

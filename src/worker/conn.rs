@@ -12,6 +12,7 @@ use mio::net::TcpStream;
 use tungstenite::protocol::WebSocketContext;
 
 use super::timers::ConnTimers;
+pub use super::timers::Protocol;
 use crate::outbound::OutboundQueue;
 
 /// The socket and the bytes waiting for it. tungstenite reads and writes through
@@ -87,23 +88,6 @@ impl Transport {
         self.bytes_out += n as u64;
         super::timers::note_written(n);
         Ok(())
-    }
-}
-
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-pub enum Protocol {
-    Http,
-    Ws,
-    Tcp,
-}
-
-impl Protocol {
-    pub fn name(self) -> &'static str {
-        match self {
-            Protocol::Http => "http",
-            Protocol::Ws => "ws",
-            Protocol::Tcp => "tcp",
-        }
     }
 }
 

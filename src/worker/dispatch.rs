@@ -28,7 +28,7 @@ use crate::sync::shard;
 
 impl Worker {
     pub(super) fn on_frame(&mut self, key: usize, text: &str) {
-        self.stats.msgs_in += 1;
+        self.conns.stats.msgs_in += 1;
         if let Some(conn) = self.conns.get_mut(key) {
             conn.active = std::time::Instant::now();
         }
@@ -36,7 +36,7 @@ impl Worker {
             Ok(request) => request,
             Err((id, e)) => {
                 log::debug!("worker {}: bad request: {}", self.slot, e.message);
-                self.reply(key, frames::error(id.as_deref(), &e));
+                self.conns.reply(key, frames::error(id.as_deref(), &e));
                 return;
             }
         };
@@ -67,11 +67,11 @@ impl Worker {
             Op::Auth { .. } | Op::Ping | Op::Unsub { .. } | Op::Send { .. } => Ok(()),
         };
         if let Err(e) = checked {
-            return self.reply(key, frames::error(id, &e));
+            return self.conns.reply(key, frames::error(id, &e));
         }
         match request.op {
             Op::Auth { token } => self.authenticate(key, id, &token),
-            Op::Ping => self.reply(key, frames::pong(id)),
+            Op::Ping => self.conns.reply(key, frames::pong(id)),
             Op::Sub {
                 channel,
                 since,
@@ -82,7 +82,7 @@ impl Worker {
                         "already_subscribed",
                         format!("already subscribed to {channel}"),
                     );
-                    self.reply(key, frames::error(id, &e));
+                    self.conns.reply(key, frames::error(id, &e));
                     return;
                 }
                 let query = Query::Resume {
@@ -107,12 +107,12 @@ impl Worker {
                 if self.subs.remove(key, &channel) {
                     self.track_presence(key, &channel, false);
                 }
-                self.reply(key, frames::ok(id));
+                self.conns.reply(key, frames::ok(id));
             }
             Op::Send { uid, data, ttl } => {
                 if user.is_none() {
                     let e = auth::unauthorized("`send` needs an authenticated connection");
-                    return self.reply(key, frames::error(id, &e));
+                    return self.conns.reply(key, frames::error(id, &e));
                 }
                 let origin = Origin::Client {
                     key,
@@ -124,7 +124,7 @@ impl Worker {
             Op::Ack { channel, seq } => {
                 if !channel.starts_with('#') {
                     let e = ErrorReply::new("bad_request", "`ack` is for inbox channels (#uid)");
-                    return self.reply(key, frames::error(id, &e));
+                    return self.conns.reply(key, frames::error(id, &e));
                 }
                 self.ack(key, id.map(RawValue::to_owned), &channel, seq);
             }
@@ -188,21 +188,6 @@ impl Worker {
                 };
                 self.history(key, &channel, since, limit, reply);
             }
-        }
-    }
-
-    /// Queues one reply frame (a JSON text) to a WebSocket or TCP client.
-    pub(super) fn reply(&mut self, key: usize, text: String) {
-        let mut line = text.into_bytes();
-        line.push(b'\n');
-        self.send_line(key, &Bytes::from(line));
-    }
-
-    /// Queues a newline-terminated frame to a WebSocket or TCP client.
-    pub(super) fn send_line(&mut self, key: usize, line: &Bytes) {
-        if let Some(conn) = self.conns.get_mut(key) {
-            conn.send_line(line, None);
-            self.mark_dirty(key);
         }
     }
 
@@ -484,20 +469,20 @@ impl Worker {
                 continue;
             };
             conn.send_line(line, Some(&ws_header));
-            self.stats.msgs_out += 1;
-            self.dirty.push(key);
+            self.conns.stats.msgs_out += 1;
+            self.conns.mark_dirty(key);
         }
     }
 
     pub(super) fn answer_publish(&mut self, origin: Origin, result: Result<Acked, ErrorReply>) {
         match origin {
             Origin::Client { key, conn_id, id } => {
-                if self.is_live(key, conn_id) {
+                if self.conns.is_live(key, conn_id) {
                     let text = match result {
                         Ok(acked) => frames::ok_acked(id.as_deref(), acked),
                         Err(e) => frames::error(id.as_deref(), &e),
                     };
-                    self.reply(key, text);
+                    self.conns.reply(key, text);
                 }
             }
             Origin::Http {

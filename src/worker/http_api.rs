@@ -153,7 +153,7 @@ impl Worker {
             }
         }
         // The cap for this turn: the rest of the buffer waits for the next.
-        self.requeue_read(key);
+        self.conns.requeue_read(key);
     }
 
     fn route(&mut self, key: usize, request: Request) {
@@ -368,7 +368,7 @@ impl Worker {
         let Some(origin) = self.http_origin(key, request) else {
             return;
         };
-        self.stats.msgs_in += 1;
+        self.conns.stats.msgs_in += 1;
         let options = PublishOptions {
             ttl: ttl.filter(|&t| t > 0),
             idempotency_key,
@@ -407,7 +407,7 @@ impl Worker {
             Ok(body) => self.respond_json(key, 200, body, keep_alive),
             Err(e) => self.respond(key, error_response(&e), false),
         }
-        self.requeue_read(key);
+        self.conns.requeue_read(key);
     }
 
     fn http_history(&mut self, key: usize, request: &Request) {
@@ -500,7 +500,7 @@ impl Worker {
             ctx: Box::new(ctx),
             echo,
         };
-        self.mark_dirty(key);
+        self.conns.mark_dirty(key);
         if let Some(user) = user {
             self.bind_user(key, user);
         }
@@ -521,6 +521,6 @@ impl Worker {
         if !keep_alive {
             conn.closing = Some(Instant::now() + super::CLOSE_GRACE);
         }
-        self.mark_dirty(key);
+        self.conns.mark_dirty(key);
     }
 }

@@ -9,6 +9,7 @@ mod dispatch;
 mod http_api;
 mod owner_side;
 mod pending;
+mod process;
 mod read;
 mod report;
 mod static_files;
@@ -23,20 +24,19 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mio::net::{TcpListener, UnixStream};
-use mio::{Events, Interest, Poll, Token, Waker};
-use slab::Slab;
+use mio::{Events, Poll, Token, Waker};
 
 use crate::bus::{self, peers, BusEvent, LinkSecret, Peers};
 use crate::config::Config;
-use crate::control::{FromWorker, LineChannel, Retire, WorkerStats};
+use crate::control::{FromWorker, LineChannel, Retire, ToWorker, WorkerStats};
 use crate::owner::{Command, OwnerConfig, OwnerCore};
-use crate::signals::SignalSet;
 use crate::store::open::open_shards;
 use crate::store::thread::StoreThread;
 use crate::sync::subscriptions::Subscriptions;
-use conn::Conn;
+use connections::Connections;
 use owner_side::OwnerSide;
 use pending::PendingTable;
+use process::Process;
 
 const WS_LISTENER: Token = Token(0);
 const TCP_LISTENER: Token = Token(1);
@@ -72,19 +72,21 @@ enum Port {
     Tcp,
 }
 
+/// The edge: the loop and the parts it routes between. Each part is a type
+/// with its own methods; what needs several parts is a method here.
 pub struct Worker {
     slot: usize,
     config: Config,
     poll: Poll,
-    listeners: Vec<(Port, TcpListener)>,
-    serving: bool,
-    started: Instant,
-    conns: Slab<Conn>,
-    next_conn_id: u64,
+    /// Listeners, the master link, signals, and the stop.
+    process: Process,
+    /// Client connections, their output and read queues.
+    conns: Connections,
     subs: Subscriptions,
     /// The owner of this worker's shards (numbering, storing, resume, users)
     /// and its storage engine (the SQLite store thread).
     owner: OwnerSide,
+    /// The links to the other workers, and what they brought.
     peers: Peers,
     bus_events: Vec<BusEvent>,
     /// Requests waiting for an owner's answer.
@@ -92,14 +94,6 @@ pub struct Worker {
     /// Our own connections per (channel, uid), as reported to owners.
     local_presence: HashMap<(String, String), usize>,
     webhook: Option<crossbeam_channel::Sender<String>>,
-    master: LineChannel,
-    signals: SignalSet,
-    /// Connections with new output to write at the end of this loop turn.
-    dirty: dirty::Marks,
-    /// Connections whose read budget ran out while input was still waiting.
-    pending_reads: Vec<usize>,
-    stopping: Option<Instant>,
-    stats: WorkerStats,
 }
 
 /// Runs a worker until it is told to stop; returns the process exit code.
@@ -122,15 +116,8 @@ impl Worker {
             listeners.push((port, TcpListener::from_std(listener)));
         }
         ctx.master.set_nonblocking(true)?;
-        let mut master = LineChannel::new(UnixStream::from_std(ctx.master));
-        poll.registry().register(
-            &mut master.stream,
-            MASTER,
-            Interest::READABLE | Interest::WRITABLE,
-        )?;
-        let mut signals = SignalSet::new(&[libc::SIGTERM, libc::SIGQUIT])?;
-        poll.registry()
-            .register(&mut signals.reader, SIGNALS, Interest::READABLE)?;
+        let master = LineChannel::new(UnixStream::from_std(ctx.master));
+        let process = Process::new(listeners, master, poll.registry())?;
         let instance = crate::random_u64();
         let (shards, loaded) = open_shards(&ctx.config, ctx.slot)?;
         let core = OwnerCore::new(
@@ -154,14 +141,13 @@ impl Worker {
             secret: ctx.link_secret,
         };
         let peers = Peers::start(me, sockets, MAX_BUS_FRAME, poll.registry())?;
+        let registry = poll.registry().try_clone()?;
+        let conns = Connections::new(ctx.slot, ctx.config.limits.clone(), registry);
         Ok(Worker {
             slot: ctx.slot,
             poll,
-            listeners,
-            serving: false,
-            started: Instant::now(),
-            conns: Slab::new(),
-            next_conn_id: 1,
+            process,
+            conns,
             subs: Subscriptions::default(),
             owner,
             peers,
@@ -169,12 +155,6 @@ impl Worker {
             pending: PendingTable::default(),
             local_presence: HashMap::new(),
             webhook,
-            master,
-            signals,
-            dirty: dirty::Marks::default(),
-            pending_reads: Vec::new(),
-            stopping: None,
-            stats: WorkerStats::default(),
             config: ctx.config,
         })
     }
@@ -190,10 +170,10 @@ impl Worker {
         let mut events = Events::with_capacity(1024);
         let mut next_tick = Instant::now() + TICK;
         loop {
-            let timeout = if self.pending_reads.is_empty() && self.dirty.is_empty() {
-                next_tick.saturating_duration_since(Instant::now())
-            } else {
+            let timeout = if self.conns.has_work() {
                 Duration::ZERO
+            } else {
+                next_tick.saturating_duration_since(Instant::now())
             };
             if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
                 if e.kind() != io::ErrorKind::Interrupted {
@@ -212,7 +192,7 @@ impl Worker {
                     }
                     STORE => self.on_store_events(),
                     SIGNALS => {
-                        for signal in self.signals.drain() {
+                        for signal in self.process.signals.drain() {
                             if signal == libc::SIGTERM {
                                 log::info!("worker {}: SIGTERM, exiting now", self.slot);
                                 return 0;
@@ -229,7 +209,7 @@ impl Worker {
                             continue;
                         };
                         if event.is_writable() {
-                            self.dirty.push(key);
+                            self.conns.mark_dirty(key);
                         }
                         if event.is_readable() || event.is_read_closed() || event.is_error() {
                             self.read_conn(key);
@@ -238,11 +218,8 @@ impl Worker {
                 }
             }
             self.on_bus_events();
-            for key in std::mem::take(&mut self.pending_reads) {
-                if let Some(conn) = self.conns.get_mut(key) {
-                    conn.read_pending = false;
-                    self.read_conn(key);
-                }
+            for key in self.conns.take_pending_reads() {
+                self.read_conn(key);
             }
             let now = Instant::now();
             if now >= next_tick {
@@ -253,11 +230,11 @@ impl Worker {
                 self.flush_all();
                 return 1;
             }
-            if !self.serving && self.stopping.is_none() {
+            if self.process.waiting_to_serve() {
                 self.maybe_start_serving(now);
             }
             self.flush_all();
-            if self.stopping.is_some() && self.conns.is_empty() {
+            if self.process.stopping.is_some() && self.conns.is_empty() {
                 log::info!("worker {}: stopped gracefully", self.slot);
                 return 0;
             }
@@ -268,7 +245,7 @@ impl Worker {
     /// client of this worker can miss a message an owner sends meanwhile.
     fn maybe_start_serving(&mut self, now: Instant) {
         let settled = self.peers.is_settled();
-        if !settled && now < self.started + SETTLE_TIMEOUT {
+        if !settled && now < self.process.started() + SETTLE_TIMEOUT {
             return;
         }
         if !settled {
@@ -277,22 +254,7 @@ impl Worker {
                 self.slot
             );
         }
-        for (port, listener) in &mut self.listeners {
-            let token = if *port == Port::Ws {
-                WS_LISTENER
-            } else {
-                TCP_LISTENER
-            };
-            if let Err(e) = self
-                .poll
-                .registry()
-                .register(listener, token, Interest::READABLE)
-            {
-                log::error!("worker {}: cannot watch listener: {e}", self.slot);
-            }
-        }
-        self.serving = true;
-        let _ = self.master.send(&FromWorker::Ready);
+        self.process.start_serving(self.poll.registry(), self.slot);
         log::info!("worker {} serving (pid {})", self.slot, std::process::id());
         // Connections that queued while this slot was being replaced.
         self.accept(Port::Ws);
@@ -301,26 +263,97 @@ impl Worker {
 
     /// Graceful stop: accept no more, tell every client why, flush, then exit.
     fn begin_stop(&mut self, why: Retire) {
-        if self.stopping.is_some() {
+        let deadline = Instant::now() + self.config.limits.stop_timeout;
+        if !self.process.begin_stop(self.poll.registry(), deadline) {
             return;
         }
         log::info!("worker {}: stopping gracefully", self.slot);
-        let deadline = Instant::now() + self.config.limits.stop_timeout;
-        self.stopping = Some(deadline);
-        for (_, listener) in &mut self.listeners {
-            let _ = self.poll.registry().deregister(listener);
-        }
-        let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
-        let (code, reason) = connections::goodbye(why);
-        for key in keys {
-            self.close_with(key, code, reason, deadline);
+        self.conns.close_all(why, deadline);
+    }
+
+    fn accept(&mut self, port: Port) {
+        if let Some(listener) = self.process.listener(port) {
+            self.conns.accept(port, listener);
         }
     }
 
     fn tick(&mut self, now: Instant) {
         self.peers.tick(self.poll.registry(), now);
         self.tell_owner(Command::Tick);
-        self.sweep_conns(now);
+        self.conns.sweep(now);
+        self.forget_closed();
+    }
+
+    /// Connections close inside the connection table; here, right after,
+    /// they leave their channels (before their keys can be reused), and
+    /// their users are counted out of presence.
+    fn forget_closed(&mut self) {
+        for closed in self.conns.take_closed() {
+            let channels = self.subs.remove_conn(closed.key);
+            if let Some(uid) = &closed.uid {
+                for channel in channels {
+                    self.count_presence(&channel, uid, false);
+                }
+            }
+        }
+    }
+
+    fn drop_conn(&mut self, key: usize) {
+        self.conns.drop_conn(key);
+        self.forget_closed();
+    }
+
+    fn on_master(&mut self) -> Option<i32> {
+        let (orders, open) = self.process.orders(self.slot);
+        for order in orders {
+            let reply = match order {
+                ToWorker::Retire {
+                    why,
+                    graceful: true,
+                } => {
+                    self.begin_stop(why);
+                    continue;
+                }
+                ToWorker::Retire {
+                    why,
+                    graceful: false,
+                } => {
+                    log::info!(
+                        "worker {}: told to retire ({why:?}), exiting now",
+                        self.slot
+                    );
+                    self.conns.say_goodbye_now(why);
+                    return Some(0);
+                }
+                ToWorker::Stats { tag } => FromWorker::Stats {
+                    tag,
+                    stats: self.snapshot(),
+                },
+                ToWorker::Connections { tag } => FromWorker::Connections {
+                    tag,
+                    list: self.conns.connection_list(self.slot, &self.subs),
+                },
+            };
+            let _ = self.process.master.send(&reply);
+        }
+        if !open {
+            log::error!("worker {}: master is gone, exiting", self.slot);
+            return Some(1);
+        }
+        let _ = self.process.master.flush();
+        None
+    }
+
+    fn snapshot(&self) -> WorkerStats {
+        let mut stats = self.conns.snapshot();
+        stats.subscriptions = self.subs.total();
+        stats.channels_owned = self.owner.channels();
+        let owned = self.owner.stats();
+        stats.stored = owned.stored;
+        stats.expired = owned.expired;
+        stats.trimmed = owned.trimmed;
+        stats.disk_reads = owned.disk_reads;
+        stats
     }
 
     /// Writes what is queued. Writing can make more output (a connection
@@ -334,28 +367,18 @@ impl Worker {
             if !self.bus_events.is_empty() {
                 self.on_bus_events();
             }
-            if self.master.has_output() {
-                let _ = self.master.flush();
+            if self.process.master.has_output() {
+                let _ = self.process.master.flush();
             }
-            if self.dirty.is_empty() {
+            let Some(batch) = self.conns.take_dirty() else {
                 return;
-            }
-            let batch = self.dirty.take();
+            };
             for &key in &batch {
-                self.flush_conn(key);
+                self.conns.flush_conn(key);
+                self.forget_closed();
             }
-            self.dirty.recycle(batch);
+            self.conns.recycle_dirty(batch);
         }
-    }
-
-    /// The connection that made a request is still the one at `key` (keys are
-    /// reused after a close).
-    fn is_live(&self, key: usize, conn_id: u64) -> bool {
-        self.conns.get(key).is_some_and(|c| c.id == conn_id)
-    }
-
-    fn mark_dirty(&mut self, key: usize) {
-        self.dirty.push(key);
     }
 }
 

@@ -259,7 +259,7 @@ impl Worker {
                 },
                 answer,
             ) => {
-                if !self.is_live(key, conn_id) {
+                if !self.conns.is_live(key, conn_id) {
                     return;
                 }
                 match reply {
@@ -274,7 +274,7 @@ impl Worker {
                             ),
                             Err(e) => frames::error(id.as_deref(), &e),
                         };
-                        self.reply(key, text);
+                        self.conns.reply(key, text);
                     }
                     HistoryFor::Http { keep_alive } => {
                         let body = answer.map(|a| {
@@ -292,7 +292,7 @@ impl Worker {
                 },
                 answer,
             ) => {
-                if !self.is_live(key, conn_id) {
+                if !self.conns.is_live(key, conn_id) {
                     return;
                 }
                 let json = answer.map(|a| {
@@ -305,7 +305,7 @@ impl Worker {
                             Ok(object) => frames::ok_with(id.as_deref(), &object),
                             Err(e) => frames::error(id.as_deref(), &e),
                         };
-                        self.reply(key, text);
+                        self.conns.reply(key, text);
                     }
                     HistoryFor::Http { keep_alive } => {
                         self.answer_http(key, conn_id, keep_alive, json)
@@ -313,12 +313,12 @@ impl Worker {
                 }
             }
             (Awaiting::Ack { key, conn_id, id }, answer) => {
-                if self.is_live(key, conn_id) {
+                if self.conns.is_live(key, conn_id) {
                     let text = match answer {
                         Ok(_) => frames::ok(id.as_deref()),
                         Err(e) => frames::error(id.as_deref(), &e),
                     };
-                    self.reply(key, text);
+                    self.conns.reply(key, text);
                 }
             }
             (Awaiting::Publish(_), _) => {}
@@ -340,7 +340,7 @@ impl Worker {
             quiet,
             unsub,
         } = sub;
-        if !self.is_live(key, conn_id) {
+        if !self.conns.is_live(key, conn_id) {
             return;
         }
         if let Some(unsub) = unsub {
@@ -348,9 +348,9 @@ impl Worker {
                 Ok(a) => frames::ok_sub(id.as_deref(), &channel, a.seq, &a.epoch, a.recovered),
                 Err(e) => frames::error(id.as_deref(), &e),
             };
-            self.reply(key, reply);
+            self.conns.reply(key, reply);
             if unsub.answer {
-                self.reply(key, frames::ok(unsub.id.as_deref()));
+                self.conns.reply(key, frames::ok(unsub.id.as_deref()));
             }
             return;
         }
@@ -363,7 +363,7 @@ impl Worker {
                     e.message
                 )
             }
-            Err(e) => return self.reply(key, frames::error(id.as_deref(), &e)),
+            Err(e) => return self.conns.reply(key, frames::error(id.as_deref(), &e)),
         };
         // Live messages after this one follow on without a hole.
         let upto = answer.seq.max(buffer.last_seen());
@@ -408,7 +408,7 @@ impl Worker {
             )
         };
         if !quiet {
-            self.reply(key, reply);
+            self.conns.reply(key, reply);
         }
         let limit = self.config.limits.send_buffer_hard;
         if let Some(conn) = self.conns.get_mut(key) {
@@ -417,6 +417,6 @@ impl Worker {
         if self.subs.add(key, &channel) {
             self.track_presence(key, &channel, true);
         }
-        self.mark_dirty(key);
+        self.conns.mark_dirty(key);
     }
 }

@@ -8,6 +8,7 @@ use std::time::Instant;
 use tungstenite::Message;
 
 use super::conn::Session;
+use super::connections::Connections;
 use super::{Worker, CLOSE_GRACE};
 use crate::proto::{frames, http, tcp, ws};
 
@@ -64,35 +65,11 @@ fn discard(stream: &mut impl Read, counter: &mut u64) -> Filled {
     Filled::Budget
 }
 
-impl Worker {
-    pub(super) fn read_conn(&mut self, key: usize) {
-        let Some(conn) = self.conns.get_mut(key) else {
-            return;
-        };
-        let before = conn.t.bytes_in;
-        // A closing WebSocket whose input still parses is read for the
-        // peer's close frame; any other closing connection's input is moot.
-        let ws = matches!(conn.session, Session::Ws { .. });
-        if conn.closing.is_some() && (conn.input_broken || !ws) {
-            self.discard_input(key);
-        } else {
-            match conn.session {
-                Session::Http { .. } => self.read_http(key),
-                Session::Ws { .. } => self.read_ws(key),
-                Session::Tcp { .. } => self.read_tcp(key),
-            }
-        }
-        if let Some(conn) = self.conns.get_mut(key) {
-            if conn.t.bytes_in != before {
-                conn.timers.last_input = Instant::now();
-            }
-        }
-    }
-
+impl Connections {
     /// Input of a connection on its way out: read and dropped, so that
     /// closing the socket never meets unread input (and sends a reset).
-    fn discard_input(&mut self, key: usize) {
-        let Some(conn) = self.conns.get_mut(key) else {
+    pub fn discard_input(&mut self, key: usize) {
+        let Some(conn) = self.get_mut(key) else {
             return;
         };
         match discard(&mut conn.t.stream, &mut conn.t.bytes_in) {
@@ -110,15 +87,47 @@ impl Worker {
         }
     }
 
-    /// Reads (and serves) the connection again on this loop turn's pass over
-    /// `pending_reads`, or the next one's.
-    pub(super) fn requeue_read(&mut self, key: usize) {
-        if let Some(conn) = self.conns.get_mut(key) {
-            if !conn.read_pending {
-                conn.read_pending = true;
-                self.pending_reads.push(key);
+    /// The peer answered a ping (a WebSocket pong, or `{"op":"pong"}`).
+    pub fn on_pong(&mut self, key: usize) {
+        if let Some(conn) = self.get_mut(key) {
+            conn.timers.pong();
+        }
+    }
+
+    pub fn echo(&mut self, key: usize, message: Message) {
+        if let Some(conn) = self.get_mut(key) {
+            if let Session::Ws { ctx, .. } = &mut conn.session {
+                let _ = ctx.write(&mut conn.t, message);
+                let _ = ctx.flush(&mut conn.t);
             }
         }
+    }
+}
+
+impl Worker {
+    pub(super) fn read_conn(&mut self, key: usize) {
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        let before = conn.t.bytes_in;
+        // A closing WebSocket whose input still parses is read for the
+        // peer's close frame; any other closing connection's input is moot.
+        let ws = matches!(conn.session, Session::Ws { .. });
+        if conn.closing.is_some() && (conn.input_broken || !ws) {
+            self.conns.discard_input(key);
+        } else {
+            match conn.session {
+                Session::Http { .. } => self.read_http(key),
+                Session::Ws { .. } => self.read_ws(key),
+                Session::Tcp { .. } => self.read_tcp(key),
+            }
+        }
+        if let Some(conn) = self.conns.get_mut(key) {
+            if conn.t.bytes_in != before {
+                conn.timers.last_input = Instant::now();
+            }
+        }
+        self.forget_closed();
     }
 
     fn read_tcp(&mut self, key: usize) {
@@ -148,11 +157,11 @@ impl Worker {
         for line in lines {
             match line {
                 Ok(text) if text.trim().is_empty() => {}
-                Ok(text) if tcp::is_pong(&text) => self.on_pong(key),
+                Ok(text) if tcp::is_pong(&text) => self.conns.on_pong(key),
                 Ok(text) => self.on_frame(key, &text),
                 Err(()) => {
                     let e = frames::ErrorReply::new("not_utf8", "lines must be UTF-8 JSON");
-                    self.reply(key, frames::error(None, &e));
+                    self.conns.reply(key, frames::error(None, &e));
                 }
             }
         }
@@ -162,11 +171,12 @@ impl Worker {
             if let Some(conn) = self.conns.get_mut(key) {
                 conn.input_broken = true;
             }
-            self.close_with(key, 1009, &reason, Instant::now() + CLOSE_GRACE);
+            self.conns
+                .close_with(key, 1009, &reason, Instant::now() + CLOSE_GRACE);
         }
         match filled {
             Filled::Closed => self.drop_conn(key),
-            Filled::Budget => self.requeue_read(key),
+            Filled::Budget => self.conns.requeue_read(key),
             Filled::Drained => {}
         }
     }
@@ -177,7 +187,7 @@ impl Worker {
                 return;
             };
             if conn.input_broken {
-                return self.discard_input(key);
+                return self.conns.discard_input(key);
             }
             // Our close frame is on its way: only the peer's matters now.
             let closing = conn.closing.is_some();
@@ -188,9 +198,9 @@ impl Worker {
             let result = ctx.read(&mut conn.t);
             // Pongs and close replies tungstenite queued go out with our frames.
             let _ = ctx.flush(&mut conn.t);
-            self.mark_dirty(key);
+            self.conns.mark_dirty(key);
             match result {
-                Ok(Message::Pong(_)) => self.on_pong(key),
+                Ok(Message::Pong(_)) => self.conns.on_pong(key),
                 Ok(Message::Close(_)) => {
                     // tungstenite queued the close reply (or this answers
                     // ours): drop once it is sent, without lingering.
@@ -205,9 +215,9 @@ impl Worker {
                     return;
                 }
                 Ok(_) if closing => {}
-                Ok(Message::Text(text)) if echo => self.echo(key, Message::Text(text)),
-                Ok(Message::Binary(data)) if echo => self.echo(key, Message::Binary(data)),
-                Ok(Message::Text(text)) if tcp::is_pong(&text) => self.on_pong(key),
+                Ok(Message::Text(text)) if echo => self.conns.echo(key, Message::Text(text)),
+                Ok(Message::Binary(data)) if echo => self.conns.echo(key, Message::Binary(data)),
+                Ok(Message::Text(text)) if tcp::is_pong(&text) => self.conns.on_pong(key),
                 Ok(Message::Text(text)) => {
                     if self.conns.get(key).is_some_and(|c| c.closing.is_none()) {
                         self.on_frame(key, &text);
@@ -218,7 +228,7 @@ impl Worker {
                         "binary_unsupported",
                         "send JSON frames as WebSocket text messages",
                     );
-                    self.reply(key, frames::error(None, &e));
+                    self.conns.reply(key, frames::error(None, &e));
                 }
                 Ok(_) => {}
                 Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => return,
@@ -240,29 +250,14 @@ impl Worker {
                         log::info!("worker {}: WebSocket error, closing: {e}", self.slot);
                         let code = u16::from(ws::close_code_for(&e));
                         let reason = e.to_string();
-                        self.close_with(key, code, &reason, Instant::now() + CLOSE_GRACE);
+                        self.conns
+                            .close_with(key, code, &reason, Instant::now() + CLOSE_GRACE);
                     }
-                    return self.discard_input(key);
+                    return self.conns.discard_input(key);
                 }
             }
         }
-        self.requeue_read(key);
-    }
-
-    /// The peer answered a ping (a WebSocket pong, or `{"op":"pong"}`).
-    fn on_pong(&mut self, key: usize) {
-        if let Some(conn) = self.conns.get_mut(key) {
-            conn.timers.pong();
-        }
-    }
-
-    fn echo(&mut self, key: usize, message: Message) {
-        if let Some(conn) = self.conns.get_mut(key) {
-            if let Session::Ws { ctx, .. } = &mut conn.session {
-                let _ = ctx.write(&mut conn.t, message);
-                let _ = ctx.flush(&mut conn.t);
-            }
-        }
+        self.conns.requeue_read(key);
     }
 
     /// Pipelined requests are read no faster than they are answered: while
@@ -295,7 +290,7 @@ impl Worker {
             .get(key)
             .is_none_or(|c| c.http_busy || c.http_stalled || c.closing.is_some());
         if matches!(filled, Filled::Budget) && !waiting {
-            self.requeue_read(key);
+            self.conns.requeue_read(key);
         }
     }
 }

@@ -3,17 +3,14 @@
 //! buffer limit, and the end of closing and lingering.
 //!
 //! Each connection carries a few instants (`ConnTimers`, no buffers); the
-//! worker sweeps them on every tick (100 ms). What is due is decided by `due`,
+//! connection table sweeps them on every tick (100 ms). What is due is decided by `due`,
 //! a plain function of the rules, the connection's state and `now`, so the
 //! rules are unit-tested without sockets or clocks.
 
 use std::cell::{Cell, RefCell};
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-
-use super::conn::{Conn, Protocol, Session};
-use super::{Worker, CLOSE_GRACE};
 use crate::config::Limits;
 use crate::logging::LogLimit;
 
@@ -25,6 +22,24 @@ pub const CLOSE_IDLE: u16 = 1000;
 
 /// The line a TCP client gets as a heartbeat; it answers `{"op":"pong"}`.
 pub const TCP_PING: &[u8] = b"{\"op\":\"ping\"}\n";
+
+/// What a connection speaks, which decides its deadlines.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Protocol {
+    Http,
+    Ws,
+    Tcp,
+}
+
+impl Protocol {
+    pub fn name(self) -> &'static str {
+        match self {
+            Protocol::Http => "http",
+            Protocol::Ws => "ws",
+            Protocol::Tcp => "tcp",
+        }
+    }
+}
 
 /// The deadline rules, from `[limits]`.
 #[derive(Debug, Clone)]
@@ -208,7 +223,7 @@ pub fn note_written(bytes: usize) {
 /// Returns freed heap pages to the system, at most once a second, after a
 /// cut-off or a lot of traffic. glibc keeps freed memory otherwise, and RSS
 /// stays at the peak of the last burst.
-fn maybe_trim(now: Instant) {
+pub fn maybe_trim(now: Instant) {
     let wanted = TRIM_UNTIL
         .with(|t| t.get())
         .is_some_and(|until| now < until)
@@ -229,7 +244,7 @@ fn maybe_trim(now: Instant) {
 }
 
 /// Logs a connection closed by a limit, rate limited per worker.
-pub fn log_cut_off(slot: usize, conn: &Conn, why: &str) {
+pub fn log_cut_off(slot: usize, id: u64, peer: SocketAddr, why: &str) {
     let allowed = CUT_OFF_LOG.with(|l| l.borrow_mut().allow(Instant::now()));
     if let Some(suppressed) = allowed {
         let more = if suppressed > 0 {
@@ -237,81 +252,7 @@ pub fn log_cut_off(slot: usize, conn: &Conn, why: &str) {
         } else {
             String::new()
         };
-        log::warn!(
-            "worker {slot}: closing client {} ({}): {why}{more}",
-            conn.id,
-            conn.peer
-        );
-    }
-}
-
-impl Worker {
-    /// The tick's pass over every connection's deadlines.
-    pub(super) fn sweep_conns(&mut self, now: Instant) {
-        maybe_trim(now);
-        let rules = Rules::from_limits(&self.config.limits);
-        let mut todo = Vec::new();
-        for (key, c) in &self.conns {
-            let view = View {
-                protocol: c.session.protocol(),
-                closing: c.closing,
-                http_busy: c.http_busy,
-                active: c.active,
-            };
-            match due(&rules, &c.timers, view, now) {
-                Due::Nothing => {}
-                what => todo.push((key, what)),
-            }
-        }
-        for (key, what) in todo {
-            match what {
-                Due::Nothing => {}
-                Due::Drop => self.drop_conn(key),
-                Due::SendPing => self.send_ping(key, now, &rules),
-                Due::SlowConsumer => self.cut_off_slow(key, "send_buffer_soft"),
-                Due::PongMissed => {
-                    self.stats.pong_timeouts += 1;
-                    if let Some(c) = self.conns.get(key) {
-                        log_cut_off(self.slot, c, "no pong within pong_timeout");
-                    }
-                    self.close_with(
-                        key,
-                        CLOSE_PONG_TIMEOUT,
-                        "no pong within pong_timeout",
-                        now + CLOSE_GRACE,
-                    );
-                }
-                Due::Idle => {
-                    self.stats.idle_timeouts += 1;
-                    if let Some(c) = self.conns.get(key) {
-                        log::debug!(
-                            "worker {}: closing idle client {} ({})",
-                            self.slot,
-                            c.id,
-                            c.peer
-                        );
-                    }
-                    self.close_with(key, CLOSE_IDLE, "idle_timeout", now + CLOSE_GRACE);
-                }
-            }
-        }
-    }
-
-    fn send_ping(&mut self, key: usize, now: Instant, rules: &Rules) {
-        let Some(conn) = self.conns.get_mut(key) else {
-            return;
-        };
-        conn.timers.next_ping = now + rules.ping_interval.unwrap_or(Duration::ZERO);
-        conn.timers.pong_due = Some(now + rules.pong_timeout);
-        match &mut conn.session {
-            Session::Ws { ctx, .. } => {
-                let _ = ctx.write(&mut conn.t, tungstenite::Message::Ping(Bytes::new()));
-                let _ = ctx.flush(&mut conn.t);
-            }
-            Session::Tcp { .. } => conn.t.queue(&[&Bytes::from_static(TCP_PING)]),
-            Session::Http { .. } => return,
-        }
-        self.mark_dirty(key);
+        log::warn!("worker {slot}: closing client {id} ({peer}): {why}{more}");
     }
 }
 

@@ -3,8 +3,6 @@
 //! sums them), inbox acks (sent to the owner of `#uid`), and the broadcast /
 //! disconnect backend calls.
 
-use std::time::Instant;
-
 use bytes::Bytes;
 use serde_json::value::RawValue;
 
@@ -26,13 +24,13 @@ impl Worker {
                 "already_authenticated",
                 "this connection is already authenticated",
             );
-            return self.reply(key, frames::error(id, &e));
+            return self.conns.reply(key, frames::error(id, &e));
         }
         match auth::verify(&self.config.auth, token) {
             Ok(user) => {
                 let reply = frames::ok_auth(id, &user.uid);
                 self.bind_user(key, user);
-                self.reply(key, reply);
+                self.conns.reply(key, reply);
             }
             Err(e) => self.refuse_auth(key, id, &e),
         }
@@ -73,9 +71,10 @@ impl Worker {
     /// An error frame, then the connection closes (WebSocket 4001).
     pub(super) fn refuse_auth(&mut self, key: usize, id: Option<&RawValue>, e: &ErrorReply) {
         log::info!("worker {}: refusing a connection: {}", self.slot, e.message);
-        self.reply(key, frames::error(id, e));
+        self.conns.reply(key, frames::error(id, e));
         let deadline = std::time::Instant::now() + super::CLOSE_GRACE;
-        self.close_with(key, super::CLOSE_UNAUTHORIZED, &e.message, deadline);
+        self.conns
+            .close_with(key, super::CLOSE_UNAUTHORIZED, &e.message, deadline);
     }
 
     fn tracked(&self, channel: &str) -> bool {
@@ -154,7 +153,7 @@ impl Worker {
 
     pub(super) fn send_to_subscribers(&mut self, channel: &str, line: &Bytes) {
         for key in self.subs.subscribers(channel).to_vec() {
-            self.send_line(key, line);
+            self.conns.send_line(key, line);
         }
     }
 
@@ -165,7 +164,9 @@ impl Worker {
                 format!("{channel} has no presence (see [presence] channels)"),
             );
             return match reply {
-                HistoryFor::Client { id } => self.reply(key, frames::error(id.as_deref(), &e)),
+                HistoryFor::Client { id } => {
+                    self.conns.reply(key, frames::error(id.as_deref(), &e))
+                }
                 HistoryFor::Http { .. } => {
                     let conn_id = self.conns.get(key).map_or(0, |c| c.id);
                     self.answer_http(key, conn_id, false, Err(e))
@@ -200,19 +201,7 @@ impl Worker {
         let line = frames::broadcast_line(data);
         let header = encode_header(&BusMsg::Broadcast, line.len());
         self.peers.broadcast(&header, &line, &mut self.bus_events);
-        self.broadcast_local(&line);
-    }
-
-    pub(super) fn broadcast_local(&mut self, line: &Bytes) {
-        let keys: Vec<usize> = self
-            .conns
-            .iter()
-            .filter(|(_, c)| !matches!(c.session, super::conn::Session::Http { .. }))
-            .map(|(k, _)| k)
-            .collect();
-        for key in keys {
-            self.send_line(key, line);
-        }
+        self.conns.broadcast_local(&line);
     }
 
     /// `POST /api/disconnect`: close every connection of `uid`, everywhere.
@@ -223,24 +212,6 @@ impl Worker {
         let header = encode_header(&msg, 0);
         self.peers
             .broadcast(&header, &Bytes::new(), &mut self.bus_events);
-        self.disconnect_local(uid);
-    }
-
-    pub(super) fn disconnect_local(&mut self, uid: &str) {
-        let keys: Vec<usize> = self
-            .conns
-            .iter()
-            .filter(|(_, c)| c.user.as_ref().is_some_and(|u| u.uid == uid))
-            .map(|(k, _)| k)
-            .collect();
-        let deadline = Instant::now() + super::CLOSE_GRACE;
-        for key in keys {
-            self.close_with(
-                key,
-                super::CLOSE_DISCONNECTED,
-                "disconnected by the server",
-                deadline,
-            );
-        }
+        self.conns.disconnect_local(uid);
     }
 }
