@@ -132,7 +132,9 @@ impl Worker {
                 uid,
                 count,
             }),
-            BusMsg::Event { channel } => self.send_to_subscribers(&channel, &payload),
+            BusMsg::Event { channel } => self
+                .conns
+                .send_to_subscribers(&self.subs, &channel, &payload),
             BusMsg::Broadcast => self.conns.broadcast_local(&payload),
             BusMsg::Disconnect { uid } => self.conns.disconnect_local(&uid),
             BusMsg::HistoryQuery {

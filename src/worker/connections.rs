@@ -76,6 +76,11 @@ impl Connections {
         }
     }
 
+    /// This worker's slot, for log lines.
+    pub fn slot(&self) -> usize {
+        self.slot
+    }
+
     pub fn get(&self, key: usize) -> Option<&Conn> {
         self.slab.get(key)
     }

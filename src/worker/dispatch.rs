@@ -52,7 +52,7 @@ impl Worker {
             && !matches!(op, Op::Auth { .. } | Op::Ping)
         {
             let e = auth::unauthorized("authenticate first: {\"op\":\"auth\",\"token\":…}");
-            return self.refuse_auth(key, id, &e);
+            return self.conns.refuse_auth(key, id, &e);
         }
         let checked = match op {
             Op::Sub { channel, .. }
@@ -392,7 +392,7 @@ impl Worker {
                 let header = encode_header(&msg, line.len());
                 self.peers.broadcast(&header, &line, &mut self.bus_events);
                 if let BusMsg::Event { channel } = msg {
-                    self.send_to_subscribers(&channel, &line);
+                    self.conns.send_to_subscribers(&self.subs, &channel, &line);
                 }
             }
             Effect::Reply { to, reply } => match to {

@@ -222,7 +222,11 @@ impl Worker {
                 match frames::check_uid(Some(uid.as_str().into())) {
                     Ok(uid) => {
                         self.set_busy(key);
-                        self.user_query(key, &uid, keep_alive);
+                        let query = Query::User {
+                            uid: uid.to_string(),
+                        };
+                        let reply = HistoryFor::Http { keep_alive };
+                        self.json_query(key, &auth::inbox(&uid), query, reply);
                     }
                     Err(e) => self.respond(key, http::json_error(400, e.code, &e.message), false),
                 }
