@@ -11,9 +11,9 @@ use bytes::Bytes;
 use mio::net::TcpStream;
 use tungstenite::protocol::WebSocketContext;
 
-use super::timers::ConnTimers;
-pub use super::timers::Protocol;
 use crate::outbound::OutboundQueue;
+use crate::sync::deadlines::ConnTimers;
+pub use crate::sync::deadlines::Protocol;
 
 /// The socket and the bytes waiting for it. tungstenite reads and writes through
 /// this too, so its control frames and our shared message frames share one queue.

@@ -16,11 +16,12 @@ use slab::Slab;
 
 use super::conn::{Conn, Session, Transport};
 use super::dirty;
-use super::timers::{self, ConnTimers, Due, Rules, View, CLOSE_IDLE, CLOSE_PONG_TIMEOUT, TCP_PING};
+use super::timers::{self, CLOSE_IDLE, CLOSE_PONG_TIMEOUT, TCP_PING};
 use super::{Port, CLOSE_DISCONNECTED, CLOSE_GRACE, CLOSE_UNAUTHORIZED, CONN_BASE};
 use crate::config::Limits;
 use crate::control::{Retire, WorkerStats};
 use crate::proto::{frames, http};
+use crate::sync::deadlines::{self, ConnTimers, Due, Rules, View};
 
 /// WebSocket close codes (RFC 6455 7.4.1, IANA registry) for a retiring
 /// worker: "going away" for a stop, "service restart" for a reload.
@@ -79,6 +80,10 @@ impl Connections {
     /// This worker's slot, for log lines.
     pub fn slot(&self) -> usize {
         self.slot
+    }
+
+    pub fn limits(&self) -> &Limits {
+        &self.limits
     }
 
     pub fn get(&self, key: usize) -> Option<&Conn> {
@@ -431,7 +436,7 @@ impl Connections {
                 http_busy: c.http_busy,
                 active: c.active,
             };
-            match timers::due(&rules, &c.timers, view, now) {
+            match deadlines::due(&rules, &c.timers, view, now) {
                 Due::Nothing => {}
                 what => todo.push((key, what)),
             }

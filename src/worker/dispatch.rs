@@ -496,7 +496,7 @@ impl Worker {
                         serde_json::json!({ "seq": a.seq, "version": version }).to_string()
                     }
                 });
-                self.answer_http(key, conn_id, keep_alive, body);
+                self.conns.answer_http(key, conn_id, keep_alive, body);
             }
             Origin::Internal => {
                 if let Err(e) = result {

@@ -19,26 +19,23 @@ mod users;
 use std::io;
 use std::net::TcpListener as StdTcpListener;
 use std::os::unix::net::UnixStream as StdUnixStream;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use mio::net::{TcpListener, UnixStream};
-use mio::{Events, Poll, Token, Waker};
-
 use bytes::Bytes;
+use mio::{Events, Poll, Token};
 use serde_json::value::RawValue;
 
 use crate::auth;
 use crate::bus::frame::encode_header;
-use crate::bus::{self, peers, BusEvent, BusMsg, LinkSecret, Peers};
+use crate::bus::{self, BusEvent, BusMsg, LinkSecret, Peers};
 use crate::config::Config;
-use crate::control::{FromWorker, LineChannel, Retire, ToWorker, WorkerStats};
-use crate::owner::{Command, OwnerConfig, OwnerCore, Query};
+use crate::control::{FromWorker, Retire, ToWorker};
+use crate::owner::{Command, Query};
 use crate::proto::frames::{self, ErrorReply};
-use crate::store::open::open_shards;
-use crate::store::thread::StoreThread;
 use crate::sync::subscriptions::Subscriptions;
+use conn::Protocol;
 use connections::Connections;
+use http_api::{Call, Next, OK_BODY};
 use owner_side::OwnerSide;
 use pending::{Awaiting, HistoryFor, PendingTable, WaitingSub};
 use process::Process;
@@ -104,7 +101,7 @@ pub struct Worker {
 
 /// Runs a worker until it is told to stop; returns the process exit code.
 pub fn run(ctx: WorkerContext) -> i32 {
-    match Worker::new(ctx) {
+    match process::start(ctx) {
         Ok(mut worker) => worker.run(),
         Err(e) => {
             log::error!("worker failed to start: {e}");
@@ -114,57 +111,6 @@ pub fn run(ctx: WorkerContext) -> i32 {
 }
 
 impl Worker {
-    fn new(ctx: WorkerContext) -> io::Result<Worker> {
-        let poll = Poll::new()?;
-        let mut listeners = Vec::new();
-        for (port, listener) in [(Port::Ws, ctx.ws_listener), (Port::Tcp, ctx.tcp_listener)] {
-            listener.set_nonblocking(true)?;
-            listeners.push((port, TcpListener::from_std(listener)));
-        }
-        ctx.master.set_nonblocking(true)?;
-        let master = LineChannel::new(UnixStream::from_std(ctx.master));
-        let process = Process::new(listeners, master, poll.registry())?;
-        let instance = crate::random_u64();
-        let (shards, loaded) = open_shards(&ctx.config, ctx.slot)?;
-        let core = OwnerCore::new(
-            OwnerConfig::new(&ctx.config, ctx.slot),
-            loaded,
-            owner_side::now(),
-        );
-        let webhook = match ctx.config.delivery.webhook_url.as_str() {
-            "" => None,
-            url => Some(crate::webhook::spawn(url.to_string())?),
-        };
-        let waker = Arc::new(Waker::new(poll.registry(), STORE)?);
-        let engine = StoreThread::spawn(shards, ctx.config.storage.clone(), waker)?;
-        let owner = OwnerSide::new(core, Box::new(engine));
-        let sockets = (0..ctx.config.workers)
-            .map(|s| ctx.config.bus_socket(s))
-            .collect();
-        let me = peers::Me {
-            slot: ctx.slot,
-            instance,
-            secret: ctx.link_secret,
-        };
-        let peers = Peers::start(me, sockets, MAX_BUS_FRAME, poll.registry())?;
-        let registry = poll.registry().try_clone()?;
-        let conns = Connections::new(ctx.slot, ctx.config.limits.clone(), registry);
-        Ok(Worker {
-            slot: ctx.slot,
-            poll,
-            process,
-            conns,
-            subs: Subscriptions::default(),
-            owner,
-            peers,
-            bus_events: Vec::new(),
-            pending: PendingTable::default(),
-            local_presence: LocalPresence::default(),
-            webhook,
-            config: ctx.config,
-        })
-    }
-
     fn run(&mut self) -> i32 {
         let code = self.event_loop();
         // Whatever was queued for the disk is written before we go.
@@ -304,11 +250,6 @@ impl Worker {
         }
     }
 
-    fn drop_conn(&mut self, key: usize) {
-        self.conns.drop_conn(key);
-        self.forget_closed();
-    }
-
     fn on_master(&mut self) -> Option<i32> {
         let (orders, open) = self.process.orders(self.slot);
         for order in orders {
@@ -333,7 +274,7 @@ impl Worker {
                 }
                 ToWorker::Stats { tag } => FromWorker::Stats {
                     tag,
-                    stats: self.snapshot(),
+                    stats: self.conns.snapshot(&self.subs, &self.owner),
                 },
                 ToWorker::Connections { tag } => FromWorker::Connections {
                     tag,
@@ -348,18 +289,6 @@ impl Worker {
         }
         let _ = self.process.master.flush();
         None
-    }
-
-    fn snapshot(&self) -> WorkerStats {
-        let mut stats = self.conns.snapshot();
-        stats.subscriptions = self.subs.total();
-        stats.channels_owned = self.owner.channels();
-        let owned = self.owner.stats();
-        stats.stored = owned.stored;
-        stats.expired = owned.expired;
-        stats.trimmed = owned.trimmed;
-        stats.disk_reads = owned.disk_reads;
-        stats
     }
 
     /// Writes what is queued. Writing can make more output (a connection
@@ -384,6 +313,125 @@ impl Worker {
                 self.forget_closed();
             }
             self.conns.recycle_dirty(batch);
+        }
+    }
+}
+
+/// Reading: the connection table reads; the requests go to routing.
+impl Worker {
+    fn read_conn(&mut self, key: usize) {
+        let Some((protocol, before)) = self.conns.start_read(key) else {
+            return self.forget_closed();
+        };
+        match protocol {
+            Protocol::Http => {
+                if let Some(filled) = self.conns.fill_http(key) {
+                    self.serve_http(key);
+                    self.conns.end_http_read(key, filled);
+                }
+            }
+            Protocol::Ws => self.read_ws(key),
+            Protocol::Tcp => {
+                if let Some(read) = self.conns.read_tcp(key) {
+                    for line in &read.lines {
+                        match line {
+                            Some(text) => self.on_frame(key, text),
+                            None => self.conns.not_utf8(key),
+                        }
+                    }
+                    self.conns.end_tcp_read(key, read);
+                }
+            }
+        }
+        self.conns.note_input(key, before);
+        self.forget_closed();
+    }
+
+    fn read_ws(&mut self, key: usize) {
+        for _ in 0..read::FRAME_BUDGET {
+            match self.conns.read_ws_message(key) {
+                read::WsRead::Text(text) => {
+                    if self.conns.get(key).is_some_and(|c| c.closing.is_none()) {
+                        self.on_frame(key, &text);
+                    }
+                }
+                read::WsRead::Next => {}
+                read::WsRead::Stop => return,
+            }
+        }
+        self.conns.requeue_read(key);
+    }
+}
+
+/// HTTP: the connection table parses and answers what it can; the rest is
+/// routed here.
+impl Worker {
+    /// Serves the complete requests in the connection's buffer, up to
+    /// `MAX_PIPELINED` this turn. Iterative: an answer never serves the next
+    /// request from inside itself, so pipelining cannot deepen the stack.
+    fn serve_http(&mut self, key: usize) {
+        for _ in 0..http_api::MAX_PIPELINED {
+            match self.conns.next_http(key, &self.config) {
+                Next::Wait => return,
+                Next::Done => {}
+                Next::Call(call) => self.http_call(key, call),
+            }
+        }
+        // The cap for this turn: the rest of the buffer waits for the next.
+        self.conns.requeue_read(key);
+    }
+
+    fn http_call(&mut self, key: usize, call: Call) {
+        match call {
+            Call::Publish {
+                origin,
+                channel,
+                data,
+                options,
+            } => self.publish(origin, &channel, &data, options),
+            Call::SetState {
+                origin,
+                channel,
+                key: state_key,
+                value,
+                version,
+            } => self.set_state(origin, &channel, &state_key, Some(value), version),
+            Call::History {
+                channel,
+                since,
+                limit,
+                reply,
+            } => self.history(key, &channel, since, limit, reply),
+            Call::Json {
+                channel,
+                query,
+                reply,
+            } => self.json_query(key, &channel, query, reply),
+            Call::Presence { channel, reply } => self.presence_query(key, &channel, reply),
+            Call::Broadcast { data, keep_alive } => {
+                self.broadcast_all(&data);
+                self.conns
+                    .respond_json(key, 200, OK_BODY.into(), keep_alive);
+            }
+            Call::Disconnect { uid, keep_alive } => {
+                self.disconnect_everywhere(&uid);
+                self.conns
+                    .respond_json(key, 200, OK_BODY.into(), keep_alive);
+            }
+            Call::Stats { keep_alive } => {
+                let mut stats = serde_json::to_value(self.conns.snapshot(&self.subs, &self.owner))
+                    .unwrap_or_default();
+                stats["worker"] = self.slot.into();
+                self.conns
+                    .respond_json(key, 200, stats.to_string(), keep_alive);
+            }
+            Call::Upgraded { user } => {
+                if let Some(user) = user {
+                    self.bind_user(key, user);
+                }
+                // Frames that came with the upgrade request are already buffered.
+                self.read_conn(key);
+            }
         }
     }
 }
@@ -497,7 +545,7 @@ impl Worker {
                 }
                 HistoryFor::Http { .. } => {
                     let conn_id = self.conns.get(key).map_or(0, |c| c.id);
-                    self.answer_http(key, conn_id, false, Err(e))
+                    self.conns.answer_http(key, conn_id, false, Err(e))
                 }
             };
         }
@@ -534,6 +582,3 @@ impl Worker {
 
 /// Most write rounds per loop turn (see `flush_all`).
 const FLUSH_ROUNDS: usize = 4;
-
-/// Largest frame between workers: a resume's replay travels as one frame.
-const MAX_BUS_FRAME: usize = 256 << 20;

@@ -280,7 +280,7 @@ impl Worker {
                         let body = answer.map(|a| {
                             frames::history_reply(None, &channel, a.seq, &a.epoch, &a.lines)
                         });
-                        self.answer_http(key, conn_id, keep_alive, body);
+                        self.conns.answer_http(key, conn_id, keep_alive, body);
                     }
                 }
             }
@@ -308,7 +308,7 @@ impl Worker {
                         self.conns.reply(key, text);
                     }
                     HistoryFor::Http { keep_alive } => {
-                        self.answer_http(key, conn_id, keep_alive, json)
+                        self.conns.answer_http(key, conn_id, keep_alive, json)
                     }
                 }
             }

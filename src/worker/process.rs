@@ -1,15 +1,81 @@
-//! The worker as a process: its listening sockets (watched only once it
-//! serves), its link to the master, its signals, and whether it is stopping.
+//! The worker as a process: start-up, its listening sockets (watched only
+//! once it serves), its link to the master, its signals, and whether it is
+//! stopping.
 
 use std::io;
+use std::sync::Arc;
 use std::time::Instant;
 
-use mio::net::TcpListener;
-use mio::{Interest, Registry};
+use mio::net::{TcpListener, UnixStream};
+use mio::{Interest, Poll, Registry, Waker};
 
-use super::{Port, MASTER, SIGNALS, TCP_LISTENER, WS_LISTENER};
+use super::connections::Connections;
+use super::owner_side::{self, OwnerSide};
+use super::pending::PendingTable;
+use super::users::LocalPresence;
+use super::{Port, Worker, WorkerContext, MASTER, SIGNALS, STORE, TCP_LISTENER, WS_LISTENER};
+use crate::bus::{peers, Peers};
 use crate::control::{FromWorker, LineChannel, ToWorker};
+use crate::owner::{OwnerConfig, OwnerCore};
 use crate::signals::SignalSet;
+use crate::store::open::open_shards;
+use crate::store::thread::StoreThread;
+use crate::sync::subscriptions::Subscriptions;
+
+/// Largest frame between workers: a resume's replay travels as one frame.
+const MAX_BUS_FRAME: usize = 256 << 20;
+
+/// Sets up a worker: its sockets, its owner core and store, and its links.
+pub fn start(ctx: WorkerContext) -> io::Result<Worker> {
+    let poll = Poll::new()?;
+    let mut listeners = Vec::new();
+    for (port, listener) in [(Port::Ws, ctx.ws_listener), (Port::Tcp, ctx.tcp_listener)] {
+        listener.set_nonblocking(true)?;
+        listeners.push((port, TcpListener::from_std(listener)));
+    }
+    ctx.master.set_nonblocking(true)?;
+    let master = LineChannel::new(UnixStream::from_std(ctx.master));
+    let process = Process::new(listeners, master, poll.registry())?;
+    let instance = crate::random_u64();
+    let (shards, loaded) = open_shards(&ctx.config, ctx.slot)?;
+    let core = OwnerCore::new(
+        OwnerConfig::new(&ctx.config, ctx.slot),
+        loaded,
+        owner_side::now(),
+    );
+    let webhook = match ctx.config.delivery.webhook_url.as_str() {
+        "" => None,
+        url => Some(crate::webhook::spawn(url.to_string())?),
+    };
+    let waker = Arc::new(Waker::new(poll.registry(), STORE)?);
+    let engine = StoreThread::spawn(shards, ctx.config.storage.clone(), waker)?;
+    let owner = OwnerSide::new(core, Box::new(engine));
+    let sockets = (0..ctx.config.workers)
+        .map(|s| ctx.config.bus_socket(s))
+        .collect();
+    let me = peers::Me {
+        slot: ctx.slot,
+        instance,
+        secret: ctx.link_secret,
+    };
+    let peers = Peers::start(me, sockets, MAX_BUS_FRAME, poll.registry())?;
+    let registry = poll.registry().try_clone()?;
+    let conns = Connections::new(ctx.slot, ctx.config.limits.clone(), registry);
+    Ok(Worker {
+        slot: ctx.slot,
+        poll,
+        process,
+        conns,
+        subs: Subscriptions::default(),
+        owner,
+        peers,
+        bus_events: Vec::new(),
+        pending: PendingTable::default(),
+        local_presence: LocalPresence::default(),
+        webhook,
+        config: ctx.config,
+    })
+}
 
 pub struct Process {
     listeners: Vec<(Port, TcpListener)>,

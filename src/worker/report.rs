@@ -1,15 +1,24 @@
 //! What the master's `status` and `connections` show of the connection
 //! table: counters, connections per protocol, and the list.
 
+use super::conn::Protocol;
 use super::connections::Connections;
-use super::timers::Protocol;
+use super::owner_side::OwnerSide;
 use crate::control::{ConnInfo, WorkerStats};
 use crate::sync::subscriptions::Subscriptions;
 
 impl Connections {
-    /// The edge's counters; the owner's are added by the worker.
-    pub fn snapshot(&self) -> WorkerStats {
+    /// The counters for `status` and `/api/stats`: the edge's, and the
+    /// owner's.
+    pub fn snapshot(&self, subs: &Subscriptions, owner: &OwnerSide) -> WorkerStats {
         let mut stats = self.stats.clone();
+        stats.subscriptions = subs.total();
+        stats.channels_owned = owner.channels();
+        let owned = owner.stats();
+        stats.stored = owned.stored;
+        stats.expired = owned.expired;
+        stats.trimmed = owned.trimmed;
+        stats.disk_reads = owned.disk_reads;
         stats.rss_bytes = rss_bytes();
         for (_, conn) in self.iter() {
             match conn.session.protocol() {
