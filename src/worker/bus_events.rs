@@ -13,8 +13,8 @@ use crate::proto::frames::{self, Acked, ErrorReply};
 
 impl Worker {
     pub(super) fn on_bus_events(&mut self) {
-        while !self.bus_events.is_empty() {
-            for event in std::mem::take(&mut self.bus_events) {
+        while self.links.has_events() {
+            for event in self.links.take_events() {
                 match event {
                     BusEvent::Msg { from, msg, payload } => self.on_bus_msg(from, msg, payload),
                     BusEvent::Down { slot } => {

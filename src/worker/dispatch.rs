@@ -235,7 +235,7 @@ impl Worker {
         msg: impl FnOnce(u64) -> BusMsg,
     ) {
         let tag = self.pending.insert(slot, what);
-        if self.peers.send(slot, &msg(tag), payload).is_err() {
+        if self.links.send(slot, &msg(tag), payload).is_err() {
             self.finish(tag, Reply::Answer(Err(unavailable(slot))));
         }
     }
@@ -382,7 +382,7 @@ impl Worker {
             Effect::Deliver { channel, seq, line } => {
                 let msg = BusMsg::Deliver { channel, seq };
                 let header = encode_header(&msg, line.len());
-                self.peers.broadcast(&header, &line, &mut self.bus_events);
+                self.links.broadcast(&header, &line);
                 if let BusMsg::Deliver { channel, .. } = msg {
                     self.deliver_local(&channel, seq, &line);
                 }
@@ -390,7 +390,7 @@ impl Worker {
             Effect::Event { channel, line } => {
                 let msg = BusMsg::Event { channel };
                 let header = encode_header(&msg, line.len());
-                self.peers.broadcast(&header, &line, &mut self.bus_events);
+                self.links.broadcast(&header, &line);
                 if let BusMsg::Event { channel } = msg {
                     self.conns.send_to_subscribers(&self.subs, &channel, &line);
                 }
@@ -451,7 +451,7 @@ impl Worker {
                 (msg, Bytes::new())
             }
         };
-        let _ = self.peers.send(slot, &msg, payload);
+        let _ = self.links.send(slot, &msg, payload);
     }
 
     /// Hands a stored message to this worker's subscribers of `channel`, and
@@ -522,7 +522,7 @@ impl Worker {
                         error: Some((e.code.to_string(), e.message, e.current)),
                     },
                 };
-                let _ = self.peers.send(slot, &msg, Bytes::new());
+                let _ = self.links.send(slot, &msg, Bytes::new());
             }
         }
     }

@@ -7,6 +7,7 @@ mod connections;
 mod dirty;
 mod dispatch;
 mod http_api;
+mod links;
 mod owner_side;
 mod pending;
 mod process;
@@ -27,7 +28,7 @@ use serde_json::value::RawValue;
 
 use crate::auth;
 use crate::bus::frame::encode_header;
-use crate::bus::{self, BusEvent, BusMsg, LinkSecret, Peers};
+use crate::bus::{self, BusMsg, LinkSecret};
 use crate::config::Config;
 use crate::control::{FromWorker, Retire, ToWorker};
 use crate::owner::{Command, Query};
@@ -36,6 +37,7 @@ use crate::sync::subscriptions::Subscriptions;
 use conn::Protocol;
 use connections::Connections;
 use http_api::{Call, Next, OK_BODY};
+use links::Links;
 use owner_side::OwnerSide;
 use pending::{Awaiting, HistoryFor, PendingTable, WaitingSub};
 use process::Process;
@@ -90,8 +92,7 @@ pub struct Worker {
     /// and its storage engine (the SQLite store thread).
     owner: OwnerSide,
     /// The links to the other workers, and what they brought.
-    peers: Peers,
-    bus_events: Vec<BusEvent>,
+    links: Links,
     /// Requests waiting for an owner's answer.
     pending: PendingTable,
     /// Our own connections per (channel, uid), as reported to owners.
@@ -152,10 +153,7 @@ impl Worker {
                             self.begin_stop(Retire::Shutdown);
                         }
                     }
-                    token if bus::peers::is_bus_token(token) => {
-                        self.peers
-                            .handle(token, self.poll.registry(), &mut self.bus_events)
-                    }
+                    token if bus::peers::is_bus_token(token) => self.links.handle(token),
                     token => {
                         let Some(key) = token.0.checked_sub(CONN_BASE) else {
                             continue;
@@ -196,7 +194,7 @@ impl Worker {
     /// Accepting starts only once the links to every live peer are up, so no
     /// client of this worker can miss a message an owner sends meanwhile.
     fn maybe_start_serving(&mut self, now: Instant) {
-        let settled = self.peers.is_settled();
+        let settled = self.links.is_settled();
         if !settled && now < self.process.started() + SETTLE_TIMEOUT {
             return;
         }
@@ -230,7 +228,7 @@ impl Worker {
     }
 
     fn tick(&mut self, now: Instant) {
-        self.peers.tick(self.poll.registry(), now);
+        self.links.tick(now);
         self.tell_owner(Command::Tick);
         self.conns.sweep(now);
         self.forget_closed();
@@ -298,8 +296,8 @@ impl Worker {
     /// then does not wait in `poll`.
     fn flush_all(&mut self) {
         for _ in 0..FLUSH_ROUNDS {
-            self.peers.flush(self.poll.registry(), &mut self.bus_events);
-            if !self.bus_events.is_empty() {
+            self.links.flush();
+            if self.links.has_events() {
                 self.on_bus_events();
             }
             if self.process.master.has_output() {
@@ -515,7 +513,7 @@ impl Worker {
                 uid,
                 count,
             };
-            let _ = self.peers.send(owner, &msg, Bytes::new());
+            let _ = self.links.send(owner, &msg, Bytes::new());
         }
     }
 
@@ -529,7 +527,7 @@ impl Worker {
                 uid,
                 count,
             };
-            let _ = self.peers.send(slot, &msg, Bytes::new());
+            let _ = self.links.send(slot, &msg, Bytes::new());
         }
     }
 
@@ -564,7 +562,7 @@ impl Worker {
     fn broadcast_all(&mut self, data: &str) {
         let line = frames::broadcast_line(data);
         let header = encode_header(&BusMsg::Broadcast, line.len());
-        self.peers.broadcast(&header, &line, &mut self.bus_events);
+        self.links.broadcast(&header, &line);
         self.conns.broadcast_local(&line);
     }
 
@@ -575,7 +573,7 @@ impl Worker {
         };
         let header = encode_header(&msg, 0);
         let empty = Bytes::new();
-        self.peers.broadcast(&header, &empty, &mut self.bus_events);
+        self.links.broadcast(&header, &empty);
         self.conns.disconnect_local(uid);
     }
 }

@@ -10,6 +10,7 @@ use mio::net::{TcpListener, UnixStream};
 use mio::{Interest, Poll, Registry, Waker};
 
 use super::connections::Connections;
+use super::links::Links;
 use super::owner_side::{self, OwnerSide};
 use super::pending::PendingTable;
 use super::users::LocalPresence;
@@ -59,6 +60,7 @@ pub fn start(ctx: WorkerContext) -> io::Result<Worker> {
         secret: ctx.link_secret,
     };
     let peers = Peers::start(me, sockets, MAX_BUS_FRAME, poll.registry())?;
+    let links = Links::new(peers, poll.registry().try_clone()?);
     let registry = poll.registry().try_clone()?;
     let conns = Connections::new(ctx.slot, ctx.config.limits.clone(), registry);
     Ok(Worker {
@@ -68,8 +70,7 @@ pub fn start(ctx: WorkerContext) -> io::Result<Worker> {
         conns,
         subs: Subscriptions::default(),
         owner,
-        peers,
-        bus_events: Vec::new(),
+        links,
         pending: PendingTable::default(),
         local_presence: LocalPresence::default(),
         webhook,
