@@ -137,18 +137,20 @@ impl Connections {
         }
     }
 
-    /// The connections to read again this turn (their budget ran out).
+    /// The connections to read again this turn (their budget ran out);
+    /// `resume_read` each before reading it.
     pub fn take_pending_reads(&mut self) -> Vec<usize> {
-        let keys = std::mem::take(&mut self.pending_reads);
-        keys.into_iter()
-            .filter(|&key| match self.slab.get_mut(key) {
-                Some(conn) => {
-                    conn.read_pending = false;
-                    true
-                }
-                None => false,
-            })
-            .collect()
+        std::mem::take(&mut self.pending_reads)
+    }
+
+    /// A connection from `take_pending_reads` is read now: false if it is
+    /// gone.
+    pub fn resume_read(&mut self, key: usize) -> bool {
+        let Some(conn) = self.slab.get_mut(key) else {
+            return false;
+        };
+        conn.read_pending = false;
+        true
     }
 
     /// The marked connections to write now (see `dirty::Marks::take`).
@@ -424,8 +426,9 @@ impl Connections {
         }
     }
 
-    /// The tick's pass over every connection's deadlines.
-    pub fn sweep(&mut self, now: Instant) {
+    /// The tick's pass over every connection's deadlines: what is due, to
+    /// `carry_out` one by one (a dropped one is forgotten in between).
+    pub fn sweep(&mut self, now: Instant) -> Vec<(usize, Due)> {
         timers::maybe_trim(now);
         let rules = Rules::from_limits(&self.limits);
         let mut todo = Vec::new();
@@ -441,28 +444,32 @@ impl Connections {
                 what => todo.push((key, what)),
             }
         }
-        for (key, what) in todo {
-            match what {
-                Due::Nothing => {}
-                Due::Drop => self.drop_conn(key),
-                Due::SendPing => self.send_ping(key, now, &rules),
-                Due::SlowConsumer => self.cut_off_slow(key, "send_buffer_soft"),
-                Due::PongMissed => {
-                    self.stats.pong_timeouts += 1;
-                    let why = "no pong within pong_timeout";
-                    if let Some(c) = self.slab.get(key) {
-                        timers::log_cut_off(self.slot, c.id, c.peer, why);
-                    }
-                    self.close_with(key, CLOSE_PONG_TIMEOUT, why, now + CLOSE_GRACE);
+        todo
+    }
+
+    /// Does what a connection's deadlines call for (see `sweep`).
+    pub fn carry_out(&mut self, key: usize, what: Due, now: Instant) {
+        let rules = Rules::from_limits(&self.limits);
+        match what {
+            Due::Nothing => {}
+            Due::Drop => self.drop_conn(key),
+            Due::SendPing => self.send_ping(key, now, &rules),
+            Due::SlowConsumer => self.cut_off_slow(key, "send_buffer_soft"),
+            Due::PongMissed => {
+                self.stats.pong_timeouts += 1;
+                let why = "no pong within pong_timeout";
+                if let Some(c) = self.slab.get(key) {
+                    timers::log_cut_off(self.slot, c.id, c.peer, why);
                 }
-                Due::Idle => {
-                    self.stats.idle_timeouts += 1;
-                    if let Some(c) = self.slab.get(key) {
-                        let (slot, id, peer) = (self.slot, c.id, c.peer);
-                        log::debug!("worker {slot}: closing idle client {id} ({peer})");
-                    }
-                    self.close_with(key, CLOSE_IDLE, "idle_timeout", now + CLOSE_GRACE);
+                self.close_with(key, CLOSE_PONG_TIMEOUT, why, now + CLOSE_GRACE);
+            }
+            Due::Idle => {
+                self.stats.idle_timeouts += 1;
+                if let Some(c) = self.slab.get(key) {
+                    let (slot, id, peer) = (self.slot, c.id, c.peer);
+                    log::debug!("worker {slot}: closing idle client {id} ({peer})");
                 }
+                self.close_with(key, CLOSE_IDLE, "idle_timeout", now + CLOSE_GRACE);
             }
         }
     }

@@ -7,7 +7,6 @@
 use std::time::Instant;
 
 use bytes::Bytes;
-use serde::Deserialize;
 use serde_json::value::RawValue;
 use tungstenite::protocol::{Role, WebSocketContext};
 
@@ -19,95 +18,17 @@ use super::static_files;
 use crate::auth;
 use crate::config::Config;
 use crate::owner::Query;
+use crate::proto::api::{
+    error_response, presented_key, query_param, BroadcastBody, DisconnectBody, PublishBody,
+    PutStateBody, SendBody,
+};
 use crate::proto::compact::compact;
 use crate::proto::frames::{self, ErrorReply};
 use crate::proto::http::{self, Parsed, Request};
 use crate::proto::ws;
 
-#[derive(Deserialize)]
-struct PublishBody<'a> {
-    #[serde(borrow)]
-    channel: std::borrow::Cow<'a, str>,
-    #[serde(borrow)]
-    data: &'a RawValue,
-    ttl: Option<u64>,
-    idempotency_key: Option<String>,
-}
-
-#[derive(Deserialize)]
-struct SendBody<'a> {
-    #[serde(borrow)]
-    uid: std::borrow::Cow<'a, str>,
-    #[serde(borrow)]
-    data: &'a RawValue,
-    ttl: Option<u64>,
-    idempotency_key: Option<String>,
-}
-
-#[derive(Deserialize)]
-struct BroadcastBody<'a> {
-    #[serde(borrow)]
-    data: &'a RawValue,
-}
-
-#[derive(Deserialize)]
-struct DisconnectBody {
-    uid: String,
-}
-
-#[derive(Deserialize)]
-struct PutStateBody<'a> {
-    #[serde(borrow)]
-    value: &'a RawValue,
-    version: u64,
-}
-
-/// An error answer with the status its code calls for (409 for a conflict,
-/// with the current value and version).
-fn error_response(e: &ErrorReply) -> Vec<u8> {
-    let status = match e.code {
-        "conflict" => 409,
-        "forbidden" => 403,
-        "unauthorized" => 401,
-        "bad_request" | "bad_channel" => 400,
-        _ => 503,
-    };
-    let mut body = serde_json::json!({ "error": e.code, "message": e.message });
-    if let Some(current) = e
-        .current
-        .as_deref()
-        .and_then(|c| serde_json::from_str(c).ok())
-    {
-        body["current"] = current;
-    }
-    http::response(
-        status,
-        "application/json",
-        body.to_string().as_bytes(),
-        false,
-    )
-}
-
-/// The API key a request shows (`Authorization: Bearer`, else `X-API-Key`),
-/// empty when none.
-fn presented_key(request: &Request) -> &[u8] {
-    let bearer = request.header("authorization").and_then(|v| {
-        v.strip_prefix(b"Bearer ")
-            .or_else(|| v.strip_prefix(b"bearer "))
-    });
-    bearer
-        .or_else(|| request.header("x-api-key"))
-        .unwrap_or_default()
-}
-
 fn api_key_ok(config: &Config, request: &Request) -> bool {
     auth::api_key_ok(&config.auth.api_keys, presented_key(request))
-}
-
-fn query_param(query: &str, name: &str) -> Option<String> {
-    form_urlencoded::parse(query.as_bytes())
-        .find(|(n, _)| n == name)
-        .map(|(_, v)| v.into_owned())
 }
 
 /// Most pipelined requests one connection gets answered per loop turn; the

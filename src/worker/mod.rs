@@ -169,7 +169,9 @@ impl Worker {
             }
             self.on_bus_events();
             for key in self.conns.take_pending_reads() {
-                self.read_conn(key);
+                if self.conns.resume_read(key) {
+                    self.read_conn(key);
+                }
             }
             let now = Instant::now();
             if now >= next_tick {
@@ -230,8 +232,10 @@ impl Worker {
     fn tick(&mut self, now: Instant) {
         self.links.tick(now);
         self.tell_owner(Command::Tick);
-        self.conns.sweep(now);
-        self.forget_closed();
+        for (key, what) in self.conns.sweep(now) {
+            self.conns.carry_out(key, what, now);
+            self.forget_closed();
+        }
     }
 
     /// Connections close inside the connection table; here, right after,
