@@ -87,6 +87,7 @@ pub struct Worker {
     process: Process,
     /// Client connections, their output and read queues.
     conns: Connections,
+    /// Which connection here hears which channel.
     subs: Subscriptions,
     /// The owner of this worker's shards (numbering, storing, resume, users)
     /// and its storage engine (the SQLite store thread).
