@@ -1,7 +1,9 @@
 //! Plain logic of the edge, with no sockets in it: which worker owns a
-//! channel, who is subscribed to what on this worker, and what a `sub`
-//! waiting for its owner buffers meanwhile, and the rate limits.
+//! channel, who is subscribed to what on this worker, what a `sub`
+//! waiting for its owner buffers meanwhile, connections' deadlines, and the
+//! rate limits.
 
+pub mod deadlines;
 pub mod rate;
 pub mod shard;
 pub mod stream;

@@ -13,8 +13,8 @@ use crate::proto::frames::{self, Acked, ErrorReply};
 
 impl Worker {
     pub(super) fn on_bus_events(&mut self) {
-        while !self.bus_events.is_empty() {
-            for event in std::mem::take(&mut self.bus_events) {
+        while self.links.has_events() {
+            for event in self.links.take_events() {
                 match event {
                     BusEvent::Msg { from, msg, payload } => self.on_bus_msg(from, msg, payload),
                     BusEvent::Down { slot } => {
@@ -136,9 +136,11 @@ impl Worker {
                 uid,
                 count,
             }),
-            BusMsg::Event { channel } => self.send_to_subscribers(&channel, &payload),
-            BusMsg::Broadcast => self.broadcast_local(&payload),
-            BusMsg::Disconnect { uid } => self.disconnect_local(&uid),
+            BusMsg::Event { channel } => self
+                .conns
+                .send_to_subscribers(&self.subs, &channel, &payload),
+            BusMsg::Broadcast => self.conns.broadcast_local(&payload),
+            BusMsg::Disconnect { uid } => self.conns.disconnect_local(&uid),
             BusMsg::HistoryQuery {
                 tag,
                 channel,

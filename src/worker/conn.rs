@@ -12,8 +12,9 @@ use bytes::Bytes;
 use mio::net::TcpStream;
 use tungstenite::protocol::WebSocketContext;
 
-use super::timers::ConnTimers;
 use crate::outbound::OutboundQueue;
+use crate::sync::deadlines::ConnTimers;
+pub use crate::sync::deadlines::Protocol;
 
 /// The socket and the bytes waiting for it. tungstenite reads and writes through
 /// this too, so its control frames and our shared message frames share one queue.
@@ -88,23 +89,6 @@ impl Transport {
         self.bytes_out += n as u64;
         super::timers::note_written(n);
         Ok(())
-    }
-}
-
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-pub enum Protocol {
-    Http,
-    Ws,
-    Tcp,
-}
-
-impl Protocol {
-    pub fn name(self) -> &'static str {
-        match self {
-            Protocol::Http => "http",
-            Protocol::Ws => "ws",
-            Protocol::Tcp => "tcp",
-        }
     }
 }
 

@@ -1,17 +1,27 @@
-//! Client connections' lifecycle: accepting (or refusing over the limit),
-//! writing queued output, cutting off slow consumers, and closing.
+//! The connection table: this worker's client connections, the channels
+//! each is subscribed to, which have output to write or input left to read,
+//! and their lifecycle: accepting (or refusing over the limit), writing
+//! queued output, cutting off slow consumers, the deadline sweep, closing
+//! and lingering. It knows nothing of subscriptions, owners or links: the
+//! connections it closes are handed back (`take_closed`) for the worker to
+//! forget.
 
 use std::io::{self, Write};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use mio::{Interest, Token};
+use mio::net::TcpListener;
+use mio::{Interest, Registry, Token};
+use slab::Slab;
 
 use super::conn::{Conn, Session, Transport};
-use super::timers::{self, ConnTimers, Rules, CLOSE_IDLE, CLOSE_PONG_TIMEOUT};
-use super::{Port, Worker, CLOSE_DISCONNECTED, CLOSE_GRACE, CLOSE_UNAUTHORIZED, CONN_BASE};
-use crate::control::Retire;
+use super::dirty;
+use super::timers::{self, CLOSE_IDLE, CLOSE_PONG_TIMEOUT, TCP_PING};
+use super::{Port, CLOSE_DISCONNECTED, CLOSE_GRACE, CLOSE_UNAUTHORIZED, CONN_BASE};
+use crate::config::Limits;
+use crate::control::{Retire, WorkerStats};
 use crate::proto::{frames, http};
+use crate::sync::deadlines::{self, ConnTimers, Due, Rules, View};
 
 /// WebSocket close codes (RFC 6455 7.4.1, IANA registry) for a retiring
 /// worker: "going away" for a stop, "service restart" for a reload.
@@ -29,16 +39,161 @@ pub(super) fn goodbye(why: Retire) -> (u16, &'static str) {
     }
 }
 
-impl Worker {
-    pub(super) fn accept(&mut self, port: Port) {
-        if !self.serving || self.stopping.is_some() {
-            return;
+/// A connection closed by the table: its key (free for reuse once the
+/// worker has forgotten it) and its user, if it had one.
+pub struct Closed {
+    pub key: usize,
+    pub uid: Option<String>,
+}
+
+pub struct Connections {
+    slot: usize,
+    limits: Limits,
+    registry: Registry,
+    slab: Slab<Conn>,
+    next_id: u64,
+    /// Connections with new output to write at the end of this loop turn.
+    dirty: dirty::Marks,
+    /// Connections whose read budget ran out while input was still waiting.
+    pending_reads: Vec<usize>,
+    /// Connections closed since the worker last asked.
+    closed: Vec<Closed>,
+    /// This worker's counters; the owner's are added in `Worker::snapshot`.
+    pub stats: WorkerStats,
+}
+
+impl Connections {
+    pub fn new(slot: usize, limits: Limits, registry: Registry) -> Connections {
+        Connections {
+            slot,
+            limits,
+            registry,
+            slab: Slab::new(),
+            next_id: 1,
+            dirty: dirty::Marks::default(),
+            pending_reads: Vec::new(),
+            closed: Vec::new(),
+            stats: WorkerStats::default(),
         }
-        let Some(index) = self.listeners.iter().position(|(p, _)| *p == port) else {
-            return;
+    }
+
+    /// This worker's slot, for log lines.
+    pub fn slot(&self) -> usize {
+        self.slot
+    }
+
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    pub fn get(&self, key: usize) -> Option<&Conn> {
+        self.slab.get(key)
+    }
+
+    pub fn get_mut(&mut self, key: usize) -> Option<&mut Conn> {
+        self.slab.get_mut(key)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.slab.is_empty()
+    }
+
+    pub fn iter(&self) -> slab::Iter<'_, Conn> {
+        self.slab.iter()
+    }
+
+    /// The keys of the connections `keep` picks.
+    pub fn keys_where(&self, keep: impl Fn(&Conn) -> bool) -> Vec<usize> {
+        self.slab
+            .iter()
+            .filter(|(_, c)| keep(c))
+            .map(|(k, _)| k)
+            .collect()
+    }
+
+    /// The connection that made a request is still the one at `key` (keys are
+    /// reused after a close).
+    pub fn is_live(&self, key: usize, conn_id: u64) -> bool {
+        self.slab.get(key).is_some_and(|c| c.id == conn_id)
+    }
+
+    pub fn mark_dirty(&mut self, key: usize) {
+        self.dirty.push(key);
+    }
+
+    /// Output to write or input to read right away: the loop must not wait.
+    pub fn has_work(&self) -> bool {
+        !self.pending_reads.is_empty() || !self.dirty.is_empty()
+    }
+
+    /// Reads (and serves) the connection again on this loop turn's pass over
+    /// `pending_reads`, or the next one's.
+    pub fn requeue_read(&mut self, key: usize) {
+        if let Some(conn) = self.get_mut(key) {
+            if !conn.read_pending {
+                conn.read_pending = true;
+                self.pending_reads.push(key);
+            }
+        }
+    }
+
+    /// The connections to read again this turn (their budget ran out);
+    /// `resume_read` each before reading it.
+    pub fn take_pending_reads(&mut self) -> Vec<usize> {
+        std::mem::take(&mut self.pending_reads)
+    }
+
+    /// A connection from `take_pending_reads` is read now: false if it is
+    /// gone.
+    pub fn resume_read(&mut self, key: usize) -> bool {
+        let Some(conn) = self.slab.get_mut(key) else {
+            return false;
         };
+        conn.read_pending = false;
+        true
+    }
+
+    /// The marked connections to write now (see `dirty::Marks::take`).
+    pub fn take_dirty(&mut self) -> Option<Vec<usize>> {
+        (!self.dirty.is_empty()).then(|| self.dirty.take())
+    }
+
+    pub fn recycle_dirty(&mut self, batch: Vec<usize>) {
+        self.dirty.recycle(batch);
+    }
+
+    /// The connections closed since the last call.
+    pub fn take_closed(&mut self) -> Vec<Closed> {
+        std::mem::take(&mut self.closed)
+    }
+
+    /// Queues one reply frame (a JSON text) to a WebSocket or TCP client.
+    pub fn reply(&mut self, key: usize, text: String) {
+        let mut line = text.into_bytes();
+        line.push(b'\n');
+        self.send_line(key, &Bytes::from(line));
+    }
+
+    /// Queues a newline-terminated frame to a WebSocket or TCP client.
+    pub fn send_line(&mut self, key: usize, line: &Bytes) {
+        if let Some(conn) = self.slab.get_mut(key) {
+            conn.send_line(line, None);
+            self.dirty.push(key);
+        }
+    }
+
+    /// A line for every WebSocket and TCP connection (`POST /api/broadcast`).
+    pub fn broadcast_local(&mut self, line: &Bytes) {
+        let keys = self.keys_where(|c| !matches!(c.session, Session::Http { .. }));
+        for key in keys {
+            self.send_line(key, line);
+        }
+    }
+
+    /// Takes every connection waiting on `listener`.
+    pub fn accept(&mut self, port: Port, listener: &mut TcpListener) {
         loop {
-            let (mut stream, peer) = match self.listeners[index].1.accept() {
+            let (mut stream, peer) = match listener.accept() {
                 Ok(pair) => pair,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) => {
@@ -47,7 +202,7 @@ impl Worker {
                     return;
                 }
             };
-            if self.conns.len() >= self.config.limits.max_connections {
+            if self.slab.len() >= self.limits.max_connections {
                 self.stats.refused += 1;
                 log::warn!(
                     "worker {}: refusing {peer}: max_connections reached",
@@ -67,13 +222,12 @@ impl Worker {
             // Dead peers the heartbeat does not cover (TCP without tcp_ping)
             // are found by the kernel, eventually.
             let _ = socket2::SockRef::from(&stream).set_keepalive(true);
-            let entry = self.conns.vacant_entry();
+            let entry = self.slab.vacant_entry();
             let token = Token(CONN_BASE + entry.key());
-            if let Err(e) = self.poll.registry().register(
-                &mut stream,
-                token,
-                Interest::READABLE | Interest::WRITABLE,
-            ) {
+            if let Err(e) =
+                self.registry
+                    .register(&mut stream, token, Interest::READABLE | Interest::WRITABLE)
+            {
                 log::error!("worker {}: cannot register connection: {e}", self.slot);
                 continue;
             }
@@ -84,23 +238,17 @@ impl Worker {
                     start: 0,
                 },
             };
-            let limits = &self.config.limits;
+            let limits = &self.limits;
             let transport =
                 Transport::new(stream, limits.send_buffer_hard, limits.send_buffer_soft);
             let timers = ConnTimers::new(Instant::now(), &Rules::from_limits(limits));
-            entry.insert(Conn::new(
-                self.next_conn_id,
-                peer,
-                transport,
-                session,
-                timers,
-            ));
-            self.next_conn_id += 1;
+            entry.insert(Conn::new(self.next_id, peer, transport, session, timers));
+            self.next_id += 1;
         }
     }
 
-    pub(super) fn flush_conn(&mut self, key: usize) {
-        let Some(conn) = self.conns.get_mut(key) else {
+    pub fn flush_conn(&mut self, key: usize) {
+        let Some(conn) = self.slab.get_mut(key) else {
             return;
         };
         if conn.timers.linger_until.is_some() {
@@ -122,7 +270,7 @@ impl Worker {
         }
         // The limits are checked only now, after the socket took what it could.
         if conn.closing.is_none() {
-            let soft_for = self.config.limits.send_buffer_soft_for;
+            let soft_for = self.limits.send_buffer_soft_for;
             if conn.t.overflowed {
                 self.cut_off_slow(key, "send_buffer_hard");
             } else if conn
@@ -132,7 +280,7 @@ impl Worker {
                 self.cut_off_slow(key, "send_buffer_soft");
             }
         }
-        let Some(conn) = self.conns.get_mut(key) else {
+        let Some(conn) = self.slab.get_mut(key) else {
             return;
         };
         if conn.closing.is_some() {
@@ -153,8 +301,8 @@ impl Worker {
     /// Cuts off a client whose queue passed `send_buffer_hard`, or stayed
     /// over `send_buffer_soft` too long (`limit` names which): what it has not
     /// started receiving is dropped, then it gets 1008 / `slow_consumer`.
-    pub(super) fn cut_off_slow(&mut self, key: usize, limit: &str) {
-        let Some(conn) = self.conns.get_mut(key) else {
+    pub fn cut_off_slow(&mut self, key: usize, limit: &str) {
+        let Some(conn) = self.slab.get_mut(key) else {
             return;
         };
         if conn.closing.is_some() {
@@ -165,7 +313,7 @@ impl Worker {
             "slow consumer: {} bytes queued, over {limit}",
             conn.t.out.len()
         );
-        timers::log_cut_off(self.slot, conn, &why);
+        timers::log_cut_off(self.slot, conn.id, conn.peer, &why);
         conn.t.out.discard_unsent();
         timers::trim_soon(Instant::now());
         let reason = format!("slow_consumer: send buffer over {limit}");
@@ -177,8 +325,8 @@ impl Worker {
     /// `linger_timeout` passes. Closing with unread input would send a reset,
     /// which can destroy the last frame before the peer reads it.
     fn linger(&mut self, key: usize) {
-        let linger = self.config.limits.linger_timeout;
-        let Some(conn) = self.conns.get_mut(key) else {
+        let linger = self.limits.linger_timeout;
+        let Some(conn) = self.slab.get_mut(key) else {
             return;
         };
         if conn.input_done || linger.is_zero() {
@@ -193,8 +341,8 @@ impl Worker {
 
     /// Sends a last frame (WebSocket close `code`, or an error/bye line on TCP)
     /// and drops the connection once it is written or at `deadline`.
-    pub(super) fn close_with(&mut self, key: usize, code: u16, reason: &str, deadline: Instant) {
-        let Some(conn) = self.conns.get_mut(key) else {
+    pub fn close_with(&mut self, key: usize, code: u16, reason: &str, deadline: Instant) {
+        let Some(conn) = self.slab.get_mut(key) else {
             return;
         };
         if conn.closing.is_some() {
@@ -237,31 +385,110 @@ impl Worker {
 
     /// A fast retirement: every client is told why, as far as its socket
     /// takes the last frame right now; nothing waits.
-    pub(super) fn say_goodbye_now(&mut self, why: Retire) {
+    pub fn say_goodbye_now(&mut self, why: Retire) {
         let (code, reason) = goodbye(why);
         let now = Instant::now();
-        let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
-        for key in keys {
+        for key in self.keys_where(|_| true) {
             self.close_with(key, code, reason, now);
-            if let Some(conn) = self.conns.get_mut(key) {
+            if let Some(conn) = self.slab.get_mut(key) {
                 let _ = conn.t.flush_out();
             }
         }
     }
 
-    pub(super) fn drop_conn(&mut self, key: usize) {
-        if !self.conns.contains(key) {
+    /// Closes the socket at once; the worker forgets it (`take_closed`).
+    pub fn drop_conn(&mut self, key: usize) {
+        if !self.slab.contains(key) {
             return;
         }
-        let mut conn = self.conns.remove(key);
-        let _ = self.poll.registry().deregister(&mut conn.t.stream);
-        let channels = self.subs.remove_conn(key);
-        if let Some(user) = &conn.user {
-            for channel in channels {
-                self.count_presence(&channel, &user.uid, false);
+        let mut conn = self.slab.remove(key);
+        let _ = self.registry.deregister(&mut conn.t.stream);
+        let uid = conn.user.map(|user| user.uid);
+        self.closed.push(Closed { key, uid });
+        log::debug!("worker {}: connection {} closed", self.slot, conn.id);
+    }
+
+    /// Closes every connection with a last frame saying `why`, by `deadline`.
+    pub fn close_all(&mut self, why: Retire, deadline: Instant) {
+        let (code, reason) = goodbye(why);
+        for key in self.keys_where(|_| true) {
+            self.close_with(key, code, reason, deadline);
+        }
+    }
+
+    /// Closes every connection of `uid` (`POST /api/disconnect`).
+    pub fn disconnect_local(&mut self, uid: &str) {
+        let keys = self.keys_where(|c| c.user.as_ref().is_some_and(|u| u.uid == uid));
+        let deadline = Instant::now() + CLOSE_GRACE;
+        for key in keys {
+            let reason = "disconnected by the server";
+            self.close_with(key, CLOSE_DISCONNECTED, reason, deadline);
+        }
+    }
+
+    /// The tick's pass over every connection's deadlines: what is due, to
+    /// `carry_out` one by one (a dropped one is forgotten in between).
+    pub fn sweep(&mut self, now: Instant) -> Vec<(usize, Due)> {
+        timers::maybe_trim(now);
+        let rules = Rules::from_limits(&self.limits);
+        let mut todo = Vec::new();
+        for (key, c) in &self.slab {
+            let view = View {
+                protocol: c.session.protocol(),
+                closing: c.closing,
+                http_busy: c.http_busy,
+                active: c.active,
+            };
+            match deadlines::due(&rules, &c.timers, view, now) {
+                Due::Nothing => {}
+                what => todo.push((key, what)),
             }
         }
-        log::debug!("worker {}: connection {} closed", self.slot, conn.id);
+        todo
+    }
+
+    /// Does what a connection's deadlines call for (see `sweep`).
+    pub fn carry_out(&mut self, key: usize, what: Due, now: Instant) {
+        let rules = Rules::from_limits(&self.limits);
+        match what {
+            Due::Nothing => {}
+            Due::Drop => self.drop_conn(key),
+            Due::SendPing => self.send_ping(key, now, &rules),
+            Due::SlowConsumer => self.cut_off_slow(key, "send_buffer_soft"),
+            Due::PongMissed => {
+                self.stats.pong_timeouts += 1;
+                let why = "no pong within pong_timeout";
+                if let Some(c) = self.slab.get(key) {
+                    timers::log_cut_off(self.slot, c.id, c.peer, why);
+                }
+                self.close_with(key, CLOSE_PONG_TIMEOUT, why, now + CLOSE_GRACE);
+            }
+            Due::Idle => {
+                self.stats.idle_timeouts += 1;
+                if let Some(c) = self.slab.get(key) {
+                    let (slot, id, peer) = (self.slot, c.id, c.peer);
+                    log::debug!("worker {slot}: closing idle client {id} ({peer})");
+                }
+                self.close_with(key, CLOSE_IDLE, "idle_timeout", now + CLOSE_GRACE);
+            }
+        }
+    }
+
+    fn send_ping(&mut self, key: usize, now: Instant, rules: &Rules) {
+        let Some(conn) = self.slab.get_mut(key) else {
+            return;
+        };
+        conn.timers.next_ping = now + rules.ping_interval.unwrap_or(Duration::ZERO);
+        conn.timers.pong_due = Some(now + rules.pong_timeout);
+        match &mut conn.session {
+            Session::Ws { ctx, .. } => {
+                let _ = ctx.write(&mut conn.t, tungstenite::Message::Ping(Bytes::new()));
+                let _ = ctx.flush(&mut conn.t);
+            }
+            Session::Tcp { .. } => conn.t.queue(&[&Bytes::from_static(TCP_PING)]),
+            Session::Http { .. } => return,
+        }
+        self.dirty.push(key);
     }
 }
 

@@ -30,7 +30,7 @@ use crate::sync::stream::Arrival;
 
 impl Worker {
     pub(super) fn on_frame(&mut self, key: usize, text: &str) {
-        self.stats.msgs_in += 1;
+        self.conns.stats.msgs_in += 1;
         if let Some(conn) = self.conns.get_mut(key) {
             conn.active = std::time::Instant::now();
         }
@@ -38,7 +38,7 @@ impl Worker {
             Ok(request) => request,
             Err((id, e)) => {
                 log::debug!("worker {}: bad request: {}", self.slot, e.message);
-                self.reply(key, frames::error(id.as_deref(), &e));
+                self.conns.reply(key, frames::error(id.as_deref(), &e));
                 return;
             }
         };
@@ -54,7 +54,7 @@ impl Worker {
             && !matches!(op, Op::Auth { .. } | Op::Ping)
         {
             let e = auth::unauthorized("authenticate first: {\"op\":\"auth\",\"token\":…}");
-            return self.refuse_auth(key, id, &e);
+            return self.conns.refuse_auth(key, id, &e);
         }
         let checked = match op {
             Op::Sub { channel, .. }
@@ -69,18 +69,18 @@ impl Worker {
             Op::Auth { .. } | Op::Ping | Op::Unsub { .. } | Op::Send { .. } => Ok(()),
         };
         if let Err(e) = checked {
-            return self.reply(key, frames::error(id, &e));
+            return self.conns.reply(key, frames::error(id, &e));
         }
         if let Some(conn) = self.conns.get_mut(key) {
             let now = std::time::Instant::now();
             if let Err(e) = request_limits::check(&self.config, conn, op, now) {
-                self.stats.rate_limited += u64::from(e.code == "rate_limited");
-                return self.reply(key, frames::error(id, &e));
+                self.conns.stats.rate_limited += u64::from(e.code == "rate_limited");
+                return self.conns.reply(key, frames::error(id, &e));
             }
         }
         match request.op {
             Op::Auth { token } => self.authenticate(key, id, &token),
-            Op::Ping => self.reply(key, frames::pong(id)),
+            Op::Ping => self.conns.reply(key, frames::pong(id)),
             Op::Sub {
                 channel,
                 since,
@@ -91,7 +91,7 @@ impl Worker {
                         "already_subscribed",
                         format!("already subscribed to {channel}"),
                     );
-                    self.reply(key, frames::error(id, &e));
+                    self.conns.reply(key, frames::error(id, &e));
                     return;
                 }
                 let query = Query::Resume {
@@ -116,12 +116,12 @@ impl Worker {
                 if self.subs.remove(key, &channel) {
                     self.track_presence(key, &channel, false);
                 }
-                self.reply(key, frames::ok(id));
+                self.conns.reply(key, frames::ok(id));
             }
             Op::Send { uid, data, ttl } => {
                 if user.is_none() {
                     let e = auth::unauthorized("`send` needs an authenticated connection");
-                    return self.reply(key, frames::error(id, &e));
+                    return self.conns.reply(key, frames::error(id, &e));
                 }
                 let origin = Origin::Client {
                     key,
@@ -133,7 +133,7 @@ impl Worker {
             Op::Ack { channel, seq } => {
                 if !channel.starts_with('#') {
                     let e = ErrorReply::new("bad_request", "`ack` is for inbox channels (#uid)");
-                    return self.reply(key, frames::error(id, &e));
+                    return self.conns.reply(key, frames::error(id, &e));
                 }
                 self.ack(key, id.map(RawValue::to_owned), &channel, seq);
             }
@@ -200,21 +200,6 @@ impl Worker {
         }
     }
 
-    /// Queues one reply frame (a JSON text) to a WebSocket or TCP client.
-    pub(super) fn reply(&mut self, key: usize, text: String) {
-        let mut line = text.into_bytes();
-        line.push(b'\n');
-        self.send_line(key, &Bytes::from(line));
-    }
-
-    /// Queues a newline-terminated frame to a WebSocket or TCP client.
-    pub(super) fn send_line(&mut self, key: usize, line: &Bytes) {
-        if let Some(conn) = self.conns.get_mut(key) {
-            conn.send_line(line, None);
-            self.mark_dirty(key);
-        }
-    }
-
     pub(super) fn owner_of(&self, channel: &str) -> usize {
         shard::owner_of(channel, self.config.storage.shards, self.config.workers)
     }
@@ -259,7 +244,7 @@ impl Worker {
         msg: impl FnOnce(u64) -> BusMsg,
     ) {
         let tag = self.pending.insert(slot, what);
-        if self.peers.send(slot, &msg(tag), payload).is_err() {
+        if self.links.send(slot, &msg(tag), payload).is_err() {
             self.finish(tag, Reply::Answer(Err(unavailable(slot))));
         }
     }
@@ -406,7 +391,7 @@ impl Worker {
             Effect::Deliver { channel, seq, line } => {
                 let msg = BusMsg::Deliver { channel, seq };
                 let header = encode_header(&msg, line.len());
-                self.peers.broadcast(&header, &line, &mut self.bus_events);
+                self.links.broadcast(&header, &line);
                 if let BusMsg::Deliver { channel, .. } = msg {
                     self.deliver_local(&channel, seq, &line);
                 }
@@ -414,9 +399,9 @@ impl Worker {
             Effect::Event { channel, line } => {
                 let msg = BusMsg::Event { channel };
                 let header = encode_header(&msg, line.len());
-                self.peers.broadcast(&header, &line, &mut self.bus_events);
+                self.links.broadcast(&header, &line);
                 if let BusMsg::Event { channel } = msg {
-                    self.send_to_subscribers(&channel, &line);
+                    self.conns.send_to_subscribers(&self.subs, &channel, &line);
                 }
             }
             Effect::Reply { to, reply } => match to {
@@ -475,7 +460,7 @@ impl Worker {
                 (msg, Bytes::new())
             }
         };
-        let _ = self.peers.send(slot, &msg, payload);
+        let _ = self.links.send(slot, &msg, payload);
     }
 
     /// Hands a stored message to this worker's subscribers of `channel`, and
@@ -516,20 +501,20 @@ impl Worker {
                 continue;
             };
             conn.send_line(line, Some(&ws_header));
-            self.stats.msgs_out += 1;
-            self.dirty.push(key);
+            self.conns.stats.msgs_out += 1;
+            self.conns.mark_dirty(key);
         }
     }
 
     pub(super) fn answer_publish(&mut self, origin: Origin, result: Result<Acked, ErrorReply>) {
         match origin {
             Origin::Client { key, conn_id, id } => {
-                if self.is_live(key, conn_id) {
+                if self.conns.is_live(key, conn_id) {
                     let text = match result {
                         Ok(acked) => frames::ok_acked(id.as_deref(), acked),
                         Err(e) => frames::error(id.as_deref(), &e),
                     };
-                    self.reply(key, text);
+                    self.conns.reply(key, text);
                 }
             }
             Origin::Http {
@@ -543,7 +528,7 @@ impl Worker {
                         serde_json::json!({ "seq": a.seq, "version": version }).to_string()
                     }
                 });
-                self.answer_http(key, conn_id, keep_alive, body);
+                self.conns.answer_http(key, conn_id, keep_alive, body);
             }
             Origin::Internal => {
                 if let Err(e) = result {
@@ -569,7 +554,7 @@ impl Worker {
                         error: Some((e.code.to_string(), e.message, e.current)),
                     },
                 };
-                let _ = self.peers.send(slot, &msg, Bytes::new());
+                let _ = self.links.send(slot, &msg, Bytes::new());
             }
         }
     }

@@ -1,217 +1,210 @@
 //! The HTTP side of the ws port: health, the publish API, and the upgrade to
-//! WebSocket at `/ws` (and `/echo` when `[debug] echo` is on).
+//! WebSocket at `/ws` (and `/echo` when `[debug] echo` is on). Requests are
+//! parsed, checked and answered on the connection table; one that needs an
+//! owner, the links or the stats goes to the worker as a `Call`
+//! (`Worker::serve_http`), and its answer comes back through `answer_http`.
 
 use std::time::Instant;
 
 use bytes::Bytes;
-use serde::Deserialize;
 use serde_json::value::RawValue;
 use tungstenite::protocol::{Role, WebSocketContext};
 
 use super::conn::Session;
+use super::connections::Connections;
 use super::dispatch::{Origin, PublishOptions};
 use super::pending::HistoryFor;
 use super::static_files;
-use super::Worker;
 use crate::auth;
+use crate::config::Config;
 use crate::owner::Query;
+use crate::proto::api::{
+    error_response, presented_key, query_param, BroadcastBody, DisconnectBody, PublishBody,
+    PutStateBody, SendBody,
+};
 use crate::proto::compact::compact;
 use crate::proto::frames::{self, ErrorReply};
 use crate::proto::http::{self, Parsed, Request};
 use crate::proto::ws;
 
-#[derive(Deserialize)]
-struct PublishBody<'a> {
-    #[serde(borrow)]
-    channel: std::borrow::Cow<'a, str>,
-    #[serde(borrow)]
-    data: &'a RawValue,
-    ttl: Option<u64>,
-    idempotency_key: Option<String>,
-}
-
-#[derive(Deserialize)]
-struct SendBody<'a> {
-    #[serde(borrow)]
-    uid: std::borrow::Cow<'a, str>,
-    #[serde(borrow)]
-    data: &'a RawValue,
-    ttl: Option<u64>,
-    idempotency_key: Option<String>,
-}
-
-#[derive(Deserialize)]
-struct BroadcastBody<'a> {
-    #[serde(borrow)]
-    data: &'a RawValue,
-}
-
-#[derive(Deserialize)]
-struct DisconnectBody {
-    uid: String,
-}
-
-#[derive(Deserialize)]
-struct PutStateBody<'a> {
-    #[serde(borrow)]
-    value: &'a RawValue,
-    version: u64,
-}
-
-/// An error answer with the status its code calls for (409 for a conflict,
-/// with the current value and version).
-fn error_response(e: &ErrorReply) -> Vec<u8> {
-    let status = match e.code {
-        "conflict" => 409,
-        "forbidden" => 403,
-        "unauthorized" => 401,
-        "bad_request" | "bad_channel" => 400,
-        _ => 503,
-    };
-    let mut body = serde_json::json!({ "error": e.code, "message": e.message });
-    if let Some(current) = e
-        .current
-        .as_deref()
-        .and_then(|c| serde_json::from_str(c).ok())
-    {
-        body["current"] = current;
-    }
-    http::response(
-        status,
-        "application/json",
-        body.to_string().as_bytes(),
-        false,
-    )
-}
-
-/// The API key a request shows (`Authorization: Bearer`, else `X-API-Key`),
-/// empty when none.
-fn presented_key(request: &Request) -> &[u8] {
-    let bearer = request.header("authorization").and_then(|v| {
-        v.strip_prefix(b"Bearer ")
-            .or_else(|| v.strip_prefix(b"bearer "))
-    });
-    bearer
-        .or_else(|| request.header("x-api-key"))
-        .unwrap_or_default()
-}
-
-fn query_param(query: &str, name: &str) -> Option<String> {
-    form_urlencoded::parse(query.as_bytes())
-        .find(|(n, _)| n == name)
-        .map(|(_, v)| v.into_owned())
+fn api_key_ok(config: &Config, request: &Request) -> bool {
+    auth::api_key_ok(&config.auth.api_keys, presented_key(request))
 }
 
 /// Most pipelined requests one connection gets answered per loop turn; the
 /// rest wait in its buffer for the next turn (docs/api.md).
-const MAX_PIPELINED: usize = 256;
+pub const MAX_PIPELINED: usize = 256;
 
-impl Worker {
-    /// Serves the complete requests in the connection's buffer, one at a time
-    /// and in order (a request waiting for an owner holds back the ones behind
-    /// it). Iterative: an answer never serves the next request from inside
-    /// itself, so thousands of pipelined requests cannot deepen the stack.
-    pub(super) fn serve_http(&mut self, key: usize) {
-        for _ in 0..MAX_PIPELINED {
-            let max_body = self.config.limits.max_frame;
-            let Some(conn) = self.conns.get_mut(key) else {
-                return;
-            };
-            if conn.http_busy || conn.closing.is_some() {
-                return;
+/// What the next request in an HTTP connection's buffer needs.
+pub enum Next {
+    /// Nothing to serve now (no complete request, or one still waits).
+    Wait,
+    /// Answered here.
+    Done,
+    /// Answered by the worker: it needs routing or several parts.
+    Call(Call),
+}
+
+/// An HTTP request the connection table cannot answer alone.
+pub enum Call {
+    Publish {
+        origin: Origin,
+        channel: String,
+        data: String,
+        options: PublishOptions,
+    },
+    SetState {
+        origin: Origin,
+        channel: String,
+        key: String,
+        value: String,
+        version: u64,
+    },
+    History {
+        channel: String,
+        since: u64,
+        limit: usize,
+        reply: HistoryFor,
+    },
+    /// A question whose answer is one JSON object (`state`, a user).
+    Json {
+        channel: String,
+        query: Query,
+        reply: HistoryFor,
+    },
+    Presence {
+        channel: String,
+        reply: HistoryFor,
+    },
+    Broadcast {
+        data: String,
+        keep_alive: bool,
+    },
+    Disconnect {
+        uid: String,
+        keep_alive: bool,
+    },
+    Stats {
+        keep_alive: bool,
+    },
+    /// Now a WebSocket: bind the token's user, then read the frames that
+    /// came with the upgrade request.
+    Upgraded {
+        user: Option<auth::User>,
+    },
+}
+
+/// The answer to a broadcast or disconnect call.
+pub const OK_BODY: &str = r#"{"ok":true}"#;
+
+impl Connections {
+    /// The next complete request in the connection's buffer, answered here
+    /// or handed back as a `Call`, one at a time and in order (a request
+    /// waiting for an owner holds back the ones behind it).
+    pub fn next_http(&mut self, key: usize, config: &Config) -> Next {
+        let max_body = self.limits().max_frame;
+        let slot = self.slot();
+        let Some(conn) = self.get_mut(key) else {
+            return Next::Wait;
+        };
+        if conn.http_busy || conn.closing.is_some() {
+            return Next::Wait;
+        }
+        // Answers pile up unread: wait until the client takes some
+        // (`flush_conn` resumes us) rather than cut it off as slow.
+        if conn.t.out.len() > conn.t.out_limit() / 2 {
+            conn.http_stalled = true;
+            return Next::Wait;
+        }
+        let Session::Http { buf } = &mut conn.session else {
+            return Next::Wait;
+        };
+        match http::parse(buf, max_body) {
+            Parsed::Partial => Next::Wait,
+            Parsed::Invalid(status, message) => {
+                let peer = conn.peer;
+                log::info!("worker {slot}: bad HTTP request from {peer}: {message}");
+                let code = if status == 413 {
+                    "too_large"
+                } else {
+                    "bad_request"
+                };
+                self.respond(key, http::json_error(status, code, &message), false);
+                Next::Wait
             }
-            // Answers pile up unread: wait until the client takes some
-            // (`flush_conn` resumes us) rather than cut it off as slow.
-            if conn.t.out.len() > conn.t.out_limit() / 2 {
-                conn.http_stalled = true;
-                return;
-            }
-            let Session::Http { buf } = &mut conn.session else {
-                return;
-            };
-            match http::parse(buf, max_body) {
-                Parsed::Partial => return,
-                Parsed::Invalid(status, message) => {
-                    log::info!(
-                        "worker {}: bad HTTP request from {}: {message}",
-                        self.slot,
-                        conn.peer
-                    );
-                    let code = if status == 413 {
-                        "too_large"
-                    } else {
-                        "bad_request"
-                    };
-                    self.respond(key, http::json_error(status, code, &message), false);
-                    return;
-                }
-                Parsed::Complete(request, used) => {
-                    buf.drain(..used);
-                    conn.active = Instant::now();
-                    self.route(key, *request);
+            Parsed::Complete(request, used) => {
+                buf.drain(..used);
+                conn.active = Instant::now();
+                match self.route(key, *request, config) {
+                    Some(call) => Next::Call(call),
+                    None => Next::Done,
                 }
             }
         }
-        // The cap for this turn: the rest of the buffer waits for the next.
-        self.requeue_read(key);
     }
 
-    fn route(&mut self, key: usize, request: Request) {
+    fn route(&mut self, key: usize, request: Request, config: &Config) -> Option<Call> {
         let keep_alive = request.keep_alive;
         let method = request.method.as_str();
-        if request.path.starts_with("/api/") && !self.api_key_ok(&request) {
+        let http = HistoryFor::Http { keep_alive };
+        if request.path.starts_with("/api/") && !api_key_ok(config, &request) {
             // Never echo the presented key: it may be a real one mistyped.
-            let message = if self.config.auth.api_keys.is_empty() {
+            let message = if config.auth.api_keys.is_empty() {
                 "the HTTP API is off: set auth.api_keys in the config"
             } else if presented_key(&request).is_empty() {
                 "send an API key: Authorization: Bearer KEY (or X-API-Key: KEY)"
             } else {
                 "API key not accepted: check it against auth.api_keys"
             };
-            log::info!("worker {}: HTTP API call without a valid key", self.slot);
-            return self.respond(key, http::json_error(401, "unauthorized", message), false);
+            log::info!("worker {}: HTTP API call without a valid key", self.slot());
+            return self.bad(key, http::json_error(401, "unauthorized", message));
         }
         match (method, request.path.as_str()) {
-            ("GET", "/ws") => self.upgrade(key, &request, false),
-            ("GET", "/echo") if self.config.debug.echo => self.upgrade(key, &request, true),
+            ("GET", "/ws") => self.upgrade(key, &request, false, config),
+            ("GET", "/echo") if config.debug.echo => self.upgrade(key, &request, true, config),
             ("GET", path) if static_files::lookup(path).is_some() => {
                 if let Some((content_type, body)) = static_files::lookup(path) {
                     let response = http::response(200, content_type, body, keep_alive);
                     self.respond(key, response, keep_alive);
                 }
+                None
             }
             ("GET", "/healthz") => {
-                let body = serde_json::json!({"status": "ok", "worker": self.slot}).to_string();
+                let body = serde_json::json!({"status": "ok", "worker": self.slot()}).to_string();
                 self.respond_json(key, 200, body, keep_alive);
+                None
             }
             ("POST", "/api/publish") => self.http_publish(key, &request),
             ("GET", "/api/history") => self.http_history(key, &request),
             ("POST", "/api/send") => self.http_send(key, &request),
             ("POST", "/api/broadcast") => {
                 match serde_json::from_slice::<BroadcastBody>(&request.body) {
-                    Ok(body) => {
-                        self.broadcast_all(&compact(body.data));
-                        self.respond_json(key, 200, r#"{"ok":true}"#.into(), keep_alive);
-                    }
+                    Ok(body) => Some(Call::Broadcast {
+                        data: compact(body.data).into_owned(),
+                        keep_alive,
+                    }),
                     Err(e) => self.bad_body(key, "{\"data\":..}", &e),
                 }
             }
             ("POST", "/api/disconnect") => {
                 match serde_json::from_slice::<DisconnectBody>(&request.body) {
-                    Ok(body) => {
-                        self.disconnect_everywhere(&body.uid);
-                        self.respond_json(key, 200, r#"{"ok":true}"#.into(), keep_alive);
-                    }
+                    Ok(body) => Some(Call::Disconnect {
+                        uid: body.uid,
+                        keep_alive,
+                    }),
                     Err(e) => self.bad_body(key, "{\"uid\":..}", &e),
                 }
             }
             ("GET", "/api/presence") => {
                 let channel = query_param(&request.query, "channel").unwrap_or_default();
                 if let Err(e) = frames::check_channel(&channel) {
-                    return self.respond(key, http::json_error(400, e.code, &e.message), false);
+                    return self.bad(key, http::json_error(400, e.code, &e.message));
                 }
                 self.set_busy(key);
-                self.presence_query(key, &channel, HistoryFor::Http { keep_alive });
+                Some(Call::Presence {
+                    channel,
+                    reply: http,
+                })
             }
             ("GET", path) if path.starts_with("/api/users/") => {
                 let raw = &path["/api/users/".len()..];
@@ -222,25 +215,31 @@ impl Worker {
                 match frames::check_uid(Some(uid.as_str().into())) {
                     Ok(uid) => {
                         self.set_busy(key);
-                        self.user_query(key, &uid, keep_alive);
+                        Some(Call::Json {
+                            channel: auth::inbox(&uid),
+                            query: Query::User {
+                                uid: uid.into_owned(),
+                            },
+                            reply: http,
+                        })
                     }
-                    Err(e) => self.respond(key, http::json_error(400, e.code, &e.message), false),
+                    Err(e) => self.bad(key, http::json_error(400, e.code, &e.message)),
                 }
             }
             ("GET", "/api/state") => {
                 let channel = query_param(&request.query, "channel").unwrap_or_default();
                 if let Err(e) = frames::check_channel(&channel) {
-                    return self.respond(key, http::json_error(400, e.code, &e.message), false);
+                    return self.bad(key, http::json_error(400, e.code, &e.message));
                 }
                 self.set_busy(key);
-                self.json_query(key, &channel, Query::State, HistoryFor::Http { keep_alive });
+                Some(Call::Json {
+                    channel,
+                    query: Query::State,
+                    reply: http,
+                })
             }
             ("PUT", "/api/state") => self.http_put_state(key, &request),
-            ("GET", "/api/stats") => {
-                let mut stats = serde_json::to_value(self.snapshot()).unwrap_or_default();
-                stats["worker"] = self.slot.into();
-                self.respond_json(key, 200, stats.to_string(), keep_alive);
-            }
+            ("GET", "/api/stats") => Some(Call::Stats { keep_alive }),
             (
                 _,
                 "/ws" | "/healthz" | "/api/publish" | "/api/history" | "/api/send"
@@ -248,32 +247,28 @@ impl Worker {
             )
             | (_, "/api/disconnect" | "/api/presence" | "/api/stats" | "/api/state") => {
                 let e = http::json_error(405, "method_not_allowed", "method not allowed");
-                self.respond(key, e, false);
+                self.bad(key, e)
             }
             (_, path) => {
                 let message = format!(
                     "no such path: {}",
                     path.chars().take(100).collect::<String>()
                 );
-                self.respond(key, http::json_error(404, "not_found", &message), false);
+                self.bad(key, http::json_error(404, "not_found", &message))
             }
         }
     }
 
-    fn api_key_ok(&self, request: &Request) -> bool {
-        auth::api_key_ok(&self.config.auth.api_keys, presented_key(request))
-    }
-
     /// `PUT /api/state?channel=&key=`: the body is `{"value":…,"version":N}`,
     /// or the bare value with the expected version in `If-Match`.
-    fn http_put_state(&mut self, key: usize, request: &Request) {
+    fn http_put_state(&mut self, key: usize, request: &Request) -> Option<Call> {
         let channel = query_param(&request.query, "channel").unwrap_or_default();
         let state_key = query_param(&request.query, "key");
         let checked = frames::check_channel(&channel)
             .and_then(|()| frames::check_key(state_key.map(Into::into)));
         let state_key = match checked {
             Ok(k) => k.into_owned(),
-            Err(e) => return self.respond(key, http::json_error(400, e.code, &e.message), false),
+            Err(e) => return self.bad(key, http::json_error(400, e.code, &e.message)),
         };
         let if_match = request
             .header("if-match")
@@ -292,27 +287,36 @@ impl Worker {
         };
         let (value, version) = match parsed {
             Ok(p) => p,
-            Err(message) => {
-                return self.respond(key, http::json_error(400, "bad_request", &message), false)
-            }
+            Err(message) => return self.bad(key, http::json_error(400, "bad_request", &message)),
         };
-        if let Some(origin) = self.http_origin(key, request) {
-            self.set_state(origin, &channel, &state_key, Some(value), version);
-        }
+        let origin = self.http_origin(key, request)?;
+        Some(Call::SetState {
+            origin,
+            channel,
+            key: state_key,
+            value,
+            version,
+        })
     }
 
     fn set_busy(&mut self, key: usize) {
-        if let Some(conn) = self.conns.get_mut(key) {
+        if let Some(conn) = self.get_mut(key) {
             conn.http_busy = true;
         }
     }
 
-    fn bad_body(&mut self, key: usize, shape: &str, e: &serde_json::Error) {
-        let message = format!("body must be {shape}: {e}");
-        self.respond(key, http::json_error(400, "bad_request", &message), false);
+    /// Answers with an error and closes; no call.
+    fn bad(&mut self, key: usize, response: Vec<u8>) -> Option<Call> {
+        self.respond(key, response, false);
+        None
     }
 
-    fn http_send(&mut self, key: usize, request: &Request) {
+    fn bad_body(&mut self, key: usize, shape: &str, e: &serde_json::Error) -> Option<Call> {
+        let message = format!("body must be {shape}: {e}");
+        self.bad(key, http::json_error(400, "bad_request", &message))
+    }
+
+    fn http_send(&mut self, key: usize, request: &Request) -> Option<Call> {
         let body: SendBody = match serde_json::from_slice(&request.body) {
             Ok(body) => body,
             Err(e) => return self.bad_body(key, "{\"uid\":..,\"data\":..}", &e),
@@ -320,20 +324,14 @@ impl Worker {
         match frames::check_uid(Some(body.uid)) {
             Ok(uid) => {
                 let inbox = auth::inbox(&uid);
-                self.http_write(
-                    key,
-                    request,
-                    &inbox,
-                    &compact(body.data),
-                    body.ttl,
-                    body.idempotency_key,
-                );
+                let data = compact(body.data).into_owned();
+                self.http_write(key, request, inbox, data, body.ttl, body.idempotency_key)
             }
-            Err(e) => self.respond(key, http::json_error(400, e.code, &e.message), false),
+            Err(e) => self.bad(key, http::json_error(400, e.code, &e.message)),
         }
     }
 
-    fn http_publish(&mut self, key: usize, request: &Request) {
+    fn http_publish(&mut self, key: usize, request: &Request) -> Option<Call> {
         let body: PublishBody = match serde_json::from_slice(&request.body) {
             Ok(body) => body,
             Err(e) => return self.bad_body(key, "{\"channel\":..,\"data\":..}", &e),
@@ -341,16 +339,11 @@ impl Worker {
         match frames::check_channel(&body.channel) {
             Ok(()) => {
                 let (ttl, idempotency_key) = (body.ttl, body.idempotency_key);
-                self.http_write(
-                    key,
-                    request,
-                    &body.channel,
-                    &compact(body.data),
-                    ttl,
-                    idempotency_key,
-                );
+                let channel = body.channel.into_owned();
+                let data = compact(body.data).into_owned();
+                self.http_write(key, request, channel, data, ttl, idempotency_key)
             }
-            Err(e) => self.respond(key, http::json_error(400, e.code, &e.message), false),
+            Err(e) => self.bad(key, http::json_error(400, e.code, &e.message)),
         }
     }
 
@@ -360,27 +353,30 @@ impl Worker {
         &mut self,
         key: usize,
         request: &Request,
-        channel: &str,
-        data: &str,
+        channel: String,
+        data: String,
         ttl: Option<u64>,
         idempotency_key: Option<String>,
-    ) {
-        let Some(origin) = self.http_origin(key, request) else {
-            return;
-        };
+    ) -> Option<Call> {
+        let origin = self.http_origin(key, request)?;
         self.stats.msgs_in += 1;
         let options = PublishOptions {
             ttl: ttl.filter(|&t| t > 0),
             idempotency_key,
             state: None,
         };
-        self.publish(origin, channel, data, options);
+        Some(Call::Publish {
+            origin,
+            channel,
+            data,
+            options,
+        })
     }
 
     /// Marks the connection as waiting for an owner and names it as the
     /// origin of the request.
     fn http_origin(&mut self, key: usize, request: &Request) -> Option<Origin> {
-        let conn = self.conns.get_mut(key)?;
+        let conn = self.get_mut(key)?;
         conn.http_busy = true;
         Some(Origin::Http {
             key,
@@ -392,14 +388,14 @@ impl Worker {
     /// Sends the answer to an HTTP request that waited for an owner. The
     /// requests behind it are served from the read queue, not from here:
     /// serving them in this call recursed once per pipelined request.
-    pub(super) fn answer_http(
+    pub fn answer_http(
         &mut self,
         key: usize,
         conn_id: u64,
         keep_alive: bool,
         result: Result<String, ErrorReply>,
     ) {
-        let Some(conn) = self.conns.get_mut(key).filter(|c| c.id == conn_id) else {
+        let Some(conn) = self.get_mut(key).filter(|c| c.id == conn_id) else {
             return;
         };
         conn.http_busy = false;
@@ -410,7 +406,7 @@ impl Worker {
         self.requeue_read(key);
     }
 
-    fn http_history(&mut self, key: usize, request: &Request) {
+    fn http_history(&mut self, key: usize, request: &Request) -> Option<Call> {
         let mut channel = None;
         let mut since = 0;
         let mut limit = None;
@@ -438,59 +434,60 @@ impl Worker {
         };
         let (channel, limit) = match checked {
             Ok(ok) => ok,
-            Err(e) => return self.respond(key, http::json_error(400, e.code, &e.message), false),
+            Err(e) => return self.bad(key, http::json_error(400, e.code, &e.message)),
         };
-        if let Some(conn) = self.conns.get_mut(key) {
-            conn.http_busy = true;
-        }
+        self.set_busy(key);
         let reply = HistoryFor::Http {
             keep_alive: request.keep_alive,
         };
-        self.history(key, &channel, since, limit, reply);
+        Some(Call::History {
+            channel,
+            since,
+            limit,
+            reply,
+        })
     }
 
-    fn upgrade(&mut self, key: usize, request: &Request, echo: bool) {
+    fn upgrade(
+        &mut self,
+        key: usize,
+        request: &Request,
+        echo: bool,
+        config: &Config,
+    ) -> Option<Call> {
+        let slot = self.slot();
         if !request.wants_upgrade() {
             let e = http::json_error(400, "bad_request", "this path takes a WebSocket upgrade");
-            self.respond(key, e, false);
-            return;
+            return self.bad(key, e);
         }
         // Browsers always send Origin; other clients need not, and are let in.
         if let Some(origin) = request.header("origin") {
             let origin = String::from_utf8_lossy(origin);
-            if !auth::origin_allowed(&self.config.auth.allowed_origins, &origin) {
-                log::info!(
-                    "worker {}: refusing an upgrade from origin {origin}",
-                    self.slot
-                );
+            if !auth::origin_allowed(&config.auth.allowed_origins, &origin) {
+                log::info!("worker {slot}: refusing an upgrade from origin {origin}");
                 let e = http::json_error(403, "forbidden", "this origin may not connect");
-                return self.respond(key, e, false);
+                return self.bad(key, e);
             }
         }
         let token = form_urlencoded::parse(request.query.as_bytes())
             .find(|(name, _)| name == "token")
             .map(|(_, value)| value.into_owned());
-        let user = match token.map(|t| auth::verify(&self.config.auth, &t)) {
+        let user = match token.map(|t| auth::verify(&config.auth, &t)) {
             None => None,
             Some(Ok(user)) => Some(user),
             Some(Err(e)) => {
-                log::info!("worker {}: refusing an upgrade: {}", self.slot, e.message);
-                return self.respond(key, http::json_error(401, e.code, &e.message), false);
+                log::info!("worker {slot}: refusing an upgrade: {}", e.message);
+                return self.bad(key, http::json_error(401, e.code, &e.message));
             }
         };
         let response = match ws::upgrade_response(&request.head) {
             Ok(response) => response,
-            Err(message) => {
-                self.respond(key, http::json_error(400, "bad_request", &message), false);
-                return;
-            }
+            Err(message) => return self.bad(key, http::json_error(400, "bad_request", &message)),
         };
-        let max_frame = self.config.limits.max_frame;
-        let Some(conn) = self.conns.get_mut(key) else {
-            return;
-        };
+        let max_frame = self.limits().max_frame;
+        let conn = self.get_mut(key)?;
         let Session::Http { buf } = &mut conn.session else {
-            return;
+            return None;
         };
         let early = std::mem::take(buf);
         conn.t.queue(&[&Bytes::from(response)]);
@@ -501,20 +498,16 @@ impl Worker {
             echo,
         };
         self.mark_dirty(key);
-        if let Some(user) = user {
-            self.bind_user(key, user);
-        }
-        // Frames that came with the upgrade request are already buffered.
-        self.read_conn(key);
+        Some(Call::Upgraded { user })
     }
 
-    fn respond_json(&mut self, key: usize, status: u16, body: String, keep_alive: bool) {
+    pub fn respond_json(&mut self, key: usize, status: u16, body: String, keep_alive: bool) {
         let response = http::response(status, "application/json", body.as_bytes(), keep_alive);
         self.respond(key, response, keep_alive);
     }
 
     fn respond(&mut self, key: usize, response: Vec<u8>, keep_alive: bool) {
-        let Some(conn) = self.conns.get_mut(key) else {
+        let Some(conn) = self.get_mut(key) else {
             return;
         };
         conn.t.queue(&[&Bytes::from(response)]);

@@ -7,8 +7,10 @@ mod connections;
 mod dirty;
 mod dispatch;
 mod http_api;
+mod links;
 mod owner_side;
 mod pending;
+mod process;
 mod read;
 mod report;
 mod request_limits;
@@ -16,28 +18,31 @@ mod static_files;
 mod timers;
 mod users;
 
-use std::collections::HashMap;
 use std::io;
 use std::net::TcpListener as StdTcpListener;
 use std::os::unix::net::UnixStream as StdUnixStream;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use mio::net::{TcpListener, UnixStream};
-use mio::{Events, Interest, Poll, Token, Waker};
-use slab::Slab;
+use bytes::Bytes;
+use mio::{Events, Poll, Token};
+use serde_json::value::RawValue;
 
-use crate::bus::{self, peers, BusEvent, LinkSecret, Peers};
+use crate::auth;
+use crate::bus::frame::encode_header;
+use crate::bus::{self, BusMsg, LinkSecret};
 use crate::config::Config;
-use crate::control::{FromWorker, LineChannel, Retire, WorkerStats};
-use crate::owner::{Command, OwnerConfig, OwnerCore};
-use crate::signals::SignalSet;
-use crate::store::open::open_shards;
-use crate::store::thread::StoreThread;
+use crate::control::{FromWorker, Retire, ToWorker};
+use crate::owner::{Command, Query};
+use crate::proto::frames::{self, ErrorReply};
 use crate::sync::subscriptions::Subscriptions;
-use conn::Conn;
+use conn::Protocol;
+use connections::Connections;
+use http_api::{Call, Next, OK_BODY};
+use links::Links;
 use owner_side::OwnerSide;
-use pending::PendingTable;
+use pending::{Awaiting, HistoryFor, PendingTable, WaitingSub};
+use process::Process;
+use users::LocalPresence;
 
 const WS_LISTENER: Token = Token(0);
 const TCP_LISTENER: Token = Token(1);
@@ -73,39 +78,33 @@ enum Port {
     Tcp,
 }
 
+/// The edge: the loop and the parts it routes between. Each part is a type
+/// with its own methods; what needs several parts is a method here.
 pub struct Worker {
     slot: usize,
     config: Config,
     poll: Poll,
-    listeners: Vec<(Port, TcpListener)>,
-    serving: bool,
-    started: Instant,
-    conns: Slab<Conn>,
-    next_conn_id: u64,
+    /// Listeners, the master link, signals, and the stop.
+    process: Process,
+    /// Client connections, their output and read queues.
+    conns: Connections,
+    /// Which connection here hears which channel.
     subs: Subscriptions,
     /// The owner of this worker's shards (numbering, storing, resume, users)
     /// and its storage engine (the SQLite store thread).
     owner: OwnerSide,
-    peers: Peers,
-    bus_events: Vec<BusEvent>,
+    /// The links to the other workers, and what they brought.
+    links: Links,
     /// Requests waiting for an owner's answer.
     pending: PendingTable,
     /// Our own connections per (channel, uid), as reported to owners.
-    local_presence: HashMap<(String, String), usize>,
+    local_presence: LocalPresence,
     webhook: Option<crossbeam_channel::Sender<String>>,
-    master: LineChannel,
-    signals: SignalSet,
-    /// Connections with new output to write at the end of this loop turn.
-    dirty: dirty::Marks,
-    /// Connections whose read budget ran out while input was still waiting.
-    pending_reads: Vec<usize>,
-    stopping: Option<Instant>,
-    stats: WorkerStats,
 }
 
 /// Runs a worker until it is told to stop; returns the process exit code.
 pub fn run(ctx: WorkerContext) -> i32 {
-    match Worker::new(ctx) {
+    match process::start(ctx) {
         Ok(mut worker) => worker.run(),
         Err(e) => {
             log::error!("worker failed to start: {e}");
@@ -115,71 +114,6 @@ pub fn run(ctx: WorkerContext) -> i32 {
 }
 
 impl Worker {
-    fn new(ctx: WorkerContext) -> io::Result<Worker> {
-        let poll = Poll::new()?;
-        let mut listeners = Vec::new();
-        for (port, listener) in [(Port::Ws, ctx.ws_listener), (Port::Tcp, ctx.tcp_listener)] {
-            listener.set_nonblocking(true)?;
-            listeners.push((port, TcpListener::from_std(listener)));
-        }
-        ctx.master.set_nonblocking(true)?;
-        let mut master = LineChannel::new(UnixStream::from_std(ctx.master));
-        poll.registry().register(
-            &mut master.stream,
-            MASTER,
-            Interest::READABLE | Interest::WRITABLE,
-        )?;
-        let mut signals = SignalSet::new(&[libc::SIGTERM, libc::SIGQUIT])?;
-        poll.registry()
-            .register(&mut signals.reader, SIGNALS, Interest::READABLE)?;
-        let instance = crate::random_u64();
-        let (shards, loaded) = open_shards(&ctx.config, ctx.slot)?;
-        let core = OwnerCore::new(
-            OwnerConfig::new(&ctx.config, ctx.slot),
-            loaded,
-            owner_side::now(),
-        );
-        let webhook = match ctx.config.delivery.webhook_url.as_str() {
-            "" => None,
-            url => Some(crate::webhook::spawn(url.to_string())?),
-        };
-        let waker = Arc::new(Waker::new(poll.registry(), STORE)?);
-        let engine = StoreThread::spawn(shards, ctx.config.storage.clone(), waker)?;
-        let owner = OwnerSide::new(core, Box::new(engine));
-        let sockets = (0..ctx.config.workers)
-            .map(|s| ctx.config.bus_socket(s))
-            .collect();
-        let me = peers::Me {
-            slot: ctx.slot,
-            instance,
-            secret: ctx.link_secret,
-        };
-        let peers = Peers::start(me, sockets, MAX_BUS_FRAME, poll.registry())?;
-        Ok(Worker {
-            slot: ctx.slot,
-            poll,
-            listeners,
-            serving: false,
-            started: Instant::now(),
-            conns: Slab::new(),
-            next_conn_id: 1,
-            subs: Subscriptions::default(),
-            owner,
-            peers,
-            bus_events: Vec::new(),
-            pending: PendingTable::default(),
-            local_presence: HashMap::new(),
-            webhook,
-            master,
-            signals,
-            dirty: dirty::Marks::default(),
-            pending_reads: Vec::new(),
-            stopping: None,
-            stats: WorkerStats::default(),
-            config: ctx.config,
-        })
-    }
-
     fn run(&mut self) -> i32 {
         let code = self.event_loop();
         // Whatever was queued for the disk is written before we go.
@@ -191,10 +125,10 @@ impl Worker {
         let mut events = Events::with_capacity(1024);
         let mut next_tick = Instant::now() + TICK;
         loop {
-            let timeout = if self.pending_reads.is_empty() && self.dirty.is_empty() {
-                next_tick.saturating_duration_since(Instant::now())
-            } else {
+            let timeout = if self.conns.has_work() {
                 Duration::ZERO
+            } else {
+                next_tick.saturating_duration_since(Instant::now())
             };
             if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
                 if e.kind() != io::ErrorKind::Interrupted {
@@ -213,7 +147,7 @@ impl Worker {
                     }
                     STORE => self.on_store_events(),
                     SIGNALS => {
-                        for signal in self.signals.drain() {
+                        for signal in self.process.signals.drain() {
                             if signal == libc::SIGTERM {
                                 log::info!("worker {}: SIGTERM, exiting now", self.slot);
                                 return 0;
@@ -221,16 +155,13 @@ impl Worker {
                             self.begin_stop(Retire::Shutdown);
                         }
                     }
-                    token if bus::peers::is_bus_token(token) => {
-                        self.peers
-                            .handle(token, self.poll.registry(), &mut self.bus_events)
-                    }
+                    token if bus::peers::is_bus_token(token) => self.links.handle(token),
                     token => {
                         let Some(key) = token.0.checked_sub(CONN_BASE) else {
                             continue;
                         };
                         if event.is_writable() {
-                            self.dirty.push(key);
+                            self.conns.mark_dirty(key);
                         }
                         if event.is_readable() || event.is_read_closed() || event.is_error() {
                             self.read_conn(key);
@@ -239,9 +170,8 @@ impl Worker {
                 }
             }
             self.on_bus_events();
-            for key in std::mem::take(&mut self.pending_reads) {
-                if let Some(conn) = self.conns.get_mut(key) {
-                    conn.read_pending = false;
+            for key in self.conns.take_pending_reads() {
+                if self.conns.resume_read(key) {
                     self.read_conn(key);
                 }
             }
@@ -254,11 +184,11 @@ impl Worker {
                 self.flush_all();
                 return 1;
             }
-            if !self.serving && self.stopping.is_none() {
+            if self.process.waiting_to_serve() {
                 self.maybe_start_serving(now);
             }
             self.flush_all();
-            if self.stopping.is_some() && self.conns.is_empty() {
+            if self.process.stopping.is_some() && self.conns.is_empty() {
                 log::info!("worker {}: stopped gracefully", self.slot);
                 return 0;
             }
@@ -268,8 +198,8 @@ impl Worker {
     /// Accepting starts only once the links to every live peer are up, so no
     /// client of this worker can miss a message an owner sends meanwhile.
     fn maybe_start_serving(&mut self, now: Instant) {
-        let settled = self.peers.is_settled();
-        if !settled && now < self.started + SETTLE_TIMEOUT {
+        let settled = self.links.is_settled();
+        if !settled && now < self.process.started() + SETTLE_TIMEOUT {
             return;
         }
         if !settled {
@@ -278,22 +208,7 @@ impl Worker {
                 self.slot
             );
         }
-        for (port, listener) in &mut self.listeners {
-            let token = if *port == Port::Ws {
-                WS_LISTENER
-            } else {
-                TCP_LISTENER
-            };
-            if let Err(e) = self
-                .poll
-                .registry()
-                .register(listener, token, Interest::READABLE)
-            {
-                log::error!("worker {}: cannot watch listener: {e}", self.slot);
-            }
-        }
-        self.serving = true;
-        let _ = self.master.send(&FromWorker::Ready);
+        self.process.start_serving(self.poll.registry(), self.slot);
         log::info!("worker {} serving (pid {})", self.slot, std::process::id());
         // Connections that queued while this slot was being replaced.
         self.accept(Port::Ws);
@@ -302,26 +217,82 @@ impl Worker {
 
     /// Graceful stop: accept no more, tell every client why, flush, then exit.
     fn begin_stop(&mut self, why: Retire) {
-        if self.stopping.is_some() {
+        let deadline = Instant::now() + self.config.limits.stop_timeout;
+        if !self.process.begin_stop(self.poll.registry(), deadline) {
             return;
         }
         log::info!("worker {}: stopping gracefully", self.slot);
-        let deadline = Instant::now() + self.config.limits.stop_timeout;
-        self.stopping = Some(deadline);
-        for (_, listener) in &mut self.listeners {
-            let _ = self.poll.registry().deregister(listener);
-        }
-        let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
-        let (code, reason) = connections::goodbye(why);
-        for key in keys {
-            self.close_with(key, code, reason, deadline);
+        self.conns.close_all(why, deadline);
+    }
+
+    fn accept(&mut self, port: Port) {
+        if let Some(listener) = self.process.listener(port) {
+            self.conns.accept(port, listener);
         }
     }
 
     fn tick(&mut self, now: Instant) {
-        self.peers.tick(self.poll.registry(), now);
+        self.links.tick(now);
         self.tell_owner(Command::Tick);
-        self.sweep_conns(now);
+        for (key, what) in self.conns.sweep(now) {
+            self.conns.carry_out(key, what, now);
+            self.forget_closed();
+        }
+    }
+
+    /// Connections close inside the connection table; here, right after,
+    /// they leave their channels (before their keys can be reused), and
+    /// their users are counted out of presence.
+    fn forget_closed(&mut self) {
+        for closed in self.conns.take_closed() {
+            let channels = self.subs.remove_conn(closed.key);
+            if let Some(uid) = &closed.uid {
+                for channel in channels {
+                    self.count_presence(&channel, uid, false);
+                }
+            }
+        }
+    }
+
+    fn on_master(&mut self) -> Option<i32> {
+        let (orders, open) = self.process.orders(self.slot);
+        for order in orders {
+            let reply = match order {
+                ToWorker::Retire {
+                    why,
+                    graceful: true,
+                } => {
+                    self.begin_stop(why);
+                    continue;
+                }
+                ToWorker::Retire {
+                    why,
+                    graceful: false,
+                } => {
+                    log::info!(
+                        "worker {}: told to retire ({why:?}), exiting now",
+                        self.slot
+                    );
+                    self.conns.say_goodbye_now(why);
+                    return Some(0);
+                }
+                ToWorker::Stats { tag } => FromWorker::Stats {
+                    tag,
+                    stats: self.conns.snapshot(&self.subs, &self.owner),
+                },
+                ToWorker::Connections { tag } => FromWorker::Connections {
+                    tag,
+                    list: self.conns.connection_list(self.slot, &self.subs),
+                },
+            };
+            let _ = self.process.master.send(&reply);
+        }
+        if !open {
+            log::error!("worker {}: master is gone, exiting", self.slot);
+            return Some(1);
+        }
+        let _ = self.process.master.flush();
+        None
     }
 
     /// Writes what is queued. Writing can make more output (a connection
@@ -331,37 +302,287 @@ impl Worker {
     /// then does not wait in `poll`.
     fn flush_all(&mut self) {
         for _ in 0..FLUSH_ROUNDS {
-            self.peers.flush(self.poll.registry(), &mut self.bus_events);
-            if !self.bus_events.is_empty() {
+            self.links.flush();
+            if self.links.has_events() {
                 self.on_bus_events();
             }
-            if self.master.has_output() {
-                let _ = self.master.flush();
+            if self.process.master.has_output() {
+                let _ = self.process.master.flush();
             }
-            if self.dirty.is_empty() {
+            let Some(batch) = self.conns.take_dirty() else {
                 return;
-            }
-            let batch = self.dirty.take();
+            };
             for &key in &batch {
-                self.flush_conn(key);
+                self.conns.flush_conn(key);
+                self.forget_closed();
             }
-            self.dirty.recycle(batch);
+            self.conns.recycle_dirty(batch);
+        }
+    }
+}
+
+/// Reading: the connection table reads; the requests go to routing.
+impl Worker {
+    fn read_conn(&mut self, key: usize) {
+        let Some((protocol, before)) = self.conns.start_read(key) else {
+            return self.forget_closed();
+        };
+        match protocol {
+            Protocol::Http => {
+                if let Some(filled) = self.conns.fill_http(key) {
+                    self.serve_http(key);
+                    self.conns.end_http_read(key, filled);
+                }
+            }
+            Protocol::Ws => self.read_ws(key),
+            Protocol::Tcp => {
+                if let Some(read) = self.conns.read_tcp(key) {
+                    for line in &read.lines {
+                        match line {
+                            Some(text) => self.on_frame(key, text),
+                            None => self.conns.not_utf8(key),
+                        }
+                    }
+                    self.conns.end_tcp_read(key, read);
+                }
+            }
+        }
+        self.conns.note_input(key, before);
+        self.forget_closed();
+    }
+
+    fn read_ws(&mut self, key: usize) {
+        for _ in 0..read::FRAME_BUDGET {
+            match self.conns.read_ws_message(key) {
+                read::WsRead::Text(text) => {
+                    if self.conns.get(key).is_some_and(|c| c.closing.is_none()) {
+                        self.on_frame(key, &text);
+                    }
+                }
+                read::WsRead::Next => {}
+                read::WsRead::Stop => return,
+            }
+        }
+        self.conns.requeue_read(key);
+    }
+}
+
+/// HTTP: the connection table parses and answers what it can; the rest is
+/// routed here.
+impl Worker {
+    /// Serves the complete requests in the connection's buffer, up to
+    /// `MAX_PIPELINED` this turn. Iterative: an answer never serves the next
+    /// request from inside itself, so pipelining cannot deepen the stack.
+    fn serve_http(&mut self, key: usize) {
+        for _ in 0..http_api::MAX_PIPELINED {
+            match self.conns.next_http(key, &self.config) {
+                Next::Wait => return,
+                Next::Done => {}
+                Next::Call(call) => self.http_call(key, call),
+            }
+        }
+        // The cap for this turn: the rest of the buffer waits for the next.
+        self.conns.requeue_read(key);
+    }
+
+    fn http_call(&mut self, key: usize, call: Call) {
+        match call {
+            Call::Publish {
+                origin,
+                channel,
+                data,
+                options,
+            } => self.publish(origin, &channel, &data, options),
+            Call::SetState {
+                origin,
+                channel,
+                key: state_key,
+                value,
+                version,
+            } => self.set_state(origin, &channel, &state_key, Some(value), version),
+            Call::History {
+                channel,
+                since,
+                limit,
+                reply,
+            } => self.history(key, &channel, since, limit, reply),
+            Call::Json {
+                channel,
+                query,
+                reply,
+            } => self.json_query(key, &channel, query, reply),
+            Call::Presence { channel, reply } => self.presence_query(key, &channel, reply),
+            Call::Broadcast { data, keep_alive } => {
+                self.broadcast_all(&data);
+                self.conns
+                    .respond_json(key, 200, OK_BODY.into(), keep_alive);
+            }
+            Call::Disconnect { uid, keep_alive } => {
+                self.disconnect_everywhere(&uid);
+                self.conns
+                    .respond_json(key, 200, OK_BODY.into(), keep_alive);
+            }
+            Call::Stats { keep_alive } => {
+                let mut stats = serde_json::to_value(self.conns.snapshot(&self.subs, &self.owner))
+                    .unwrap_or_default();
+                stats["worker"] = self.slot.into();
+                self.conns
+                    .respond_json(key, 200, stats.to_string(), keep_alive);
+            }
+            Call::Upgraded { user } => {
+                if let Some(user) = user {
+                    self.bind_user(key, user);
+                }
+                // Frames that came with the upgrade request are already buffered.
+                self.read_conn(key);
+            }
+        }
+    }
+}
+
+/// Users: binding, presence counts reported to owners, and the backend's
+/// broadcast and disconnect. Each needs the connections and the routing.
+impl Worker {
+    fn authenticate(&mut self, key: usize, id: Option<&RawValue>, token: &str) {
+        if self.conns.get(key).is_some_and(|c| c.user.is_some()) {
+            let e = ErrorReply::new(
+                "already_authenticated",
+                "this connection is already authenticated",
+            );
+            return self.conns.reply(key, frames::error(id, &e));
+        }
+        match auth::verify(&self.config.auth, token) {
+            Ok(user) => {
+                let reply = frames::ok_auth(id, &user.uid);
+                self.bind_user(key, user);
+                self.conns.reply(key, reply);
+            }
+            Err(e) => self.conns.refuse_auth(key, id, &e),
         }
     }
 
-    /// The connection that made a request is still the one at `key` (keys are
-    /// reused after a close).
-    fn is_live(&self, key: usize, conn_id: u64) -> bool {
-        self.conns.get(key).is_some_and(|c| c.id == conn_id)
+    /// Binds an authenticated user to the connection.
+    fn bind_user(&mut self, key: usize, user: auth::User) {
+        let (slot, uid) = (self.slot, &user.uid);
+        log::debug!("worker {slot}: connection key {key} is user {uid}");
+        let inbox = auth::inbox(&user.uid);
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        conn.user = Some(user);
+        let conn_id = conn.id;
+        // Channels joined before authenticating count for presence from now
+        // on, so leaving them later is symmetric.
+        for channel in self.subs.channels_of(key) {
+            self.track_presence(key, &channel, true);
+        }
+        // Every connection of a user hears its inbox: what was sent while it
+        // was away (after its last ack), then live direct messages.
+        let what = Awaiting::Sub(WaitingSub {
+            key,
+            conn_id,
+            id: None,
+            channel: inbox.clone(),
+            buffer: Default::default(),
+            quiet: true,
+            unsub: None,
+        });
+        self.ask_owner(&inbox, Query::Inbox, what);
     }
 
-    fn mark_dirty(&mut self, key: usize) {
-        self.dirty.push(key);
+    /// A user's connection joined (`true`) or left a channel: count it here
+    /// and tell the channel's owner this worker's new total.
+    fn track_presence(&mut self, key: usize, channel: &str, joined: bool) {
+        if let Some(uid) = self.conns.uid_of(key) {
+            self.count_presence(channel, &uid, joined);
+        }
+    }
+
+    fn count_presence(&mut self, channel: &str, uid: &str, joined: bool) {
+        if !channel.starts_with('#') && !self.config.presence.enabled(channel) {
+            return;
+        }
+        let count = self.local_presence.count(channel, uid, joined);
+        let owner = self.owner_of(channel);
+        let (channel, uid) = (channel.to_string(), uid.to_string());
+        if owner == self.slot {
+            let slot = owner;
+            self.tell_owner(Command::Presence {
+                slot,
+                channel,
+                uid,
+                count,
+            });
+        } else {
+            let msg = BusMsg::Presence {
+                channel,
+                uid,
+                count,
+            };
+            let _ = self.links.send(owner, &msg, Bytes::new());
+        }
+    }
+
+    /// A (new) process of worker `slot` is linked: it owns channels whose
+    /// presence it may have lost, so tell it ours again.
+    fn resend_presence(&mut self, slot: usize) {
+        let ours = self.local_presence.picked(|c| self.owner_of(c) == slot);
+        for (channel, uid, count) in ours {
+            let msg = BusMsg::Presence {
+                channel,
+                uid,
+                count,
+            };
+            let _ = self.links.send(slot, &msg, Bytes::new());
+        }
+    }
+
+    fn presence_query(&mut self, key: usize, channel: &str, reply: HistoryFor) {
+        if !self.config.presence.enabled(channel) {
+            let e = ErrorReply::new(
+                "presence_off",
+                format!("{channel} has no presence (see [presence] channels)"),
+            );
+            return match reply {
+                HistoryFor::Client { id } => {
+                    self.conns.reply(key, frames::error(id.as_deref(), &e))
+                }
+                HistoryFor::Http { .. } => {
+                    let conn_id = self.conns.get(key).map_or(0, |c| c.id);
+                    self.conns.answer_http(key, conn_id, false, Err(e))
+                }
+            };
+        }
+        self.json_query(key, channel, Query::Presence, reply);
+    }
+
+    /// A client's `ack`: answered `ok` only once the inbox's owner has
+    /// stored it, as a publish is answered only once stored.
+    fn ack(&mut self, key: usize, id: Option<Box<RawValue>>, channel: &str, seq: u64) {
+        let conn_id = self.conns.get(key).map_or(0, |c| c.id);
+        let what = Awaiting::Ack { key, conn_id, id };
+        self.ask_owner(channel, Query::Ack { seq }, what);
+    }
+
+    /// `POST /api/broadcast`: a line for every connection on every worker.
+    fn broadcast_all(&mut self, data: &str) {
+        let line = frames::broadcast_line(data);
+        let header = encode_header(&BusMsg::Broadcast, line.len());
+        self.links.broadcast(&header, &line);
+        self.conns.broadcast_local(&line);
+    }
+
+    /// `POST /api/disconnect`: close every connection of `uid`, everywhere.
+    fn disconnect_everywhere(&mut self, uid: &str) {
+        let msg = BusMsg::Disconnect {
+            uid: uid.to_string(),
+        };
+        let header = encode_header(&msg, 0);
+        let empty = Bytes::new();
+        self.links.broadcast(&header, &empty);
+        self.conns.disconnect_local(uid);
     }
 }
 
 /// Most write rounds per loop turn (see `flush_all`).
 const FLUSH_ROUNDS: usize = 4;
-
-/// Largest frame between workers: a resume's replay travels as one frame.
-const MAX_BUS_FRAME: usize = 256 << 20;

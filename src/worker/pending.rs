@@ -269,7 +269,7 @@ impl Worker {
                 },
                 answer,
             ) => {
-                if !self.is_live(key, conn_id) {
+                if !self.conns.is_live(key, conn_id) {
                     return;
                 }
                 match reply {
@@ -284,13 +284,13 @@ impl Worker {
                             ),
                             Err(e) => frames::error(id.as_deref(), &e),
                         };
-                        self.reply(key, text);
+                        self.conns.reply(key, text);
                     }
                     HistoryFor::Http { keep_alive } => {
                         let body = answer.map(|a| {
                             frames::history_reply(None, &channel, a.seq, &a.epoch, &a.lines)
                         });
-                        self.answer_http(key, conn_id, keep_alive, body);
+                        self.conns.answer_http(key, conn_id, keep_alive, body);
                     }
                 }
             }
@@ -302,7 +302,7 @@ impl Worker {
                 },
                 answer,
             ) => {
-                if !self.is_live(key, conn_id) {
+                if !self.conns.is_live(key, conn_id) {
                     return;
                 }
                 let json = answer.map(|a| {
@@ -315,20 +315,20 @@ impl Worker {
                             Ok(object) => frames::ok_with(id.as_deref(), &object),
                             Err(e) => frames::error(id.as_deref(), &e),
                         };
-                        self.reply(key, text);
+                        self.conns.reply(key, text);
                     }
                     HistoryFor::Http { keep_alive } => {
-                        self.answer_http(key, conn_id, keep_alive, json)
+                        self.conns.answer_http(key, conn_id, keep_alive, json)
                     }
                 }
             }
             (Awaiting::Ack { key, conn_id, id }, answer) => {
-                if self.is_live(key, conn_id) {
+                if self.conns.is_live(key, conn_id) {
                     let text = match answer {
                         Ok(_) => frames::ok(id.as_deref()),
                         Err(e) => frames::error(id.as_deref(), &e),
                     };
-                    self.reply(key, text);
+                    self.conns.reply(key, text);
                 }
             }
             (Awaiting::Publish(_), _) => {}
@@ -350,7 +350,7 @@ impl Worker {
             quiet,
             unsub,
         } = sub;
-        if !self.is_live(key, conn_id) {
+        if !self.conns.is_live(key, conn_id) {
             return;
         }
         if let Some(unsub) = unsub {
@@ -358,9 +358,9 @@ impl Worker {
                 Ok(a) => frames::ok_sub(id.as_deref(), &channel, a.seq, &a.epoch, a.recovered),
                 Err(e) => frames::error(id.as_deref(), &e),
             };
-            self.reply(key, reply);
+            self.conns.reply(key, reply);
             if unsub.answer {
-                self.reply(key, frames::ok(unsub.id.as_deref()));
+                self.conns.reply(key, frames::ok(unsub.id.as_deref()));
             }
             return;
         }
@@ -373,7 +373,7 @@ impl Worker {
                     e.message
                 )
             }
-            Err(e) => return self.reply(key, frames::error(id.as_deref(), &e)),
+            Err(e) => return self.conns.reply(key, frames::error(id.as_deref(), &e)),
         };
         // Live messages after this one follow on without a hole.
         let upto = answer.seq.max(buffer.last_seen());
@@ -418,7 +418,7 @@ impl Worker {
             )
         };
         if !quiet {
-            self.reply(key, reply);
+            self.conns.reply(key, reply);
         }
         let limit = self.config.limits.send_buffer_hard;
         if let Some(conn) = self.conns.get_mut(key) {
@@ -430,7 +430,7 @@ impl Worker {
                 self.subs.track(key, &channel, upto, &answer.epoch);
             }
         }
-        self.mark_dirty(key);
+        self.conns.mark_dirty(key);
     }
 
     /// Asks the owner of `channel` for every message after the last one its
@@ -510,7 +510,7 @@ impl Worker {
                         .filter(|&k| !stream.is_some_and(|s| s.has(k, seq)))
                         .collect();
                     for key in keys {
-                        self.send_line(key, &line);
+                        self.conns.send_line(key, &line);
                     }
                 }
             }

@@ -1,70 +1,26 @@
-//! Answers to the master: readiness, `status` counters and the
-//! `connections` list; and its order to retire.
+//! What the master's `status` and `connections` show of the connection
+//! table: counters, connections per protocol, and the list.
 
 use super::conn::Protocol;
-use super::Worker;
-use crate::control::{ConnInfo, FromWorker, ToWorker, WorkerStats};
+use super::connections::Connections;
+use super::owner_side::OwnerSide;
+use crate::control::{ConnInfo, WorkerStats};
+use crate::sync::subscriptions::Subscriptions;
 
-impl Worker {
-    pub(super) fn on_master(&mut self) -> Option<i32> {
-        let mut msgs = Vec::new();
-        let open = match self.master.receive::<ToWorker>(&mut msgs) {
-            Ok(open) => open,
-            Err(e) => {
-                log::error!("worker {}: master link failed: {e}", self.slot);
-                false
-            }
-        };
-        for msg in msgs {
-            let reply = match msg {
-                ToWorker::Retire {
-                    why,
-                    graceful: true,
-                } => {
-                    self.begin_stop(why);
-                    continue;
-                }
-                ToWorker::Retire {
-                    why,
-                    graceful: false,
-                } => {
-                    log::info!(
-                        "worker {}: told to retire ({why:?}), exiting now",
-                        self.slot
-                    );
-                    self.say_goodbye_now(why);
-                    return Some(0);
-                }
-                ToWorker::Stats { tag } => FromWorker::Stats {
-                    tag,
-                    stats: self.snapshot(),
-                },
-                ToWorker::Connections { tag } => FromWorker::Connections {
-                    tag,
-                    list: self.connection_list(),
-                },
-            };
-            let _ = self.master.send(&reply);
-        }
-        if !open {
-            log::error!("worker {}: master is gone, exiting", self.slot);
-            return Some(1);
-        }
-        let _ = self.master.flush();
-        None
-    }
-
-    pub(super) fn snapshot(&self) -> WorkerStats {
+impl Connections {
+    /// The counters for `status` and `/api/stats`: the edge's, and the
+    /// owner's.
+    pub fn snapshot(&self, subs: &Subscriptions, owner: &OwnerSide) -> WorkerStats {
         let mut stats = self.stats.clone();
-        stats.rss_bytes = rss_bytes();
-        stats.subscriptions = self.subs.total();
-        stats.channels_owned = self.owner.channels();
-        let owned = self.owner.stats();
+        stats.subscriptions = subs.total();
+        stats.channels_owned = owner.channels();
+        let owned = owner.stats();
         stats.stored = owned.stored;
         stats.expired = owned.expired;
         stats.trimmed = owned.trimmed;
         stats.disk_reads = owned.disk_reads;
-        for (_, conn) in &self.conns {
+        stats.rss_bytes = rss_bytes();
+        for (_, conn) in self.iter() {
             match conn.session.protocol() {
                 Protocol::Ws => stats.ws += 1,
                 Protocol::Tcp => stats.tcp += 1,
@@ -74,15 +30,14 @@ impl Worker {
         stats
     }
 
-    pub(super) fn connection_list(&self) -> Vec<ConnInfo> {
-        self.conns
-            .iter()
+    pub fn connection_list(&self, slot: usize, subs: &Subscriptions) -> Vec<ConnInfo> {
+        self.iter()
             .map(|(key, conn)| ConnInfo {
-                worker: self.slot,
+                worker: slot,
                 id: conn.id,
                 protocol: conn.session.protocol().name().into(),
                 peer: conn.peer.to_string(),
-                subscriptions: self.subs.count_of(key),
+                subscriptions: subs.count_of(key),
                 bytes_in: conn.t.bytes_in,
                 bytes_out: conn.t.bytes_out,
                 age_secs: conn.opened.elapsed().as_secs(),

@@ -1,107 +1,33 @@
-//! Users at the edge: authentication, each worker's count of its own
+//! Users at the edge: a refused token, and this worker's count of its own
 //! connections per user and channel (reported to the channel's owner, which
-//! sums them), inbox acks (sent to the owner of `#uid`), and the broadcast /
-//! disconnect backend calls.
+//! sums them). Binding a user, reporting counts and the broadcast /
+//! disconnect calls need several parts: they are `Worker` methods in mod.rs.
 
-use std::time::Instant;
+use std::collections::HashMap;
 
 use bytes::Bytes;
 use serde_json::value::RawValue;
 
-use super::pending::{Awaiting, HistoryFor, WaitingSub};
-use super::Worker;
-use crate::auth;
-use crate::bus::frame::encode_header;
-use crate::bus::BusMsg;
-use crate::owner::{Command, Query};
+use super::connections::Connections;
+use super::{CLOSE_GRACE, CLOSE_UNAUTHORIZED};
 use crate::proto::frames::{self, ErrorReply};
+use crate::sync::subscriptions::Subscriptions;
 
 /// The channel that receives every dead letter.
 pub const EXPIRED_CHANNEL: &str = "$expired";
 
-impl Worker {
-    pub(super) fn authenticate(&mut self, key: usize, id: Option<&RawValue>, token: &str) {
-        if self.conns.get(key).is_some_and(|c| c.user.is_some()) {
-            let e = ErrorReply::new(
-                "already_authenticated",
-                "this connection is already authenticated",
-            );
-            return self.reply(key, frames::error(id, &e));
-        }
-        match auth::verify(&self.config.auth, token) {
-            Ok(user) => {
-                let reply = frames::ok_auth(id, &user.uid);
-                self.bind_user(key, user);
-                self.reply(key, reply);
-            }
-            Err(e) => self.refuse_auth(key, id, &e),
-        }
-    }
+/// This worker's connections per (channel, uid), as reported to owners.
+#[derive(Default)]
+pub struct LocalPresence {
+    counts: HashMap<(String, String), usize>,
+}
 
-    /// Binds an authenticated user to the connection.
-    pub(super) fn bind_user(&mut self, key: usize, user: auth::User) {
-        log::debug!(
-            "worker {}: connection key {key} is user {}",
-            self.slot,
-            user.uid
-        );
-        let inbox = auth::inbox(&user.uid);
-        let Some(conn) = self.conns.get_mut(key) else {
-            return;
-        };
-        conn.user = Some(user);
-        let conn_id = conn.id;
-        // Channels joined before authenticating count for presence from now
-        // on, so leaving them later is symmetric.
-        for channel in self.subs.channels_of(key) {
-            self.track_presence(key, &channel, true);
-        }
-        // Every connection of a user hears its inbox: what was sent while it
-        // was away (after its last ack), then live direct messages.
-        let what = Awaiting::Sub(WaitingSub {
-            key,
-            conn_id,
-            id: None,
-            channel: inbox.clone(),
-            buffer: Default::default(),
-            quiet: true,
-            unsub: None,
-        });
-        self.ask_owner(&inbox, Query::Inbox, what);
-    }
-
-    /// An error frame, then the connection closes (WebSocket 4001).
-    pub(super) fn refuse_auth(&mut self, key: usize, id: Option<&RawValue>, e: &ErrorReply) {
-        log::info!("worker {}: refusing a connection: {}", self.slot, e.message);
-        self.reply(key, frames::error(id, e));
-        let deadline = std::time::Instant::now() + super::CLOSE_GRACE;
-        self.close_with(key, super::CLOSE_UNAUTHORIZED, &e.message, deadline);
-    }
-
-    fn tracked(&self, channel: &str) -> bool {
-        channel.starts_with('#') || self.config.presence.enabled(channel)
-    }
-
-    /// A user's connection joined (`true`) or left a channel: count it here
-    /// and tell the channel's owner this worker's new total.
-    pub(super) fn track_presence(&mut self, key: usize, channel: &str, joined: bool) {
-        let Some(uid) = self
-            .conns
-            .get(key)
-            .and_then(|c| c.user.as_ref())
-            .map(|u| u.uid.clone())
-        else {
-            return;
-        };
-        self.count_presence(channel, &uid, joined);
-    }
-
-    pub(super) fn count_presence(&mut self, channel: &str, uid: &str, joined: bool) {
-        if !self.tracked(channel) {
-            return;
-        }
+impl LocalPresence {
+    /// A connection of `uid` joined (`true`) or left `channel`: returns this
+    /// worker's new count.
+    pub fn count(&mut self, channel: &str, uid: &str, joined: bool) -> usize {
         let entry_key = (channel.to_string(), uid.to_string());
-        let count = self.local_presence.entry(entry_key.clone()).or_insert(0);
+        let count = self.counts.entry(entry_key.clone()).or_insert(0);
         *count = if joined {
             *count + 1
         } else {
@@ -109,138 +35,44 @@ impl Worker {
         };
         let count = *count;
         if count == 0 {
-            self.local_presence.remove(&entry_key);
+            self.counts.remove(&entry_key);
         }
-        self.report_presence(channel, uid, count);
+        count
     }
 
-    fn report_presence(&mut self, channel: &str, uid: &str, count: usize) {
-        let owner = self.owner_of(channel);
-        if owner == self.slot {
-            self.tell_owner(Command::Presence {
-                slot: owner,
-                channel: channel.to_string(),
-                uid: uid.to_string(),
-                count,
-            });
-        } else {
-            let msg = BusMsg::Presence {
-                channel: channel.to_string(),
-                uid: uid.to_string(),
-                count,
-            };
-            let _ = self.peers.send(owner, &msg, Bytes::new());
-        }
-    }
-
-    /// A (new) process of worker `slot` is linked: it owns channels whose
-    /// presence it may have lost, so tell it ours again.
-    pub(super) fn resend_presence(&mut self, slot: usize) {
-        let ours: Vec<(String, String, usize)> = self
-            .local_presence
+    /// Our counts in the channels `pick` picks, as (channel, uid, count).
+    pub fn picked(&self, pick: impl Fn(&str) -> bool) -> Vec<(String, String, usize)> {
+        self.counts
             .iter()
-            .filter(|((channel, _), _)| self.owner_of(channel) == slot)
+            .filter(|((channel, _), _)| pick(channel))
             .map(|((c, u), n)| (c.clone(), u.clone(), *n))
-            .collect();
-        for (channel, uid, count) in ours {
-            let msg = BusMsg::Presence {
-                channel,
-                uid,
-                count,
-            };
-            let _ = self.peers.send(slot, &msg, Bytes::new());
-        }
+            .collect()
     }
+}
 
-    pub(super) fn send_to_subscribers(&mut self, channel: &str, line: &Bytes) {
-        for key in self.subs.subscribers(channel).to_vec() {
-            self.send_line(key, line);
-        }
-    }
-
-    pub(super) fn presence_query(&mut self, key: usize, channel: &str, reply: HistoryFor) {
-        if !self.config.presence.enabled(channel) {
-            let e = ErrorReply::new(
-                "presence_off",
-                format!("{channel} has no presence (see [presence] channels)"),
-            );
-            return match reply {
-                HistoryFor::Client { id } => self.reply(key, frames::error(id.as_deref(), &e)),
-                HistoryFor::Http { .. } => {
-                    let conn_id = self.conns.get(key).map_or(0, |c| c.id);
-                    self.answer_http(key, conn_id, false, Err(e))
-                }
-            };
-        }
-        self.json_query(key, channel, Query::Presence, reply);
-    }
-
-    pub(super) fn user_query(&mut self, key: usize, uid: &str, keep_alive: bool) {
-        let query = Query::User {
-            uid: uid.to_string(),
-        };
-        self.json_query(
-            key,
-            &auth::inbox(uid),
-            query,
-            HistoryFor::Http { keep_alive },
+impl Connections {
+    /// An error frame, then the connection closes (WebSocket 4001).
+    pub fn refuse_auth(&mut self, key: usize, id: Option<&RawValue>, e: &ErrorReply) {
+        log::info!(
+            "worker {}: refusing a connection: {}",
+            self.slot(),
+            e.message
         );
+        self.reply(key, frames::error(id, e));
+        let deadline = std::time::Instant::now() + CLOSE_GRACE;
+        self.close_with(key, CLOSE_UNAUTHORIZED, &e.message, deadline);
     }
 
-    /// A client's `ack`: answered `ok` only once the inbox's owner has
-    /// stored it, as a publish is answered only once stored.
-    pub(super) fn ack(&mut self, key: usize, id: Option<Box<RawValue>>, channel: &str, seq: u64) {
-        let conn_id = self.conns.get(key).map_or(0, |c| c.id);
-        let what = Awaiting::Ack { key, conn_id, id };
-        self.ask_owner(channel, Query::Ack { seq }, what);
+    /// The uid of the connection's user, if it has one.
+    pub fn uid_of(&self, key: usize) -> Option<String> {
+        let user = self.get(key).and_then(|c| c.user.as_ref());
+        user.map(|u| u.uid.clone())
     }
 
-    /// `POST /api/broadcast`: a line for every connection on every worker.
-    pub(super) fn broadcast_all(&mut self, data: &str) {
-        let line = frames::broadcast_line(data);
-        let header = encode_header(&BusMsg::Broadcast, line.len());
-        self.peers.broadcast(&header, &line, &mut self.bus_events);
-        self.broadcast_local(&line);
-    }
-
-    pub(super) fn broadcast_local(&mut self, line: &Bytes) {
-        let keys: Vec<usize> = self
-            .conns
-            .iter()
-            .filter(|(_, c)| !matches!(c.session, super::conn::Session::Http { .. }))
-            .map(|(k, _)| k)
-            .collect();
-        for key in keys {
+    /// A line for every subscriber of `channel` here.
+    pub fn send_to_subscribers(&mut self, subs: &Subscriptions, channel: &str, line: &Bytes) {
+        for &key in subs.subscribers(channel) {
             self.send_line(key, line);
-        }
-    }
-
-    /// `POST /api/disconnect`: close every connection of `uid`, everywhere.
-    pub(super) fn disconnect_everywhere(&mut self, uid: &str) {
-        let msg = BusMsg::Disconnect {
-            uid: uid.to_string(),
-        };
-        let header = encode_header(&msg, 0);
-        self.peers
-            .broadcast(&header, &Bytes::new(), &mut self.bus_events);
-        self.disconnect_local(uid);
-    }
-
-    pub(super) fn disconnect_local(&mut self, uid: &str) {
-        let keys: Vec<usize> = self
-            .conns
-            .iter()
-            .filter(|(_, c)| c.user.as_ref().is_some_and(|u| u.uid == uid))
-            .map(|(k, _)| k)
-            .collect();
-        let deadline = Instant::now() + super::CLOSE_GRACE;
-        for key in keys {
-            self.close_with(
-                key,
-                super::CLOSE_DISCONNECTED,
-                "disconnected by the server",
-                deadline,
-            );
         }
     }
 }

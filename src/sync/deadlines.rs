@@ -1,0 +1,286 @@
+//! Connection deadlines: handshake and idle timeouts, heartbeats (WebSocket
+//! pings, and `{"op":"ping"}` lines on TCP with `tcp_ping`), the soft send
+//! buffer limit, and the end of closing and lingering.
+//!
+//! Each connection carries a few instants (`ConnTimers`, no buffers); the
+//! worker's connection table sweeps them on every tick (100 ms). What is due
+//! is decided by `due`, a plain function of the rules, the connection's state
+//! and `now`, so the rules are unit-tested without sockets or clocks.
+
+use std::time::{Duration, Instant};
+
+use crate::config::Limits;
+
+/// What a connection speaks, which decides its deadlines.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Protocol {
+    Http,
+    Ws,
+    Tcp,
+}
+
+impl Protocol {
+    pub fn name(self) -> &'static str {
+        match self {
+            Protocol::Http => "http",
+            Protocol::Ws => "ws",
+            Protocol::Tcp => "tcp",
+        }
+    }
+}
+
+/// The deadline rules, from `[limits]`.
+#[derive(Debug, Clone)]
+pub struct Rules {
+    pub handshake_timeout: Duration,
+    pub ping_interval: Option<Duration>,
+    pub pong_timeout: Duration,
+    pub tcp_ping: bool,
+    pub idle_timeout: Option<Duration>,
+    pub soft_for: Duration,
+}
+
+impl Rules {
+    pub fn from_limits(limits: &Limits) -> Rules {
+        Rules {
+            handshake_timeout: limits.handshake_timeout,
+            ping_interval: limits.ping_interval,
+            pong_timeout: limits.pong_timeout,
+            tcp_ping: limits.tcp_ping,
+            idle_timeout: limits.idle_timeout,
+            soft_for: limits.send_buffer_soft_for,
+        }
+    }
+
+    /// Whether connections of `protocol` get heartbeats.
+    fn pings(&self, protocol: Protocol) -> bool {
+        self.ping_interval.is_some()
+            && match protocol {
+                Protocol::Ws => true,
+                Protocol::Tcp => self.tcp_ping,
+                Protocol::Http => false,
+            }
+    }
+}
+
+/// One connection's deadlines.
+#[derive(Debug, Clone)]
+pub struct ConnTimers {
+    /// Last time any byte arrived from the peer (for `idle_timeout`).
+    pub last_input: Instant,
+    /// When the next ping is due (if the protocol gets pings).
+    pub next_ping: Instant,
+    /// A ping is out: the peer must answer by then.
+    pub pong_due: Option<Instant>,
+    /// Since when the outbound queue has been over `send_buffer_soft`.
+    pub soft_since: Option<Instant>,
+    /// The write side is shut; input is read and discarded until then.
+    pub linger_until: Option<Instant>,
+}
+
+impl ConnTimers {
+    pub fn new(now: Instant, rules: &Rules) -> ConnTimers {
+        ConnTimers {
+            last_input: now,
+            next_ping: now + rules.ping_interval.unwrap_or(Duration::ZERO),
+            pong_due: None,
+            soft_since: None,
+            linger_until: None,
+        }
+    }
+
+    /// The peer answered a ping (or sent a pong anyway).
+    pub fn pong(&mut self) {
+        self.pong_due = None;
+    }
+
+    /// Notes the queue size after a write: whether it is over the soft limit,
+    /// and since when. Returns true once it has been over for `soft_for`.
+    pub fn track_soft(&mut self, queued: usize, soft: usize, soft_for: Duration) -> bool {
+        if queued <= soft {
+            self.soft_since = None;
+            return false;
+        }
+        let now = Instant::now();
+        let since = *self.soft_since.get_or_insert(now);
+        now.duration_since(since) >= soft_for
+    }
+}
+
+/// What a connection's deadlines call for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Due {
+    Nothing,
+    /// Close the socket now (its last frame had its chance).
+    Drop,
+    SendPing,
+    /// The ping went unanswered.
+    PongMissed,
+    /// Nothing arrived for `idle_timeout`.
+    Idle,
+    /// The queue stayed over `send_buffer_soft` for `send_buffer_soft_for`.
+    SlowConsumer,
+}
+
+/// The state of a connection `due` looks at.
+#[derive(Debug, Clone, Copy)]
+pub struct View {
+    pub protocol: Protocol,
+    pub closing: Option<Instant>,
+    /// An HTTP request waits for an owner (the handshake clock stops).
+    pub http_busy: bool,
+    /// Last HTTP request (for the handshake and keep-alive timeout).
+    pub active: Instant,
+}
+
+/// The first thing due for a connection at `now`, if any.
+pub fn due(rules: &Rules, t: &ConnTimers, view: View, now: Instant) -> Due {
+    if let Some(until) = t.linger_until {
+        return if now >= until {
+            Due::Drop
+        } else {
+            Due::Nothing
+        };
+    }
+    if let Some(deadline) = view.closing {
+        return if now >= deadline {
+            Due::Drop
+        } else {
+            Due::Nothing
+        };
+    }
+    if view.protocol == Protocol::Http {
+        let idle = now.saturating_duration_since(view.active);
+        return if !view.http_busy && idle > rules.handshake_timeout {
+            Due::Drop
+        } else {
+            Due::Nothing
+        };
+    }
+    if t.soft_since
+        .is_some_and(|since| now.saturating_duration_since(since) >= rules.soft_for)
+    {
+        return Due::SlowConsumer;
+    }
+    if t.pong_due.is_some_and(|due| now >= due) {
+        return Due::PongMissed;
+    }
+    if rules
+        .idle_timeout
+        .is_some_and(|idle| now.saturating_duration_since(t.last_input) >= idle)
+    {
+        return Due::Idle;
+    }
+    if rules.pings(view.protocol) && t.pong_due.is_none() && now >= t.next_ping {
+        return Due::SendPing;
+    }
+    Due::Nothing
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rules() -> Rules {
+        Rules {
+            handshake_timeout: Duration::from_secs(10),
+            ping_interval: Some(Duration::from_secs(25)),
+            pong_timeout: Duration::from_secs(10),
+            tcp_ping: false,
+            idle_timeout: None,
+            soft_for: Duration::from_secs(10),
+        }
+    }
+
+    fn view(protocol: Protocol, t0: Instant) -> View {
+        View {
+            protocol,
+            closing: None,
+            http_busy: false,
+            active: t0,
+        }
+    }
+
+    const S: fn(u64) -> Duration = Duration::from_secs;
+
+    #[test]
+    fn websocket_heartbeat_pings_then_closes_a_silent_peer() {
+        let r = rules();
+        let t0 = Instant::now();
+        let mut t = ConnTimers::new(t0, &r);
+        let v = view(Protocol::Ws, t0);
+        assert_eq!(due(&r, &t, v, t0 + S(24)), Due::Nothing);
+        assert_eq!(due(&r, &t, v, t0 + S(25)), Due::SendPing);
+        // What the worker does on SendPing.
+        t.next_ping = t0 + S(50);
+        t.pong_due = Some(t0 + S(35));
+        assert_eq!(due(&r, &t, v, t0 + S(34)), Due::Nothing);
+        assert_eq!(due(&r, &t, v, t0 + S(35)), Due::PongMissed);
+        // Answered in time: the next ping comes an interval after the last.
+        t.pong();
+        assert_eq!(due(&r, &t, v, t0 + S(49)), Due::Nothing);
+        assert_eq!(due(&r, &t, v, t0 + S(50)), Due::SendPing);
+    }
+
+    #[test]
+    fn tcp_pings_only_when_switched_on_and_http_never() {
+        let mut r = rules();
+        let t0 = Instant::now();
+        let t = ConnTimers::new(t0, &r);
+        let late = t0 + S(100);
+        assert_eq!(due(&r, &t, view(Protocol::Tcp, late), late), Due::Nothing);
+        r.tcp_ping = true;
+        assert_eq!(due(&r, &t, view(Protocol::Tcp, late), late), Due::SendPing);
+        assert_eq!(due(&r, &t, view(Protocol::Http, late), late), Due::Nothing);
+        r.ping_interval = None;
+        assert_eq!(due(&r, &t, view(Protocol::Ws, late), late), Due::Nothing);
+    }
+
+    #[test]
+    fn idle_soft_limit_handshake_and_closing() {
+        let mut r = rules();
+        r.ping_interval = None;
+        let t0 = Instant::now();
+        let mut t = ConnTimers::new(t0, &r);
+        let v = view(Protocol::Tcp, t0);
+        assert_eq!(due(&r, &t, v, t0 + S(3600)), Due::Nothing, "idle is off");
+        r.idle_timeout = Some(S(60));
+        assert_eq!(due(&r, &t, v, t0 + S(59)), Due::Nothing);
+        assert_eq!(due(&r, &t, v, t0 + S(60)), Due::Idle);
+        t.last_input = t0 + S(30);
+        assert_eq!(due(&r, &t, v, t0 + S(60)), Due::Nothing);
+
+        t.soft_since = Some(t0 + S(1));
+        assert_eq!(due(&r, &t, v, t0 + S(10)), Due::Nothing);
+        assert_eq!(due(&r, &t, v, t0 + S(11)), Due::SlowConsumer);
+
+        // An HTTP connection has handshake_timeout between requests, unless
+        // one is being answered.
+        let mut h = view(Protocol::Http, t0);
+        assert_eq!(due(&r, &t, h, t0 + S(10)), Due::Nothing);
+        assert_eq!(due(&r, &t, h, t0 + S(11)), Due::Drop);
+        h.http_busy = true;
+        assert_eq!(due(&r, &t, h, t0 + S(11)), Due::Nothing);
+
+        // Closing: only its deadline counts; lingering: only the linger one.
+        let mut c = view(Protocol::Ws, t0);
+        c.closing = Some(t0 + S(2));
+        assert_eq!(due(&r, &t, c, t0 + S(100)), Due::Drop);
+        assert_eq!(due(&r, &t, c, t0 + S(1)), Due::Nothing);
+        t.linger_until = Some(t0 + S(200));
+        assert_eq!(due(&r, &t, c, t0 + S(100)), Due::Nothing);
+        assert_eq!(due(&r, &t, c, t0 + S(200)), Due::Drop);
+    }
+
+    #[test]
+    fn soft_tracking_resets_when_the_queue_drains() {
+        let mut t = ConnTimers::new(Instant::now(), &rules());
+        assert!(!t.track_soft(10, 100, S(10)));
+        assert!(t.soft_since.is_none());
+        assert!(!t.track_soft(200, 100, S(10)));
+        assert!(t.soft_since.is_some());
+        assert!(t.track_soft(200, 100, Duration::ZERO));
+        assert!(!t.track_soft(100, 100, S(10)));
+        assert!(t.soft_since.is_none());
+    }
+}
