@@ -983,7 +983,11 @@ fn chaos_every_acked_publish_reaches_every_live_subscriber_once_in_order() {
 /// Returns, per round, the signal and the seqs the live subscriber missed.
 fn owner_leaves_under_load(signals: &[Signal]) -> Vec<(Signal, Vec<u64>)> {
     use common::Client;
-    let server = Server::start(2, "[storage]\nhistory_size = 1000000\n");
+    // The publisher writes as fast as it can: no publish_rate here.
+    let server = Server::start(
+        2,
+        "[storage]\nhistory_size = 1000000\n[limits]\npublish_rate = 0\n",
+    );
     let channel = (0..)
         .map(|i| format!("gap-{i}"))
         .find(|c| owner_of(c, 16, 2) == 1)
