@@ -118,3 +118,88 @@ fn a_bad_public_key_file_stops_start_with_the_key_named() {
         "{said}"
     );
 }
+
+fn hs_token(sub: &str, exp: u64) -> String {
+    encode(
+        &Header::default(),
+        &json!({"sub":sub,"exp":exp}),
+        &EncodingKey::from_secret(b"test-secret"),
+    )
+    .unwrap()
+}
+
+fn unix_now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64()
+}
+
+/// Waits until the wall clock passes `at` (Unix seconds): token expiry is
+/// about real time passing, so this is the event waited for.
+fn wait_until(at: f64) {
+    while unix_now() < at {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+const NO_LEEWAY: &str =
+    "[auth]\njwt_secret = \"test-secret\"\napi_keys = [\"test-key\"]\njwt_leeway = \"0s\"\n";
+
+#[test]
+fn a_token_that_expires_unrefreshed_is_warned_then_closed_with_4001() {
+    let server = Server::start(2, NO_LEEWAY);
+    let exp = now() + 2;
+    let mut ws = common::WsClient::connect(
+        server.ws_port,
+        &format!("/ws?token={}", hs_token("finn", exp)),
+    );
+    let warned = ws.recv();
+    assert_eq!(
+        warned,
+        json!({"op":"refresh_needed","exp":exp}),
+        "warned first (exp is < 30 s away)"
+    );
+    let expired = ws.recv();
+    assert_eq!(expired["code"], "token_expired", "{expired}");
+    assert_eq!(ws.close_code(common::TIMEOUT), Some(4001));
+    let late = unix_now() - exp as f64;
+    println!("closed {late:.2} s after exp");
+    assert!(
+        late < 1.5,
+        "closed within about a second of exp + leeway, not {late:.2} s"
+    );
+}
+
+#[test]
+fn a_refreshed_connection_outlives_its_first_token() {
+    let server = Server::start(2, NO_LEEWAY);
+    let exp = now() + 2;
+    let mut c = server.tcp();
+    let auth = c.request(
+        json!({"op":"auth","id":1,"token":hs_token("gus", exp)}),
+        &mut Vec::new(),
+    );
+    assert_eq!(auth["op"], "ok", "{auth}");
+    assert_eq!(c.recv(), json!({"op":"refresh_needed","exp":exp}));
+    // Another user's token is no refresh; the connection stays as it was.
+    let wrong = c.request(
+        json!({"op":"refresh","id":2,"token":hs_token("hal", now() + 600)}),
+        &mut Vec::new(),
+    );
+    assert_eq!(wrong["code"], "unauthorized", "{wrong}");
+    let fresh_exp = now() + 600;
+    let ok = c.request(
+        json!({"op":"refresh","id":3,"token":hs_token("gus", fresh_exp)}),
+        &mut Vec::new(),
+    );
+    assert_eq!(ok, json!({"op":"ok","id":3,"exp":fresh_exp}));
+    wait_until(exp as f64 + 1.5);
+    let mut early = Vec::new();
+    let pong = c.request(json!({"op":"ping","id":4}), &mut early);
+    assert_eq!(pong["op"], "pong", "still open past the first token's exp");
+    assert!(
+        early.is_empty(),
+        "no warning or expiry for the fresh token: {early:?}"
+    );
+}

@@ -50,6 +50,10 @@ pub enum Op<'a> {
     Auth {
         token: Cow<'a, str>,
     },
+    /// Replace the connection's token, for the same user, before it expires.
+    Refresh {
+        token: Cow<'a, str>,
+    },
     /// A direct message to every connection of `uid`, kept until acked.
     Send {
         uid: Cow<'a, str>,
@@ -165,90 +169,95 @@ pub fn parse_request(text: &str) -> Result<Request<'_>, (Option<Box<RawValue>>, 
         return Err(fail(ErrorReply::new("bad_request", "missing field `op`")));
     };
     let channel = || channel_field(op, &fields.channel);
-    let op = match op {
-        "sub" => Op::Sub {
-            channel: channel().map_err(fail)?,
-            since: fields.since,
-            epoch: fields.epoch.clone(),
-        },
-        "unsub" => Op::Unsub {
-            channel: channel().map_err(fail)?,
-        },
-        "pub" => Op::Pub {
-            channel: channel().map_err(fail)?,
-            data: fields
-                .data
-                .map(compact)
-                .ok_or_else(|| fail(ErrorReply::new("bad_request", "`pub` needs `data`")))?,
-            ttl: ttl_field(fields.ttl).map_err(fail)?,
-        },
-        "history" => Op::History {
-            channel: channel().map_err(fail)?,
-            since: fields.since.unwrap_or(0),
-            limit: history_limit(fields.limit).map_err(fail)?,
-        },
-        "auth" => Op::Auth {
-            token: fields
-                .token
-                .clone()
-                .ok_or_else(|| fail(ErrorReply::new("bad_request", "`auth` needs `token`")))?,
-        },
-        "send" => Op::Send {
-            uid: check_uid(fields.uid.clone()).map_err(fail)?,
-            data: fields
-                .data
-                .map(compact)
-                .ok_or_else(|| fail(ErrorReply::new("bad_request", "`send` needs `data`")))?,
-            ttl: ttl_field(fields.ttl).map_err(fail)?,
-        },
-        "ack" => Op::Ack {
-            channel: channel().map_err(fail)?,
-            seq: fields
-                .seq
-                .ok_or_else(|| fail(ErrorReply::new("bad_request", "`ack` needs `seq`")))?,
-        },
-        "presence" => Op::Presence {
-            channel: channel().map_err(fail)?,
-        },
-        "set" => Op::Set {
-            channel: channel().map_err(fail)?,
-            key: check_key(fields.key.clone()).map_err(fail)?,
-            value: Some(
-                fields
-                    .value
+    let op =
+        match op {
+            "sub" => Op::Sub {
+                channel: channel().map_err(fail)?,
+                since: fields.since,
+                epoch: fields.epoch.clone(),
+            },
+            "unsub" => Op::Unsub {
+                channel: channel().map_err(fail)?,
+            },
+            "pub" => Op::Pub {
+                channel: channel().map_err(fail)?,
+                data: fields
+                    .data
                     .map(compact)
-                    .ok_or_else(|| fail(ErrorReply::new("bad_request", "`set` needs `value`")))?,
-            ),
-            version: fields.version.ok_or_else(|| {
-                fail(ErrorReply::new(
-                    "bad_request",
-                    "`set` needs `version` (0: must not exist)",
-                ))
-            })?,
-        },
-        "del" => Op::Set {
-            channel: channel().map_err(fail)?,
-            key: check_key(fields.key.clone()).map_err(fail)?,
-            value: None,
-            version: fields
-                .version
-                .ok_or_else(|| fail(ErrorReply::new("bad_request", "`del` needs `version`")))?,
-        },
-        "get" => Op::Get {
-            channel: channel().map_err(fail)?,
-            key: check_key(fields.key.clone()).map_err(fail)?,
-        },
-        "state" => Op::State {
-            channel: channel().map_err(fail)?,
-        },
-        "ping" => Op::Ping,
-        other => {
-            return Err(fail(ErrorReply::new(
-                "unknown_op",
-                format!("unknown op `{}`", truncate(other, 40)),
-            )))
-        }
-    };
+                    .ok_or_else(|| fail(ErrorReply::new("bad_request", "`pub` needs `data`")))?,
+                ttl: ttl_field(fields.ttl).map_err(fail)?,
+            },
+            "history" => Op::History {
+                channel: channel().map_err(fail)?,
+                since: fields.since.unwrap_or(0),
+                limit: history_limit(fields.limit).map_err(fail)?,
+            },
+            "auth" => Op::Auth {
+                token: fields
+                    .token
+                    .clone()
+                    .ok_or_else(|| fail(ErrorReply::new("bad_request", "`auth` needs `token`")))?,
+            },
+            "refresh" => Op::Refresh {
+                token: fields.token.clone().ok_or_else(|| {
+                    fail(ErrorReply::new("bad_request", "`refresh` needs `token`"))
+                })?,
+            },
+            "send" => Op::Send {
+                uid: check_uid(fields.uid.clone()).map_err(fail)?,
+                data: fields
+                    .data
+                    .map(compact)
+                    .ok_or_else(|| fail(ErrorReply::new("bad_request", "`send` needs `data`")))?,
+                ttl: ttl_field(fields.ttl).map_err(fail)?,
+            },
+            "ack" => Op::Ack {
+                channel: channel().map_err(fail)?,
+                seq: fields
+                    .seq
+                    .ok_or_else(|| fail(ErrorReply::new("bad_request", "`ack` needs `seq`")))?,
+            },
+            "presence" => Op::Presence {
+                channel: channel().map_err(fail)?,
+            },
+            "set" => {
+                Op::Set {
+                    channel: channel().map_err(fail)?,
+                    key: check_key(fields.key.clone()).map_err(fail)?,
+                    value: Some(fields.value.map(compact).ok_or_else(|| {
+                        fail(ErrorReply::new("bad_request", "`set` needs `value`"))
+                    })?),
+                    version: fields.version.ok_or_else(|| {
+                        fail(ErrorReply::new(
+                            "bad_request",
+                            "`set` needs `version` (0: must not exist)",
+                        ))
+                    })?,
+                }
+            }
+            "del" => Op::Set {
+                channel: channel().map_err(fail)?,
+                key: check_key(fields.key.clone()).map_err(fail)?,
+                value: None,
+                version: fields
+                    .version
+                    .ok_or_else(|| fail(ErrorReply::new("bad_request", "`del` needs `version`")))?,
+            },
+            "get" => Op::Get {
+                channel: channel().map_err(fail)?,
+                key: check_key(fields.key.clone()).map_err(fail)?,
+            },
+            "state" => Op::State {
+                channel: channel().map_err(fail)?,
+            },
+            "ping" => Op::Ping,
+            other => {
+                return Err(fail(ErrorReply::new(
+                    "unknown_op",
+                    format!("unknown op `{}`", truncate(other, 40)),
+                )))
+            }
+        };
     Ok(Request { id, op })
 }
 

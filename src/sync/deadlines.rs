@@ -76,6 +76,8 @@ pub struct ConnTimers {
     pub soft_since: Option<Instant>,
     /// The write side is shut; input is read and discarded until then.
     pub linger_until: Option<Instant>,
+    /// `refresh_needed` went out for the connection's current token.
+    pub refresh_asked: bool,
 }
 
 impl ConnTimers {
@@ -86,6 +88,7 @@ impl ConnTimers {
             pong_due: None,
             soft_since: None,
             linger_until: None,
+            refresh_asked: false,
         }
     }
 
@@ -120,6 +123,26 @@ pub enum Due {
     Idle,
     /// The queue stayed over `send_buffer_soft` for `send_buffer_soft_for`.
     SlowConsumer,
+    /// The token expires within `REFRESH_AHEAD`: ask for a new one (once).
+    RefreshNeeded,
+    /// The token's `exp` (plus `jwt_leeway`) has passed without a refresh.
+    TokenExpired,
+}
+
+/// How long before a token's `exp` the server sends `refresh_needed`.
+pub const REFRESH_AHEAD: Duration = Duration::from_secs(30);
+
+/// What an authenticated connection's token calls for: `exp` in Unix
+/// seconds, `unix_now` the wall clock since the epoch.
+pub fn token_due(exp: u64, leeway: Duration, asked: bool, unix_now: Duration) -> Due {
+    let exp = Duration::from_secs(exp);
+    if unix_now >= exp + leeway {
+        Due::TokenExpired
+    } else if !asked && unix_now + REFRESH_AHEAD >= exp {
+        Due::RefreshNeeded
+    } else {
+        Due::Nothing
+    }
 }
 
 /// The state of a connection `due` looks at.
@@ -180,6 +203,24 @@ pub fn due(rules: &Rules, t: &ConnTimers, view: View, now: Instant) -> Due {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_token_is_refreshed_before_exp_and_expires_after_the_leeway() {
+        let secs = Duration::from_secs;
+        let (exp, leeway) = (1_000, secs(5));
+        assert_eq!(token_due(exp, leeway, false, secs(969)), Due::Nothing);
+        assert_eq!(token_due(exp, leeway, false, secs(970)), Due::RefreshNeeded);
+        assert_eq!(
+            token_due(exp, leeway, true, secs(1_004)),
+            Due::Nothing,
+            "asked once"
+        );
+        assert_eq!(token_due(exp, leeway, true, secs(1_005)), Due::TokenExpired);
+        assert_eq!(
+            token_due(exp, Duration::ZERO, false, secs(1_000)),
+            Due::TokenExpired
+        );
+    }
 
     fn rules() -> Rules {
         Rules {

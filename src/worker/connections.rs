@@ -428,9 +428,13 @@ impl Connections {
 
     /// The tick's pass over every connection's deadlines: what is due, to
     /// `carry_out` one by one (a dropped one is forgotten in between).
-    pub fn sweep(&mut self, now: Instant) -> Vec<(usize, Due)> {
+    /// `jwt_leeway` is how long past its `exp` a token still holds.
+    pub fn sweep(&mut self, now: Instant, jwt_leeway: Duration) -> Vec<(usize, Due)> {
         timers::maybe_trim(now);
         let rules = Rules::from_limits(&self.limits);
+        let unix_now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
         let mut todo = Vec::new();
         for (key, c) in &self.slab {
             let view = View {
@@ -439,9 +443,13 @@ impl Connections {
                 http_busy: c.http_busy,
                 active: c.active,
             };
-            match deadlines::due(&rules, &c.timers, view, now) {
-                Due::Nothing => {}
-                what => todo.push((key, what)),
+            let mut what = deadlines::due(&rules, &c.timers, view, now);
+            if let (Due::Nothing, Some(user), None) = (what, &c.user, c.closing) {
+                let asked = c.timers.refresh_asked;
+                what = deadlines::token_due(user.exp, jwt_leeway, asked, unix_now);
+            }
+            if what != Due::Nothing {
+                todo.push((key, what));
             }
         }
         todo
@@ -462,6 +470,14 @@ impl Connections {
                     timers::log_cut_off(self.slot, c.id, c.peer, why);
                 }
                 self.close_with(key, CLOSE_PONG_TIMEOUT, why, now + CLOSE_GRACE);
+            }
+            Due::RefreshNeeded => self.ask_refresh(key),
+            Due::TokenExpired => {
+                let e = frames::ErrorReply::new(
+                    "token_expired",
+                    "the token expired without a refresh; reconnect with a fresh one",
+                );
+                self.refuse_auth(key, None, &e);
             }
             Due::Idle => {
                 self.stats.idle_timeouts += 1;

@@ -66,7 +66,11 @@ impl Worker {
             Op::Pub { channel, .. } | Op::Set { channel, .. } => {
                 auth::may_publish(user.as_ref(), channel)
             }
-            Op::Auth { .. } | Op::Ping | Op::Unsub { .. } | Op::Send { .. } => Ok(()),
+            Op::Auth { .. }
+            | Op::Refresh { .. }
+            | Op::Ping
+            | Op::Unsub { .. }
+            | Op::Send { .. } => Ok(()),
         };
         if let Err(e) = checked {
             return self.conns.reply(key, frames::error(id, &e));
@@ -80,6 +84,7 @@ impl Worker {
         }
         match request.op {
             Op::Auth { token } => self.authenticate(key, id, &token),
+            Op::Refresh { token } => self.conns.refresh(key, id, &self.config.auth, &token),
             Op::Ping => self.conns.reply(key, frames::pong(id)),
             Op::Sub {
                 channel,

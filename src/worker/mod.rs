@@ -234,7 +234,7 @@ impl Worker {
     fn tick(&mut self, now: Instant) {
         self.links.tick(now);
         self.tell_owner(Command::Tick);
-        for (key, what) in self.conns.sweep(now) {
+        for (key, what) in self.conns.sweep(now, self.config.auth.jwt_leeway) {
             self.conns.carry_out(key, what, now);
             self.forget_closed();
         }

@@ -10,6 +10,8 @@ use serde_json::value::RawValue;
 
 use super::connections::Connections;
 use super::{CLOSE_GRACE, CLOSE_UNAUTHORIZED};
+use crate::auth;
+use crate::config::Auth;
 use crate::proto::frames::{self, ErrorReply};
 use crate::sync::subscriptions::Subscriptions;
 
@@ -61,6 +63,44 @@ impl Connections {
         self.reply(key, frames::error(id, e));
         let deadline = std::time::Instant::now() + CLOSE_GRACE;
         self.close_with(key, CLOSE_UNAUTHORIZED, &e.message, deadline);
+    }
+
+    /// `refresh_needed`, once per token: the client should answer `refresh`.
+    pub fn ask_refresh(&mut self, key: usize) {
+        let Some(conn) = self.get_mut(key) else {
+            return;
+        };
+        conn.timers.refresh_asked = true;
+        let exp = conn.user.as_ref().map_or(0, |u| u.exp);
+        self.reply(key, format!("{{\"op\":\"refresh_needed\",\"exp\":{exp}}}"));
+    }
+
+    /// `refresh`: a newer token for the same user replaces the connection's
+    /// (its grants and `exp`). A bad one is refused, and the old token
+    /// still holds until it expires.
+    pub fn refresh(&mut self, key: usize, id: Option<&RawValue>, rules: &Auth, token: &str) {
+        let Some(conn) = self.get_mut(key) else {
+            return;
+        };
+        let result = match (auth::verify(rules, token), &conn.user) {
+            (_, None) => Err(auth::unauthorized(
+                "`refresh` needs an authenticated connection",
+            )),
+            (Ok(user), Some(old)) if user.uid != old.uid => Err(auth::unauthorized(
+                "`refresh` must carry a token for the same user",
+            )),
+            (result, Some(_)) => result,
+        };
+        let reply = match result {
+            Ok(user) => {
+                let reply = frames::ok_with(id, &format!("{{\"exp\":{}}}", user.exp));
+                conn.user = Some(user);
+                conn.timers.refresh_asked = false;
+                reply
+            }
+            Err(e) => frames::error(id, &e),
+        };
+        self.reply(key, reply);
     }
 
     /// The uid of the connection's user, if it has one.
