@@ -39,5 +39,5 @@ fn demos_work_in_chromium() {
         "browser tests failed:\n{text}\nserver log:\n{}",
         server.log()
     );
-    assert!(text.contains("5 passed, 0 failed"), "{text}");
+    assert!(text.contains("6 passed, 0 failed"), "{text}");
 }

@@ -9,6 +9,7 @@ import net from "node:net";
 import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
+import crypto from "node:crypto";
 
 const [base, controlSocket, apiKey, shotsArg] = process.argv.slice(2);
 const shots = shotsArg ?? fs.mkdtempSync(path.join(os.tmpdir(), "syncd-shots-"));
@@ -254,6 +255,46 @@ await check("kill -9 of a channel's owner five times: both pages get every next 
     console.log(`  page ${i}: ${count("closed")} drops, ${count("resubscribing")} times resubscribing, ${refused[i]} unavailable replies retried`);
   }
   for (const page of pages) await page.context().close();
+});
+
+// An HS256 token signed with the test server's secret (tests/common: "test-secret").
+function mintToken(sub, exp) {
+  const part = (o) => Buffer.from(JSON.stringify(o)).toString("base64url");
+  const body = `${part({ alg: "HS256", typ: "JWT" })}.${part({ sub, exp })}`;
+  return `${body}.${crypto.createHmac("sha256", "test-secret").update(body).digest("base64url")}`;
+}
+
+await check("a page refreshes its token through getToken() when the server asks", async () => {
+  const page = await (await browser.newContext()).newPage();
+  page.on("pageerror", (e) => console.log(`page error: ${e}`));
+  const sent = [];
+  page.on("websocket", (ws) => ws.on("framesent", ({ payload }) => sent.push(String(payload))));
+  let minted = 0;
+  await page.exposeFunction("freshToken", () => {
+    minted++;
+    return mintToken("ivy", Math.floor(Date.now() / 1000) + 600);
+  });
+  await page.goto(base + "/demo/");
+  // 15 s left: enough not to be replaced before connecting (syncd.js
+  // fetches first when under 10 s), and under the 30 s in which the server
+  // sends refresh_needed at once.
+  const exp = Math.floor(Date.now() / 1000) + 15;
+  await page.evaluate(async (token) => {
+    const { SyncClient } = await import("/syncd.js");
+    const client = new SyncClient(`ws://${location.host}/ws`, { token, getToken: () => window.freshToken() });
+    Object.assign(window, { client, drops: 0 });
+    client.addEventListener("state", (e) => { if (e.detail === "closed") drops++; });
+    client.connect();
+    await client.state("refresh-room");
+  }, mintToken("ivy", exp));
+  await until("the page answered refresh_needed with a fresh token", async () =>
+    minted >= 1 && sent.some((f) => f.includes('"op":"refresh"')));
+  await until("the connection carries the fresh token", async () =>
+    (await page.evaluate(() => client.token)) !== null &&
+    JSON.parse(Buffer.from((await page.evaluate(() => client.token)).split(".")[1], "base64url")).exp > exp);
+  const { drops, status } = await page.evaluate(() => ({ drops, status: client.status }));
+  assert(drops === 0 && status === "open", `drops ${drops}, status ${status}`);
+  await page.context().close();
 });
 
 await check("the landing page links the demos and shows its live connection", async () => {
