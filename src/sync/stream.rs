@@ -11,7 +11,9 @@
 use bytes::Bytes;
 
 use super::sub_buffer::SubBuffer;
-use super::subscriptions::ConnKey;
+
+/// A connection's key in the worker's connection table.
+pub type ConnKey = usize;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {

@@ -7,10 +7,8 @@ use std::collections::{HashMap, HashSet};
 
 use bytes::Bytes;
 
+pub use super::stream::ConnKey;
 use super::stream::{Arrival, Fetched, Out, Stream};
-
-/// A connection's key in the worker's connection table.
-pub type ConnKey = usize;
 
 #[derive(Default)]
 pub struct Subscriptions {
