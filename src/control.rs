@@ -79,7 +79,8 @@ pub struct WorkerStats {
     pub idle_timeouts: u64,
     /// Connections refused over `max_connections`.
     pub refused: u64,
-    /// Requests refused by `publish_rate`.
+    /// Requests refused by `publish_rate`, connections by
+    /// `connect_rate_per_ip`.
     #[serde(default)]
     pub rate_limited: u64,
     /// Messages written to this worker's shards, expired and deleted, and

@@ -67,3 +67,43 @@ fn with_client_send_none_only_the_backend_sends_direct_messages() {
     let (status, body) = server.http("POST", "/api/send", r#"{"uid":"bob","data":"hi"}"#);
     assert_eq!(status, 200, "{body}");
 }
+
+#[test]
+fn connections_over_the_per_address_rate_are_refused_with_a_reason() {
+    // One worker, so every connection meets the same bucket.
+    let server = Server::start(1, "[limits]\nconnect_rate_per_ip = 3\n");
+    let mut refused = 0;
+    let mut served = Vec::new();
+    let started = std::time::Instant::now();
+    for _ in 0..10 {
+        let mut c = common::TcpClient::connect(server.tcp_port);
+        c.send_raw(&json!({"op":"ping","id":1}).to_string());
+        let reply = c.recv();
+        match reply["op"].as_str() {
+            Some("pong") => served.push(c),
+            _ => {
+                assert_eq!(reply["code"], "rate_limited", "{reply}");
+                refused += 1;
+            }
+        }
+    }
+    // At most the burst (3) plus what refilled while the loop ran (3 a
+    // second), however slow the machine; and some were refused.
+    let refill = (started.elapsed().as_secs_f64() * 3.0).ceil() as usize;
+    assert!(
+        served.len() <= 3 + refill,
+        "{} served, {refused} refused",
+        served.len()
+    );
+    assert!(refused > 0);
+    let status = common::ws_handshake_status(server.ws_port, "/ws", "");
+    assert!(status == 429 || status == 101, "{status}");
+    assert!(server.sum_stats(|s| s.rate_limited) >= refused);
+    // Those let in are served as usual.
+    for c in &mut served {
+        assert_eq!(
+            c.request(json!({"op":"ping","id":2}), &mut Vec::new())["op"],
+            "pong"
+        );
+    }
+}

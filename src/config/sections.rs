@@ -65,6 +65,9 @@ pub struct Limits {
     /// token bucket holding up to `publish_burst`; 0 turns it off.
     pub publish_rate: u32,
     pub publish_burst: u32,
+    /// New connections a second from one client address (and as many at
+    /// once); 0 turns it off.
+    pub connect_rate_per_ip: u32,
     /// How long a graceful stop or reload may take before workers are killed.
     #[serde(deserialize_with = "duration")]
     pub stop_timeout: Duration,
@@ -373,6 +376,7 @@ impl Default for Limits {
             max_connections: 10_000,
             publish_rate: 10_000,
             publish_burst: 20_000,
+            connect_rate_per_ip: 0,
             stop_timeout: Duration::from_secs(10),
             handshake_timeout: Duration::from_secs(10),
             ping_interval: Some(Duration::from_secs(25)),

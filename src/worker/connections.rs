@@ -7,6 +7,7 @@
 //! forget.
 
 use std::io::{self, Write};
+use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -20,8 +21,10 @@ use super::timers::{self, CLOSE_IDLE, CLOSE_PONG_TIMEOUT, TCP_PING};
 use super::{Port, CLOSE_DISCONNECTED, CLOSE_GRACE, CLOSE_UNAUTHORIZED, CONN_BASE};
 use crate::config::Limits;
 use crate::control::{Retire, WorkerStats};
+use crate::logging::LogLimit;
 use crate::proto::{frames, http};
 use crate::sync::deadlines::{self, ConnTimers, Due, Rules, View};
+use crate::sync::rate::RatePerKey;
 
 /// WebSocket close codes (RFC 6455 7.4.1, IANA registry) for a retiring
 /// worker: "going away" for a stop, "service restart" for a reload.
@@ -60,13 +63,16 @@ pub struct Connections {
     closed: Vec<Closed>,
     /// This worker's counters; the owner's are added in `Worker::snapshot`.
     pub stats: WorkerStats,
+    /// `connect_rate_per_ip`: one bucket per recent client address.
+    connect_rates: RatePerKey<IpAddr>,
+    /// Refusals at accept are logged within this budget.
+    refusal_log: LogLimit,
 }
 
 impl Connections {
     pub fn new(slot: usize, limits: Limits, registry: Registry) -> Connections {
         Connections {
             slot,
-            limits,
             registry,
             slab: Slab::new(),
             next_id: 1,
@@ -74,6 +80,9 @@ impl Connections {
             pending_reads: Vec::new(),
             closed: Vec::new(),
             stats: WorkerStats::default(),
+            connect_rates: RatePerKey::new(limits.connect_rate_per_ip, limits.connect_rate_per_ip),
+            refusal_log: LogLimit::new(5),
+            limits,
         }
     }
 
@@ -202,20 +211,35 @@ impl Connections {
                     return;
                 }
             };
-            if self.slab.len() >= self.limits.max_connections {
+            let refusal = if self.slab.len() >= self.limits.max_connections {
                 self.stats.refused += 1;
-                log::warn!(
-                    "worker {}: refusing {peer}: max_connections reached",
-                    self.slot
-                );
-                let refusal = match port {
-                    Port::Ws => http::json_error(503, "too_many_connections", "server is full"),
+                Some((
+                    503,
+                    "too_many_connections",
+                    "server is full (max_connections)",
+                ))
+            } else if !self.connect_rates.allow(peer.ip(), Instant::now()) {
+                self.stats.rate_limited += 1;
+                let why = "too many new connections from your address (connect_rate_per_ip)";
+                Some((429, "rate_limited", why))
+            } else {
+                None
+            };
+            if let Some((status, code, message)) = refusal {
+                if let Some(left_out) = self.refusal_log.allow(Instant::now()) {
+                    let slot = self.slot;
+                    log::warn!(
+                        "worker {slot}: refusing {peer}: {message}; {left_out} more not logged"
+                    );
+                }
+                let answer = match port {
+                    Port::Ws => http::json_error(status, code, message),
                     Port::Tcp => {
-                        let e = frames::ErrorReply::new("too_many_connections", "server is full");
+                        let e = frames::ErrorReply::new(code, message);
                         (frames::error(None, &e) + "\n").into_bytes()
                     }
                 };
-                let _ = stream.write(&refusal);
+                let _ = stream.write(&answer);
                 continue;
             }
             let _ = stream.set_nodelay(true);
