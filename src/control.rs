@@ -79,6 +79,10 @@ pub struct WorkerStats {
     pub idle_timeouts: u64,
     /// Connections refused over `max_connections`.
     pub refused: u64,
+    /// Owner answers that came after their request was answered
+    /// `unavailable` (request_timeout, or a broken link), dropped.
+    #[serde(default)]
+    pub late_replies: u64,
     /// Requests refused by `publish_rate`, connections by
     /// `connect_rate_per_ip`.
     #[serde(default)]

@@ -74,6 +74,10 @@ pub struct Limits {
     /// How long a connection may take to send its HTTP request or first line.
     #[serde(deserialize_with = "duration")]
     pub handshake_timeout: Duration,
+    /// Longest a request waits for another worker (the channel's owner)
+    /// before it is answered `unavailable`.
+    #[serde(deserialize_with = "duration")]
+    pub request_timeout: Duration,
     /// WebSocket pings (and TCP ones with `tcp_ping`) this often; `None`
     /// ("0s" or "off") sends none.
     #[serde(deserialize_with = "optional_duration_or_off")]
@@ -379,6 +383,7 @@ impl Default for Limits {
             connect_rate_per_ip: 0,
             stop_timeout: Duration::from_secs(10),
             handshake_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(5),
             ping_interval: Some(Duration::from_secs(25)),
             pong_timeout: Duration::from_secs(10),
             tcp_ping: false,

@@ -32,7 +32,7 @@ use crate::bus::frame::encode_header;
 use crate::bus::{self, BusMsg, LinkSecret};
 use crate::config::Config;
 use crate::control::{FromWorker, Retire, ToWorker};
-use crate::owner::{Command, Query};
+use crate::owner::{Command, Query, Reply};
 use crate::proto::frames::{self, ErrorReply};
 use crate::sync::subscriptions::Subscriptions;
 use conn::Protocol;
@@ -234,6 +234,10 @@ impl Worker {
     fn tick(&mut self, now: Instant) {
         self.links.tick(now);
         self.tell_owner(Command::Tick);
+        let timeout = self.config.limits.request_timeout;
+        for tag in self.pending.overdue(self.slot, now, timeout) {
+            self.finish(tag, Reply::Answer(Err(pending::timed_out(timeout))));
+        }
         for (key, what) in self.conns.sweep(now, self.config.auth.jwt_leeway) {
             self.conns.carry_out(key, what, now);
             self.forget_closed();

@@ -5,6 +5,7 @@
 //! and finishes a `sub` with its reply, replay and buffered messages.
 
 use std::collections::HashMap;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use serde_json::value::RawValue;
@@ -44,6 +45,9 @@ pub struct Pending {
     /// The worker that owns the channel: its link breaking fails the request.
     pub slot: usize,
     pub what: Awaiting,
+    /// When it was asked: a request to another worker waits at most
+    /// `request_timeout`.
+    pub since: Instant,
 }
 
 pub enum Awaiting {
@@ -116,7 +120,8 @@ impl PendingTable {
             let channel = sub.channel.as_str();
             self.subs.entry(channel.into()).or_default().push(tag);
         }
-        self.entries.insert(tag, Pending { slot, what });
+        let since = Instant::now();
+        self.entries.insert(tag, Pending { slot, what, since });
         tag
     }
 
@@ -191,6 +196,17 @@ impl PendingTable {
     }
 
     /// Tags of the requests waiting on the link to `slot`.
+    /// Requests to other workers than `local` asked `timeout` or more ago.
+    pub fn overdue(&self, local: usize, now: Instant, timeout: Duration) -> Vec<u64> {
+        let late =
+            |p: &Pending| p.slot != local && now.saturating_duration_since(p.since) >= timeout;
+        self.entries
+            .iter()
+            .filter(|(_, p)| late(p))
+            .map(|(&t, _)| t)
+            .collect()
+    }
+
     pub fn tags_on(&self, slot: usize) -> Vec<u64> {
         let on = self.entries.iter().filter(|(_, p)| p.slot == slot);
         on.map(|(&t, _)| t).collect()
@@ -210,6 +226,16 @@ pub(super) fn sub_buffer_cap() -> usize {
             .and_then(|v| v.parse().ok())
             .unwrap_or(MAX_SUB_BUFFER)
     })
+}
+
+/// A request whose owner did not answer within `request_timeout` (it may
+/// be hung, or stopped): like a broken link, the request may or may not
+/// have been carried out.
+pub fn timed_out(timeout: Duration) -> ErrorReply {
+    ErrorReply::new(
+        "unavailable",
+        format!("the worker that owns this channel did not answer within {timeout:?} (limits.request_timeout); retry shortly"),
+    )
 }
 
 pub fn unavailable(slot: usize) -> ErrorReply {
@@ -239,6 +265,9 @@ impl Worker {
     /// The owner answered the request with this tag.
     pub(super) fn finish(&mut self, tag: u64, reply: Reply) {
         let Some(pending) = self.pending.remove(tag) else {
+            // Answered already: `unavailable` after request_timeout, or when
+            // the owner's link broke.
+            self.conns.stats.late_replies += 1;
             return;
         };
         let answer = match (pending.what, reply) {
