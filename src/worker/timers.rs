@@ -30,6 +30,9 @@ thread_local! {
     static LAST_TRIM: Cell<Option<Instant>> = const { Cell::new(None) };
     /// Bytes written to clients since the last trim.
     static WRITTEN: Cell<u64> = const { Cell::new(0) };
+    /// The last trim gave memory back: while clients are still being
+    /// written to, the tail of a burst is being freed, so trim again.
+    static LAST_RELEASED: Cell<bool> = const { Cell::new(false) };
 }
 
 /// How long after a cut-off the worker keeps returning freed memory: the
@@ -53,10 +56,14 @@ pub fn note_written(bytes: usize) {
 /// cut-off or a lot of traffic. glibc keeps freed memory otherwise, and RSS
 /// stays at the peak of the last burst.
 pub fn maybe_trim(now: Instant) {
+    let written = WRITTEN.with(|w| w.get());
+    // A time window alone misses a burst whose readers drain after it, on
+    // a loaded machine: so also follow the writes while trims still help.
     let wanted = TRIM_UNTIL
         .with(|t| t.get())
         .is_some_and(|until| now < until)
-        || WRITTEN.with(|w| w.get()) >= TRIM_AFTER_WRITING;
+        || written >= TRIM_AFTER_WRITING
+        || (written > 0 && LAST_RELEASED.with(|r| r.get()));
     let recent = LAST_TRIM
         .with(|t| t.get())
         .is_some_and(|last| now.duration_since(last) < Duration::from_secs(1));
@@ -67,9 +74,10 @@ pub fn maybe_trim(now: Instant) {
     WRITTEN.with(|w| w.set(0));
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: malloc_trim only walks the allocator's own free lists.
-    unsafe {
-        libc::malloc_trim(0);
-    }
+    let released = unsafe { libc::malloc_trim(0) } == 1;
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    let released = false;
+    LAST_RELEASED.with(|r| r.set(released));
 }
 
 /// Logs a connection closed by a limit, rate limited per worker.
