@@ -11,6 +11,8 @@
 //! while a parser runs, and each property bounds it by the input's size and
 //! the configured limit, never by a length the input claims.
 
+mod common;
+
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 use std::io::{self, Read, Write};
@@ -520,26 +522,7 @@ struct WsFrame {
 impl WsFrame {
     fn encode(&self) -> Vec<u8> {
         let len = self.claimed.unwrap_or(self.payload.len() as u64);
-        let mut out = vec![self.first];
-        let m = if self.mask.is_some() { 0x80 } else { 0 };
-        if len < 126 {
-            out.push(m | len as u8);
-        } else if len <= 0xffff {
-            out.push(m | 126);
-            out.extend_from_slice(&(len as u16).to_be_bytes());
-        } else {
-            out.push(m | 127);
-            out.extend_from_slice(&len.to_be_bytes());
-        }
-        let mut payload = self.payload.clone();
-        if let Some(key) = self.mask {
-            out.extend_from_slice(&key);
-            for (i, b) in payload.iter_mut().enumerate() {
-                *b ^= key[i % 4];
-            }
-        }
-        out.extend_from_slice(&payload);
-        out
+        common::ws_client_frame(self.first, self.mask, len, &self.payload)
     }
 }
 

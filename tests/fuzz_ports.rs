@@ -123,27 +123,8 @@ fn ws_frame(rng: &mut Rng) -> Vec<u8> {
         _ => payload.len() as u64,
     };
     let masked = !rng.chance(12);
-    let mut out = vec![first];
-    let m = if masked { 0x80 } else { 0 };
-    if len < 126 {
-        out.push(m | len as u8);
-    } else if len <= 0xffff {
-        out.push(m | 126);
-        out.extend_from_slice(&(len as u16).to_be_bytes());
-    } else {
-        out.push(m | 127);
-        out.extend_from_slice(&len.to_be_bytes());
-    }
     let key = (rng.next() as u32).to_be_bytes();
-    if masked {
-        out.extend_from_slice(&key);
-    }
-    out.extend(
-        payload
-            .iter()
-            .enumerate()
-            .map(|(i, b)| if masked { b ^ key[i % 4] } else { *b }),
-    );
+    let out = common::ws_client_frame(first, masked.then_some(key), len, &payload);
     if rng.chance(8) {
         mutate(rng, &out)
     } else {

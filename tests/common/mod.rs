@@ -543,3 +543,28 @@ impl TcpClient {
         self.writer
     }
 }
+
+/// A client's WebSocket frame on the wire: `first` byte (FIN, RSV, opcode),
+/// the length field `len` (which may lie about the payload), the masking
+/// key if masked, then the payload (masked with it).
+pub fn ws_client_frame(first: u8, mask: Option<[u8; 4]>, len: u64, payload: &[u8]) -> Vec<u8> {
+    let mut out = vec![first];
+    let m = if mask.is_some() { 0x80 } else { 0 };
+    if len < 126 {
+        out.push(m | len as u8);
+    } else if len <= 0xffff {
+        out.push(m | 126);
+        out.extend_from_slice(&(len as u16).to_be_bytes());
+    } else {
+        out.push(m | 127);
+        out.extend_from_slice(&len.to_be_bytes());
+    }
+    match mask {
+        Some(key) => {
+            out.extend_from_slice(&key);
+            out.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
+        }
+        None => out.extend_from_slice(payload),
+    }
+    out
+}
