@@ -92,12 +92,23 @@ pub struct Master {
     start_report: Option<StartReport>,
 }
 
-/// Runs the master until it stops; returns the process exit code.
-pub fn run(config: Config, report: Option<StartReport>) -> i32 {
-    crate::logging::set_role("master");
+/// The checks a config passes before it serves, at start and on SIGHUP:
+/// its token key is usable and protected mode allows it. Logs its warnings
+/// (deprecated keys, a public server without an Origin list) on the way.
+fn may_serve(config: &Config) -> Result<(), String> {
     for warning in &config.warnings {
         log::warn!("master: {warning}");
     }
+    crate::auth::check_config(&config.auth)?;
+    for warning in crate::exposure::check(config)? {
+        log::warn!("master: {warning}");
+    }
+    Ok(())
+}
+
+/// Runs the master until it stops; returns the process exit code.
+pub fn run(config: Config, report: Option<StartReport>) -> i32 {
+    crate::logging::set_role("master");
     let mut master = match Master::new(config) {
         Ok(master) => master,
         Err(e) => {
@@ -114,10 +125,7 @@ pub fn run(config: Config, report: Option<StartReport>) -> i32 {
 
 impl Master {
     fn new(mut config: Config) -> anyhow::Result<Master> {
-        crate::auth::check_config(&config.auth).map_err(anyhow::Error::msg)?;
-        for warning in crate::exposure::check(&config).map_err(anyhow::Error::msg)? {
-            log::warn!("master: {warning}");
-        }
+        may_serve(&config).map_err(anyhow::Error::msg)?;
         let pidfile = PidFile::acquire(&config.paths.pid_file)?;
         // Checked here, before any fork, so a bad data directory is one clear
         // error rather than workers dying in a loop.
@@ -284,14 +292,8 @@ impl Master {
         fresh.listen = self.config.listen.clone();
         fresh.paths = self.config.paths.clone();
         fresh.storage = self.config.storage.clone();
-        for warning in &fresh.warnings {
-            log::warn!("master: {warning}");
-        }
-        match crate::auth::check_config(&fresh.auth).and_then(|()| crate::exposure::check(&fresh)) {
-            Ok(warnings) => warnings.iter().for_each(|w| log::warn!("master: {w}")),
-            Err(e) => {
-                return log::error!("master: config not reloaded, keeping the running one: {e}")
-            }
+        if let Err(e) = may_serve(&fresh) {
+            return log::error!("master: config not reloaded, keeping the running one: {e}");
         }
         log::info!("master: config re-read from {}", source.display());
         self.config = fresh;
