@@ -29,6 +29,8 @@ mod testing;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
+mod tests_engine;
+#[cfg(test)]
 mod tests_users;
 
 use std::collections::{HashMap, VecDeque};
@@ -223,6 +225,8 @@ pub struct OwnerConfig {
     pub ack_timeout: Duration,
     pub max_attempts: u32,
     pub idempotency_window: Duration,
+    /// The engine numbers messages itself (`Engine::numbers_messages`).
+    pub numbered_by_engine: bool,
 }
 
 impl OwnerConfig {
@@ -234,6 +238,7 @@ impl OwnerConfig {
             ack_timeout: config.delivery.ack_timeout,
             max_attempts: config.delivery.max_attempts,
             idempotency_window: config.delivery.idempotency_window,
+            numbered_by_engine: false,
         }
     }
 }
@@ -388,10 +393,19 @@ impl OwnerCore {
 
     fn completed(&mut self, completion: Completion, now: Now) {
         match completion {
-            Completion::Committed { upto, count } => {
+            Completion::Committed {
+                upto,
+                count,
+                numbered,
+            } => {
                 self.stats.stored += count;
+                let mut numbered = numbered.into_iter().peekable();
                 while self.inflight.front().is_some_and(|m| m.ticket <= upto) {
-                    if let Some(m) = self.inflight.pop_front() {
+                    if let Some(mut m) = self.inflight.pop_front() {
+                        while numbered.next_if(|n| n.ticket < m.ticket).is_some() {}
+                        if let Some(n) = numbered.next_if(|n| n.ticket == m.ticket) {
+                            m.seq = n.seq;
+                        }
                         self.release(m, now);
                     }
                 }

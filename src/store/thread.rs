@@ -143,7 +143,11 @@ impl Writer {
             }
         }
         if let Some(upto) = last_ticket {
-            let _ = self.outbox.send(Completion::Committed { upto, count });
+            let _ = self.outbox.send(Completion::Committed {
+                upto,
+                count,
+                numbered: Vec::new(),
+            });
         }
         let mut acks: HashMap<u32, Vec<(u64, String, u64)>> = HashMap::new();
         let mut closing = false;
