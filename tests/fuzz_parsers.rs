@@ -15,14 +15,11 @@ mod common;
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
-use std::io::{self, Read, Write};
 use std::path::Path;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use proptest::prelude::*;
-use tungstenite::protocol::{Role, WebSocketContext};
-use tungstenite::Message;
 
 use syncd::bus::frame::{self, BusMsg, FrameError};
 use syncd::bus::secret::LinkSecret;
@@ -32,6 +29,7 @@ use syncd::proto::frames::{check_channel, parse_request, Op};
 use syncd::proto::http::{self, Parsed};
 use syncd::proto::tcp::{self, Line, TooLong};
 use syncd::proto::ws;
+use syncd::proto::ws_codec::{Decoder, Event};
 
 // ---------------------------------------------------------------------------
 // Measuring allocations
@@ -477,35 +475,7 @@ proptest! {
 }
 
 // ---------------------------------------------------------------------------
-// WebSocket frames, read by tungstenite with our limits
-
-/// An in-memory socket: reads `input` (then would block), collects writes.
-struct Mem {
-    input: io::Cursor<Vec<u8>>,
-    output: Vec<u8>,
-}
-
-impl Read for Mem {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        match self.input.read(buf)? {
-            0 => Err(io::ErrorKind::WouldBlock.into()),
-            n => Ok(n),
-        }
-    }
-}
-
-impl Write for Mem {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        // What we answer (pongs, close frames) stays small.
-        if self.output.len() < 1 << 16 {
-            self.output.extend_from_slice(buf);
-        }
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
+// WebSocket frames, read by the worker's decoder with our limits
 
 const WS_MAX: usize = 4096;
 
@@ -560,49 +530,45 @@ fn ws_frame() -> impl Strategy<Value = WsFrame> {
     })
 }
 
-/// Feeds `input` to a server-side WebSocket configured as the worker's, and
-/// checks every message and error.
-fn read_ws(input: Vec<u8>) -> Result<(), TestCaseError> {
+/// Feeds `input` to the worker's WebSocket decoder in `chunk`-sized reads,
+/// and checks every message and violation.
+fn read_ws_in(input: Vec<u8>, chunk: usize) -> Result<(), TestCaseError> {
     let len = input.len();
-    let mut stream = Mem {
-        input: io::Cursor::new(input),
-        output: Vec::new(),
-    };
-    let mut ctx = WebSocketContext::new(Role::Server, Some(ws::config(WS_MAX)));
-    for _ in 0..1000 {
-        let (result, largest) = watch(|| ctx.read(&mut stream));
-        // The read buffer (128 KiB, allocated once) and at most one message
-        // of WS_MAX: never what a length field claims.
+    let mut decoder = Decoder::default();
+    for part in input.chunks(chunk.max(1)) {
+        let mut events = Vec::new();
+        let (result, largest) = watch(|| decoder.feed(part, WS_MAX, &mut events));
+        // What came and at most one message of WS_MAX: never what a length
+        // field claims.
         prop_assert!(
-            largest <= 128 * 1024 + 4 * WS_MAX + 2 * len,
+            largest <= 4 * WS_MAX + 2 * len,
             "{largest} bytes allocated reading {len} bytes"
         );
-        match result {
-            Ok(Message::Text(text)) => {
-                prop_assert!(text.len() <= WS_MAX);
-                check_request(text.as_str())?;
-            }
-            Ok(Message::Binary(data)) => prop_assert!(data.len() <= WS_MAX),
-            Ok(_) => {}
-            Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => break,
-            Err(e) => {
-                // The worker answers these with a close code; each has a message.
-                let code = u16::from(ws::close_code_for(&e));
-                prop_assert!([1002, 1007, 1009].contains(&code), "{e} -> {code}");
-                prop_assert!(!e.to_string().is_empty());
-                match e {
-                    tungstenite::Error::Capacity(_)
-                    | tungstenite::Error::Protocol(_)
-                    | tungstenite::Error::Utf8(_)
-                    | tungstenite::Error::AlreadyClosed
-                    | tungstenite::Error::ConnectionClosed => {}
-                    other => prop_assert!(false, "unexpected error kind: {other:?}"),
+        prop_assert!(decoder.held() <= WS_MAX + len + 64);
+        for event in events {
+            match event {
+                Event::Text(text) => {
+                    prop_assert!(text.len() <= WS_MAX);
+                    check_request(&text)?;
                 }
-                break;
+                Event::Binary(data) => prop_assert!(data.len() <= WS_MAX),
+                Event::Ping(data) => prop_assert!(data.len() <= 125),
+                Event::Pong | Event::Close(_) => {}
             }
+        }
+        if let Err(v) = result {
+            // The worker closes with this code and reason.
+            prop_assert!([1002, 1007, 1009].contains(&v.code), "{v:?}");
+            prop_assert!(!v.reason.is_empty());
+            break;
         }
     }
     Ok(())
+}
+
+fn read_ws(input: Vec<u8>) -> Result<(), TestCaseError> {
+    read_ws_in(input.clone(), input.len())?;
+    read_ws_in(input, 7)
 }
 
 proptest! {
@@ -636,22 +602,11 @@ fn ws_length_of_2_pow_63_is_refused_before_allocating() {
             claimed: Some(claimed),
             payload: b"tiny".to_vec(),
         };
-        let mut stream = Mem {
-            input: io::Cursor::new(frame.encode()),
-            output: Vec::new(),
-        };
-        let mut ctx = WebSocketContext::new(Role::Server, Some(ws::config(WS_MAX)));
-        let (result, largest) = watch(|| ctx.read(&mut stream));
-        match result {
-            Err(e @ tungstenite::Error::Capacity(_)) => {
-                assert_eq!(u16::from(ws::close_code_for(&e)), 1009);
-            }
-            other => panic!("{claimed}: {other:?}"),
-        }
-        assert!(
-            largest <= 256 * 1024,
-            "{largest} bytes for a {claimed} claim"
-        );
+        let mut decoder = Decoder::default();
+        let mut events = Vec::new();
+        let (result, largest) = watch(|| decoder.feed(&frame.encode(), WS_MAX, &mut events));
+        assert_eq!(result.map_err(|v| v.code), Err(1009), "{claimed}");
+        assert!(largest <= 1024, "{largest} bytes for a {claimed} claim");
     }
 }
 

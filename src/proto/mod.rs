@@ -8,3 +8,4 @@ pub mod http;
 pub mod replies;
 pub mod tcp;
 pub mod ws;
+pub mod ws_codec;

@@ -2,7 +2,7 @@
 //! speaks (HTTP until upgraded, WebSocket, or newline-delimited JSON).
 
 use crate::sync::rate::TokenBucket;
-use std::io::{self, Read, Write};
+use std::io;
 use std::net::SocketAddr;
 use std::time::Instant;
 
@@ -10,14 +10,14 @@ use std::collections::VecDeque;
 
 use bytes::Bytes;
 use mio::net::TcpStream;
-use tungstenite::protocol::WebSocketContext;
 
 use crate::outbound::OutboundQueue;
+use crate::proto::ws_codec::Decoder;
 use crate::sync::deadlines::ConnTimers;
 pub use crate::sync::deadlines::Protocol;
 
-/// The socket and the bytes waiting for it. tungstenite reads and writes through
-/// this too, so its control frames and our shared message frames share one queue.
+/// The socket and the bytes waiting for it: control frames and shared
+/// message frames share one queue.
 pub struct Transport {
     pub stream: TcpStream,
     pub out: OutboundQueue,
@@ -29,27 +29,6 @@ pub struct Transport {
     /// `send_buffer_soft`: replays refill the queue up to here, and a queue
     /// that stays above it for `send_buffer_soft_for` is cut off.
     soft: usize,
-}
-
-impl Read for Transport {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.stream.read(buf)?;
-        self.bytes_in += n as u64;
-        Ok(n)
-    }
-}
-
-impl Write for Transport {
-    /// Never blocks: the bytes join the outbound queue, or the connection is
-    /// marked as overflowed and will be cut off.
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.queue(&[&Bytes::copy_from_slice(buf)]);
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
 }
 
 impl Transport {
@@ -96,7 +75,8 @@ pub enum Session {
     /// HTTP requests on the ws port, until one upgrades to WebSocket.
     Http { buf: Vec<u8> },
     Ws {
-        ctx: Box<WebSocketContext>,
+        /// Holds only an unfinished frame or fragmented message.
+        decoder: Decoder,
         /// `/echo`: messages come back unchanged (conformance testing only).
         echo: bool,
     },

@@ -22,7 +22,7 @@ use super::{Port, CLOSE_DISCONNECTED, CLOSE_GRACE, CLOSE_UNAUTHORIZED, CONN_BASE
 use crate::config::Limits;
 use crate::control::{Retire, WorkerStats};
 use crate::logging::LogLimit;
-use crate::proto::{frames, http};
+use crate::proto::{frames, http, ws_codec};
 use crate::sync::deadlines::{self, ConnTimers, Due, Rules, View};
 use crate::sync::rate::RatePerKey;
 
@@ -53,7 +53,7 @@ pub struct Connections {
     slot: usize,
     limits: Limits,
     registry: Registry,
-    slab: Slab<Conn>,
+    pub(super) slab: Slab<Conn>,
     next_id: u64,
     /// Connections with new output to write at the end of this loop turn.
     dirty: dirty::Marks,
@@ -67,6 +67,9 @@ pub struct Connections {
     connect_rates: RatePerKey<IpAddr>,
     /// Refusals at accept are logged within this budget.
     refusal_log: LogLimit,
+    /// Every WebSocket read lands here first; a connection keeps only the
+    /// bytes of a frame that has not fully arrived.
+    pub(super) scratch: Box<[u8]>,
 }
 
 impl Connections {
@@ -82,6 +85,7 @@ impl Connections {
             stats: WorkerStats::default(),
             connect_rates: RatePerKey::new(limits.connect_rate_per_ip, limits.connect_rate_per_ip),
             refusal_log: LogLimit::new(5),
+            scratch: vec![0; super::read::SCRATCH].into_boxed_slice(),
             limits,
         }
     }
@@ -374,16 +378,10 @@ impl Connections {
         }
         conn.closing = Some(deadline);
         match &mut conn.session {
-            Session::Ws { ctx, .. } => {
-                use tungstenite::protocol::frame::CloseFrame;
-                let frame = CloseFrame {
-                    code: code.into(),
-                    reason: close_reason(reason).into(),
-                };
+            Session::Ws { .. } => {
                 // Room for the close frame even when the queue was full.
                 conn.t.overflowed = false;
-                let _ = ctx.close(&mut conn.t, Some(frame));
-                let _ = ctx.flush(&mut conn.t);
+                conn.t.queue(&[&ws_codec::close(code, reason)]);
             }
             // A refused token already got its error frame, with the request's
             // id: a second one would only confuse.
@@ -521,22 +519,10 @@ impl Connections {
         conn.timers.next_ping = now + rules.ping_interval.unwrap_or(Duration::ZERO);
         conn.timers.pong_due = Some(now + rules.pong_timeout);
         match &mut conn.session {
-            Session::Ws { ctx, .. } => {
-                let _ = ctx.write(&mut conn.t, tungstenite::Message::Ping(Bytes::new()));
-                let _ = ctx.flush(&mut conn.t);
-            }
+            Session::Ws { .. } => conn.t.queue(&[&ws_codec::ping()]),
             Session::Tcp { .. } => conn.t.queue(&[&Bytes::from_static(TCP_PING)]),
             Session::Http { .. } => return,
         }
         self.dirty.push(key);
     }
-}
-
-/// A close frame's reason may be at most 123 bytes (RFC 6455 5.5.1).
-fn close_reason(reason: &str) -> String {
-    let mut end = reason.len().min(120);
-    while !reason.is_char_boundary(end) {
-        end -= 1;
-    }
-    reason[..end].to_string()
 }

@@ -8,7 +8,6 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use serde_json::value::RawValue;
-use tungstenite::protocol::{Role, WebSocketContext};
 
 use super::conn::Session;
 use super::connections::Connections;
@@ -26,6 +25,7 @@ use crate::proto::compact::compact;
 use crate::proto::frames::{self, ErrorReply};
 use crate::proto::http::{self, Parsed, Request};
 use crate::proto::ws;
+use crate::proto::ws_codec::Decoder;
 use crate::sync::channel;
 
 fn api_key_ok(config: &Config, request: &Request) -> bool {
@@ -485,17 +485,14 @@ impl Connections {
             Ok(response) => response,
             Err(message) => return self.bad(key, http::json_error(400, "bad_request", &message)),
         };
-        let max_frame = self.limits().max_frame;
         let conn = self.get_mut(key)?;
         let Session::Http { buf } = &mut conn.session else {
             return None;
         };
         let early = std::mem::take(buf);
         conn.t.queue(&[&Bytes::from(response)]);
-        let ctx =
-            WebSocketContext::from_partially_read(early, Role::Server, Some(ws::config(max_frame)));
         conn.session = Session::Ws {
-            ctx: Box::new(ctx),
+            decoder: Decoder::with_early(early),
             echo,
         };
         self.mark_dirty(key);

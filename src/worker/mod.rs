@@ -357,18 +357,14 @@ impl Worker {
     }
 
     fn read_ws(&mut self, key: usize) {
-        for _ in 0..read::FRAME_BUDGET {
-            match self.conns.read_ws_message(key) {
-                read::WsRead::Text(text) => {
-                    if self.conns.get(key).is_some_and(|c| c.closing.is_none()) {
-                        self.on_frame(key, &text);
-                    }
+        if let Some(read) = self.conns.read_ws(key) {
+            for text in &read.texts {
+                if self.conns.get(key).is_some_and(|c| c.closing.is_none()) {
+                    self.on_frame(key, text);
                 }
-                read::WsRead::Next => {}
-                read::WsRead::Stop => return,
             }
+            self.conns.end_ws_read(key, read);
         }
-        self.conns.requeue_read(key);
     }
 }
 

@@ -7,17 +7,18 @@
 use std::io::{self, Read};
 use std::time::Instant;
 
-use tungstenite::Message;
+use tungstenite::protocol::frame::coding::{Data, OpCode};
 
 use super::conn::{Protocol, Session};
 use super::connections::Connections;
 use super::CLOSE_GRACE;
-use crate::proto::{frames, http, tcp, ws};
+use crate::proto::ws_codec::{self, Event, Violation};
+use crate::proto::{frames, http, tcp};
 
 /// Bytes read from one connection per loop turn.
 const READ_BUDGET: usize = 256 * 1024;
-/// WebSocket messages handled from one connection per loop turn.
-pub const FRAME_BUDGET: usize = 256;
+/// The worker's WebSocket read buffer (`Connections::scratch`).
+pub const SCRATCH: usize = 64 * 1024;
 
 pub enum Filled {
     /// Read everything the socket had.
@@ -35,14 +36,10 @@ pub struct TcpRead {
     filled: Filled,
 }
 
-/// What one WebSocket read leaves for the worker.
-pub enum WsRead {
-    /// A request frame to serve.
-    Text(String),
-    /// Read the next message.
-    Next,
-    /// Nothing more to read now.
-    Stop,
+/// A WebSocket connection's text messages, read for the worker to serve.
+pub struct WsRead {
+    pub texts: Vec<String>,
+    filled: Filled,
 }
 
 /// Appends what the socket has to `buf`, up to the budget.
@@ -113,15 +110,6 @@ impl Connections {
         }
     }
 
-    pub fn echo(&mut self, key: usize, message: Message) {
-        if let Some(conn) = self.get_mut(key) {
-            if let Session::Ws { ctx, .. } = &mut conn.session {
-                let _ = ctx.write(&mut conn.t, message);
-                let _ = ctx.flush(&mut conn.t);
-            }
-        }
-    }
-
     /// A connection to read: its protocol and how many bytes it had read,
     /// or nothing to serve (it is gone, or it is closing and its input was
     /// discarded here).
@@ -177,6 +165,12 @@ impl Connections {
         }
         buf.drain(..*start);
         *start = 0;
+        // Hold only a line that has not ended, not the largest read so far.
+        if buf.is_empty() {
+            *buf = Vec::new();
+        } else if buf.capacity() > 2 * buf.len() + 1024 {
+            buf.shrink_to_fit();
+        }
         if pong {
             conn.timers.pong();
         }
@@ -212,82 +206,128 @@ impl Connections {
         }
     }
 
-    /// Reads one WebSocket message. Control frames, echo, binary messages
-    /// and errors are handled here; a text frame goes to the worker.
-    pub fn read_ws_message(&mut self, key: usize) -> WsRead {
-        let Some(conn) = self.get_mut(key) else {
-            return WsRead::Stop;
-        };
+    /// Reads what a WebSocket connection sent, up to the budget, into the
+    /// worker's scratch buffer and decodes it. Control frames, echo, binary
+    /// messages and violations are handled here; the text messages are
+    /// handed back to be served, then to `end_ws_read`.
+    pub fn read_ws(&mut self, key: usize) -> Option<WsRead> {
+        let max = self.limits().max_frame;
+        let conn = self.slab.get_mut(key)?;
         if conn.input_broken {
             self.discard_input(key);
-            return WsRead::Stop;
+            return None;
         }
-        // Our close frame is on its way: only the peer's matters now.
-        let closing = conn.closing.is_some();
-        let Session::Ws { ctx, echo } = &mut conn.session else {
-            return WsRead::Stop;
+        let Session::Ws { decoder, echo } = &mut conn.session else {
+            return None;
         };
         let echo = *echo;
-        let result = ctx.read(&mut conn.t);
-        // Pongs and close replies tungstenite queued go out with our frames.
-        let _ = ctx.flush(&mut conn.t);
-        self.mark_dirty(key);
-        match result {
-            Ok(Message::Pong(_)) => self.on_pong(key),
-            Ok(Message::Close(_)) => {
-                // tungstenite queued the close reply (or this answers
-                // ours): drop once it is sent, without lingering.
-                if let Some(conn) = self.get_mut(key) {
-                    conn.input_done = true;
-                    if conn.timers.linger_until.is_some() {
-                        self.drop_conn(key);
-                    } else {
-                        conn.closing.get_or_insert(Instant::now() + CLOSE_GRACE);
-                    }
-                }
-                return WsRead::Stop;
+        let mut events = Vec::new();
+        let mut violation = None;
+        let mut got = 0;
+        let filled = loop {
+            if got >= READ_BUDGET {
+                break Filled::Budget;
             }
-            Ok(_) if closing => {}
-            Ok(Message::Text(text)) if echo => self.echo(key, Message::Text(text)),
-            Ok(Message::Binary(data)) if echo => self.echo(key, Message::Binary(data)),
-            Ok(Message::Text(text)) if tcp::is_pong(&text) => self.on_pong(key),
-            Ok(Message::Text(text)) => return WsRead::Text(text.to_string()),
-            Ok(Message::Binary(_)) => {
+            let n = match conn.t.stream.read(&mut self.scratch) {
+                Ok(0) => break Filled::Closed,
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break Filled::Drained,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => break Filled::Closed,
+            };
+            got += n;
+            conn.t.bytes_in += n as u64;
+            if let Err(v) = decoder.feed(&self.scratch[..n], max, &mut events) {
+                violation = Some(v);
+                break Filled::Drained;
+            }
+        };
+        let mut texts = Vec::new();
+        for event in events {
+            match self.on_ws_event(key, event, echo) {
+                Some(text) => texts.push(text),
+                None => continue,
+            }
+        }
+        if let Some(v) = violation {
+            self.ws_violation(key, v);
+            return None;
+        }
+        Some(WsRead { texts, filled })
+    }
+
+    /// A control frame, an echo or a refusal is taken care of here; a
+    /// request comes back to be served.
+    fn on_ws_event(&mut self, key: usize, event: Event, echo: bool) -> Option<String> {
+        let conn = self.slab.get_mut(key)?;
+        // Our close frame is on its way: only the peer's matters now.
+        let closing = conn.closing.is_some();
+        self.mark_dirty(key);
+        let conn = self.slab.get_mut(key)?;
+        match event {
+            // After the peer's close, nothing it sends counts.
+            _ if conn.input_done => {}
+            Event::Pong => self.on_pong(key),
+            Event::Ping(_) if closing => {}
+            Event::Ping(payload) => conn.t.queue(&[&ws_codec::pong(&payload)]),
+            Event::Close(code) => {
+                conn.input_done = true;
+                if !closing {
+                    // Answer with the peer's code, as RFC 6455 5.5.1 asks.
+                    conn.t.overflowed = false;
+                    conn.t.queue(&[&ws_codec::close(code.unwrap_or(1000), "")]);
+                    conn.closing = Some(Instant::now() + CLOSE_GRACE);
+                } else if conn.timers.linger_until.is_some() {
+                    self.drop_conn(key);
+                }
+            }
+            _ if closing => {}
+            Event::Text(text) if echo => {
+                let frame = ws_codec::server_frame(OpCode::Data(Data::Text), text.as_bytes());
+                conn.t.queue(&[&frame]);
+            }
+            Event::Binary(data) if echo => {
+                let frame = ws_codec::server_frame(OpCode::Data(Data::Binary), &data);
+                conn.t.queue(&[&frame]);
+            }
+            Event::Text(text) if tcp::is_pong(&text) => self.on_pong(key),
+            Event::Text(text) => return Some(text),
+            Event::Binary(_) => {
                 let e = frames::ErrorReply::new(
                     "binary_unsupported",
                     "send JSON frames as WebSocket text messages",
                 );
                 self.reply(key, frames::error(None, &e));
             }
-            Ok(_) => {}
-            Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {
-                return WsRead::Stop
-            }
-            Err(
-                tungstenite::Error::ConnectionClosed
-                | tungstenite::Error::AlreadyClosed
-                | tungstenite::Error::Io(_),
-            ) => {
-                self.drop_conn(key);
-                return WsRead::Stop;
-            }
-            Err(e) => {
-                // What follows cannot be parsed: it is discarded until
-                // the peer closes or the linger time is up.
-                if let Some(conn) = self.get_mut(key) {
-                    conn.input_broken = true;
-                }
-                if !closing {
-                    log::info!("worker {}: WebSocket error, closing: {e}", self.slot());
-                    let code = u16::from(ws::close_code_for(&e));
-                    let reason = e.to_string();
-                    self.close_with(key, code, &reason, Instant::now() + CLOSE_GRACE);
-                }
-                self.discard_input(key);
-                return WsRead::Stop;
-            }
         }
-        WsRead::Next
+        None
+    }
+
+    /// Input that breaks the protocol: close with its code, and discard
+    /// what still arrives until the peer closes or the linger time is up.
+    fn ws_violation(&mut self, key: usize, v: Violation) {
+        let Some(conn) = self.slab.get_mut(key) else {
+            return;
+        };
+        conn.input_broken = true;
+        if conn.closing.is_none() {
+            log::info!(
+                "worker {}: WebSocket error, closing: {}",
+                self.slot(),
+                v.reason
+            );
+            self.close_with(key, v.code, v.reason, Instant::now() + CLOSE_GRACE);
+        }
+        self.discard_input(key);
+    }
+
+    /// After the messages of `read_ws` were served.
+    pub fn end_ws_read(&mut self, key: usize, read: WsRead) {
+        match read.filled {
+            Filled::Closed => self.drop_conn(key),
+            Filled::Budget => self.requeue_read(key),
+            Filled::Drained => {}
+        }
     }
 
     /// Reads what an HTTP connection sent into its buffer, or `None` when
