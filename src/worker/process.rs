@@ -49,7 +49,8 @@ pub fn start(ctx: WorkerContext) -> io::Result<Worker> {
         url => Some(crate::webhook::spawn(url.to_string())?),
     };
     let waker = Arc::new(Waker::new(poll.registry(), STORE)?);
-    let engine = StoreThread::spawn(shards, ctx.config.storage.clone(), waker)?;
+    let queue = ctx.config.limits.store_queue;
+    let engine = StoreThread::spawn(shards, ctx.config.storage.clone(), waker, queue)?;
     let owner = OwnerSide::new(core, Box::new(engine));
     let sockets = (0..ctx.config.workers)
         .map(|s| ctx.config.bus_socket(s))

@@ -33,6 +33,34 @@ pub struct TcpRead {
     pub lines: Vec<Option<String>>,
     too_long: bool,
     filled: Filled,
+    /// Stopped at `room` lines: complete ones may be left in the buffer.
+    more: bool,
+}
+
+/// Takes complete lines from `buf[*start..]` into `read` until it holds
+/// `room` (then `more` is set) or a line is over `max`.
+fn parse_lines(
+    buf: &[u8],
+    start: &mut usize,
+    max: usize,
+    room: usize,
+    read: &mut TcpRead,
+    pong: &mut bool,
+) {
+    while read.lines.len() < room {
+        match tcp::next_line(buf, start, max) {
+            Ok(Some(tcp::Line::Text(text))) if text.trim().is_empty() => {}
+            Ok(Some(tcp::Line::Text(text))) if tcp::is_pong(text) => *pong = true,
+            Ok(Some(tcp::Line::Text(text))) => read.lines.push(Some(text.to_string())),
+            Ok(Some(tcp::Line::NotUtf8)) => read.lines.push(None),
+            Ok(None) => return,
+            Err(tcp::TooLong) => {
+                read.too_long = true;
+                return;
+            }
+        }
+    }
+    read.more = true;
 }
 
 /// What one WebSocket read leaves for the worker.
@@ -149,42 +177,36 @@ impl Connections {
     }
 
     /// Reads a TCP connection's complete lines, for the worker to serve in
-    /// order (`None` for a line that is not UTF-8). Blank lines and pongs
-    /// are taken care of here. Hand the result back to `end_tcp_read` once
-    /// the lines are served.
-    pub fn read_tcp(&mut self, key: usize) -> Option<TcpRead> {
+    /// order (`None` for a line that is not UTF-8), at most `room` of them
+    /// (`max_inflight_per_conn`): lines already buffered go first, and while
+    /// they fill `room` the socket is left alone, so the buffer stays within
+    /// `max_frame` plus one read. Blank lines and pongs are taken care of
+    /// here. Hand the result back to `end_tcp_read` once the lines are served.
+    pub fn read_tcp(&mut self, key: usize, room: usize) -> Option<TcpRead> {
         let max = self.limits().max_frame;
         let conn = self.get_mut(key)?;
         let Session::Tcp { buf, start } = &mut conn.session else {
             return None;
         };
-        let filled = fill(&mut conn.t.stream, buf, &mut conn.t.bytes_in);
-        let mut lines = Vec::new();
-        let mut too_long = false;
+        let mut read = TcpRead {
+            lines: Vec::new(),
+            too_long: false,
+            filled: Filled::Drained,
+            more: false,
+        };
         let mut pong = false;
-        loop {
-            match tcp::next_line(buf, start, max) {
-                Ok(Some(tcp::Line::Text(text))) if text.trim().is_empty() => {}
-                Ok(Some(tcp::Line::Text(text))) if tcp::is_pong(text) => pong = true,
-                Ok(Some(tcp::Line::Text(text))) => lines.push(Some(text.to_string())),
-                Ok(Some(tcp::Line::NotUtf8)) => lines.push(None),
-                Ok(None) => break,
-                Err(tcp::TooLong) => {
-                    too_long = true;
-                    break;
-                }
-            }
+        let room = room.max(1);
+        parse_lines(buf, start, max, room, &mut read, &mut pong);
+        if !read.more && !read.too_long {
+            read.filled = fill(&mut conn.t.stream, buf, &mut conn.t.bytes_in);
+            parse_lines(buf, start, max, room, &mut read, &mut pong);
         }
         buf.drain(..*start);
         *start = 0;
         if pong {
             conn.timers.pong();
         }
-        Some(TcpRead {
-            lines,
-            too_long,
-            filled,
-        })
+        Some(read)
     }
 
     /// Answers a TCP line that is not UTF-8.
@@ -206,9 +228,12 @@ impl Connections {
             self.close_with(key, 1009, &reason, Instant::now() + CLOSE_GRACE);
         }
         match read.filled {
-            Filled::Closed => self.drop_conn(key),
+            // Lines still buffered are served first; the next read finds the
+            // end of input again.
+            Filled::Closed if !read.more => self.drop_conn(key),
+            _ if read.more => self.requeue_read(key),
             Filled::Budget => self.requeue_read(key),
-            Filled::Drained => {}
+            Filled::Closed | Filled::Drained => {}
         }
     }
 
