@@ -317,3 +317,67 @@ impl Writer {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Durability;
+    use crate::store::shard_db::shard_path;
+
+    fn append(seq: u64) -> Request {
+        Request::Append {
+            shard: 0,
+            ticket: seq,
+            msg: Append {
+                channel: "a".into(),
+                seq,
+                time_ms: 0,
+                expires_ms: i64::MAX,
+                data: seq.to_string(),
+                epoch: "e".into(),
+                idempotency: None,
+                state: None,
+            },
+        }
+    }
+
+    /// A queue of 2 takes 1000 appends without the caller ever waiting: the
+    /// rest waits in order in the overflow (busy meanwhile) and moves on
+    /// each time the thread wakes the loop, until every append is stored.
+    #[test]
+    fn a_full_queue_overflows_in_order_and_is_busy_until_drained() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = ShardDb::open(&shard_path(dir.path(), 0), Durability::Memory).unwrap();
+        let mut poll = mio::Poll::new().unwrap();
+        let waker = Arc::new(Waker::new(poll.registry(), mio::Token(0)).unwrap());
+        let shards = HashMap::from([(0, db)]);
+        let mut store = StoreThread::spawn(shards, Storage::default(), waker, 2).unwrap();
+        for seq in 1..=1000 {
+            assert!(store.submit(append(seq)).is_ok());
+        }
+        assert!(store.is_busy(), "1000 requests do not fit in 2");
+        let mut events = mio::Events::with_capacity(8);
+        let (mut stored, mut upto) = (0, 0);
+        while upto < 1000 {
+            poll.poll(&mut events, Some(std::time::Duration::from_secs(10)))
+                .unwrap();
+            assert!(!events.is_empty(), "the store thread wakes the loop");
+            let mut done = Vec::new();
+            store.completions(&mut done);
+            for completion in done {
+                if let Completion::Committed { upto: u, count } = completion {
+                    assert!(u > upto, "in ticket order");
+                    upto = u;
+                    stored += count;
+                }
+            }
+        }
+        assert_eq!(stored, 1000);
+        assert!(!store.is_busy());
+        store.close();
+        let db = ShardDb::open(&shard_path(dir.path(), 0), Durability::Memory).unwrap();
+        let (rows, _) = db.read("a", 0, 1000, 1000).unwrap();
+        let seqs: Vec<u64> = rows.iter().map(|m| m.seq).collect();
+        assert_eq!(seqs, (1..=1000).collect::<Vec<_>>());
+    }
+}
