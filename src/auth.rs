@@ -172,56 +172,6 @@ pub fn unauthorized(message: &str) -> ErrorReply {
     ErrorReply::new("unauthorized", message)
 }
 
-fn forbidden(message: String) -> ErrorReply {
-    ErrorReply::new("forbidden", message)
-}
-
-/// The inbox channel of a user.
-pub fn inbox(uid: &str) -> String {
-    format!("#{uid}")
-}
-
-fn granted(user: Option<&User>, channel: &str) -> bool {
-    user.is_some_and(|u| {
-        u.channels.iter().any(|c| match c.strip_suffix('*') {
-            Some(prefix) => channel.starts_with(prefix),
-            None => c == channel,
-        })
-    })
-}
-
-/// May this connection subscribe to or read the history of `channel`?
-/// `#uid` is its user's alone; `private-…` and `$…` need the token's grant.
-pub fn may_read(user: Option<&User>, channel: &str) -> Result<(), ErrorReply> {
-    if let Some(uid) = channel.strip_prefix('#') {
-        return match user {
-            Some(u) if u.uid == uid => Ok(()),
-            _ => Err(forbidden(format!("{channel} is another user's inbox"))),
-        };
-    }
-    if (channel.starts_with("private-") || channel.starts_with('$')) && !granted(user, channel) {
-        return Err(forbidden(format!("your token does not grant {channel}")));
-    }
-    Ok(())
-}
-
-/// May this connection `pub` to `channel`? Inboxes take `send`, and `$…`
-/// channels are written by the server only.
-pub fn may_publish(user: Option<&User>, channel: &str) -> Result<(), ErrorReply> {
-    if channel.starts_with('#') {
-        return Err(forbidden("use `send` to write to a user's inbox".into()));
-    }
-    if channel.starts_with('$') {
-        return Err(forbidden(format!(
-            "{channel} is written by the server only"
-        )));
-    }
-    if channel.starts_with("private-") && !granted(user, channel) {
-        return Err(forbidden(format!("your token does not grant {channel}")));
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -382,26 +332,7 @@ mod tests {
     }
 
     #[test]
-    fn channel_rules() {
-        let alice = User {
-            exp: 0,
-            uid: "alice".into(),
-            channels: vec![
-                "private-team".into(),
-                "$expired".into(),
-                "private-a*".into(),
-            ],
-        };
-        assert!(may_read(Some(&alice), "#alice").is_ok());
-        assert!(may_read(Some(&alice), "#bob").is_err());
-        assert!(may_read(None, "#alice").is_err());
-        assert!(may_read(Some(&alice), "private-team").is_ok());
-        assert!(may_read(Some(&alice), "private-abc").is_ok());
-        assert!(may_read(Some(&alice), "private-other").is_err());
-        assert!(may_read(None, "news").is_ok());
-        assert!(may_read(Some(&alice), "$expired").is_ok());
-        assert!(may_publish(Some(&alice), "$expired").is_err());
-        assert!(may_publish(Some(&alice), "#bob").is_err());
+    fn api_keys_match_exactly() {
         assert!(api_key_ok(&["k1".into(), "k2".into()], b"k2"));
         assert!(!api_key_ok(&["k1".into()], b"k"));
         assert!(!api_key_ok(&[], b""));

@@ -31,6 +31,8 @@ mod tests;
 #[cfg(test)]
 mod tests_caps;
 #[cfg(test)]
+mod tests_engine;
+#[cfg(test)]
 mod tests_users;
 
 use std::collections::{HashMap, VecDeque};
@@ -228,6 +230,8 @@ pub struct OwnerConfig {
     /// Channels this owner holds at most: a publish or `set` that would
     /// create one more is refused (`too_many_channels`).
     pub max_channels: usize,
+    /// The engine numbers messages itself (`Engine::numbers_messages`).
+    pub numbered_by_engine: bool,
 }
 
 impl OwnerConfig {
@@ -240,6 +244,7 @@ impl OwnerConfig {
             max_attempts: config.delivery.max_attempts,
             idempotency_window: config.delivery.idempotency_window,
             max_channels: config.limits.max_channels,
+            numbered_by_engine: false,
         }
     }
 }
@@ -396,10 +401,19 @@ impl OwnerCore {
 
     fn completed(&mut self, completion: Completion, now: Now) {
         match completion {
-            Completion::Committed { upto, count } => {
+            Completion::Committed {
+                upto,
+                count,
+                numbered,
+            } => {
                 self.stats.stored += count;
+                let mut numbered = numbered.into_iter().peekable();
                 while self.inflight.front().is_some_and(|m| m.ticket <= upto) {
-                    if let Some(m) = self.inflight.pop_front() {
+                    if let Some(mut m) = self.inflight.pop_front() {
+                        while numbered.next_if(|n| n.ticket < m.ticket).is_some() {}
+                        if let Some(n) = numbered.next_if(|n| n.ticket == m.ticket) {
+                            m.seq = n.seq;
+                        }
                         self.release(m, now);
                     }
                 }

@@ -1,8 +1,6 @@
 //! The write path: numbering a message, sending it to storage, and releasing
 //! it (cache, delivery, answers) once storage has it.
 
-use bytes::Bytes;
-
 use super::idempotency::Check;
 use super::{storage_failed, Effect, Now, OwnerCore, PublishOptions, ReplyTo, StateWrite};
 use crate::config::Durability;
@@ -10,6 +8,7 @@ use crate::proto::frames::{self, Acked, ErrorReply};
 use crate::store::cache::Cached;
 use crate::store::shard_db::Append;
 use crate::store::Request;
+use crate::sync::channel::is_inbox;
 
 thread_local! {
     /// `max_channels` refusals are logged within this budget (one owner
@@ -23,12 +22,12 @@ pub(super) struct Inflight {
     pub(super) ticket: u64,
     state: Option<StateWrite>,
     idempotency_key: Option<String>,
-    /// For direct messages: the `data`, kept for redelivery and dead letters.
-    inbox_data: Option<String>,
+    /// The line is made at release, when the seq is final (an engine that
+    /// numbers messages itself may give another one).
+    data: String,
     channel: String,
-    seq: u64,
+    pub(super) seq: u64,
     expires_ms: i64,
-    line: Bytes,
     pub(super) to: ReplyTo,
 }
 
@@ -73,11 +72,10 @@ impl OwnerCore {
         self.next_ticket += 1;
         let message = Inflight {
             ticket: self.next_ticket,
-            inbox_data: channel.starts_with('#').then(|| data.to_string()),
+            data: data.to_string(),
             channel: channel.to_string(),
             seq,
             expires_ms,
-            line: frames::msg_line(channel, seq, data),
             to,
             idempotency_key: options.idempotency_key,
             state: options.state,
@@ -103,7 +101,8 @@ impl OwnerCore {
             },
         };
         self.store(request);
-        if self.config.storage.durability == Durability::Memory {
+        let early = self.config.storage.durability == Durability::Memory;
+        if early && !self.config.numbered_by_engine {
             self.release(message, now);
         } else {
             self.inflight.push_back(message);
@@ -180,14 +179,16 @@ impl OwnerCore {
     pub(super) fn release(&mut self, m: Inflight, now: Now) {
         let channel = m.channel;
         self.seqs.delivered(&channel, m.seq);
-        if let Some(data) = m.inbox_data {
+        let line = frames::msg_line(&channel, m.seq, &m.data);
+        if is_inbox(&channel) {
+            // Kept for redelivery and dead letters.
             self.inboxes
-                .delivered(&channel, m.seq, m.expires_ms, m.line.clone(), data, now.at);
+                .delivered(&channel, m.seq, m.expires_ms, line.clone(), m.data, now.at);
         }
         let cached = Cached {
             seq: m.seq,
             expires_ms: m.expires_ms,
-            line: m.line.clone(),
+            line: line.clone(),
         };
         self.cache.push(&channel, cached);
         let retries = match &m.idempotency_key {
@@ -202,7 +203,7 @@ impl OwnerCore {
         self.effects.push_back(Effect::Deliver {
             channel,
             seq: m.seq,
-            line: m.line,
+            line,
         });
         for retry in retries {
             let acked = Acked {

@@ -47,10 +47,13 @@ impl SeqTable {
         (1, genesis.to_string())
     }
 
-    /// Messages up to `seq` are stored and on their way to subscribers.
+    /// Messages up to `seq` are stored and on their way to subscribers. An
+    /// engine that numbers messages itself may have gone past what this core
+    /// assigned (other servers publish too): the next number follows it.
     pub fn delivered(&mut self, channel: &str, seq: u64) {
         if let Some(state) = self.channels.get_mut(channel) {
             state.delivered = state.delivered.max(seq);
+            state.assigned = state.assigned.max(seq);
         }
     }
 

@@ -15,7 +15,7 @@ use crate::config::{Durability, Storage};
 use crate::proto::frames::{Acked, ErrorReply};
 use crate::store::open::Loaded;
 use crate::store::shard_db::Stored;
-use crate::store::{Completion, Engine, Gone, Request};
+use crate::store::{Completion, Engine, Gone, Numbered, Request};
 
 /// Storage in memory, answering requests only when told to.
 #[derive(Default)]
@@ -31,6 +31,9 @@ pub struct MemEngine {
     pub lose_after: Option<u64>,
     pub history_size: Option<u64>,
     pub closed: bool,
+    /// Numbers messages itself, as an engine shared by several servers does:
+    /// each append gets the channel's last stored seq + 1.
+    pub numbers: bool,
 }
 
 impl Engine for MemEngine {
@@ -49,6 +52,10 @@ impl Engine for MemEngine {
     fn close(&mut self) {
         self.closed = true;
     }
+
+    fn numbers_messages(&self) -> bool {
+        self.numbers
+    }
 }
 
 impl MemEngine {
@@ -61,7 +68,7 @@ impl MemEngine {
     pub fn run(&mut self, n: usize) {
         let n = n.min(self.queue.len());
         let batch: Vec<Request> = self.queue.drain(..n).collect();
-        let (mut upto, mut count) = (None, 0);
+        let (mut upto, mut count, mut numbered) = (None, 0, Vec::new());
         let mut rest = Vec::new();
         for request in batch {
             match request {
@@ -74,13 +81,20 @@ impl MemEngine {
                         self.queue.clear();
                         return;
                     }
+                    let rows = self.rows.entry(msg.channel).or_default();
+                    let seq = match self.numbers {
+                        true => rows.last_key_value().map_or(0, |(s, _)| *s) + 1,
+                        false => msg.seq,
+                    };
+                    if self.numbers {
+                        numbered.push(Numbered { ticket, seq });
+                    }
                     let stored = Stored {
-                        seq: msg.seq,
+                        seq,
                         expires_ms: msg.expires_ms,
                         data: msg.data,
                     };
-                    let rows = self.rows.entry(msg.channel).or_default();
-                    rows.insert(msg.seq, stored);
+                    rows.insert(seq, stored);
                     if let Some(size) = self.history_size {
                         while rows.len() as u64 > size {
                             rows.pop_first();
@@ -93,7 +107,11 @@ impl MemEngine {
             }
         }
         if let Some(upto) = upto {
-            self.done.push(Completion::Committed { upto, count });
+            self.done.push(Completion::Committed {
+                upto,
+                count,
+                numbered,
+            });
         }
         for request in rest {
             self.answer(request);
@@ -175,6 +193,7 @@ pub fn config(durability: Durability, history_size: u64, cache_bytes: usize) -> 
         max_attempts: 3,
         idempotency_window: Duration::from_secs(60),
         max_channels: 1_000_000,
+        numbered_by_engine: false,
     }
 }
 

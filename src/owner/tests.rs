@@ -80,15 +80,18 @@ fn commits_reported_out_of_order_release_in_seq_order() {
     h.handle(Command::Completed(Completion::Committed {
         upto: 2,
         count: 2,
+        numbered: Vec::new(),
     }));
     h.handle(Command::Completed(Completion::Committed {
         upto: 1,
         count: 1,
+        numbered: Vec::new(),
     }));
     assert_eq!(h.delivered_seqs("a"), [1, 2]);
     h.handle(Command::Completed(Completion::Committed {
         upto: 3,
         count: 1,
+        numbered: Vec::new(),
     }));
     assert_eq!(h.delivered_seqs("a"), [1, 2, 3]);
     assert_eq!(h.core.stats().stored, 4, "counted as reported");

@@ -7,6 +7,7 @@ use super::presence::Change;
 use super::{storage_failed, Answer, Effect, Now, OwnerCore, ReplyTo};
 use crate::proto::frames;
 use crate::store::Request;
+use crate::sync::channel::is_inbox;
 
 impl OwnerCore {
     /// Worker `slot`'s count of `uid` in `channel` changed.
@@ -19,7 +20,7 @@ impl OwnerCore {
         now: Now,
     ) {
         let change = self.presence.report(channel, uid, slot, count);
-        if channel.starts_with('#') {
+        if is_inbox(channel) {
             if change == Change::Joined {
                 self.inboxes.reconnected(channel, now.at);
             }
@@ -35,7 +36,7 @@ impl OwnerCore {
     /// Worker `slot` is gone, and so are its users.
     pub(super) fn slot_down(&mut self, slot: usize) {
         for (channel, uid) in self.presence.drop_slot(slot) {
-            if !channel.starts_with('#') {
+            if !is_inbox(&channel) {
                 self.emit_event(&channel, "leave", &uid);
             }
         }

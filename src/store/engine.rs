@@ -4,6 +4,13 @@
 //! back to the core. The SQLite store thread is one engine; a remote one
 //! (Redis) fits the same seam: submitting never blocks, completions arrive
 //! later in any order except that `Committed` covers appends in ticket order.
+//!
+//! Numbering: the core numbers each message (`Append::seq`) so that, with
+//! the local engine, a message can be released before its commit
+//! (`durability = "memory"`). An engine shared by several servers (Redis)
+//! numbers messages itself instead: it says so with `numbers_messages`, the
+//! core then treats its own numbers as provisional, waits for every commit,
+//! and takes the seqs the engine reports in `Committed::numbered`.
 
 use super::shard_db::{Append, Stored};
 
@@ -61,6 +68,9 @@ pub enum Completion {
     Committed {
         upto: u64,
         count: u64,
+        /// The seq each append got, from an engine that `numbers_messages`;
+        /// empty when the core's numbers stand.
+        numbered: Vec<Numbered>,
     },
     /// Storing failed: nothing from `from` on is stored.
     Failed {
@@ -85,6 +95,13 @@ pub enum Completion {
     },
 }
 
+/// The seq an engine gave the append with this ticket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Numbered {
+    pub ticket: u64,
+    pub seq: u64,
+}
+
 /// The engine cannot take requests any more (its thread ended); the
 /// request is handed back.
 pub struct Gone(pub Box<Request>);
@@ -104,6 +121,11 @@ pub trait Engine {
     fn completions(&mut self, out: &mut Vec<Completion>);
     /// Finishes what was queued and stops.
     fn close(&mut self);
+    /// Whether the engine assigns seqs itself (shared by several servers),
+    /// so the core's are provisional. See the module documentation.
+    fn numbers_messages(&self) -> bool {
+        false
+    }
 }
 
 impl Request {

@@ -64,7 +64,7 @@ pub fn open_shards(config: &Config, slot: usize) -> io::Result<(HashMap<u32, Sha
         let acks = db.acks().map_err(fail)?;
         let acked: HashMap<&str, u64> = acks.iter().map(|(c, s)| (c.as_str(), *s)).collect();
         for (name, epoch, last_seq) in db.channels().map_err(fail)? {
-            if name.starts_with('#') {
+            if crate::sync::channel::is_inbox(&name) {
                 // Direct messages not acked yet wait for their user again.
                 let after = acked.get(name.as_str()).copied().unwrap_or(0);
                 let (rows, _) = db

@@ -185,7 +185,11 @@ impl Writer {
             }
         }
         if let Some(upto) = last_ticket {
-            let _ = self.outbox.send(Completion::Committed { upto, count });
+            let _ = self.outbox.send(Completion::Committed {
+                upto,
+                count,
+                numbered: Vec::new(),
+            });
         }
         let mut acks: HashMap<u32, Vec<(u64, String, u64)>> = HashMap::new();
         let mut closing = false;
@@ -365,7 +369,7 @@ mod tests {
             let mut done = Vec::new();
             store.completions(&mut done);
             for completion in done {
-                if let Completion::Committed { upto: u, count } = completion {
+                if let Completion::Committed { upto: u, count, .. } = completion {
                     assert!(u > upto, "in ticket order");
                     upto = u;
                     stored += count;

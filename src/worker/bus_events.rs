@@ -120,7 +120,7 @@ impl Worker {
                 self.owner_query(from, tag, channel, Query::Presence)
             }
             BusMsg::UserQuery { tag, uid } => {
-                let inbox = crate::auth::inbox(&uid);
+                let inbox = crate::sync::channel::inbox(&uid);
                 self.owner_query(from, tag, inbox, Query::User { uid })
             }
             BusMsg::Ack { tag, channel, seq } => {

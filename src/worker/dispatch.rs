@@ -25,6 +25,7 @@ pub use crate::owner::PublishOptions;
 use crate::owner::{Answer, Command, Effect, Query, Reply, ReplyTo};
 use crate::proto::frames::{self, Acked, ErrorReply, Op};
 use crate::proto::ws::text_frame_header;
+use crate::sync::channel;
 use crate::sync::shard;
 use crate::sync::stream::Arrival;
 
@@ -56,23 +57,7 @@ impl Worker {
             let e = auth::unauthorized("authenticate first: {\"op\":\"auth\",\"token\":…}");
             return self.conns.refuse_auth(key, id, &e);
         }
-        let checked = match op {
-            Op::Sub { channel, .. }
-            | Op::History { channel, .. }
-            | Op::Ack { channel, .. }
-            | Op::Presence { channel }
-            | Op::Get { channel, .. }
-            | Op::State { channel } => auth::may_read(user.as_ref(), channel),
-            Op::Pub { channel, .. } | Op::Set { channel, .. } => {
-                auth::may_publish(user.as_ref(), channel)
-            }
-            Op::Auth { .. }
-            | Op::Refresh { .. }
-            | Op::Ping
-            | Op::Unsub { .. }
-            | Op::Send { .. } => Ok(()),
-        };
-        if let Err(e) = checked {
+        if let Err(e) = channel::permit(user.as_ref(), op) {
             return self.conns.reply(key, frames::error(id, &e));
         }
         if let Some(conn) = self.conns.get_mut(key) {
@@ -127,22 +112,19 @@ impl Worker {
                 self.conns.reply(key, frames::ok(id));
             }
             Op::Send { uid, data, ttl } => {
-                if user.is_none() {
-                    let e = auth::unauthorized("`send` needs an authenticated connection");
-                    return self.conns.reply(key, frames::error(id, &e));
-                }
                 let origin = Origin::Client {
                     key,
                     conn_id,
                     id: id.map(RawValue::to_owned),
                 };
-                self.publish(origin, &auth::inbox(&uid), &data, PublishOptions::ttl(ttl));
+                self.publish(
+                    origin,
+                    &channel::inbox(&uid),
+                    &data,
+                    PublishOptions::ttl(ttl),
+                );
             }
             Op::Ack { channel, seq } => {
-                if !channel.starts_with('#') {
-                    let e = ErrorReply::new("bad_request", "`ack` is for inbox channels (#uid)");
-                    return self.conns.reply(key, frames::error(id, &e));
-                }
                 self.ack(key, id.map(RawValue::to_owned), &channel, seq);
             }
             Op::Presence { channel } => {
@@ -491,7 +473,7 @@ impl Worker {
     /// for channels another worker owns, but not inboxes, whose owner resends
     /// unacked messages with their old seq.
     pub(super) fn tracks_stream(&self, channel: &str) -> bool {
-        !channel.starts_with('#') && self.owner_of(channel) != self.slot
+        !channel::is_inbox(channel) && self.owner_of(channel) != self.slot
     }
 
     /// Queues message `seq` of `channel` to each local subscriber that does

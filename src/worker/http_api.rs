@@ -26,6 +26,7 @@ use crate::proto::compact::compact;
 use crate::proto::frames::{self, ErrorReply};
 use crate::proto::http::{self, Parsed, Request};
 use crate::proto::ws;
+use crate::sync::channel;
 
 fn api_key_ok(config: &Config, request: &Request) -> bool {
     auth::api_key_ok(&config.auth.api_keys, presented_key(request))
@@ -216,7 +217,7 @@ impl Connections {
                     Ok(uid) => {
                         self.set_busy(key);
                         Some(Call::Json {
-                            channel: auth::inbox(&uid),
+                            channel: channel::inbox(&uid),
                             query: Query::User {
                                 uid: uid.into_owned(),
                             },
@@ -323,7 +324,7 @@ impl Connections {
         };
         match frames::check_uid(Some(body.uid)) {
             Ok(uid) => {
-                let inbox = auth::inbox(&uid);
+                let inbox = channel::inbox(&uid);
                 let data = compact(body.data).into_owned();
                 self.http_write(key, request, inbox, data, body.ttl, body.idempotency_key)
             }

@@ -36,6 +36,7 @@ use crate::config::Config;
 use crate::control::{FromWorker, Retire, ToWorker};
 use crate::owner::{Command, Query, Reply};
 use crate::proto::frames::{self, ErrorReply};
+use crate::sync::channel;
 use crate::sync::subscriptions::Subscriptions;
 use connections::Connections;
 use http_api::{Call, Next, OK_BODY};
@@ -425,7 +426,7 @@ impl Worker {
     fn bind_user(&mut self, key: usize, user: auth::User) {
         let (slot, uid) = (self.slot, &user.uid);
         log::debug!("worker {slot}: connection key {key} is user {uid}");
-        let inbox = auth::inbox(&user.uid);
+        let inbox = channel::inbox(&user.uid);
         let Some(conn) = self.conns.get_mut(key) else {
             return;
         };
@@ -459,7 +460,7 @@ impl Worker {
     }
 
     fn count_presence(&mut self, channel: &str, uid: &str, joined: bool) {
-        if !channel.starts_with('#') && !self.config.presence.enabled(channel) {
+        if !channel::counts_presence(channel, &self.config.presence) {
             return;
         }
         let count = self.local_presence.count(channel, uid, joined);
@@ -498,11 +499,7 @@ impl Worker {
     }
 
     fn presence_query(&mut self, key: usize, channel: &str, reply: HistoryFor) {
-        if !self.config.presence.enabled(channel) {
-            let e = ErrorReply::new(
-                "presence_off",
-                format!("{channel} has no presence (see [presence] channels)"),
-            );
+        if let Err(e) = channel::presence_listed(channel, &self.config.presence) {
             return match reply {
                 HistoryFor::Client { id } => {
                     self.conns.reply(key, frames::error(id.as_deref(), &e))

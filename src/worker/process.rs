@@ -21,6 +21,7 @@ use crate::owner::{OwnerConfig, OwnerCore};
 use crate::signals::SignalSet;
 use crate::store::open::open_shards;
 use crate::store::thread::StoreThread;
+use crate::store::Engine;
 use crate::sync::subscriptions::Subscriptions;
 
 /// Largest frame between workers: a resume's replay travels as one frame.
@@ -39,11 +40,6 @@ pub fn start(ctx: WorkerContext) -> io::Result<Worker> {
     let process = Process::new(listeners, master, poll.registry())?;
     let instance = crate::random_u64();
     let (shards, loaded) = open_shards(&ctx.config, ctx.slot)?;
-    let core = OwnerCore::new(
-        OwnerConfig::new(&ctx.config, ctx.slot),
-        loaded,
-        owner_side::now(),
-    );
     let webhook = match ctx.config.delivery.webhook_url.as_str() {
         "" => None,
         url => Some(crate::webhook::spawn(url.to_string())?),
@@ -51,6 +47,11 @@ pub fn start(ctx: WorkerContext) -> io::Result<Worker> {
     let waker = Arc::new(Waker::new(poll.registry(), STORE)?);
     let queue = ctx.config.limits.store_queue;
     let engine = StoreThread::spawn(shards, ctx.config.storage.clone(), waker, queue)?;
+    let owner_config = OwnerConfig {
+        numbered_by_engine: engine.numbers_messages(),
+        ..OwnerConfig::new(&ctx.config, ctx.slot)
+    };
+    let core = OwnerCore::new(owner_config, loaded, owner_side::now());
     let owner = OwnerSide::new(core, Box::new(engine));
     let sockets = (0..ctx.config.workers)
         .map(|s| ctx.config.bus_socket(s))

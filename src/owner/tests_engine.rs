@@ -1,0 +1,105 @@
+//! The seam to storage with an engine that numbers messages itself, as one
+//! shared by several servers does: the core's numbers are provisional, and
+//! what it releases, answers and replays carries the engine's seqs.
+
+use super::testing::{config, resume, seqs_of, Harness};
+use super::PublishOptions;
+use crate::config::Durability;
+use crate::store::shard_db::Stored;
+
+/// A core on an engine that numbers, where another server has already
+/// stored messages 1..=`before` of `channel`.
+fn shared(durability: Durability, channel: &str, before: u64) -> Harness {
+    let mut c = config(durability, 1000, 1 << 20);
+    c.numbered_by_engine = true;
+    let mut h = Harness::new(c);
+    h.engine.numbers = true;
+    let rows = h.engine.rows.entry(channel.into()).or_default();
+    for seq in 1..=before {
+        let data = format!("\"elsewhere {seq}\"");
+        let expires_ms = i64::MAX;
+        rows.insert(
+            seq,
+            Stored {
+                seq,
+                expires_ms,
+                data,
+            },
+        );
+    }
+    h
+}
+
+#[test]
+fn publishes_take_the_seqs_the_engine_gives() {
+    let mut h = shared(Durability::Commit, "a", 5);
+    let first = h.publish("a", "1");
+    let second = h.publish("a", "2");
+    h.settle();
+    assert_eq!(h.acked(first).unwrap().seq, 6);
+    assert_eq!(h.acked(second).unwrap().seq, 7);
+    assert_eq!(h.delivered_seqs("a"), [6, 7]);
+    let (_, _, line) = &h.delivered[0];
+    assert_eq!(
+        &line[..],
+        b"{\"op\":\"msg\",\"channel\":\"a\",\"seq\":6,\"data\":1}\n",
+        "the line is made with the final seq"
+    );
+    let sub = h.query("a", resume(5, "g0"));
+    let answer = h.answer(sub).unwrap();
+    assert_eq!(answer.seq, 7);
+    assert_eq!(seqs_of(&answer), [6, 7]);
+}
+
+#[test]
+fn memory_durability_waits_for_the_engines_number() {
+    let mut h = shared(Durability::Memory, "a", 2);
+    let to = h.publish("a", "1");
+    assert!(
+        h.replies.is_empty(),
+        "no seq to answer with before the commit"
+    );
+    assert!(h.delivered.is_empty());
+    h.settle();
+    assert_eq!(h.acked(to).unwrap().seq, 3);
+}
+
+#[test]
+fn a_retry_gets_the_engines_seq_of_the_first_publish() {
+    let mut h = shared(Durability::Commit, "a", 9);
+    let key = PublishOptions {
+        idempotency_key: Some("k".into()),
+        ..PublishOptions::default()
+    };
+    let first = h.publish_with("a", "1", key.clone());
+    let retry = h.publish_with("a", "1", key.clone());
+    h.settle();
+    let late = h.publish_with("a", "1", key);
+    assert_eq!(h.acked(first).unwrap().seq, 10);
+    assert_eq!(h.acked(retry).unwrap().seq, 10);
+    assert_eq!(h.acked(late).unwrap().seq, 10);
+    assert_eq!(h.delivered_seqs("a"), [10], "published once");
+}
+
+#[test]
+fn inbox_replay_and_redelivery_use_the_engines_seq() {
+    let mut h = shared(Durability::Commit, "#u", 4);
+    h.publish("#u", "\"hi\"");
+    h.settle();
+    let inbox = h.query("#u", super::Query::Inbox);
+    h.settle();
+    let replay = seqs_of(&h.answer(inbox).unwrap());
+    assert_eq!(
+        replay,
+        [1, 2, 3, 4, 5],
+        "what other servers stored is unacked too"
+    );
+    h.presence(0, "#u", "u", 1);
+    h.advance(std::time::Duration::from_secs(11));
+    h.tick();
+    assert_eq!(
+        h.delivered_seqs("#u"),
+        [5, 5],
+        "redelivered with the same seq"
+    );
+}
