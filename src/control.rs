@@ -94,6 +94,20 @@ pub struct WorkerStats {
     pub trimmed: u64,
     /// Resume and history reads the cache could not answer.
     pub disk_reads: u64,
+    /// Cap hits: `sub`s refused by `max_subs_per_conn`, publishes by
+    /// `max_channels`, connections by `max_conns_per_ip`; times a
+    /// connection's reading paused at `max_inflight_per_conn`, and times
+    /// this worker's reading paused because its store queue was full.
+    #[serde(default)]
+    pub subs_refused: u64,
+    #[serde(default)]
+    pub channels_refused: u64,
+    #[serde(default)]
+    pub conns_per_ip_refused: u64,
+    #[serde(default)]
+    pub inflight_pauses: u64,
+    #[serde(default)]
+    pub store_full_pauses: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

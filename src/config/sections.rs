@@ -94,6 +94,19 @@ pub struct Limits {
     /// socket is closed, so the peer gets that frame instead of a reset.
     #[serde(deserialize_with = "duration")]
     pub linger_timeout: Duration,
+    /// Channels one connection may be subscribed to (waiting `sub`s count).
+    pub max_subs_per_conn: usize,
+    /// Requests of one connection waiting for an owner's answer; past it,
+    /// the connection is not read until answers drain (backpressure).
+    pub max_inflight_per_conn: usize,
+    /// Channels one worker owns; a `pub`/`set` that would create another
+    /// is refused.
+    pub max_channels: usize,
+    /// Open connections from one client address, per worker; 0 turns it off.
+    pub max_conns_per_ip: usize,
+    /// Requests queued for the store thread; while it is full, client
+    /// connections are not read (backpressure).
+    pub store_queue: usize,
 }
 
 /// `send_buffer_hard` when neither it nor `max_send_buffer` is set.
@@ -146,6 +159,16 @@ impl Limits {
         }
         if self.send_buffer_soft_for.is_zero() {
             return Err("limits.send_buffer_soft_for: must be more than 0s".into());
+        }
+        for (key, value) in [
+            ("max_subs_per_conn", self.max_subs_per_conn),
+            ("max_inflight_per_conn", self.max_inflight_per_conn),
+            ("max_channels", self.max_channels),
+            ("store_queue", self.store_queue),
+        ] {
+            if value == 0 {
+                return Err(format!("limits.{key}: must be at least 1"));
+            }
         }
         Ok(())
     }
@@ -389,6 +412,11 @@ impl Default for Limits {
             tcp_ping: false,
             idle_timeout: None,
             linger_timeout: Duration::from_secs(2),
+            max_subs_per_conn: 1000,
+            max_inflight_per_conn: 1000,
+            max_channels: 1_000_000,
+            max_conns_per_ip: 0,
+            store_queue: 65_536,
         }
     }
 }

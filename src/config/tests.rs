@@ -133,3 +133,33 @@ fn send_buffer_limits_defaults_alias_and_order() {
         .to_string();
     assert!(e.contains("ping_interval"), "{e}");
 }
+
+#[test]
+fn caps_defaults_and_refusals() {
+    let c = parse("").unwrap();
+    assert_eq!(c.limits.max_subs_per_conn, 1000);
+    assert_eq!(c.limits.max_inflight_per_conn, 1000);
+    assert_eq!(c.limits.max_channels, 1_000_000);
+    assert_eq!(c.limits.max_conns_per_ip, 0, "off by default");
+    assert_eq!(c.limits.store_queue, 65_536);
+    let c =
+        parse("[limits]\nmax_subs_per_conn = 3\nmax_conns_per_ip = 2\nstore_queue = 16\n").unwrap();
+    assert_eq!(c.limits.max_subs_per_conn, 3);
+    assert_eq!(c.limits.max_conns_per_ip, 2);
+    assert_eq!(c.limits.store_queue, 16);
+    for key in [
+        "max_subs_per_conn",
+        "max_inflight_per_conn",
+        "max_channels",
+        "store_queue",
+    ] {
+        let e = parse(&format!("[limits]\n{key} = 0\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(key) && e.contains("at least 1"), "{e}");
+    }
+    let e = parse("[limits]\nmax_channels = -1\n")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("max_channels"), "{e}");
+}

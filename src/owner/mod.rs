@@ -29,6 +29,8 @@ mod testing;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
+mod tests_caps;
+#[cfg(test)]
 mod tests_engine;
 #[cfg(test)]
 mod tests_users;
@@ -225,6 +227,9 @@ pub struct OwnerConfig {
     pub ack_timeout: Duration,
     pub max_attempts: u32,
     pub idempotency_window: Duration,
+    /// Channels this owner holds at most: a publish or `set` that would
+    /// create one more is refused (`too_many_channels`).
+    pub max_channels: usize,
     /// The engine numbers messages itself (`Engine::numbers_messages`).
     pub numbered_by_engine: bool,
 }
@@ -238,6 +243,7 @@ impl OwnerConfig {
             ack_timeout: config.delivery.ack_timeout,
             max_attempts: config.delivery.max_attempts,
             idempotency_window: config.delivery.idempotency_window,
+            max_channels: config.limits.max_channels,
             numbered_by_engine: false,
         }
     }
@@ -250,6 +256,8 @@ pub struct OwnerStats {
     pub expired: u64,
     pub trimmed: u64,
     pub disk_reads: u64,
+    /// Publishes and `set`s refused by `max_channels`.
+    pub channels_refused: u64,
 }
 
 /// How often the owner asks storage to sweep old rows.

@@ -10,6 +10,13 @@ use crate::store::shard_db::Append;
 use crate::store::Request;
 use crate::sync::channel::is_inbox;
 
+thread_local! {
+    /// `max_channels` refusals are logged within this budget (one owner
+    /// core per worker process).
+    static CAP_LOG: std::cell::RefCell<crate::logging::LogLimit> =
+        const { std::cell::RefCell::new(crate::logging::LogLimit::new(5)) };
+}
+
 /// A message numbered and sent to storage, not yet released.
 pub(super) struct Inflight {
     pub(super) ticket: u64,
@@ -39,6 +46,9 @@ impl OwnerCore {
         if self.fatal {
             // Nothing more is numbered once storage has failed.
             return self.reply_published(to, Err(storage_failed("the store thread is gone")));
+        }
+        if let Some(e) = self.refuse_new_channel(&to, channel, now) {
+            return self.reply_published(to, Err(e));
         }
         let to = match &options.idempotency_key {
             None => to,
@@ -110,6 +120,11 @@ impl OwnerCore {
         expected: u64,
         now: Now,
     ) {
+        // Before the compare-and-set, which would otherwise hold a write
+        // that is never published.
+        if let Some(e) = self.refuse_new_channel(&to, channel, now) {
+            return self.reply_published(to, Err(e));
+        }
         let version = match self.keyed.cas(channel, key, expected, value.clone()) {
             Ok(version) => version,
             Err(current) => {
@@ -137,6 +152,26 @@ impl OwnerCore {
             ..PublishOptions::default()
         };
         self.publish(to, channel, &change.to_string(), options, now);
+    }
+
+    /// `max_channels`: a publish that would create a channel past it is
+    /// refused; the server's own (dead letters on `$expired`) never is.
+    fn refuse_new_channel(&mut self, to: &ReplyTo, channel: &str, now: Now) -> Option<ErrorReply> {
+        let max = self.config.max_channels;
+        if *to == ReplyTo::Internal || self.seqs.knows(channel) || self.seqs.channels() < max {
+            return None;
+        }
+        self.stats.channels_refused += 1;
+        if let Some(left_out) = CAP_LOG.with(|l| l.borrow_mut().allow(now.at)) {
+            log::warn!(
+                "refusing to create channel {channel}: max_channels ({max}) reached; \
+                 {left_out} more refusals not logged"
+            );
+        }
+        Some(ErrorReply::new(
+            "too_many_channels",
+            format!("this server holds {max} channels here (limits.max_channels); publish to an existing channel"),
+        ))
     }
 
     /// The message is stored as the durability mode promises: now it may be

@@ -66,6 +66,11 @@ impl SeqTable {
         }
     }
 
+    /// Whether `channel` has had a message (or was found on disk).
+    pub fn knows(&self, channel: &str) -> bool {
+        self.channels.contains_key(channel)
+    }
+
     pub fn channels(&self) -> usize {
         self.channels.len()
     }

@@ -192,6 +192,7 @@ pub fn config(durability: Durability, history_size: u64, cache_bytes: usize) -> 
         ack_timeout: Duration::from_secs(10),
         max_attempts: 3,
         idempotency_window: Duration::from_secs(60),
+        max_channels: 1_000_000,
         numbered_by_engine: false,
     }
 }

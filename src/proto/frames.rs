@@ -275,8 +275,9 @@ fn ttl_field(ttl: Option<u64>) -> Result<Option<u64>, ErrorReply> {
 /// The error codes a worker may pass on from another (unknown ones become
 /// `internal`).
 pub fn known_code(code: &str) -> &'static str {
-    const CODES: [&str; 6] = [
+    const CODES: [&str; 7] = [
         "conflict",
+        "too_many_channels",
         "unavailable",
         "storage_failed",
         "forbidden",

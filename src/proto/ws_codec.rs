@@ -63,6 +63,12 @@ impl Decoder {
         }
     }
 
+    /// Whether bytes are held that may hold whole frames (after `feed_upto`
+    /// stopped at its room).
+    pub fn has_frames(&self) -> bool {
+        !self.partial.is_empty()
+    }
+
     /// Bytes held for unfinished frames and messages.
     pub fn held(&self) -> usize {
         self.partial.capacity() + self.message.as_ref().map_or(0, |m| m.payload.capacity())
@@ -76,14 +82,27 @@ impl Decoder {
         max: usize,
         out: &mut Vec<Event>,
     ) -> Result<(), Violation> {
+        self.feed_upto(input, max, out, usize::MAX)
+    }
+
+    /// `feed`, stopping once `out` holds `room` events: the frames after
+    /// them stay held (`has_frames` tells) for a later call, so a client
+    /// that must wait (`max_inflight_per_conn`) is not decoded ahead.
+    pub fn feed_upto(
+        &mut self,
+        input: &[u8],
+        max: usize,
+        out: &mut Vec<Event>,
+        room: usize,
+    ) -> Result<(), Violation> {
         if self.partial.is_empty() {
-            let used = self.decode(input, max, out)?;
+            let used = self.decode(input, max, out, room)?;
             self.partial.extend_from_slice(&input[used..]);
             return Ok(());
         }
         self.partial.extend_from_slice(input);
         let partial = std::mem::take(&mut self.partial);
-        let used = self.decode(&partial, max, out);
+        let used = self.decode(&partial, max, out, room);
         let used = used?;
         if used < partial.len() {
             self.partial = partial;
@@ -103,9 +122,10 @@ impl Decoder {
         bytes: &[u8],
         max: usize,
         out: &mut Vec<Event>,
+        room: usize,
     ) -> Result<usize, Violation> {
         let mut at = 0;
-        loop {
+        while out.len() < room {
             let mut cursor = Cursor::new(&bytes[at..]);
             let parsed =
                 FrameHeader::parse(&mut cursor).map_err(|_| violation(1002, "bad frame header"))?;
@@ -125,6 +145,7 @@ impl Decoder {
             at = start + len;
             self.frame(&header, payload, max, out)?;
         }
+        Ok(at)
     }
 
     fn frame(

@@ -163,3 +163,22 @@ fn server_frames_are_unmasked_and_closes_fit_125_bytes() {
         "cut on a char boundary"
     );
 }
+
+#[test]
+fn decoding_stops_at_the_room_and_goes_on_later() {
+    let mut bytes = Vec::new();
+    for i in 0..5 {
+        bytes.extend(client(0x81, format!("m{i}").as_bytes()));
+    }
+    let mut d = Decoder::default();
+    let mut out = Vec::new();
+    d.feed_upto(&bytes, MAX, &mut out, 2).unwrap();
+    assert_eq!(out.len(), 2);
+    assert!(d.has_frames());
+    let mut rest = Vec::new();
+    d.feed_upto(&[], MAX, &mut rest, 10).unwrap();
+    let texts: Vec<Event> = (2..5).map(|i| Event::Text(format!("m{i}"))).collect();
+    assert_eq!(rest, texts);
+    assert!(!d.has_frames());
+    assert_eq!(d.held(), 0);
+}

@@ -112,6 +112,11 @@ pub struct Gone(pub Box<Request>);
 pub trait Engine {
     /// Queues a request. `Err(Gone)` means it will never be answered.
     fn submit(&mut self, request: Request) -> Result<(), Gone>;
+    /// The engine holds more than it wants to (its queue is full): the
+    /// worker stops reading clients until this clears. Never refuses.
+    fn is_busy(&self) -> bool {
+        false
+    }
     /// Moves every finished request's completion into `out`.
     fn completions(&mut self, out: &mut Vec<Completion>);
     /// Finishes what was queued and stops.

@@ -3,10 +3,10 @@
 //! thread takes everything queued, commits it per shard in one transaction
 //! (group commit), answers reads, sweeps old rows, and wakes the loop.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
-use crossbeam_channel::{Receiver, Sender};
+use crossbeam_channel::{Receiver, Sender, TrySendError};
 use mio::Waker;
 
 use super::engine::{Completion, Engine, Gone, Request};
@@ -19,7 +19,13 @@ const SWEEP_BATCH: usize = 500;
 const MAX_BATCH: usize = 8192;
 
 pub struct StoreThread {
+    /// Bounded (`[limits] store_queue`).
     requests: Sender<Request>,
+    /// What did not fit in `requests`, in order, moved there as the thread
+    /// takes requests out. While it is not empty the engine is busy and the
+    /// worker reads no client, so it holds at most what the requests
+    /// already read bring (see docs/architecture.md, "Storage").
+    overflow: VecDeque<Request>,
     events: Receiver<Completion>,
     handle: Option<std::thread::JoinHandle<()>>,
     /// Kept here too: when the thread ends (a failed write ends it) its
@@ -29,12 +35,14 @@ pub struct StoreThread {
 }
 
 impl StoreThread {
+    /// A store thread taking at most `queue` requests at a time.
     pub fn spawn(
         shards: HashMap<u32, ShardDb>,
         retention: Storage,
         waker: Arc<Waker>,
+        queue: usize,
     ) -> std::io::Result<StoreThread> {
-        let (requests, inbox) = crossbeam_channel::unbounded();
+        let (requests, inbox) = crossbeam_channel::bounded(queue.max(1));
         let (outbox, events) = crossbeam_channel::unbounded();
         let kept = waker.clone();
         let handle = std::thread::Builder::new()
@@ -52,6 +60,7 @@ impl StoreThread {
             })?;
         Ok(StoreThread {
             requests,
+            overflow: VecDeque::new(),
             events,
             handle: Some(handle),
             _waker: kept,
@@ -59,17 +68,50 @@ impl StoreThread {
     }
 }
 
+impl StoreThread {
+    /// Moves the overflow into the channel while it has room, in order.
+    /// `Err` hands back a request the ended thread will never take.
+    fn drain_overflow(&mut self) -> Result<(), Gone> {
+        while let Some(request) = self.overflow.pop_front() {
+            match self.requests.try_send(request) {
+                Ok(()) => {}
+                Err(TrySendError::Full(request)) => {
+                    self.overflow.push_front(request);
+                    break;
+                }
+                Err(TrySendError::Disconnected(request)) => return Err(Gone(Box::new(request))),
+            }
+        }
+        Ok(())
+    }
+}
+
 impl Engine for StoreThread {
+    /// Never waits: a full channel keeps the request in the overflow.
     fn submit(&mut self, request: Request) -> Result<(), Gone> {
-        self.requests.send(request).map_err(|e| Gone(Box::new(e.0)))
+        self.overflow.push_back(request);
+        self.drain_overflow()
     }
 
+    fn is_busy(&self) -> bool {
+        !self.overflow.is_empty()
+    }
+
+    /// The thread took requests out (it wakes the loop after each batch), so
+    /// the overflow moves on first.
     fn completions(&mut self, out: &mut Vec<Completion>) {
         out.extend(self.events.try_iter());
+        while let Err(Gone(request)) = self.drain_overflow() {
+            out.extend(request.gone());
+        }
     }
 
-    /// Sends `Close` and waits for the thread to finish what was queued.
+    /// Sends what overflowed and `Close`, and waits for the thread to finish
+    /// what was queued.
     fn close(&mut self) {
+        for request in self.overflow.drain(..) {
+            let _ = self.requests.send(request);
+        }
         let _ = self.requests.send(Request::Close);
         if let Some(handle) = self.handle.take() {
             let _ = handle.join();
@@ -277,5 +319,69 @@ impl Writer {
         if expired + trimmed > 0 {
             let _ = self.outbox.send(Completion::Swept { expired, trimmed });
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Durability;
+    use crate::store::shard_db::shard_path;
+
+    fn append(seq: u64) -> Request {
+        Request::Append {
+            shard: 0,
+            ticket: seq,
+            msg: Append {
+                channel: "a".into(),
+                seq,
+                time_ms: 0,
+                expires_ms: i64::MAX,
+                data: seq.to_string(),
+                epoch: "e".into(),
+                idempotency: None,
+                state: None,
+            },
+        }
+    }
+
+    /// A queue of 2 takes 1000 appends without the caller ever waiting: the
+    /// rest waits in order in the overflow (busy meanwhile) and moves on
+    /// each time the thread wakes the loop, until every append is stored.
+    #[test]
+    fn a_full_queue_overflows_in_order_and_is_busy_until_drained() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = ShardDb::open(&shard_path(dir.path(), 0), Durability::Memory).unwrap();
+        let mut poll = mio::Poll::new().unwrap();
+        let waker = Arc::new(Waker::new(poll.registry(), mio::Token(0)).unwrap());
+        let shards = HashMap::from([(0, db)]);
+        let mut store = StoreThread::spawn(shards, Storage::default(), waker, 2).unwrap();
+        for seq in 1..=1000 {
+            assert!(store.submit(append(seq)).is_ok());
+        }
+        assert!(store.is_busy(), "1000 requests do not fit in 2");
+        let mut events = mio::Events::with_capacity(8);
+        let (mut stored, mut upto) = (0, 0);
+        while upto < 1000 {
+            poll.poll(&mut events, Some(std::time::Duration::from_secs(10)))
+                .unwrap();
+            assert!(!events.is_empty(), "the store thread wakes the loop");
+            let mut done = Vec::new();
+            store.completions(&mut done);
+            for completion in done {
+                if let Completion::Committed { upto: u, count, .. } = completion {
+                    assert!(u > upto, "in ticket order");
+                    upto = u;
+                    stored += count;
+                }
+            }
+        }
+        assert_eq!(stored, 1000);
+        assert!(!store.is_busy());
+        store.close();
+        let db = ShardDb::open(&shard_path(dir.path(), 0), Durability::Memory).unwrap();
+        let (rows, _) = db.read("a", 0, 1000, 1000).unwrap();
+        let seqs: Vec<u64> = rows.iter().map(|m| m.seq).collect();
+        assert_eq!(seqs, (1..=1000).collect::<Vec<_>>());
     }
 }

@@ -1,8 +1,9 @@
 //! Plain logic of the edge, with no sockets in it: what a channel's name
 //! allows (`channel`), which worker owns a channel, who is subscribed to what on this worker, what a `sub`
 //! waiting for its owner buffers meanwhile, connections' deadlines, and the
-//! rate limits.
+//! rate limits and the caps.
 
+pub mod caps;
 pub mod channel;
 pub mod deadlines;
 pub mod rate;

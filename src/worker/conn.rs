@@ -113,6 +113,8 @@ pub struct Conn {
     pub http_stalled: bool,
     /// Queued in `pending_reads` because its read budget ran out.
     pub read_pending: bool,
+    /// Not read for now (see `worker/caps.rs`).
+    pub read_paused: bool,
     /// Lines waiting to enter the outbound queue: a resume's replay (which may
     /// be larger than `send_buffer_hard`) and the live messages behind it. They
     /// move into the queue as it drains, so order is kept and memory bounded.
@@ -154,6 +156,7 @@ impl Conn {
             http_busy: false,
             http_stalled: false,
             read_pending: false,
+            read_paused: false,
             backlog: VecDeque::new(),
             backlog_bytes: 0,
             backlog_limit: 0,

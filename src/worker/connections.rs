@@ -23,6 +23,7 @@ use crate::config::Limits;
 use crate::control::{Retire, WorkerStats};
 use crate::logging::LogLimit;
 use crate::proto::{frames, http, ws_codec};
+use crate::sync::caps::OpenPerKey;
 use crate::sync::deadlines::{self, ConnTimers, Due, Rules, View};
 use crate::sync::rate::RatePerKey;
 
@@ -59,12 +60,17 @@ pub struct Connections {
     dirty: dirty::Marks,
     /// Connections whose read budget ran out while input was still waiting.
     pending_reads: Vec<usize>,
+    /// Connections not read for now (`caps.rs`: a full store queue, or
+    /// `max_inflight_per_conn`).
+    paused: Vec<usize>,
     /// Connections closed since the worker last asked.
     closed: Vec<Closed>,
     /// This worker's counters; the owner's are added in `Worker::snapshot`.
     pub stats: WorkerStats,
     /// `connect_rate_per_ip`: one bucket per recent client address.
     connect_rates: RatePerKey<IpAddr>,
+    /// `max_conns_per_ip`: open connections per client address.
+    open_per_ip: OpenPerKey<IpAddr>,
     /// Refusals at accept are logged within this budget.
     refusal_log: LogLimit,
     /// Every WebSocket read lands here first; a connection keeps only the
@@ -81,11 +87,13 @@ impl Connections {
             next_id: 1,
             dirty: dirty::Marks::default(),
             pending_reads: Vec::new(),
+            paused: Vec::new(),
             closed: Vec::new(),
             stats: WorkerStats::default(),
             connect_rates: RatePerKey::new(limits.connect_rate_per_ip, limits.connect_rate_per_ip),
             refusal_log: LogLimit::new(5),
             scratch: vec![0; super::read::SCRATCH].into_boxed_slice(),
+            open_per_ip: OpenPerKey::new(limits.max_conns_per_ip),
             limits,
         }
     }
@@ -166,6 +174,18 @@ impl Connections {
         true
     }
 
+    pub fn has_paused(&self) -> bool {
+        !self.paused.is_empty()
+    }
+
+    pub fn take_paused(&mut self) -> Vec<usize> {
+        std::mem::take(&mut self.paused)
+    }
+
+    pub fn keep_paused(&mut self, key: usize) {
+        self.paused.push(key);
+    }
+
     /// The marked connections to write now (see `dirty::Marks::take`).
     pub fn take_dirty(&mut self) -> Option<Vec<usize>> {
         (!self.dirty.is_empty()).then(|| self.dirty.take())
@@ -226,6 +246,11 @@ impl Connections {
                 self.stats.rate_limited += 1;
                 let why = "too many new connections from your address (connect_rate_per_ip)";
                 Some((429, "rate_limited", why))
+            } else if !self.open_per_ip.open(peer.ip()) {
+                // Last, as it counts the connection when it lets it in.
+                self.stats.conns_per_ip_refused += 1;
+                let why = "too many open connections from your address (limits.max_conns_per_ip)";
+                Some((429, "too_many_conns_per_ip", why))
             } else {
                 None
             };
@@ -257,6 +282,7 @@ impl Connections {
                     .register(&mut stream, token, Interest::READABLE | Interest::WRITABLE)
             {
                 log::error!("worker {}: cannot register connection: {e}", self.slot);
+                self.open_per_ip.close(peer.ip());
                 continue;
             }
             let session = match port {
@@ -425,6 +451,7 @@ impl Connections {
         }
         let mut conn = self.slab.remove(key);
         let _ = self.registry.deregister(&mut conn.t.stream);
+        self.open_per_ip.close(conn.peer.ip());
         let uid = conn.user.map(|user| user.uid);
         self.closed.push(Closed { key, uid });
         log::debug!("worker {}: connection {} closed", self.slot, conn.id);

@@ -84,6 +84,9 @@ impl Worker {
                     self.conns.reply(key, frames::error(id, &e));
                     return;
                 }
+                if let Err(e) = self.sub_cap(key, conn_id) {
+                    return self.conns.reply(key, frames::error(id, &e));
+                }
                 let query = Query::Resume {
                     since,
                     epoch: epoch.map(|e| e.into_owned()),

@@ -2,6 +2,7 @@
 //! routes and writes. Nothing in it blocks.
 
 mod bus_events;
+mod caps;
 mod conn;
 mod connections;
 mod dirty;
@@ -12,6 +13,7 @@ mod owner_side;
 mod pending;
 mod process;
 mod read;
+mod reading;
 mod report;
 mod request_limits;
 mod static_files;
@@ -36,7 +38,6 @@ use crate::owner::{Command, Query, Reply};
 use crate::proto::frames::{self, ErrorReply};
 use crate::sync::channel;
 use crate::sync::subscriptions::Subscriptions;
-use conn::Protocol;
 use connections::Connections;
 use http_api::{Call, Next, OK_BODY};
 use links::Links;
@@ -171,6 +172,7 @@ impl Worker {
                 }
             }
             self.on_bus_events();
+            self.resume_paused();
             for key in self.conns.take_pending_reads() {
                 if self.conns.resume_read(key) {
                     self.read_conn(key);
@@ -322,48 +324,6 @@ impl Worker {
                 self.forget_closed();
             }
             self.conns.recycle_dirty(batch);
-        }
-    }
-}
-
-/// Reading: the connection table reads; the requests go to routing.
-impl Worker {
-    fn read_conn(&mut self, key: usize) {
-        let Some((protocol, before)) = self.conns.start_read(key) else {
-            return self.forget_closed();
-        };
-        match protocol {
-            Protocol::Http => {
-                if let Some(filled) = self.conns.fill_http(key) {
-                    self.serve_http(key);
-                    self.conns.end_http_read(key, filled);
-                }
-            }
-            Protocol::Ws => self.read_ws(key),
-            Protocol::Tcp => {
-                if let Some(read) = self.conns.read_tcp(key) {
-                    for line in &read.lines {
-                        match line {
-                            Some(text) => self.on_frame(key, text),
-                            None => self.conns.not_utf8(key),
-                        }
-                    }
-                    self.conns.end_tcp_read(key, read);
-                }
-            }
-        }
-        self.conns.note_input(key, before);
-        self.forget_closed();
-    }
-
-    fn read_ws(&mut self, key: usize) {
-        if let Some(read) = self.conns.read_ws(key) {
-            for text in &read.texts {
-                if self.conns.get(key).is_some_and(|c| c.closing.is_none()) {
-                    self.on_frame(key, text);
-                }
-            }
-            self.conns.end_ws_read(key, read);
         }
     }
 }

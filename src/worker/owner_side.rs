@@ -58,6 +58,11 @@ impl OwnerSide {
         self.engine.close();
     }
 
+    /// Storage's queue is full: clients are not read until it drains.
+    pub fn is_busy(&self) -> bool {
+        self.engine.is_busy()
+    }
+
     pub fn is_fatal(&self) -> bool {
         self.core.is_fatal()
     }

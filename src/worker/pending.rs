@@ -13,6 +13,7 @@ use serde_json::value::RawValue;
 use super::Worker;
 use crate::owner::{Answer, Query, Reply};
 use crate::proto::frames::{self, ErrorReply};
+use crate::sync::caps::{InflightCounts, Waiting};
 use crate::sync::stream::{Fetched, Out};
 use crate::sync::sub_buffer::SubBuffer;
 
@@ -80,6 +81,30 @@ pub enum Awaiting {
     },
 }
 
+impl Awaiting {
+    /// The client connection waiting and whether this is its `sub`, for
+    /// `max_inflight_per_conn` and `max_subs_per_conn`. HTTP waits one
+    /// request at a time, and the server's own requests are not counted.
+    fn client(&self) -> Option<(u64, bool)> {
+        match self {
+            Awaiting::Publish(Origin::Client { conn_id, .. }) => Some((*conn_id, false)),
+            Awaiting::Sub(s) if !s.quiet => Some((s.conn_id, true)),
+            Awaiting::History {
+                conn_id,
+                reply: HistoryFor::Client { .. },
+                ..
+            }
+            | Awaiting::Json {
+                conn_id,
+                reply: HistoryFor::Client { .. },
+                ..
+            }
+            | Awaiting::Ack { conn_id, .. } => Some((*conn_id, false)),
+            _ => None,
+        }
+    }
+}
+
 /// A `sub` waiting for the owner's answer.
 pub struct WaitingSub {
     pub key: usize,
@@ -109,6 +134,8 @@ pub struct PendingTable {
     /// Tags of the `sub`s waiting, by channel.
     subs: HashMap<Box<str>, Vec<u64>>,
     next_tag: u64,
+    /// What each client connection has waiting here.
+    inflight: InflightCounts,
 }
 
 impl PendingTable {
@@ -120,6 +147,9 @@ impl PendingTable {
             let channel = sub.channel.as_str();
             self.subs.entry(channel.into()).or_default().push(tag);
         }
+        if let Some((conn_id, sub)) = what.client() {
+            self.inflight.add(conn_id, sub);
+        }
         let since = Instant::now();
         self.entries.insert(tag, Pending { slot, what, since });
         tag
@@ -128,6 +158,9 @@ impl PendingTable {
     /// The request answered now, if it still waits.
     pub fn remove(&mut self, tag: u64) -> Option<Pending> {
         let pending = self.entries.remove(&tag)?;
+        if let Some((conn_id, sub)) = pending.what.client() {
+            self.inflight.remove(conn_id, sub);
+        }
         if let Awaiting::Sub(sub) = &pending.what {
             self.forget_sub(&sub.channel, tag);
         }
@@ -141,6 +174,11 @@ impl PendingTable {
                 self.subs.remove(channel);
             }
         }
+    }
+
+    /// The requests (and `sub`s among them) connection `conn_id` has waiting.
+    pub fn waiting(&self, conn_id: u64) -> Waiting {
+        self.inflight.of(conn_id)
     }
 
     /// A message of `channel` for the `sub`s still waiting for its owner.

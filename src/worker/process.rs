@@ -45,7 +45,8 @@ pub fn start(ctx: WorkerContext) -> io::Result<Worker> {
         url => Some(crate::webhook::spawn(url.to_string())?),
     };
     let waker = Arc::new(Waker::new(poll.registry(), STORE)?);
-    let engine = StoreThread::spawn(shards, ctx.config.storage.clone(), waker)?;
+    let queue = ctx.config.limits.store_queue;
+    let engine = StoreThread::spawn(shards, ctx.config.storage.clone(), waker, queue)?;
     let owner_config = OwnerConfig {
         numbered_by_engine: engine.numbers_messages(),
         ..OwnerConfig::new(&ctx.config, ctx.slot)

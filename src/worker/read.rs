@@ -34,12 +34,42 @@ pub struct TcpRead {
     pub lines: Vec<Option<String>>,
     too_long: bool,
     filled: Filled,
+    /// Stopped at `room` lines: complete ones may be left in the buffer.
+    more: bool,
+}
+
+/// Takes complete lines from `buf[*start..]` into `read` until it holds
+/// `room` (then `more` is set) or a line is over `max`.
+fn parse_lines(
+    buf: &[u8],
+    start: &mut usize,
+    max: usize,
+    room: usize,
+    read: &mut TcpRead,
+    pong: &mut bool,
+) {
+    while read.lines.len() < room {
+        match tcp::next_line(buf, start, max) {
+            Ok(Some(tcp::Line::Text(text))) if text.trim().is_empty() => {}
+            Ok(Some(tcp::Line::Text(text))) if tcp::is_pong(text) => *pong = true,
+            Ok(Some(tcp::Line::Text(text))) => read.lines.push(Some(text.to_string())),
+            Ok(Some(tcp::Line::NotUtf8)) => read.lines.push(None),
+            Ok(None) => return,
+            Err(tcp::TooLong) => {
+                read.too_long = true;
+                return;
+            }
+        }
+    }
+    read.more = true;
 }
 
 /// A WebSocket connection's text messages, read for the worker to serve.
 pub struct WsRead {
     pub texts: Vec<String>,
     filled: Filled,
+    /// Stopped at `room` messages: whole frames may still be held.
+    more: bool,
 }
 
 /// Appends what the socket has to `buf`, up to the budget.
@@ -137,31 +167,29 @@ impl Connections {
     }
 
     /// Reads a TCP connection's complete lines, for the worker to serve in
-    /// order (`None` for a line that is not UTF-8). Blank lines and pongs
-    /// are taken care of here. Hand the result back to `end_tcp_read` once
-    /// the lines are served.
-    pub fn read_tcp(&mut self, key: usize) -> Option<TcpRead> {
+    /// order (`None` for a line that is not UTF-8), at most `room` of them
+    /// (`max_inflight_per_conn`): lines already buffered go first, and while
+    /// they fill `room` the socket is left alone, so the buffer stays within
+    /// `max_frame` plus one read. Blank lines and pongs are taken care of
+    /// here. Hand the result back to `end_tcp_read` once the lines are served.
+    pub fn read_tcp(&mut self, key: usize, room: usize) -> Option<TcpRead> {
         let max = self.limits().max_frame;
         let conn = self.get_mut(key)?;
         let Session::Tcp { buf, start } = &mut conn.session else {
             return None;
         };
-        let filled = fill(&mut conn.t.stream, buf, &mut conn.t.bytes_in);
-        let mut lines = Vec::new();
-        let mut too_long = false;
+        let mut read = TcpRead {
+            lines: Vec::new(),
+            too_long: false,
+            filled: Filled::Drained,
+            more: false,
+        };
         let mut pong = false;
-        loop {
-            match tcp::next_line(buf, start, max) {
-                Ok(Some(tcp::Line::Text(text))) if text.trim().is_empty() => {}
-                Ok(Some(tcp::Line::Text(text))) if tcp::is_pong(text) => pong = true,
-                Ok(Some(tcp::Line::Text(text))) => lines.push(Some(text.to_string())),
-                Ok(Some(tcp::Line::NotUtf8)) => lines.push(None),
-                Ok(None) => break,
-                Err(tcp::TooLong) => {
-                    too_long = true;
-                    break;
-                }
-            }
+        let room = room.max(1);
+        parse_lines(buf, start, max, room, &mut read, &mut pong);
+        if !read.more && !read.too_long {
+            read.filled = fill(&mut conn.t.stream, buf, &mut conn.t.bytes_in);
+            parse_lines(buf, start, max, room, &mut read, &mut pong);
         }
         buf.drain(..*start);
         *start = 0;
@@ -174,11 +202,7 @@ impl Connections {
         if pong {
             conn.timers.pong();
         }
-        Some(TcpRead {
-            lines,
-            too_long,
-            filled,
-        })
+        Some(read)
     }
 
     /// Answers a TCP line that is not UTF-8.
@@ -200,17 +224,22 @@ impl Connections {
             self.close_with(key, 1009, &reason, Instant::now() + CLOSE_GRACE);
         }
         match read.filled {
-            Filled::Closed => self.drop_conn(key),
+            // Lines still buffered are served first; the next read finds the
+            // end of input again.
+            Filled::Closed if !read.more => self.drop_conn(key),
+            _ if read.more => self.requeue_read(key),
             Filled::Budget => self.requeue_read(key),
-            Filled::Drained => {}
+            Filled::Closed | Filled::Drained => {}
         }
     }
 
     /// Reads what a WebSocket connection sent, up to the budget, into the
     /// worker's scratch buffer and decodes it. Control frames, echo, binary
     /// messages and violations are handled here; the text messages are
-    /// handed back to be served, then to `end_ws_read`.
-    pub fn read_ws(&mut self, key: usize) -> Option<WsRead> {
+    /// handed back to be served, then to `end_ws_read`. At most `room`
+    /// messages are decoded (`max_inflight_per_conn`): frames already held
+    /// go first, and while they fill `room` the socket is left alone.
+    pub fn read_ws(&mut self, key: usize, room: usize) -> Option<WsRead> {
         let max = self.limits().max_frame;
         let conn = self.slab.get_mut(key)?;
         if conn.input_broken {
@@ -222,9 +251,13 @@ impl Connections {
         };
         let echo = *echo;
         let mut events = Vec::new();
-        let mut violation = None;
+        let room = room.max(1);
+        let mut violation = decoder.feed_upto(&[], max, &mut events, room).err();
         let mut got = 0;
         let filled = loop {
+            if violation.is_some() || events.len() >= room {
+                break Filled::Drained;
+            }
             if got >= READ_BUDGET {
                 break Filled::Budget;
             }
@@ -237,11 +270,11 @@ impl Connections {
             };
             got += n;
             conn.t.bytes_in += n as u64;
-            if let Err(v) = decoder.feed(&self.scratch[..n], max, &mut events) {
-                violation = Some(v);
-                break Filled::Drained;
-            }
+            violation = decoder
+                .feed_upto(&self.scratch[..n], max, &mut events, room)
+                .err();
         };
+        let more = events.len() >= room && decoder.has_frames();
         let mut texts = Vec::new();
         for event in events {
             match self.on_ws_event(key, event, echo) {
@@ -253,7 +286,11 @@ impl Connections {
             self.ws_violation(key, v);
             return None;
         }
-        Some(WsRead { texts, filled })
+        Some(WsRead {
+            texts,
+            filled,
+            more,
+        })
     }
 
     /// A control frame, an echo or a refusal is taken care of here; a
@@ -324,6 +361,7 @@ impl Connections {
     /// After the messages of `read_ws` were served.
     pub fn end_ws_read(&mut self, key: usize, read: WsRead) {
         match read.filled {
+            _ if read.more => self.requeue_read(key),
             Filled::Closed => self.drop_conn(key),
             Filled::Budget => self.requeue_read(key),
             Filled::Drained => {}

@@ -19,6 +19,7 @@ impl Connections {
         stats.expired = owned.expired;
         stats.trimmed = owned.trimmed;
         stats.disk_reads = owned.disk_reads;
+        stats.channels_refused = owned.channels_refused;
         stats.rss_bytes = rss_bytes();
         for (_, conn) in self.iter() {
             match conn.session.protocol() {
