@@ -174,6 +174,8 @@ pub fn config(durability: Durability, history_size: u64, cache_bytes: usize) -> 
         ack_timeout: Duration::from_secs(10),
         max_attempts: 3,
         idempotency_window: Duration::from_secs(60),
+        page_bytes: 256 << 10,
+        replay_page_bytes: 1 << 20,
     }
 }
 
@@ -390,5 +392,6 @@ pub fn resume(since: u64, epoch: &str) -> Query {
     Query::Resume {
         since: Some(since),
         epoch: Some(epoch.to_string()),
+        upto: None,
     }
 }

@@ -62,7 +62,7 @@ impl Worker {
             | Op::Ack { channel, .. }
             | Op::Presence { channel }
             | Op::Get { channel, .. }
-            | Op::State { channel } => auth::may_read(user.as_ref(), channel),
+            | Op::State { channel, .. } => auth::may_read(user.as_ref(), channel),
             Op::Pub { channel, .. } | Op::Set { channel, .. } => {
                 auth::may_publish(user.as_ref(), channel)
             }
@@ -91,7 +91,8 @@ impl Worker {
                 since,
                 epoch,
             } => {
-                if self.subs.is_subscribed(key, &channel) {
+                let replaying = self.pending.replays.is_replaying(key, &channel);
+                if replaying || self.subs.is_subscribed(key, &channel) {
                     let e = ErrorReply::new(
                         "already_subscribed",
                         format!("already subscribed to {channel}"),
@@ -102,6 +103,7 @@ impl Worker {
                 let query = Query::Resume {
                     since,
                     epoch: epoch.map(|e| e.into_owned()),
+                    upto: None,
                 };
                 let what = Awaiting::Sub(WaitingSub {
                     key,
@@ -117,6 +119,10 @@ impl Worker {
             Op::Unsub { channel } => {
                 if self.overtake_waiting_sub(key, conn_id, &channel, id) {
                     return;
+                }
+                // A replay in pages stops: the connection never subscribed.
+                if self.pending.replays.cancel(key, &channel) {
+                    return self.conns.reply(key, frames::ok(id));
                 }
                 if self.subs.remove(key, &channel) {
                     self.track_presence(key, &channel, false);
@@ -178,11 +184,16 @@ impl Worker {
                     },
                 );
             }
-            Op::State { channel } => {
+            Op::State {
+                channel,
+                after,
+                limit,
+            } => {
                 let reply = HistoryFor::Client {
                     id: id.map(RawValue::to_owned),
                 };
-                self.json_query(key, &channel, Query::State, reply);
+                let after = after.map(Cow::into_owned);
+                self.json_query(key, &channel, Query::State { after, limit }, reply);
             }
             Op::Pub { channel, data, ttl } => {
                 let origin = Origin::Client {
@@ -349,6 +360,7 @@ impl Worker {
                 since: None,
                 epoch: None,
                 inbox: true,
+                upto: None,
             },
             Query::Presence => BusMsg::PresenceQuery { tag, channel },
             Query::User { uid } => BusMsg::UserQuery { tag, uid },
@@ -356,18 +368,23 @@ impl Worker {
                 tag,
                 channel,
                 key: Some(key),
+                after: None,
+                limit: None,
             },
-            Query::State => BusMsg::StateQuery {
+            Query::State { after, limit } => BusMsg::StateQuery {
                 tag,
                 channel,
                 key: None,
+                after,
+                limit: Some(limit),
             },
-            Query::Resume { since, epoch } => BusMsg::SubQuery {
+            Query::Resume { since, epoch, upto } => BusMsg::SubQuery {
                 tag,
                 channel,
                 since,
                 epoch,
                 inbox: false,
+                upto,
             },
             Query::History { since, limit } => BusMsg::HistoryQuery {
                 tag,
@@ -461,6 +478,7 @@ impl Worker {
                     recovered: None,
                     error: Some(e.message),
                     oldest: None,
+                    cursor: None,
                 };
                 (msg, Bytes::new())
             }
@@ -578,6 +596,7 @@ fn peer_answer(tag: u64, a: Answer) -> (BusMsg, Bytes) {
         recovered: a.recovered,
         error: None,
         oldest: a.oldest,
+        cursor: a.cursor,
     };
     (msg, Bytes::from(payload))
 }
