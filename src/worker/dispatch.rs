@@ -120,10 +120,6 @@ impl Worker {
                 if self.overtake_waiting_sub(key, conn_id, &channel, id) {
                     return;
                 }
-                // A replay in pages stops: the connection never subscribed.
-                if self.pending.replays.cancel(key, &channel) {
-                    return self.conns.reply(key, frames::ok(id));
-                }
                 if self.subs.remove(key, &channel) {
                     self.track_presence(key, &channel, false);
                 }

@@ -261,7 +261,8 @@ impl Worker {
     /// waiting for the owner: the `sub` is answered when the owner's answer
     /// comes but does not subscribe, and the `unsub`'s `ok` follows it, so the
     /// connection ends up unsubscribed, as its last request said. Returns
-    /// false when no `sub` waits (the `unsub` is answered at once).
+    /// false when no `sub` waits (the `unsub` is answered at once). A
+    /// replay in pages just stops: the connection never subscribed.
     pub(super) fn overtake_waiting_sub(
         &mut self,
         key: usize,
@@ -269,6 +270,10 @@ impl Worker {
         channel: &str,
         id: Option<&RawValue>,
     ) -> bool {
+        if self.pending.replays.cancel(key, channel) {
+            self.conns.reply(key, frames::ok(id));
+            return true;
+        }
         let id = id.map(RawValue::to_owned);
         self.pending.overtake(key, conn_id, channel, id)
     }
