@@ -72,10 +72,12 @@ export declare class SyncClient extends EventTarget {
   /** Leaves the channel and stops any retry of its subscription. */
   unsubscribe(channel: string): Promise<void>;
   publish(channel: string, data: unknown, options?: { ttl?: number }): Promise<{ seq: number }>;
-  history(channel: string, since?: number, limit?: number): Promise<{ seq: number; epoch: string; messages: Msg[] }>;
+  /** Follows the server's pages until `limit` messages (`Infinity`: all retained); `more`/`cursor` when stopped at `limit`. */
+  history(channel: string, since?: number, limit?: number): Promise<{ seq: number; epoch: string; messages: Msg[]; more: boolean; cursor?: number }>;
   set(channel: string, key: string, value: unknown, version: number): Promise<{ seq: number; version: number }>;
   del(channel: string, key: string, version: number): Promise<{ seq: number; version: number }>;
   get(channel: string, key: string): Promise<{ key: string; value: unknown; version: number }>;
+  /** Every key, following the server's pages; `seq` is the first page's (apply later changes by `version`). */
   state(channel: string): Promise<{ seq: number; epoch: string; keys: Record<string, { value: unknown; version: number }> }>;
   auth(token: string): Promise<{ uid: string }>;
   /** Replaces the connection's token with a newer one for the same user. */

@@ -378,8 +378,24 @@ export class SyncClient extends EventTarget {
     return this.request("pub", { channel, data, ...(ttl ? { ttl } : {}) });
   }
 
-  history(channel, since = 0, limit = 100) {
-    return this.request("history", { channel, since, limit });
+  /**
+   * Up to `limit` retained messages after `since`, oldest first. The server
+   * answers in pages (at most 1000 messages and a byte budget each); this
+   * follows them until it has `limit` (`Infinity`: all) or none are left.
+   * `more`/`cursor`: stopped at `limit` with more retained; pass `cursor` as
+   * the next `since`.
+   */
+  async history(channel, since = 0, limit = 100) {
+    const messages = [];
+    let reply;
+    do {
+      const want = Math.max(1, Math.min(limit - messages.length, 1000));
+      reply = await this.request("history", { channel, since, limit: want });
+      messages.push(...reply.messages);
+      if (reply.more) since = reply.cursor;
+    } while (reply.more && messages.length < limit);
+    const more = Boolean(reply.more);
+    return { seq: reply.seq, epoch: reply.epoch, messages, more, ...(more ? { cursor: reply.cursor } : {}) };
   }
 
   /** Compare-and-set; rejects with SyncError code "conflict" (see .current). */
@@ -395,9 +411,25 @@ export class SyncClient extends EventTarget {
     return this.request("get", { channel, key });
   }
 
-  /** Every key of a channel and the seq to subscribe `since`. */
-  state(channel) {
-    return this.request("state", { channel });
+  /**
+   * Every key of a channel and the seq to subscribe `since`. The server
+   * answers in pages; this follows them all. `seq` is the first page's:
+   * later pages may already hold changes replayed after it, so apply a
+   * state message only when its `version` is newer than the key's.
+   */
+  async state(channel) {
+    for (;;) {
+      const first = await this.request("state", { channel, limit: 1000 });
+      const keys = { ...first.keys };
+      let page = first;
+      while (page.more && page.epoch === first.epoch) {
+        page = await this.request("state", { channel, after: page.cursor, limit: 1000 });
+        Object.assign(keys, page.keys);
+      }
+      // The history was reset between pages: read it again.
+      if (page.epoch !== first.epoch) continue;
+      return { seq: first.seq, epoch: first.epoch, keys };
+    }
   }
 
   async auth(token) {

@@ -1,6 +1,7 @@
 //! The demos in real Chromium: two pages racing for a seat, pages surviving a
 //! `kill -9` of every worker, chat between pages, and two pages getting every
-//! message through five `kill -9`s of their channel's owner worker. Driven by
+//! message through five `kill -9`s of their channel's owner worker, and
+//! syncd.js following history and state pages. Driven by
 //! `tests/browser/run.mjs` (playwright-core); `scripts/setup-tests.sh`
 //! installs Debian's chromium and playwright-core when missing.
 
@@ -39,5 +40,5 @@ fn demos_work_in_chromium() {
         "browser tests failed:\n{text}\nserver log:\n{}",
         server.log()
     );
-    assert!(text.contains("6 passed, 0 failed"), "{text}");
+    assert!(text.contains("7 passed, 0 failed"), "{text}");
 }

@@ -828,16 +828,20 @@ fn bus_msg() -> impl Strategy<Value = BusMsg> {
             any::<u64>(),
             any::<u64>(),
             proptest::option::of(any::<bool>()),
+            proptest::option::of(any::<u64>()),
             proptest::option::of(any::<u64>())
         )
-            .prop_map(|(tag, seq, recovered, oldest)| BusMsg::QueryAnswer {
-                tag,
-                seq,
-                epoch: "e".into(),
-                recovered,
-                error: None,
-                oldest,
-            }),
+            .prop_map(
+                |(tag, seq, recovered, oldest, cursor)| BusMsg::QueryAnswer {
+                    tag,
+                    seq,
+                    epoch: "e".into(),
+                    recovered,
+                    error: None,
+                    oldest,
+                    cursor,
+                }
+            ),
         (0usize..8, any::<u64>()).prop_map(|(slot, instance)| BusMsg::Hello {
             slot,
             instance,

@@ -48,11 +48,16 @@ pub enum BusMsg {
         version: u64,
         delete: bool,
     },
-    /// `get` (with `key`) or `state` (without): answered with a JSON object.
+    /// `get` (with `key`) or a page of `state` (without): answered with a
+    /// JSON object.
     StateQuery {
         tag: u64,
         channel: String,
         key: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        after: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        limit: Option<usize>,
     },
     /// A numbered message: `payload` is its `msg` line, ready for subscribers.
     Deliver { channel: String, seq: u64 },
@@ -64,6 +69,9 @@ pub enum BusMsg {
         epoch: Option<String>,
         /// A user's inbox: replay everything after its ack instead.
         inbox: bool,
+        /// The next page of a replay up to this `seq`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        upto: Option<u64>,
     },
     /// `history`: asks the owner for retained messages.
     HistoryQuery {
@@ -102,6 +110,9 @@ pub enum BusMsg {
         /// With `recovered: false`: the oldest `seq` still retained.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         oldest: Option<u64>,
+        /// A page stopped short: the `seq` to go on after.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        cursor: Option<u64>,
     },
 }
 

@@ -18,6 +18,7 @@ pub mod presence;
 pub mod seqs;
 pub mod state;
 
+mod pages;
 mod publish;
 mod query;
 mod users;
@@ -32,6 +33,8 @@ mod tests;
 mod tests_caps;
 #[cfg(test)]
 mod tests_engine;
+#[cfg(test)]
+mod tests_pages;
 #[cfg(test)]
 mod tests_users;
 
@@ -85,12 +88,18 @@ pub enum Query {
     Get {
         key: String,
     },
-    /// All of the channel's state and the `seq` it is consistent with.
-    State,
-    /// `sub`, from `since` when resuming.
+    /// One page of the channel's state (keys after `after`, in key order)
+    /// and the `seq` it is consistent with.
+    State {
+        after: Option<String>,
+        limit: usize,
+    },
+    /// `sub`, from `since` when resuming: answered with the first page of
+    /// the replay. With `upto`, the next page of a replay up to that `seq`.
     Resume {
         since: Option<u64>,
         epoch: Option<String>,
+        upto: Option<u64>,
     },
     History {
         since: u64,
@@ -111,6 +120,8 @@ pub struct Answer {
     pub oldest: Option<u64>,
     /// `msg` lines, newline included, oldest first.
     pub lines: Vec<Bytes>,
+    /// More follows (a page was full): the `seq` to go on after.
+    pub cursor: Option<u64>,
 }
 
 /// An answer to one request.
@@ -232,6 +243,10 @@ pub struct OwnerConfig {
     pub max_channels: usize,
     /// The engine numbers messages itself (`Engine::numbers_messages`).
     pub numbered_by_engine: bool,
+    /// Most bytes of one `history` or `state` page (well under `max_frame`).
+    pub page_bytes: usize,
+    /// Most bytes of one page of a resume's replay.
+    pub replay_page_bytes: usize,
 }
 
 impl OwnerConfig {
@@ -245,6 +260,8 @@ impl OwnerConfig {
             idempotency_window: config.delivery.idempotency_window,
             max_channels: config.limits.max_channels,
             numbered_by_engine: false,
+            page_bytes: pages::page_bytes(config.limits.max_frame),
+            replay_page_bytes: pages::replay_page_bytes(config.limits.send_buffer_soft),
         }
     }
 }

@@ -155,6 +155,7 @@ fn run(ops: Vec<Op>, memory: bool, cached: bool) -> Result<(), TestCaseError> {
                 let query = Query::Resume {
                     since: Some(since),
                     epoch: Some("g0".into()),
+                    upto: None,
                 };
                 let to = h.query(CHANNELS[channel], query);
                 asked.push((to, Asked::Replay { channel, since }));

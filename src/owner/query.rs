@@ -9,7 +9,7 @@
 use bytes::Bytes;
 
 use super::publish::raw_or_null;
-use super::{storage_failed, Answer, Now, OwnerCore, Query, ReplyTo};
+use super::{pages, storage_failed, Answer, Now, OwnerCore, Query, ReplyTo};
 use crate::proto::frames::{self, ErrorReply};
 use crate::store::shard_db::Stored;
 use crate::store::Request;
@@ -21,6 +21,12 @@ pub(super) struct DiskRead {
     query: Query,
     seq: u64,
     epoch: String,
+    /// The last `seq` this read covers.
+    upto: u64,
+    /// Where the whole answer ends (the channel's `seq`, or a replay's
+    /// target): a page that stops before it has a cursor.
+    end: u64,
+    budget: usize,
 }
 
 impl OwnerCore {
@@ -35,11 +41,18 @@ impl OwnerCore {
             );
             return self.reply_answer(to, Err(e));
         }
-        let query = match query {
-            Query::Inbox => Query::History {
-                since: self.inboxes.acked(channel),
-                limit: storage.retention_for(channel).0.min(usize::MAX as u64) as usize,
-            },
+        // An inbox replays every unacked message at once (its client
+        // acks them); everything else a client asks for comes in pages.
+        let (query, budget) = match query {
+            Query::Inbox => {
+                let since = self.inboxes.acked(channel);
+                let limit = storage.retention_for(channel).0.min(usize::MAX as u64) as usize;
+                (Query::History { since, limit }, usize::MAX)
+            }
+            Query::History { since, limit } => {
+                let limit = limit.min(frames::MAX_HISTORY_LIMIT);
+                (Query::History { since, limit }, self.config.page_bytes)
+            }
             Query::Presence => {
                 let json =
                     serde_json::json!({"channel": channel, "uids": self.presence.uids(channel)});
@@ -51,23 +64,17 @@ impl OwnerCore {
                 let json = serde_json::json!({"channel": channel, "key": key, "value": value, "version": entry.version});
                 return self.reply_answer(to, Ok(json_answer(json.to_string())));
             }
-            Query::State => {
+            Query::State { after, limit } => {
                 // Committed state and delivered seq move together (in
-                // `release`), so this snapshot is consistent with `seq`.
+                // `release`), so this page is consistent with `seq`.
                 let (seq, epoch) = self.seqs.current(channel, &self.genesis_of(channel));
-                let keys: serde_json::Map<String, serde_json::Value> = self
-                    .keyed
-                    .all(channel)
-                    .into_iter()
-                    .map(|(k, e)| {
-                        let value = raw_or_null(e.value.as_deref());
-                        (
-                            k.to_string(),
-                            serde_json::json!({"value": value, "version": e.version}),
-                        )
-                    })
-                    .collect();
-                let json = serde_json::json!({"channel": channel, "seq": seq, "epoch": epoch, "keys": keys});
+                let keys = self.keyed.keys_after(channel, after.as_deref());
+                let limit = limit.min(frames::MAX_HISTORY_LIMIT);
+                let (keys, cursor) = pages::state_page(keys, limit, self.config.page_bytes);
+                let mut json = serde_json::json!({"channel": channel, "seq": seq, "epoch": epoch, "keys": keys, "more": cursor.is_some()});
+                if let Some(cursor) = cursor {
+                    json["cursor"] = cursor.into();
+                }
                 return self.reply_answer(to, Ok(json_answer(json.to_string())));
             }
             Query::Ack { seq } => return self.ack(channel, seq, to),
@@ -76,23 +83,25 @@ impl OwnerCore {
                 let json = serde_json::json!({"uid": uid, "online": connections > 0, "connections": connections});
                 return self.reply_answer(to, Ok(json_answer(json.to_string())));
             }
-            query => query,
+            query => (query, self.config.replay_page_bytes),
         };
         let (seq, epoch) = self.seqs.current(channel, &self.genesis_of(channel));
-        let answer = |recovered, lines| Answer {
-            seq,
-            epoch: epoch.clone(),
-            recovered,
-            oldest: None,
-            lines,
-        };
-        let (after, upto, limit) = match &query {
+        let (after, upto, end, limit) = match &query {
             Query::Resume { since: None, .. } => {
-                return self.reply_answer(to, Ok(answer(None, vec![])))
+                let answer = Answer {
+                    seq,
+                    epoch,
+                    recovered: None,
+                    oldest: None,
+                    lines: vec![],
+                    cursor: None,
+                };
+                return self.reply_answer(to, Ok(answer));
             }
             Query::Resume {
                 since: Some(since),
                 epoch: theirs,
+                upto: target,
             } => {
                 // Beyond `history_size` the gap is not retained, even where
                 // trimming has not caught up yet.
@@ -105,29 +114,52 @@ impl OwnerCore {
                         query: Query::Resume {
                             since: None,
                             epoch: None,
+                            upto: None,
                         },
                         seq,
                         epoch: epoch.clone(),
+                        upto: seq,
+                        end: seq,
+                        budget,
                     };
                     return self.find_oldest(read, now);
                 }
-                (*since, seq, (seq - since) as usize)
+                // The first page replays up to the delivered seq; the next
+                // ones up to the same `seq` the first answer named.
+                let end = target.map_or(seq, |t| t.min(seq)).max(*since);
+                let upto = end.min(since.saturating_add(pages::REPLAY_PAGE_MSGS));
+                (*since, upto, end, (upto - since) as usize)
             }
             Query::History { since, limit } => {
                 let oldest = seq.saturating_sub(self.config.storage.retention_for(channel).0);
                 let after = (*since).max(oldest);
-                (after, seq.min(after.saturating_add(*limit as u64)), *limit)
+                (
+                    after,
+                    seq.min(after.saturating_add(*limit as u64)),
+                    seq,
+                    *limit,
+                )
             }
             Query::Inbox
             | Query::Ack { .. }
             | Query::Presence
             | Query::User { .. }
             | Query::Get { .. }
-            | Query::State => return,
+            | Query::State { .. } => return,
         };
-        let recovered = matches!(query, Query::Resume { .. }).then_some(true);
+        let read = DiskRead {
+            to,
+            channel: channel.to_string(),
+            query,
+            seq,
+            epoch,
+            upto,
+            end,
+            budget,
+        };
         if let Some(lines) = self.cache.range(channel, after, upto, now.ms) {
-            return self.reply_answer(to, Ok(answer(recovered, lines)));
+            let seqs = (after + 1..=upto).collect();
+            return self.reply_page(read, lines, seqs);
         }
         self.stats.disk_reads += 1;
         let tag = self.next_tag();
@@ -139,14 +171,29 @@ impl OwnerCore {
             upto,
             limit,
         });
-        let waiting = DiskRead {
-            to,
-            channel: channel.to_string(),
-            query,
-            seq,
-            epoch,
+        self.disk_reads.insert(tag, read);
+    }
+
+    /// Answers `read` with `lines` (their `seqs` alongside): as many as fit
+    /// in its budget, with a cursor when more follows.
+    fn reply_page(&mut self, read: DiskRead, mut lines: Vec<Bytes>, seqs: Vec<u64>) {
+        let cut = pages::cut(&mut lines, read.budget);
+        // Where this page ends: its last message if cut short, else the
+        // end of the range read (messages expired in it are skipped).
+        let reached = match lines.len().checked_sub(1) {
+            Some(last) if cut => seqs.get(last).copied().unwrap_or(read.upto),
+            _ => read.upto,
         };
-        self.disk_reads.insert(tag, waiting);
+        let recovered = matches!(read.query, Query::Resume { .. }).then_some(true);
+        let answer = Answer {
+            seq: read.seq,
+            epoch: read.epoch,
+            recovered,
+            oldest: None,
+            lines,
+            cursor: (reached < read.end).then_some(reached),
+        };
+        self.reply_answer(read.to, Ok(answer));
     }
 
     pub(super) fn on_disk_read(
@@ -163,36 +210,25 @@ impl OwnerCore {
             Err(e) => return self.reply_answer(read.to, Err(storage_failed(&e))),
         };
         let live: Vec<&Stored> = rows.iter().filter(|m| m.expires_ms > now.ms).collect();
-        let lines = |msgs: &[&Stored]| -> Vec<Bytes> {
-            msgs.iter()
-                .map(|m| frames::msg_line(&read.channel, m.seq, &m.data))
-                .collect()
-        };
-        let (recovered, lines) = match read.query {
-            // A resume replays all of the gap or nothing: any message missing
-            // (trimmed or expired) makes it `recovered: false`, with `oldest`.
-            Query::Resume { since, .. } => {
-                let from = since.unwrap_or(0);
-                let whole = live.len() as u64 == read.seq - from
-                    && live
-                        .iter()
-                        .enumerate()
-                        .all(|(i, m)| m.seq == from + 1 + i as u64);
-                if !whole {
-                    return self.find_oldest(read, now);
-                }
-                (Some(true), lines(&live))
+        // A resume replays all of the gap or nothing: any message missing
+        // (trimmed or expired) makes it `recovered: false`, with `oldest`.
+        if let Query::Resume { since, .. } = read.query {
+            let from = since.unwrap_or(0);
+            let whole = live.len() as u64 == read.upto - from
+                && live
+                    .iter()
+                    .enumerate()
+                    .all(|(i, m)| m.seq == from + 1 + i as u64);
+            if !whole {
+                return self.find_oldest(read, now);
             }
-            _ => (None, lines(&live)),
-        };
-        let answer = Answer {
-            seq: read.seq,
-            epoch: read.epoch,
-            recovered,
-            oldest: None,
-            lines,
-        };
-        self.reply_answer(read.to, Ok(answer));
+        }
+        let lines = live
+            .iter()
+            .map(|m| frames::msg_line(&read.channel, m.seq, &m.data))
+            .collect();
+        let seqs = live.iter().map(|m| m.seq).collect();
+        self.reply_page(read, lines, seqs);
     }
 
     /// Answers `read` (a resume) `recovered: false`, once storage has found
@@ -222,6 +258,7 @@ impl OwnerCore {
                 // Nothing retained: the next message will be the oldest.
                 oldest: Some(found.unwrap_or(read.seq + 1)),
                 lines: Vec::new(),
+                cursor: None,
             })
             .map_err(|e| storage_failed(&e));
         self.reply_answer(read.to, answer);
@@ -236,5 +273,6 @@ fn json_answer(json: String) -> Answer {
         recovered: None,
         oldest: None,
         lines: vec![Bytes::from(json + "\n")],
+        cursor: None,
     }
 }

@@ -77,6 +77,23 @@ impl KeyedState {
             })
     }
 
+    /// The existing keys of `channel` after `after`, in key order: a page
+    /// of `state` starts there.
+    pub fn keys_after<'a>(
+        &'a self,
+        channel: &str,
+        after: Option<&str>,
+    ) -> impl Iterator<Item = (&'a str, &'a Entry)> + 'a {
+        use std::ops::Bound::{Excluded, Unbounded};
+        let from = after.map_or(Unbounded, |a| Excluded(a.to_string()));
+        self.committed
+            .get(channel)
+            .into_iter()
+            .flat_map(move |keys| keys.range((from.clone(), Unbounded)))
+            .filter(|(_, e)| e.value.is_some())
+            .map(|(k, e)| (k.as_str(), e))
+    }
+
     /// Every existing key of `channel`, in key order.
     pub fn all(&self, channel: &str) -> Vec<(&str, &Entry)> {
         self.committed

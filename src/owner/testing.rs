@@ -194,6 +194,8 @@ pub fn config(durability: Durability, history_size: u64, cache_bytes: usize) -> 
         idempotency_window: Duration::from_secs(60),
         max_channels: 1_000_000,
         numbered_by_engine: false,
+        page_bytes: 256 << 10,
+        replay_page_bytes: 1 << 20,
     }
 }
 
@@ -410,5 +412,6 @@ pub fn resume(since: u64, epoch: &str) -> Query {
     Query::Resume {
         since: Some(since),
         epoch: Some(epoch.to_string()),
+        upto: None,
     }
 }

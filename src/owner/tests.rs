@@ -13,6 +13,7 @@ fn none() -> Query {
     Query::Resume {
         since: None,
         epoch: None,
+        upto: None,
     }
 }
 
@@ -169,6 +170,7 @@ fn a_resume_without_an_epoch_is_taken_as_the_current_one() {
     let query = Query::Resume {
         since: Some(1),
         epoch: None,
+        upto: None,
     };
     let to = h.query("a", query);
     assert_eq!(seqs_of(&h.answer(to).unwrap()), [2, 3]);

@@ -123,7 +123,13 @@ fn a_state_snapshot_agrees_with_its_seq() {
     h.set("s", "b", Some("2"), 0);
     h.settle();
     h.set("s", "a", Some("9"), 1);
-    let to = h.query("s", Query::State);
+    let to = h.query(
+        "s",
+        Query::State {
+            after: None,
+            limit: 100,
+        },
+    );
     let snapshot = json(&h, to);
     assert_eq!(snapshot["seq"], 3, "the pending write is not in it");
     assert_eq!(

@@ -76,6 +76,7 @@ impl OwnerCore {
                     recovered: None,
                     oldest: None,
                     lines: Vec::new(),
+                    cursor: None,
                 }),
                 Some(e) => Err(storage_failed(e)),
             };

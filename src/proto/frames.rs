@@ -12,7 +12,7 @@ use serde_json::value::RawValue;
 use super::compact::compact;
 pub use super::replies::{
     broadcast_line, error, event_line, history_reply, msg_line, notice, ok, ok_acked, ok_auth,
-    ok_presence, ok_pub, ok_sub, ok_sub_gap, ok_with, pong, Acked,
+    ok_presence, ok_pub, ok_sub, ok_sub_gap, ok_with, pong, resync_line, Acked,
 };
 
 /// Longest channel name accepted, in bytes.
@@ -82,9 +82,12 @@ pub enum Op<'a> {
         channel: Cow<'a, str>,
         key: Cow<'a, str>,
     },
-    /// Every key of a channel, with the `seq` the snapshot is consistent with.
+    /// A page of a channel's keys (after `after`, in key order), with the
+    /// `seq` the page is consistent with.
     State {
         channel: Cow<'a, str>,
+        after: Option<Cow<'a, str>>,
+        limit: usize,
     },
     Ping,
 }
@@ -138,6 +141,8 @@ struct Fields<'a> {
     #[serde(borrow, default, deserialize_with = "present")]
     value: Option<&'a RawValue>,
     version: Option<u64>,
+    #[serde(borrow)]
+    after: Option<Cow<'a, str>>,
 }
 
 /// Keeps an explicit `null` as a value (`Some("null")`) rather than "absent".
@@ -249,6 +254,8 @@ pub fn parse_request(text: &str) -> Result<Request<'_>, (Option<Box<RawValue>>, 
             },
             "state" => Op::State {
                 channel: channel().map_err(fail)?,
+                after: fields.after.clone(),
+                limit: history_limit(fields.limit).map_err(fail)?,
             },
             "ping" => Op::Ping,
             other => {
@@ -312,15 +319,13 @@ pub fn check_uid(uid: Option<Cow<'_, str>>) -> Result<Cow<'_, str>, ErrorReply> 
     Ok(uid)
 }
 
-/// `limit` of a history read: 1 to `MAX_HISTORY_LIMIT`, 100 when absent.
+/// `limit` of a `history` or `state` page: 100 when absent, at least 1,
+/// and above `MAX_HISTORY_LIMIT` clamped to it (never refused).
 pub fn history_limit(limit: Option<u64>) -> Result<usize, ErrorReply> {
     match limit {
         None => Ok(DEFAULT_HISTORY_LIMIT),
-        Some(n) if (1..=MAX_HISTORY_LIMIT as u64).contains(&n) => Ok(n as usize),
-        Some(_) => Err(ErrorReply::new(
-            "bad_request",
-            format!("`limit` must be 1 to {MAX_HISTORY_LIMIT}"),
-        )),
+        Some(0) => Err(ErrorReply::new("bad_request", "`limit` must be at least 1")),
+        Some(n) => Ok(n.min(MAX_HISTORY_LIMIT as u64) as usize),
     }
 }
 
@@ -425,13 +430,13 @@ mod tests {
                 ..
             }
         ));
-        assert_eq!(
-            parse_request(r#"{"op":"history","channel":"a","limit":5000}"#)
-                .unwrap_err()
-                .1
-                .code,
-            "bad_request"
-        );
+        let clamped = parse_request(r#"{"op":"history","channel":"a","limit":5000}"#).unwrap();
+        assert!(matches!(clamped.op, Op::History { limit: 1000, .. }));
+        let state = parse_request(r#"{"op":"state","channel":"a","after":"k","limit":9999}"#);
+        assert!(matches!(
+            state.unwrap().op,
+            Op::State { after: Some(ref k), limit: 1000, .. } if k == "k"
+        ));
         assert_eq!(
             parse_request(r#"{"op":"pub","channel":"a","data":1,"ttl":0}"#)
                 .unwrap_err()

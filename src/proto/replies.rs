@@ -171,14 +171,17 @@ pub fn ok_with(id: Option<&RawValue>, object: &str) -> String {
     format!("{},{fields}", &head[..head.len() - 1])
 }
 
-/// `{"op":"ok","id":..,"channel":..,"seq":..,"epoch":..,"messages":[msg, …]}`:
-/// the history of a channel, each message as the `msg` frame it was sent as.
+/// `{"op":"ok","id":..,"channel":..,"seq":..,"epoch":..,"messages":[msg, …],
+/// "more":…}`: a page of the history of a channel, each message as the
+/// `msg` frame it was sent as; with `"cursor"` (the next `since`) when more
+/// follows.
 pub fn history_reply(
     id: Option<&RawValue>,
     channel: &str,
     seq: u64,
     epoch: &str,
     lines: &[Bytes],
+    cursor: Option<u64>,
 ) -> String {
     let head = ok_sub(id, channel, seq, epoch, None);
     let mut out =
@@ -192,8 +195,23 @@ pub fn history_reply(
         // Lines are our own JSON text, built by `msg_line`.
         out.push_str(std::str::from_utf8(line).unwrap_or("null").trim_end());
     }
-    out.push_str("]}");
+    match cursor {
+        Some(cursor) => out.push_str(&format!("],\"more\":true,\"cursor\":{cursor}}}")),
+        None => out.push_str("],\"more\":false}"),
+    }
     out
+}
+
+/// `{"op":"resync",…}`: messages after `after` up to `seq` will not be
+/// delivered; the stream goes on after `seq` in `epoch` (docs/protocol.md).
+pub fn resync_line(channel: &str, after: u64, seq: u64, epoch: &str, oldest: Option<u64>) -> Bytes {
+    let mut frame = serde_json::json!({
+        "op": "resync", "channel": channel, "after": after, "seq": seq, "epoch": epoch,
+    });
+    if let Some(oldest) = oldest {
+        frame["oldest"] = oldest.into();
+    }
+    Bytes::from(frame.to_string() + "\n")
 }
 
 /// A frame the server sends on its own (not a reply), such as a shutdown notice.
@@ -238,9 +256,12 @@ mod tests {
     fn history_reply_holds_the_msg_frames() {
         let lines = [msg_line("a", 1, "1"), msg_line("a", 2, "[2]")];
         let reply: serde_json::Value =
-            serde_json::from_str(&history_reply(None, "a", 2, "e", &lines)).unwrap();
+            serde_json::from_str(&history_reply(None, "a", 2, "e", &lines, None)).unwrap();
         assert_eq!(reply["messages"][1]["data"][0], 2);
-        assert_eq!(reply["seq"], 2);
+        assert_eq!((&reply["seq"], &reply["more"]), (&2.into(), &false.into()));
+        let page: serde_json::Value =
+            serde_json::from_str(&history_reply(None, "a", 9, "e", &lines, Some(2))).unwrap();
+        assert_eq!((&page["more"], &page["cursor"]), (&true.into(), &2.into()));
     }
 
     #[test]

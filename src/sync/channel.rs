@@ -74,7 +74,7 @@ pub fn permit(user: Option<&User>, op: &Op) -> Result<(), ErrorReply> {
         | Op::Ack { channel, .. }
         | Op::Presence { channel }
         | Op::Get { channel, .. }
-        | Op::State { channel } => may_read(user, channel),
+        | Op::State { channel, .. } => may_read(user, channel),
         Op::Pub { channel, .. } | Op::Set { channel, .. } => may_publish(user, channel),
         Op::Send { .. } if user.is_none() => Err(auth::unauthorized(
             "`send` needs an authenticated connection",

@@ -1,12 +1,14 @@
 //! Plain logic of the edge, with no sockets in it: what a channel's name
-//! allows (`channel`), which worker owns a channel, who is subscribed to what on this worker, what a `sub`
-//! waiting for its owner buffers meanwhile, connections' deadlines, and the
-//! rate limits and the caps.
+//! allows (`channel`), which worker owns a channel, who is subscribed to
+//! what on this worker, what a `sub` waiting for its owner buffers
+//! meanwhile, a resume's replay in pages, connections' deadlines, the rate
+//! limits and the caps.
 
 pub mod caps;
 pub mod channel;
 pub mod deadlines;
 pub mod rate;
+pub mod replay;
 pub mod shard;
 pub mod stream;
 pub mod sub_buffer;

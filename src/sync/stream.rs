@@ -152,6 +152,18 @@ impl Stream {
         };
         let mut out = Vec::new();
         let same_epoch = f.epoch == self.epoch;
+        let missing = f.seq.saturating_sub(self.last);
+        if f.recovered && same_epoch && !f.lines.is_empty() && (f.lines.len() as u64) < missing {
+            // One page of a longer fill: hand it on, keep holding, and fetch
+            // what follows it.
+            let from = self.last + 1;
+            for (i, line) in f.lines.into_iter().enumerate() {
+                out.push(Out::Msg(from + i as u64, line));
+                self.last = from + i as u64;
+            }
+            self.state = State::Stalled;
+            return (out, true);
+        }
         let whole = f.recovered
             && same_epoch
             && f.seq >= self.last
@@ -297,6 +309,23 @@ mod tests {
             seqs(&s.resolve(4, fetched(8, "e", 8..=8), 2).0),
             vec![8, 9, 10]
         );
+    }
+
+    #[test]
+    fn a_fill_longer_than_a_page_goes_on_page_by_page() {
+        let mut s = Stream::new(0, "e");
+        assert_eq!(s.arrive(6, &line(6), 100), Arrival::Fetch);
+        s.start_fetch(1);
+        let (out, again) = s.resolve(1, fetched(6, "e", 1..=2), 100);
+        assert_eq!((seqs(&out), again), (vec![1, 2], true));
+        assert_eq!(
+            s.start_fetch(2),
+            (2, "e".to_string()),
+            "from the page's end"
+        );
+        s.arrive(7, &line(7), 100);
+        let (out, again) = s.resolve(2, fetched(6, "e", 3..=6), 100);
+        assert_eq!((seqs(&out), again), (vec![3, 4, 5, 6, 7], false));
     }
 
     #[test]

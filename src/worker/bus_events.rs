@@ -95,10 +95,19 @@ impl Worker {
                     expected: version,
                 });
             }
-            BusMsg::StateQuery { tag, channel, key } => {
+            BusMsg::StateQuery {
+                tag,
+                channel,
+                key,
+                after,
+                limit,
+            } => {
                 let query = match key {
                     Some(key) => Query::Get { key },
-                    None => Query::State,
+                    None => Query::State {
+                        after,
+                        limit: limit.unwrap_or(frames::MAX_HISTORY_LIMIT),
+                    },
                 };
                 self.owner_query(from, tag, channel, query)
             }
@@ -108,11 +117,12 @@ impl Worker {
                 since,
                 epoch,
                 inbox,
+                upto,
             } => {
                 let query = if inbox {
                     Query::Inbox
                 } else {
-                    Query::Resume { since, epoch }
+                    Query::Resume { since, epoch, upto }
                 };
                 self.owner_query(from, tag, channel, query)
             }
@@ -157,6 +167,7 @@ impl Worker {
                 recovered,
                 error,
                 oldest,
+                cursor,
             } => {
                 let answer = match error {
                     Some(message) => Err(ErrorReply::new("storage_failed", message)),
@@ -166,6 +177,7 @@ impl Worker {
                         recovered,
                         oldest,
                         lines: split_lines(&payload),
+                        cursor,
                     }),
                 };
                 self.finish(tag, Reply::Answer(answer));

@@ -76,7 +76,8 @@ impl Worker {
                 since,
                 epoch,
             } => {
-                if self.subs.is_subscribed(key, &channel) {
+                let replaying = self.pending.replays.is_replaying(key, &channel);
+                if replaying || self.subs.is_subscribed(key, &channel) {
                     let e = ErrorReply::new(
                         "already_subscribed",
                         format!("already subscribed to {channel}"),
@@ -90,6 +91,7 @@ impl Worker {
                 let query = Query::Resume {
                     since,
                     epoch: epoch.map(|e| e.into_owned()),
+                    upto: None,
                 };
                 let what = Awaiting::Sub(WaitingSub {
                     key,
@@ -163,11 +165,16 @@ impl Worker {
                     },
                 );
             }
-            Op::State { channel } => {
+            Op::State {
+                channel,
+                after,
+                limit,
+            } => {
                 let reply = HistoryFor::Client {
                     id: id.map(RawValue::to_owned),
                 };
-                self.json_query(key, &channel, Query::State, reply);
+                let after = after.map(Cow::into_owned);
+                self.json_query(key, &channel, Query::State { after, limit }, reply);
             }
             Op::Pub { channel, data, ttl } => {
                 let origin = Origin::Client {
@@ -334,6 +341,7 @@ impl Worker {
                 since: None,
                 epoch: None,
                 inbox: true,
+                upto: None,
             },
             Query::Presence => BusMsg::PresenceQuery { tag, channel },
             Query::User { uid } => BusMsg::UserQuery { tag, uid },
@@ -341,18 +349,23 @@ impl Worker {
                 tag,
                 channel,
                 key: Some(key),
+                after: None,
+                limit: None,
             },
-            Query::State => BusMsg::StateQuery {
+            Query::State { after, limit } => BusMsg::StateQuery {
                 tag,
                 channel,
                 key: None,
+                after,
+                limit: Some(limit),
             },
-            Query::Resume { since, epoch } => BusMsg::SubQuery {
+            Query::Resume { since, epoch, upto } => BusMsg::SubQuery {
                 tag,
                 channel,
                 since,
                 epoch,
                 inbox: false,
+                upto,
             },
             Query::History { since, limit } => BusMsg::HistoryQuery {
                 tag,
@@ -446,6 +459,7 @@ impl Worker {
                     recovered: None,
                     error: Some(e.message),
                     oldest: None,
+                    cursor: None,
                 };
                 (msg, Bytes::new())
             }
@@ -563,6 +577,7 @@ fn peer_answer(tag: u64, a: Answer) -> (BusMsg, Bytes) {
         recovered: a.recovered,
         error: None,
         oldest: a.oldest,
+        cursor: a.cursor,
     };
     (msg, Bytes::from(payload))
 }

@@ -229,13 +229,24 @@ impl Connections {
             }
             ("GET", "/api/state") => {
                 let channel = query_param(&request.query, "channel").unwrap_or_default();
-                if let Err(e) = frames::check_channel(&channel) {
-                    return self.bad(key, http::json_error(400, e.code, &e.message));
-                }
+                let limit = query_param(&request.query, "limit").map(|l| l.parse::<u64>());
+                let checked = frames::check_channel(&channel).and_then(|()| match limit {
+                    Some(Err(_)) => Err(ErrorReply::new(
+                        "bad_request",
+                        "`limit` must be a whole number",
+                    )),
+                    Some(Ok(n)) => frames::history_limit(Some(n)),
+                    None => frames::history_limit(None),
+                });
+                let limit = match checked {
+                    Ok(limit) => limit,
+                    Err(e) => return self.bad(key, http::json_error(400, e.code, &e.message)),
+                };
+                let after = query_param(&request.query, "after").map(|a| a.to_string());
                 self.set_busy(key);
                 Some(Call::Json {
                     channel,
-                    query: Query::State,
+                    query: Query::State { after, limit },
                     reply: http,
                 })
             }

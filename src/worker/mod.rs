@@ -16,6 +16,7 @@ mod read;
 mod reading;
 mod report;
 mod request_limits;
+mod resume;
 mod static_files;
 mod timers;
 mod users;
@@ -252,6 +253,7 @@ impl Worker {
     /// their users are counted out of presence.
     fn forget_closed(&mut self) {
         for closed in self.conns.take_closed() {
+            self.pending.replays.remove_conn(closed.key);
             let channels = self.subs.remove_conn(closed.key);
             if let Some(uid) = &closed.uid {
                 for channel in channels {
@@ -322,6 +324,7 @@ impl Worker {
             for &key in &batch {
                 self.conns.flush_conn(key);
                 self.forget_closed();
+                self.feed_replays(key);
             }
             self.conns.recycle_dirty(batch);
         }

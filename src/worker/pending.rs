@@ -14,6 +14,7 @@ use super::Worker;
 use crate::owner::{Answer, Query, Reply};
 use crate::proto::frames::{self, ErrorReply};
 use crate::sync::caps::{InflightCounts, Waiting};
+use crate::sync::replay::Replays;
 use crate::sync::stream::{Fetched, Out};
 use crate::sync::sub_buffer::SubBuffer;
 
@@ -71,6 +72,12 @@ pub enum Awaiting {
     Repair {
         channel: String,
         round: u64,
+    },
+    /// The next page of a resume's replay (`sync::replay`).
+    Page {
+        key: usize,
+        conn_id: u64,
+        channel: String,
     },
     /// `presence`, `get`, `state` or `GET /api/users/<uid>`: the answer is
     /// one JSON object.
@@ -136,6 +143,9 @@ pub struct PendingTable {
     next_tag: u64,
     /// What each client connection has waiting here.
     inflight: InflightCounts,
+    /// `sub`s answered whose replay goes on in pages: they hold live
+    /// messages too.
+    pub replays: Replays,
 }
 
 impl PendingTable {
@@ -183,6 +193,7 @@ impl PendingTable {
 
     /// A message of `channel` for the `sub`s still waiting for its owner.
     pub fn buffer(&mut self, channel: &str, seq: u64, line: &Bytes) {
+        self.replays.buffer(channel, seq, line, sub_buffer_cap());
         let Some(tags) = self.subs.get(channel) else {
             return;
         };
@@ -288,7 +299,8 @@ impl Worker {
     /// waiting for the owner: the `sub` is answered when the owner's answer
     /// comes but does not subscribe, and the `unsub`'s `ok` follows it, so the
     /// connection ends up unsubscribed, as its last request said. Returns
-    /// false when no `sub` waits (the `unsub` is answered at once).
+    /// false when no `sub` waits (the `unsub` is answered at once). A
+    /// replay in pages just stops: the connection never subscribed.
     pub(super) fn overtake_waiting_sub(
         &mut self,
         key: usize,
@@ -296,6 +308,10 @@ impl Worker {
         channel: &str,
         id: Option<&RawValue>,
     ) -> bool {
+        if self.pending.replays.cancel(key, channel) {
+            self.conns.reply(key, frames::ok(id));
+            return true;
+        }
         let id = id.map(RawValue::to_owned);
         self.pending.overtake(key, conn_id, channel, id)
     }
@@ -324,6 +340,14 @@ impl Worker {
         };
         match answer {
             (Awaiting::Sub(sub), answer) => self.finish_sub(sub, answer),
+            (
+                Awaiting::Page {
+                    key,
+                    conn_id,
+                    channel,
+                },
+                answer,
+            ) => self.finish_page(key, conn_id, &channel, answer),
             (Awaiting::Repair { channel, round }, answer) => {
                 self.finish_repair(&channel, round, answer)
             }
@@ -348,6 +372,7 @@ impl Worker {
                                 a.seq,
                                 &a.epoch,
                                 &a.lines,
+                                a.cursor,
                             ),
                             Err(e) => frames::error(id.as_deref(), &e),
                         };
@@ -355,7 +380,8 @@ impl Worker {
                     }
                     HistoryFor::Http { keep_alive } => {
                         let body = answer.map(|a| {
-                            frames::history_reply(None, &channel, a.seq, &a.epoch, &a.lines)
+                            let (seq, epoch) = (a.seq, &a.epoch);
+                            frames::history_reply(None, &channel, seq, epoch, &a.lines, a.cursor)
                         });
                         self.conns.answer_http(key, conn_id, keep_alive, body);
                     }
@@ -402,104 +428,6 @@ impl Worker {
         }
     }
 
-    /// The owner answered a `sub`: reply, replay, and start delivering live
-    /// messages, with no hole between the three. When the buffer of messages
-    /// that arrived during the wait had to drop some, the worker asks the
-    /// owner for `oldest` (a resume from past the end), and never replays
-    /// around a hole.
-    fn finish_sub(&mut self, sub: WaitingSub, answer: Result<Answer, ErrorReply>) {
-        let WaitingSub {
-            key,
-            conn_id,
-            id,
-            channel,
-            buffer,
-            quiet,
-            unsub,
-        } = sub;
-        if !self.conns.is_live(key, conn_id) {
-            return;
-        }
-        if let Some(unsub) = unsub {
-            let reply = match answer {
-                Ok(a) => frames::ok_sub(id.as_deref(), &channel, a.seq, &a.epoch, a.recovered),
-                Err(e) => frames::error(id.as_deref(), &e),
-            };
-            self.conns.reply(key, reply);
-            if unsub.answer {
-                self.conns.reply(key, frames::ok(unsub.id.as_deref()));
-            }
-            return;
-        }
-        let answer = match answer {
-            Ok(answer) => answer,
-            Err(e) if quiet => {
-                return log::warn!(
-                    "worker {}: inbox {channel} unavailable: {}",
-                    self.slot,
-                    e.message
-                )
-            }
-            Err(e) => return self.conns.reply(key, frames::error(id.as_deref(), &e)),
-        };
-        // Live messages after this one follow on without a hole.
-        let upto = answer.seq.max(buffer.last_seen());
-        let was_gap = buffer.is_gap();
-        let lines: Vec<Bytes> = match (buffer.after(answer.seq), answer.recovered) {
-            (Some(live), _) => answer.lines.into_iter().chain(live).collect(),
-            // An inbox's missing messages come again by redelivery.
-            (None, _) if quiet => answer.lines,
-            (None, Some(true)) if !was_gap => {
-                // The replay is whole but what came meanwhile is not: ask the
-                // owner for `oldest`, which a resume from past the end gets.
-                let what = Awaiting::Sub(WaitingSub {
-                    key,
-                    conn_id,
-                    id,
-                    channel: channel.clone(),
-                    buffer: SubBuffer::after_gap(upto),
-                    quiet,
-                    unsub: None,
-                });
-                let query = Query::Resume {
-                    since: Some(u64::MAX),
-                    epoch: None,
-                };
-                return self.ask_owner(&channel, query, what);
-            }
-            // A plain `sub` just starts later; a resume is not recovered.
-            (None, _) => Vec::new(),
-        };
-        let gap = (was_gap || answer.recovered == Some(false)) && !quiet;
-        let seq = if lines.is_empty() { upto } else { answer.seq };
-        let reply = if gap {
-            let oldest = answer.oldest.unwrap_or(seq + 1);
-            frames::ok_sub_gap(id.as_deref(), &channel, seq, &answer.epoch, oldest)
-        } else {
-            frames::ok_sub(
-                id.as_deref(),
-                &channel,
-                seq,
-                &answer.epoch,
-                answer.recovered,
-            )
-        };
-        if !quiet {
-            self.conns.reply(key, reply);
-        }
-        let limit = self.config.limits.send_buffer_hard;
-        if let Some(conn) = self.conns.get_mut(key) {
-            conn.replay(lines, limit);
-        }
-        if self.subs.add(key, &channel) {
-            self.track_presence(key, &channel, true);
-            if self.tracks_stream(&channel) {
-                self.subs.track(key, &channel, upto, &answer.epoch);
-            }
-        }
-        self.conns.mark_dirty(key);
-    }
-
     /// Asks the owner of `channel` for every message after the last one its
     /// subscribers here have had (a resume in the stream's epoch); what
     /// arrives meanwhile is held.
@@ -514,6 +442,7 @@ impl Worker {
         let query = Query::Resume {
             since: Some(since),
             epoch: Some(epoch),
+            upto: None,
         };
         let what = Awaiting::Repair {
             channel: channel.to_string(),
@@ -560,14 +489,7 @@ impl Worker {
                          delivered here; subscribers are told to resync",
                         self.slot
                     );
-                    let mut frame = serde_json::json!({
-                        "op": "resync", "channel": channel, "after": after,
-                        "seq": seq, "epoch": epoch,
-                    });
-                    if let Some(oldest) = oldest {
-                        frame["oldest"] = oldest.into();
-                    }
-                    let line = Bytes::from(frame.to_string() + "\n");
+                    let line = frames::resync_line(channel, after, seq, &epoch, oldest);
                     let stream = self.subs.stream(channel);
                     let keys: Vec<usize> = self
                         .subs

@@ -308,6 +308,39 @@ await check("the landing page links the demos and shows its live connection", as
   await page.context().close();
 });
 
+await check("syncd.js follows history and state pages by itself", async () => {
+  const page = await (await browser.newContext()).newPage();
+  page.on("pageerror", (e) => console.log(`page error: ${e}`));
+  await page.goto(base + "/demo/");
+  const got = await page.evaluate(async () => {
+    const { SyncClient } = await import("/syncd.js");
+    const client = new SyncClient(`ws://${location.host}/ws`);
+    client.connect();
+    // 2 KiB messages: a server page holds about 120 of them (a quarter of max_frame).
+    const pad = "x".repeat(2048);
+    for (let i = 0; i < 1000; i += 100) {
+      await Promise.all(Array.from({ length: 100 }, (_, k) => client.publish("paged", { n: i + k, pad })));
+    }
+    for (let i = 0; i < 1200; i += 200) {
+      await Promise.all(Array.from({ length: 200 }, (_, k) => client.set("paged-keys", `k${String(i + k).padStart(4, "0")}`, i + k, 0)));
+    }
+    const all = await client.history("paged", 0, Infinity);
+    const some = await client.history("paged", 0, 300);
+    const state = await client.state("paged-keys");
+    client.close();
+    return {
+      seqs: all.messages.map((m) => m.seq).join(), more: all.more,
+      some: some.messages.length, someMore: some.more, cursor: some.cursor,
+      keys: Object.keys(state.keys).length, seq: state.seq,
+    };
+  });
+  const want = Array.from({ length: 1000 }, (_, k) => k + 1).join();
+  assert(got.seqs === want && got.more === false, `history(Infinity): ${got.seqs.slice(0, 80)}… more ${got.more}`);
+  assert(got.some === 300 && got.someMore === true && got.cursor === 300, `history(300): ${JSON.stringify(got)}`);
+  assert(got.keys === 1200 && got.seq === 1200, `state: ${got.keys} keys at seq ${got.seq}`);
+  await page.context().close();
+});
+
 await browser.close();
 console.log(`screenshots: ${shots}`);
 console.log(`${passed} passed, ${failed} failed`);

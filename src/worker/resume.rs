@@ -1,0 +1,247 @@
+//! A `sub`'s answer reaches its connection: the reply, the replay, then
+//! live messages, with no hole and no duplicate. A replay longer than one
+//! page goes on in pages (`sync::replay`): the next page is asked of the
+//! owner only once the connection's send queue has drained below half of
+//! `send_buffer_soft`, so a resume of any length streams at the client's
+//! pace, and live messages are held until the replay reaches them.
+
+use bytes::Bytes;
+
+use super::pending::{Awaiting, WaitingSub};
+use super::Worker;
+use crate::owner::{Answer, Query};
+use crate::proto::frames::{self, ErrorReply};
+use crate::sync::replay::{Replay, Step};
+use crate::sync::sub_buffer::SubBuffer;
+
+impl Worker {
+    /// The owner answered a `sub`: reply, replay, and start delivering live
+    /// messages, with no hole between the three. When the buffer of messages
+    /// that arrived during the wait had to drop some, the worker asks the
+    /// owner for `oldest` (a resume from past the end), and never replays
+    /// around a hole.
+    pub(super) fn finish_sub(&mut self, sub: WaitingSub, answer: Result<Answer, ErrorReply>) {
+        let WaitingSub {
+            key,
+            conn_id,
+            id,
+            channel,
+            buffer,
+            quiet,
+            unsub,
+        } = sub;
+        if !self.conns.is_live(key, conn_id) {
+            return;
+        }
+        if let Some(unsub) = unsub {
+            let reply = match answer {
+                Ok(a) => frames::ok_sub(id.as_deref(), &channel, a.seq, &a.epoch, a.recovered),
+                Err(e) => frames::error(id.as_deref(), &e),
+            };
+            self.conns.reply(key, reply);
+            if unsub.answer {
+                self.conns.reply(key, frames::ok(unsub.id.as_deref()));
+            }
+            return;
+        }
+        let answer = match answer {
+            Ok(answer) => answer,
+            Err(e) if quiet => {
+                return log::warn!(
+                    "worker {}: inbox {channel} unavailable: {}",
+                    self.slot,
+                    e.message
+                )
+            }
+            Err(e) => return self.conns.reply(key, frames::error(id.as_deref(), &e)),
+        };
+        if let (Some(cursor), Some(true), false) = (answer.cursor, answer.recovered, quiet) {
+            // More pages follow: reply and first page now, the rest as the
+            // client reads.
+            let reply = frames::ok_sub(
+                id.as_deref(),
+                &channel,
+                answer.seq,
+                &answer.epoch,
+                Some(true),
+            );
+            self.conns.reply(key, reply);
+            let limit = self.config.limits.send_buffer_hard;
+            if let Some(conn) = self.conns.get_mut(key) {
+                conn.replay(answer.lines, limit);
+            }
+            let replay = Replay::new(conn_id, cursor, answer.seq, answer.epoch, buffer);
+            self.pending.replays.start(key, &channel, replay);
+            return self.conns.mark_dirty(key);
+        }
+        // Live messages after this one follow on without a hole.
+        let upto = answer.seq.max(buffer.last_seen());
+        let was_gap = buffer.is_gap();
+        let lines: Vec<Bytes> = match (buffer.after(answer.seq), answer.recovered) {
+            (Some(live), _) => answer.lines.into_iter().chain(live).collect(),
+            // An inbox's missing messages come again by redelivery.
+            (None, _) if quiet => answer.lines,
+            (None, Some(true)) if !was_gap => {
+                // The replay is whole but what came meanwhile is not: ask the
+                // owner for `oldest`, which a resume from past the end gets.
+                let what = Awaiting::Sub(WaitingSub {
+                    key,
+                    conn_id,
+                    id,
+                    channel: channel.clone(),
+                    buffer: SubBuffer::after_gap(upto),
+                    quiet,
+                    unsub: None,
+                });
+                let query = Query::Resume {
+                    since: Some(u64::MAX),
+                    epoch: None,
+                    upto: None,
+                };
+                return self.ask_owner(&channel, query, what);
+            }
+            // A plain `sub` just starts later; a resume is not recovered.
+            (None, _) => Vec::new(),
+        };
+        let gap = (was_gap || answer.recovered == Some(false)) && !quiet;
+        let seq = if lines.is_empty() { upto } else { answer.seq };
+        let reply = if gap {
+            let oldest = answer.oldest.unwrap_or(seq + 1);
+            frames::ok_sub_gap(id.as_deref(), &channel, seq, &answer.epoch, oldest)
+        } else {
+            frames::ok_sub(
+                id.as_deref(),
+                &channel,
+                seq,
+                &answer.epoch,
+                answer.recovered,
+            )
+        };
+        if !quiet {
+            self.conns.reply(key, reply);
+        }
+        let limit = self.config.limits.send_buffer_hard;
+        if let Some(conn) = self.conns.get_mut(key) {
+            conn.replay(lines, limit);
+        }
+        if self.subs.add(key, &channel) {
+            self.track_presence(key, &channel, true);
+            if self.tracks_stream(&channel) {
+                self.subs.track(key, &channel, upto, &answer.epoch);
+            }
+        }
+        self.conns.mark_dirty(key);
+    }
+
+    /// Written out what it could: a connection replaying pages whose queue
+    /// has drained below half of its soft limit asks for the next ones.
+    pub(super) fn feed_replays(&mut self, key: usize) {
+        if !self.pending.replays.has_conn(key) {
+            return;
+        }
+        let Some(conn) = self.conns.get(key) else {
+            return;
+        };
+        let room = conn.t.out.len() <= conn.t.out_limit() / 2;
+        if conn.closing.is_some() || !conn.backlog.is_empty() || !room {
+            return;
+        }
+        for ask in self.pending.replays.ask(key) {
+            let query = Query::Resume {
+                since: Some(ask.after),
+                epoch: Some(ask.epoch),
+                upto: Some(ask.upto),
+            };
+            let what = Awaiting::Page {
+                key,
+                conn_id: ask.conn_id,
+                channel: ask.channel.clone(),
+            };
+            self.ask_owner(&ask.channel, query, what);
+        }
+    }
+
+    /// The owner answered a page of a replay. A page that cannot be had
+    /// (trimmed or expired meanwhile, another epoch, no answer in time) ends
+    /// the replay with a `resync` frame naming what is missed: never a
+    /// silent hole.
+    pub(super) fn finish_page(
+        &mut self,
+        key: usize,
+        conn_id: u64,
+        channel: &str,
+        answer: Result<Answer, ErrorReply>,
+    ) {
+        let Some(mut replay) = self.pending.replays.take(key, channel, conn_id) else {
+            return;
+        };
+        if !self.conns.is_live(key, conn_id) {
+            return;
+        }
+        let (step, lines, oldest) = match answer {
+            Ok(a) if a.recovered == Some(true) && a.epoch == replay.epoch => {
+                (replay.advance(a.lines.len(), a.cursor), a.lines, None)
+            }
+            Ok(a) => (Step::Broken, Vec::new(), a.oldest),
+            Err(e) => {
+                log::debug!(
+                    "worker {}: {channel}: page failed: {}",
+                    self.slot,
+                    e.message
+                );
+                (Step::Broken, Vec::new(), None)
+            }
+        };
+        let limit = self.config.limits.send_buffer_hard;
+        if let Some(conn) = self.conns.get_mut(key) {
+            conn.replay(lines, limit);
+        }
+        match step {
+            Step::More => {
+                self.pending.replays.start(key, channel, replay);
+                self.conns.mark_dirty(key);
+            }
+            Step::Done => self.go_live(key, channel, replay),
+            Step::Broken => {
+                log::warn!(
+                    "worker {}: {channel}: replay cut short after {} (of {}); resync",
+                    self.slot,
+                    replay.after,
+                    replay.upto
+                );
+                let (after, upto) = (replay.after, replay.upto);
+                let line = frames::resync_line(channel, after, upto, &replay.epoch, oldest);
+                self.conns.send_line(key, &line);
+                self.go_live(key, channel, replay);
+            }
+        }
+    }
+
+    /// The replay is out: the live messages held meanwhile follow, and the
+    /// connection joins the channel's subscribers.
+    fn go_live(&mut self, key: usize, channel: &str, replay: Replay) {
+        let last_seen = replay.buffer.last_seen();
+        let upto = replay.upto.max(last_seen);
+        match replay.buffer.after(replay.upto) {
+            Some(live) => {
+                let limit = self.config.limits.send_buffer_hard;
+                if let Some(conn) = self.conns.get_mut(key) {
+                    conn.replay(live, limit);
+                }
+            }
+            // More came meanwhile than can be held: say what is missed.
+            None => {
+                let line =
+                    frames::resync_line(channel, replay.upto, last_seen, &replay.epoch, None);
+                self.conns.send_line(key, &line);
+            }
+        }
+        if self.subs.add(key, channel) {
+            self.track_presence(key, channel, true);
+            if self.tracks_stream(channel) {
+                self.subs.track(key, channel, upto, &replay.epoch);
+            }
+        }
+        self.conns.mark_dirty(key);
+    }
+}
