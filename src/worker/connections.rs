@@ -60,7 +60,7 @@ pub struct Connections {
     dirty: dirty::Marks,
     /// Connections whose read budget ran out while input was still waiting.
     pending_reads: Vec<usize>,
-    /// Connections not read for now (`caps.rs`: a full store queue, or
+    /// Connections not read for now (`inputs.rs`: a full store queue, or
     /// `max_inflight_per_conn`).
     paused: Vec<usize>,
     /// Connections closed since the worker last asked.

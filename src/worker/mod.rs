@@ -1,22 +1,20 @@
 //! A worker process: one non-blocking `mio` loop that accepts, reads, parses,
 //! routes and writes. Nothing in it blocks.
 
-mod bus_events;
-mod caps;
+mod answers;
 mod conn;
 mod connections;
 mod dirty;
 mod dispatch;
 mod http_api;
+mod inputs;
 mod links;
 mod owner_side;
 mod pending;
 mod process;
 mod read;
-mod reading;
 mod report;
 mod request_limits;
-mod resume;
 mod static_files;
 mod timers;
 mod users;

@@ -404,3 +404,24 @@ impl Connections {
         }
     }
 }
+
+impl Connections {
+    /// Marks `key` as paused; false if it already was.
+    pub fn pause_read(&mut self, key: usize) -> bool {
+        let Some(conn) = self.get_mut(key) else {
+            return false;
+        };
+        if conn.read_paused {
+            return false;
+        }
+        conn.read_paused = true;
+        self.keep_paused(key);
+        true
+    }
+
+    pub fn unpause(&mut self, key: usize) {
+        if let Some(conn) = self.get_mut(key) {
+            conn.read_paused = false;
+        }
+    }
+}

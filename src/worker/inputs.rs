@@ -1,15 +1,167 @@
-//! Frames from other workers: publishes and queries for the channels this
-//! worker owns, answers to what it asked, messages for its subscribers, and
-//! broken links.
+//! What arrives: client input, read under backpressure, and frames from
+//! other workers. A connection whose reading must wait (the store's queue
+//! is full, or it has `max_inflight_per_conn` requests unanswered) is
+//! paused instead, and read again by `resume_paused` once that clears; a
+//! `sub` past `max_subs_per_conn` is refused here. `max_channels` is the
+//! owner core's (src/owner/publish.rs) and `max_conns_per_ip` the
+//! connection table's (accept). Frames from other workers are publishes
+//! and queries for the channels this worker owns, answers to what it
+//! asked, messages for its subscribers, and broken links.
 
-use bytes::Bytes;
-
+use super::conn::Protocol;
 use super::dispatch::{Origin, PublishOptions};
 use super::pending::unavailable;
 use super::Worker;
 use crate::bus::{BusEvent, BusMsg};
+use crate::logging::LogLimit;
 use crate::owner::{Answer, Command, Query, Reply, ReplyTo};
 use crate::proto::frames::{self, Acked, ErrorReply};
+use bytes::Bytes;
+use std::cell::RefCell;
+use std::time::Instant;
+
+impl Worker {
+    pub(super) fn read_conn(&mut self, key: usize) {
+        if self.read_must_wait(key) {
+            return;
+        }
+        let Some((protocol, before)) = self.conns.start_read(key) else {
+            return self.forget_closed();
+        };
+        match protocol {
+            Protocol::Http => {
+                if let Some(filled) = self.conns.fill_http(key) {
+                    self.serve_http(key);
+                    self.conns.end_http_read(key, filled);
+                }
+            }
+            Protocol::Ws => self.read_ws(key),
+            Protocol::Tcp => {
+                let room = self.inflight_room(key);
+                if let Some(read) = self.conns.read_tcp(key, room) {
+                    for line in &read.lines {
+                        match line {
+                            Some(text) => self.on_frame(key, text),
+                            None => self.conns.not_utf8(key),
+                        }
+                    }
+                    self.conns.end_tcp_read(key, read);
+                }
+            }
+        }
+        self.conns.note_input(key, before);
+        self.forget_closed();
+    }
+
+    fn read_ws(&mut self, key: usize) {
+        let room = self.inflight_room(key);
+        if let Some(read) = self.conns.read_ws(key, room) {
+            for text in &read.texts {
+                if self.conns.get(key).is_some_and(|c| c.closing.is_none()) {
+                    self.on_frame(key, text);
+                }
+            }
+            self.conns.end_ws_read(key, read);
+        }
+    }
+}
+
+thread_local! {
+    /// Cap hits are logged within this budget (one worker loop per process).
+    static CAP_LOG: RefCell<LogLimit> = const { RefCell::new(LogLimit::new(5)) };
+}
+
+fn log_cap(line: impl FnOnce(u64) -> String) {
+    if let Some(left_out) = CAP_LOG.with(|l| l.borrow_mut().allow(Instant::now())) {
+        log::warn!("{}", line(left_out));
+    }
+}
+
+impl Worker {
+    /// `max_subs_per_conn`: may connection `key` start one more `sub`?
+    pub(super) fn sub_cap(&mut self, key: usize, conn_id: u64) -> Result<(), ErrorReply> {
+        let max = self.config.limits.max_subs_per_conn;
+        let held = self.subs.count_of(key) + self.pending.waiting(conn_id).subs;
+        if held < max {
+            return Ok(());
+        }
+        self.conns.stats.subs_refused += 1;
+        let slot = self.slot;
+        log_cap(|n| {
+            format!("worker {slot}: connection {conn_id} is at max_subs_per_conn ({max}); {n} more cap hits not logged")
+        });
+        Err(ErrorReply::new(
+            "too_many_subs",
+            format!(
+                "this connection has {max} subscriptions (limits.max_subs_per_conn); unsub first"
+            ),
+        ))
+    }
+
+    /// How many more requests connection `key` may have waiting.
+    pub(super) fn inflight_room(&self, key: usize) -> usize {
+        let max = self.config.limits.max_inflight_per_conn;
+        let waiting = self
+            .conns
+            .get(key)
+            .map_or(0, |c| self.pending.waiting(c.id).requests);
+        max.saturating_sub(waiting)
+    }
+
+    /// Whether reading `key` must wait: the store's queue is full (every
+    /// client waits), or the connection has `max_inflight_per_conn` requests
+    /// unanswered. Then it is paused, and `resume_paused` reads it again.
+    /// A closing connection is always read (its close and linger go on).
+    pub(super) fn read_must_wait(&mut self, key: usize) -> bool {
+        let Some(conn) = self.conns.get(key) else {
+            return false;
+        };
+        if conn.closing.is_some() {
+            return false;
+        }
+        let store_full = self.owner.is_busy();
+        let counted = matches!(conn.session.protocol(), Protocol::Ws | Protocol::Tcp);
+        let at_cap = counted && self.inflight_room(key) == 0;
+        if !store_full && !at_cap {
+            return false;
+        }
+        if !self.conns.pause_read(key) {
+            return true;
+        }
+        let slot = self.slot;
+        if store_full {
+            self.conns.stats.store_full_pauses += 1;
+            log_cap(|n| {
+                format!("worker {slot}: the store queue is full (limits.store_queue); clients wait; {n} more cap hits not logged")
+            });
+        } else {
+            self.conns.stats.inflight_pauses += 1;
+            let max = self.config.limits.max_inflight_per_conn;
+            log::debug!("worker {slot}: connection key {key} waits: {max} requests unanswered");
+        }
+        true
+    }
+
+    /// Reads again the paused connections whose reason cleared.
+    pub(super) fn resume_paused(&mut self) {
+        if !self.conns.has_paused() {
+            return;
+        }
+        let store_full = self.owner.is_busy();
+        for key in self.conns.take_paused() {
+            let Some(conn) = self.conns.get(key) else {
+                continue;
+            };
+            let go = conn.closing.is_some() || (!store_full && self.inflight_room(key) > 0);
+            if go {
+                self.conns.unpause(key);
+                self.conns.requeue_read(key);
+            } else {
+                self.conns.keep_paused(key);
+            }
+        }
+    }
+}
 
 impl Worker {
     pub(super) fn on_bus_events(&mut self) {

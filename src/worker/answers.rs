@@ -1,18 +1,23 @@
-//! A `sub`'s answer reaches its connection: the reply, the replay, then
-//! live messages, with no hole and no duplicate. A replay longer than one
-//! page goes on in pages (`sync::replay`): the next page is asked of the
-//! owner only once the connection's send queue has drained below half of
-//! `send_buffer_soft`, so a resume of any length streams at the client's
-//! pace, and live messages are held until the replay reaches them.
+//! Answers reach whoever asked: a publish's ack, a query's answer, and a
+//! `sub`'s reply, replay and live messages, with no hole and no duplicate.
+//! A replay longer than one page goes on in pages (`sync::replay`): the
+//! next page is asked of the owner only once the connection's send queue
+//! has drained below half of `send_buffer_soft`, so a resume of any length
+//! streams at the client's pace, and live messages are held until the
+//! replay reaches them. Gaps in a stream from another worker are repaired
+//! here too (`fetch_missing`).
 
-use bytes::Bytes;
-
+use super::pending::{sub_buffer_cap, HistoryFor};
 use super::pending::{Awaiting, WaitingSub};
 use super::Worker;
+use crate::owner::Reply;
 use crate::owner::{Answer, Query};
 use crate::proto::frames::{self, ErrorReply};
 use crate::sync::replay::{Replay, Step};
+use crate::sync::stream::{Fetched, Out};
 use crate::sync::sub_buffer::SubBuffer;
+use bytes::Bytes;
+use serde_json::value::RawValue;
 
 impl Worker {
     /// The owner answered a `sub`: reply, replay, and start delivering live
@@ -243,5 +248,221 @@ impl Worker {
             }
         }
         self.conns.mark_dirty(key);
+    }
+}
+
+impl Worker {
+    /// An `unsub` that overtakes this connection's `sub` of the channel, still
+    /// waiting for the owner: the `sub` is answered when the owner's answer
+    /// comes but does not subscribe, and the `unsub`'s `ok` follows it, so the
+    /// connection ends up unsubscribed, as its last request said. Returns
+    /// false when no `sub` waits (the `unsub` is answered at once). A
+    /// replay in pages just stops: the connection never subscribed.
+    pub(super) fn overtake_waiting_sub(
+        &mut self,
+        key: usize,
+        conn_id: u64,
+        channel: &str,
+        id: Option<&RawValue>,
+    ) -> bool {
+        if self.pending.replays.cancel(key, channel) {
+            self.conns.reply(key, frames::ok(id));
+            return true;
+        }
+        let id = id.map(RawValue::to_owned);
+        self.pending.overtake(key, conn_id, channel, id)
+    }
+
+    /// The owner answered the request with this tag.
+    pub(super) fn finish(&mut self, tag: u64, reply: Reply) {
+        let Some(pending) = self.pending.remove(tag) else {
+            // Answered already: `unavailable` after request_timeout, or when
+            // the owner's link broke.
+            self.conns.stats.late_replies += 1;
+            return;
+        };
+        let answer = match (pending.what, reply) {
+            (Awaiting::Publish(origin), Reply::Published(result)) => {
+                return self.answer_publish(origin, result)
+            }
+            (Awaiting::Publish(origin), Reply::Answer(answer)) => {
+                let e = ErrorReply::new("internal", "unexpected answer");
+                return self.answer_publish(origin, answer.and(Err(e)));
+            }
+            (what, Reply::Answer(answer)) => (what, answer),
+            (what, Reply::Published(result)) => {
+                let e = ErrorReply::new("internal", "unexpected answer");
+                (what, result.and(Err(e)))
+            }
+        };
+        match answer {
+            (Awaiting::Sub(sub), answer) => self.finish_sub(sub, answer),
+            (
+                Awaiting::Page {
+                    key,
+                    conn_id,
+                    channel,
+                },
+                answer,
+            ) => self.finish_page(key, conn_id, &channel, answer),
+            (Awaiting::Repair { channel, round }, answer) => {
+                self.finish_repair(&channel, round, answer)
+            }
+            (
+                Awaiting::History {
+                    key,
+                    conn_id,
+                    channel,
+                    reply,
+                },
+                answer,
+            ) => {
+                if !self.conns.is_live(key, conn_id) {
+                    return;
+                }
+                match reply {
+                    HistoryFor::Client { id } => {
+                        let text = match answer {
+                            Ok(a) => frames::history_reply(
+                                id.as_deref(),
+                                &channel,
+                                a.seq,
+                                &a.epoch,
+                                &a.lines,
+                                a.cursor,
+                            ),
+                            Err(e) => frames::error(id.as_deref(), &e),
+                        };
+                        self.conns.reply(key, text);
+                    }
+                    HistoryFor::Http { keep_alive } => {
+                        let body = answer.map(|a| {
+                            let (seq, epoch) = (a.seq, &a.epoch);
+                            frames::history_reply(None, &channel, seq, epoch, &a.lines, a.cursor)
+                        });
+                        self.conns.answer_http(key, conn_id, keep_alive, body);
+                    }
+                }
+            }
+            (
+                Awaiting::Json {
+                    key,
+                    conn_id,
+                    reply,
+                },
+                answer,
+            ) => {
+                if !self.conns.is_live(key, conn_id) {
+                    return;
+                }
+                let json = answer.map(|a| {
+                    let line = a.lines.first().cloned().unwrap_or_default();
+                    String::from_utf8_lossy(&line).trim().to_string()
+                });
+                match reply {
+                    HistoryFor::Client { id } => {
+                        let text = match json {
+                            Ok(object) => frames::ok_with(id.as_deref(), &object),
+                            Err(e) => frames::error(id.as_deref(), &e),
+                        };
+                        self.conns.reply(key, text);
+                    }
+                    HistoryFor::Http { keep_alive } => {
+                        self.conns.answer_http(key, conn_id, keep_alive, json)
+                    }
+                }
+            }
+            (Awaiting::Ack { key, conn_id, id }, answer) => {
+                if self.conns.is_live(key, conn_id) {
+                    let text = match answer {
+                        Ok(_) => frames::ok(id.as_deref()),
+                        Err(e) => frames::error(id.as_deref(), &e),
+                    };
+                    self.conns.reply(key, text);
+                }
+            }
+            (Awaiting::Publish(_), _) => {}
+        }
+    }
+
+    /// Asks the owner of `channel` for every message after the last one its
+    /// subscribers here have had (a resume in the stream's epoch); what
+    /// arrives meanwhile is held.
+    pub(super) fn fetch_missing(&mut self, channel: &str) {
+        let Some((round, since, epoch)) = self.subs.start_fetch(channel) else {
+            return;
+        };
+        log::debug!(
+            "worker {}: {channel}: fetching what follows seq {since}",
+            self.slot
+        );
+        let query = Query::Resume {
+            since: Some(since),
+            epoch: Some(epoch),
+            upto: None,
+        };
+        let what = Awaiting::Repair {
+            channel: channel.to_string(),
+            round,
+        };
+        self.ask_owner(channel, query, what);
+    }
+
+    /// The owner answered a fetch: the missing messages, then the held ones,
+    /// go to the subscribers; what cannot be filled is announced with a
+    /// `resync` frame (docs/protocol.md). No answer (the link broke) leaves
+    /// the stream held until the owner's next process links up or the next
+    /// message arrives.
+    fn finish_repair(&mut self, channel: &str, round: u64, answer: Result<Answer, ErrorReply>) {
+        let fetched = match answer {
+            Ok(a) => Some(Fetched {
+                seq: a.seq,
+                epoch: a.epoch,
+                recovered: a.recovered == Some(true),
+                oldest: a.oldest,
+                lines: a.lines,
+            }),
+            Err(e) => {
+                log::debug!(
+                    "worker {}: {channel}: fetch failed: {}",
+                    self.slot,
+                    e.message
+                );
+                None
+            }
+        };
+        let (out, again) = self.subs.resolve(channel, round, fetched, sub_buffer_cap());
+        for out in out {
+            match out {
+                Out::Msg(seq, line) => self.send_msg(channel, seq, &line),
+                Out::Resync {
+                    after,
+                    seq,
+                    epoch,
+                    oldest,
+                } => {
+                    log::warn!(
+                        "worker {}: {channel}: messages after {after} up to {seq} cannot be \
+                         delivered here; subscribers are told to resync",
+                        self.slot
+                    );
+                    let line = frames::resync_line(channel, after, seq, &epoch, oldest);
+                    let stream = self.subs.stream(channel);
+                    let keys: Vec<usize> = self
+                        .subs
+                        .subscribers(channel)
+                        .iter()
+                        .copied()
+                        .filter(|&k| !stream.is_some_and(|s| s.has(k, seq)))
+                        .collect();
+                    for key in keys {
+                        self.conns.send_line(key, &line);
+                    }
+                }
+            }
+        }
+        if again {
+            self.fetch_missing(channel);
+        }
     }
 }
