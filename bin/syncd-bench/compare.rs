@@ -106,6 +106,10 @@ pub struct CompareArgs {
     pub modes: Vec<String>,
     #[arg(long, default_value_t = 100_000)]
     pub resume_messages: u64,
+    /// syncd's [storage] history_size in `resume` (default: the message
+    /// count; 1000 is syncd's own default)
+    #[arg(long)]
+    pub resume_history_size: Option<u64>,
 }
 
 /// One row: a figure for each server (None: not run, or failed).
@@ -324,9 +328,10 @@ pub fn run(args: &CompareArgs) -> anyhow::Result<()> {
 
     if wants("resume") {
         let m = args.resume_messages;
-        eprintln!("== resume: syncd, {m} messages (history_size raised to {m})");
+        let history_size = args.resume_history_size.unwrap_or(m);
+        eprintln!("== resume: syncd, {m} messages (history_size {history_size})");
         let config = SyncdConfig {
-            history_size: m.max(1000),
+            history_size,
             ..base_config.clone()
         };
         let channel = format!("bench-resume-{}", now_micros());
