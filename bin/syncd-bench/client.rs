@@ -62,7 +62,9 @@ impl Conn {
                 stream.set_nodelay(true)?;
                 stream.set_read_timeout(Some(READ_TIMEOUT))?;
                 let url = format!("ws://{}{}", target.ws, target.ws_path);
-                // Small buffers: the bench holds thousands of these.
+                // A small read buffer: tungstenite zero-fills the free part
+                // on every read, so a large one costs more than it saves
+                // (and the bench holds thousands of connections).
                 let config = WebSocketConfig::default()
                     .read_buffer_size(4096)
                     .write_buffer_size(64 << 10)
@@ -283,7 +285,15 @@ impl Conn {
 /// The send time (µs since the epoch) in a frame's `"t":` field, found
 /// without parsing the JSON.
 pub fn field_u64(frame: &[u8], key: &[u8]) -> Option<u64> {
-    let at = frame.windows(key.len()).position(|w| w == key)? + key.len();
+    let first = *key.first()?;
+    let mut from = 0;
+    let at = loop {
+        let i = from + frame.get(from..)?.iter().position(|&b| b == first)?;
+        if frame[i..].starts_with(key) {
+            break i + key.len();
+        }
+        from = i + 1;
+    };
     let digits = frame[at..].iter().take_while(|b| b.is_ascii_digit());
     let mut n = 0u64;
     let mut any = false;

@@ -206,6 +206,7 @@ pub fn run(args: &CompareArgs) -> anyhow::Result<()> {
             }
             put("delivered/s", "higher", r.delivered_per_sec());
             put("lost", "lower", r.lost as f64);
+            put("undelivered at drain limit", "lower", r.late as f64);
             put("cut off", "lower", r.cut_off as f64);
             put("publishes acked %", "higher", acked_pct);
             put("pub->delivery p50 ms", "lower", r.e2e.ms(0.5));

@@ -38,8 +38,12 @@ pub struct LoadResult {
     pub published: Published,
     pub subscribers: usize,
     pub delivered: u64,
-    /// Acknowledged publishes a subscriber that was not cut off never got.
+    /// Acknowledged publishes a subscriber that was not cut off never got,
+    /// once deliveries had stopped.
     pub lost: u64,
+    /// The same, when the drain limit came while deliveries were still
+    /// arriving: queued somewhere, not known to be lost.
+    pub late: u64,
     pub cut_off: usize,
     pub cut_reasons: Vec<String>,
     /// `seq` that did not follow the previous one (syncd only).
@@ -78,12 +82,13 @@ impl LoadResult {
             println!("  first error answer: {e}");
         }
         println!(
-            "delivered {} to {} subscribers in {:.2} s: {:.0}/s; lost {}, cut off {}, seq gaps {}",
+            "delivered {} to {} subscribers in {:.2} s: {:.0}/s; lost {}, still arriving at the drain limit {}, cut off {}, seq gaps {}",
             self.delivered,
             self.subscribers,
             self.deliver_secs,
             self.delivered_per_sec(),
             self.lost,
+            self.late,
             self.cut_off,
             self.gaps
         );
@@ -145,6 +150,7 @@ pub fn run(
     let publish_secs = started.elapsed().as_secs_f64();
     let drain_deadline = Instant::now() + spec.drain;
     let (mut last, mut last_change) = ((0, 0), Instant::now());
+    let mut still_arriving = false;
     loop {
         std::thread::sleep(Duration::from_millis(50));
         let (sent, acked) = publishing.progress();
@@ -155,10 +161,11 @@ pub fn run(
             last = now;
             last_change = Instant::now();
         }
-        if all_in
-            || last_change.elapsed() > Duration::from_secs(2)
-            || Instant::now() > drain_deadline
-        {
+        if all_in || last_change.elapsed() > Duration::from_secs(5) {
+            break;
+        }
+        if Instant::now() > drain_deadline {
+            still_arriving = true;
             break;
         }
     }
@@ -171,6 +178,7 @@ pub fn run(
         subscribers: spec.subscribers,
         delivered: 0,
         lost: 0,
+        late: 0,
         cut_off: 0,
         cut_reasons: Vec::new(),
         gaps: 0,
@@ -194,6 +202,9 @@ pub fn run(
                     if result.cut_reasons.len() < 3 && !result.cut_reasons.contains(reason) {
                         result.cut_reasons.push(reason.clone());
                     }
+                }
+                None if still_arriving => {
+                    result.late += result.published.acked.saturating_sub(*got)
                 }
                 None => result.lost += result.published.acked.saturating_sub(*got),
             }
@@ -237,6 +248,9 @@ fn read_subscribers(
                 };
                 count += 1;
                 e2e.record(now.saturating_sub(t));
+                if !frame.starts_with(br#"{"op":"msg""#) {
+                    return;
+                }
                 if let Some(seq) = field_u64(frame, br#""seq":"#) {
                     if *last != 0 && seq != *last + 1 {
                         *gaps += 1;

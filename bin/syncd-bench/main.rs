@@ -172,7 +172,7 @@ fn main() -> anyhow::Result<()> {
             let spec = load.spec(100, 200.0, 100_000);
             let r = load::run(&server.target(), &spec, server.proc())?;
             r.print();
-            if r.lost > 0 || r.gaps > 0 || r.cut_off > 0 || r.delivered == 0 {
+            if r.lost > 0 || r.late > 0 || r.gaps > 0 || r.cut_off > 0 || r.delivered == 0 {
                 std::process::exit(1);
             }
         }
