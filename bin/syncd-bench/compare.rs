@@ -201,9 +201,7 @@ pub fn run(args: &CompareArgs) -> anyhow::Result<()> {
                 };
                 row.values[slot(kind)] = Some(v);
             };
-            if scenario == "fanout" {
-                put("server CPU us/delivery", "lower", r.cpu_us_per_delivery());
-            }
+            put("server CPU us/delivery", "lower", r.cpu_us_per_delivery());
             put("delivered/s", "higher", r.delivered_per_sec());
             put("lost", "lower", r.lost as f64);
             put("undelivered at drain limit", "lower", r.late as f64);
