@@ -274,7 +274,9 @@ impl Connections {
                 .feed_upto(&self.scratch[..n], max, &mut events, room)
                 .err();
         };
-        let more = events.len() >= room && decoder.has_frames();
+        // Stopped at the room: held frames, or unread input the edge-
+        // triggered poll will not announce again, wait for the next read.
+        let more = events.len() >= room;
         let mut texts = Vec::new();
         for event in events {
             match self.on_ws_event(key, event, echo) {
