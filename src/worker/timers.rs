@@ -30,8 +30,9 @@ thread_local! {
     static LAST_TRIM: Cell<Option<Instant>> = const { Cell::new(None) };
     /// Bytes written to clients since the last trim.
     static WRITTEN: Cell<u64> = const { Cell::new(0) };
-    /// The last trim gave memory back: while clients are still being
-    /// written to, the tail of a burst is being freed, so trim again.
+    /// The last trim gave memory back: the tail of a burst is still being
+    /// freed (readers catching up, the store thread's batch), so trim again
+    /// next second, until a trim finds nothing to give back.
     static LAST_RELEASED: Cell<bool> = const { Cell::new(false) };
 }
 
@@ -57,13 +58,13 @@ pub fn note_written(bytes: usize) {
 /// stays at the peak of the last burst.
 pub fn maybe_trim(now: Instant) {
     let written = WRITTEN.with(|w| w.get());
-    // A time window alone misses a burst whose readers drain after it, on
-    // a loaded machine: so also follow the writes while trims still help.
+    // A time window alone misses a burst whose memory is freed after it, on
+    // a loaded machine: so go on while trims still give memory back.
     let wanted = TRIM_UNTIL
         .with(|t| t.get())
         .is_some_and(|until| now < until)
         || written >= TRIM_AFTER_WRITING
-        || (written > 0 && LAST_RELEASED.with(|r| r.get()));
+        || LAST_RELEASED.with(|r| r.get());
     let recent = LAST_TRIM
         .with(|t| t.get())
         .is_some_and(|last| now.duration_since(last) < Duration::from_secs(1));
