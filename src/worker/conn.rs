@@ -239,3 +239,23 @@ impl Conn {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What every connection costs before it holds any data (see
+    /// docs/benchmarks.md): a guard against fields that grow it unnoticed.
+    #[test]
+    fn a_connection_is_small() {
+        let sizes = [
+            ("Conn", std::mem::size_of::<Conn>()),
+            ("Transport", std::mem::size_of::<Transport>()),
+            ("Session", std::mem::size_of::<Session>()),
+            ("ConnTimers", std::mem::size_of::<ConnTimers>()),
+            ("Decoder", std::mem::size_of::<Decoder>()),
+        ];
+        eprintln!("{sizes:?}");
+        assert!(sizes[0].1 <= 512, "{sizes:?}");
+    }
+}
