@@ -12,7 +12,7 @@ use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
 
 use crate::client::{field_u64, now_micros, Conn, Target, Transport};
-use crate::publisher::{self, Published};
+use crate::publisher::{self, PubSpec, Published};
 use crate::stats::{Latency, ServerProc, Spent, Window};
 
 #[derive(Clone, Debug)]
@@ -32,6 +32,21 @@ pub struct LoadSpec {
     pub threads: usize,
     /// Longest wait for deliveries and answers after publishing stops.
     pub drain: Duration,
+}
+
+impl From<&LoadSpec> for PubSpec {
+    fn from(s: &LoadSpec) -> PubSpec {
+        PubSpec {
+            transport: s.transport,
+            publishers: s.publishers,
+            rate: s.rate,
+            window: s.window,
+            duration: s.duration,
+            count: 0,
+            size: s.size,
+            channels: vec![s.channel.clone()],
+        }
+    }
 }
 
 pub struct LoadResult {
@@ -143,7 +158,7 @@ pub fn run(
 
     let window = Window::open(server);
     let started = Instant::now();
-    let publishing = publisher::start(target, spec, stop.clone())?;
+    let publishing = publisher::start_spec(target, &PubSpec::from(spec), stop.clone())?;
     // Publishers stop offering after `duration`, then wait for answers until
     // `stop`.
     std::thread::sleep(spec.duration);

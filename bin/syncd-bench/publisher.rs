@@ -13,7 +13,6 @@ use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
 
 use crate::client::{field_u64, now_micros, Conn, Target, Transport};
-use crate::load::LoadSpec;
 use crate::stats::Latency;
 
 #[derive(Clone, Debug)]
@@ -29,21 +28,6 @@ pub struct PubSpec {
     pub size: usize,
     /// Publisher p sends its k-th message to channel (k + p) % len.
     pub channels: Vec<String>,
-}
-
-impl From<&LoadSpec> for PubSpec {
-    fn from(s: &LoadSpec) -> PubSpec {
-        PubSpec {
-            transport: s.transport,
-            publishers: s.publishers,
-            rate: s.rate,
-            window: s.window,
-            duration: s.duration,
-            count: 0,
-            size: s.size,
-            channels: vec![s.channel.clone()],
-        }
-    }
 }
 
 /// What the publishers did, summed.
@@ -93,16 +77,8 @@ impl Publishing {
     }
 }
 
-/// Connects the publishers and starts them (for `load.duration`); they keep
-/// reading answers until `stop`.
-pub fn start(
-    target: &Target,
-    load: &LoadSpec,
-    stop: Arc<AtomicBool>,
-) -> anyhow::Result<Publishing> {
-    start_spec(target, &PubSpec::from(load), stop)
-}
-
+/// Connects the publishers and starts them; they keep reading answers
+/// until `stop`.
 pub fn start_spec(
     target: &Target,
     spec: &PubSpec,

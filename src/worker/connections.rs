@@ -50,6 +50,9 @@ pub struct Closed {
     pub uid: Option<String>,
 }
 
+/// The worker's WebSocket read buffer (`Connections::scratch`).
+const SCRATCH: usize = 64 * 1024;
+
 pub struct Connections {
     slot: usize,
     limits: Limits,
@@ -92,7 +95,7 @@ impl Connections {
             stats: WorkerStats::default(),
             connect_rates: RatePerKey::new(limits.connect_rate_per_ip, limits.connect_rate_per_ip),
             refusal_log: LogLimit::new(5),
-            scratch: vec![0; super::read::SCRATCH].into_boxed_slice(),
+            scratch: vec![0; SCRATCH].into_boxed_slice(),
             open_per_ip: OpenPerKey::new(limits.max_conns_per_ip),
             limits,
         }

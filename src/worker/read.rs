@@ -17,8 +17,6 @@ use crate::proto::{frames, http, tcp};
 
 /// Bytes read from one connection per loop turn.
 const READ_BUDGET: usize = 256 * 1024;
-/// The worker's WebSocket read buffer (`Connections::scratch`).
-pub const SCRATCH: usize = 64 * 1024;
 
 pub enum Filled {
     /// Read everything the socket had.
