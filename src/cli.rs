@@ -54,7 +54,11 @@ enum Command {
         graceful: bool,
     },
     /// Show the master and a row per worker
-    Status,
+    Status {
+        /// Print every counter as JSON instead of the table
+        #[arg(long)]
+        json: bool,
+    },
     /// List every client connection
     Connections,
     /// Mint a client token (JWT, HS256) with the config's jwt_secret, for testing
@@ -110,9 +114,12 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             start(config, daemon)
         }
         Command::Reload { graceful } => reload(&config, graceful),
-        Command::Status => {
+        Command::Status { json } => {
             let status: StatusReply = ask(&config, &CliRequest::Status)?;
-            print!("{}", format_status(&status));
+            match json {
+                true => println!("{}", serde_json::to_string_pretty(&status)?),
+                false => print!("{}", format_status(&status)),
+            }
             Ok(0)
         }
         Command::Token { sub, ttl, channels } => {
@@ -308,7 +315,41 @@ pub fn format_status(s: &StatusReply) -> String {
             }
         }
     }
+    out += &limits_hit(s);
     out
+}
+
+/// Each worker's limit and timeout counters that are not zero, so an
+/// operator sees at once which limit clients run into.
+fn limits_hit(s: &StatusReply) -> String {
+    let mut lines = String::new();
+    for w in &s.workers {
+        let Some(st) = &w.stats else { continue };
+        let counters = [
+            ("refused", st.refused),
+            ("rate_limited", st.rate_limited),
+            ("pong_timeouts", st.pong_timeouts),
+            ("idle_timeouts", st.idle_timeouts),
+            ("late_replies", st.late_replies),
+            ("subs_refused", st.subs_refused),
+            ("channels_refused", st.channels_refused),
+            ("conns_per_ip_refused", st.conns_per_ip_refused),
+            ("inflight_pauses", st.inflight_pauses),
+            ("store_full_pauses", st.store_full_pauses),
+        ];
+        let hit: Vec<String> = counters
+            .iter()
+            .filter(|(_, n)| *n > 0)
+            .map(|(name, n)| format!("{name} {n}"))
+            .collect();
+        if !hit.is_empty() {
+            lines += &format!("  slot {}: {}\n", w.slot, hit.join(", "));
+        }
+    }
+    match lines.is_empty() {
+        true => "\nlimits hit: none\n".into(),
+        false => format!("\nlimits hit (see docs/operations.md):\n{lines}"),
+    }
 }
 
 pub fn format_connections(r: &ConnectionsReply) -> String {

@@ -79,6 +79,12 @@ fn a_sub_past_max_subs_per_conn_gets_too_many_subs_and_the_connection_goes_on() 
         other.sub(&format!("room{i}"));
     }
     assert!(server.sum_stats(|s| s.subs_refused) >= 15);
+    // `syncd status` names the limit that was hit.
+    let status = common::output_text(&server.cli(&["status"]));
+    assert!(
+        status.contains("limits hit") && status.contains("subs_refused"),
+        "{status}"
+    );
 }
 
 #[test]
