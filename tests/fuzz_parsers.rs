@@ -696,7 +696,7 @@ fn parse_all(mut buf: &[u8]) -> Result<Vec<http::Request>, TestCaseError> {
                 prop_assert!(req.body.len() <= MAX_BODY);
                 if req.wants_upgrade() {
                     // tungstenite checks the head and builds the answer.
-                    let _ = ws::upgrade_response(&req.head);
+                    let _ = ws::upgrade_response(&req);
                 }
                 buf = &buf[used..];
                 out.push(*req);

@@ -16,8 +16,8 @@ pub struct Request {
     pub headers: Vec<(String, Vec<u8>)>,
     pub body: Vec<u8>,
     pub keep_alive: bool,
-    /// The head as an `http::Request`, which tungstenite checks for upgrades.
-    pub head: http::Request<()>,
+    /// HTTP/1.`minor`.
+    pub minor: u8,
 }
 
 #[derive(Debug)]
@@ -100,20 +100,6 @@ pub fn parse(buf: &[u8], max_body: usize) -> Parsed {
         Some((p, q)) => (p.to_string(), q.to_string()),
         None => (target.to_string(), String::new()),
     };
-    let mut builder = http::Request::builder()
-        .method(method)
-        .uri(target)
-        .version(if minor == 0 {
-            http::Version::HTTP_10
-        } else {
-            http::Version::HTTP_11
-        });
-    for (name, value) in &headers {
-        builder = builder.header(name.as_str(), value.as_slice());
-    }
-    let Ok(head) = builder.body(()) else {
-        return Parsed::Invalid(400, "bad request head".into());
-    };
     let request = Request {
         method: method.to_string(),
         path,
@@ -121,7 +107,7 @@ pub fn parse(buf: &[u8], max_body: usize) -> Parsed {
         body: buf[head_len..head_len + body_len].to_vec(),
         headers,
         keep_alive,
-        head,
+        minor,
     };
     Parsed::Complete(Box::new(request), head_len + body_len)
 }

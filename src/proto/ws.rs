@@ -2,19 +2,59 @@
 //! frame headers for broadcast (the framing rules are in `ws_codec`).
 
 use bytes::Bytes;
-use tungstenite::handshake::server::{create_response, write_response};
+use tungstenite::handshake::derive_accept_key;
+
+use super::http::Request;
 use tungstenite::protocol::frame::coding::{Data, OpCode};
 use tungstenite::protocol::frame::FrameHeader;
 
 /// Builds the `101 Switching Protocols` answer to an upgrade request, or says
-/// why the request is not a valid WebSocket upgrade.
-pub fn upgrade_response(
-    request: &tungstenite::handshake::server::Request,
-) -> Result<Vec<u8>, String> {
-    let response = create_response(request).map_err(|e| e.to_string())?;
-    let mut out = Vec::with_capacity(160);
-    write_response(&mut out, &response).map_err(|e| e.to_string())?;
-    Ok(out)
+/// why the request is not a valid WebSocket upgrade (RFC 6455 4.2.1, the
+/// checks tungstenite's server handshake makes, without building an
+/// `http::Request` and its header map for every connection).
+pub fn upgrade_response(request: &Request) -> Result<Vec<u8>, String> {
+    if request.method != "GET" {
+        return Err("a WebSocket upgrade must be a GET".into());
+    }
+    if request.minor < 1 {
+        return Err("a WebSocket upgrade needs HTTP/1.1".into());
+    }
+    let has_token = |name: &str, token: &str| {
+        request.header(name).is_some_and(|v| {
+            v.split(|b| *b == b',' || *b == b' ')
+                .any(|part| part.eq_ignore_ascii_case(token.as_bytes()))
+        })
+    };
+    if !has_token("connection", "upgrade") {
+        return Err("missing `Connection: Upgrade`".into());
+    }
+    if !request.wants_upgrade() {
+        return Err("missing `Upgrade: websocket`".into());
+    }
+    if request.header("sec-websocket-version") != Some(b"13") {
+        return Err("missing `Sec-WebSocket-Version: 13`".into());
+    }
+    let Some(key) = request.header("sec-websocket-key") else {
+        return Err("missing `Sec-WebSocket-Key`".into());
+    };
+    if !is_valid_key(key) {
+        return Err("`Sec-WebSocket-Key` is not 16 bytes in base64".into());
+    }
+    let accept = derive_accept_key(key);
+    Ok(format!(
+        "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Accept: {accept}\r\n\r\n"
+    )
+    .into_bytes())
+}
+
+/// 16 bytes in canonical base64: 22 characters, the last with its low four
+/// bits zero, then `==`.
+fn is_valid_key(key: &[u8]) -> bool {
+    let b64 = |c: &u8| c.is_ascii_alphanumeric() || *c == b'+' || *c == b'/';
+    key.len() == 24
+        && key[..22].iter().all(b64)
+        && matches!(key[21], b'A' | b'Q' | b'g' | b'w')
+        && &key[22..] == b"=="
 }
 
 /// The header of an unmasked, final text frame carrying `len` bytes. Server
@@ -34,6 +74,42 @@ pub fn text_frame_header(len: usize) -> Bytes {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn request(head: &str) -> Request {
+        match crate::proto::http::parse(head.as_bytes(), 0) {
+            crate::proto::http::Parsed::Complete(r, _) => *r,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    const UPGRADE: &str = "GET /ws HTTP/1.1\r\nHost: x\r\nConnection: keep-alive, Upgrade\r\n\
+        Upgrade: WebSocket\r\nSec-WebSocket-Version: 13\r\n\
+        Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n";
+
+    #[test]
+    fn the_upgrade_answers_with_the_rfc_accept_key() {
+        let response = String::from_utf8(upgrade_response(&request(UPGRADE)).unwrap()).unwrap();
+        assert!(response.starts_with("HTTP/1.1 101 Switching Protocols\r\n"));
+        // RFC 6455 section 1.3's example.
+        assert!(response.contains("Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n"));
+        assert!(response.ends_with("\r\n\r\n"));
+    }
+
+    #[test]
+    fn upgrades_missing_a_part_are_refused() {
+        let cases = [
+            UPGRADE.replace("GET", "POST"),
+            UPGRADE.replace("HTTP/1.1", "HTTP/1.0"),
+            UPGRADE.replace("keep-alive, Upgrade", "keep-alive"),
+            UPGRADE.replace("Version: 13", "Version: 8"),
+            UPGRADE.replace("Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n", ""),
+            UPGRADE.replace("dGhlIHNhbXBsZSBub25jZQ==", "dGhlIHNhbXBsZSBub25jZR=="),
+            UPGRADE.replace("dGhlIHNhbXBsZSBub25jZQ==", "short"),
+        ];
+        for head in cases {
+            assert!(upgrade_response(&request(&head)).is_err(), "{head}");
+        }
+    }
 
     #[test]
     fn header_lengths() {

@@ -492,7 +492,7 @@ impl Connections {
                 return self.bad(key, http::json_error(401, e.code, &e.message));
             }
         };
-        let response = match ws::upgrade_response(&request.head) {
+        let response = match ws::upgrade_response(request) {
             Ok(response) => response,
             Err(message) => return self.bad(key, http::json_error(400, "bad_request", &message)),
         };
