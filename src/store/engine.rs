@@ -110,8 +110,13 @@ pub struct Gone(pub Box<Request>);
 /// finished. Wake-ups are the engine's business (the store thread wakes the
 /// mio loop with a `Waker`).
 pub trait Engine {
-    /// Queues a request. `Err(Gone)` means it will never be answered.
+    /// Queues a request. `Err(Gone)` means it will never be answered. An
+    /// engine may hold what is submitted until `flush`.
     fn submit(&mut self, request: Request) -> Result<(), Gone>;
+    /// The end of the worker's loop turn: what `submit` held goes to
+    /// storage now, as one batch. A request the engine can no longer take
+    /// comes back from the next `completions` as its failure.
+    fn flush(&mut self) {}
     /// The engine holds more than it wants to (its queue is full): the
     /// worker stops reading clients until this clears. Never refuses.
     fn is_busy(&self) -> bool {

@@ -3,7 +3,7 @@
 //! thread takes everything queued, commits it per shard in one transaction
 //! (group commit), answers reads, sweeps old rows, and wakes the loop.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
 use crossbeam_channel::{Receiver, Sender, TrySendError};
@@ -21,6 +21,11 @@ const MAX_BATCH: usize = 8192;
 pub struct StoreThread {
     /// Bounded (`[limits] store_queue`).
     requests: Sender<Request>,
+    /// Submitted during this loop turn, sent together by `flush` at its end:
+    /// the thread then wakes once per turn and commits the turn's appends
+    /// in one transaction per shard, instead of waking at the turn's first
+    /// append and committing a few rows at a time.
+    held: Vec<Request>,
     /// What did not fit in `requests`, in order, moved there as the thread
     /// takes requests out. While it is not empty the engine is busy and the
     /// worker reads no client, so it holds at most what the requests
@@ -30,7 +35,8 @@ pub struct StoreThread {
     handle: Option<std::thread::JoinHandle<()>>,
     /// Kept here too: when the thread ends (a failed write ends it) its
     /// waker must stay open, or closing the eventfd takes the wake-up that
-    /// announces the failure out of the loop's `poll`.
+    /// announces the failure out of the loop's `poll`. `flush` wakes the
+    /// loop with it when the thread is gone.
     _waker: Arc<Waker>,
 }
 
@@ -60,6 +66,7 @@ impl StoreThread {
             })?;
         Ok(StoreThread {
             requests,
+            held: Vec::new(),
             overflow: VecDeque::new(),
             events,
             handle: Some(handle),
@@ -87,12 +94,28 @@ impl StoreThread {
 }
 
 impl Engine for StoreThread {
-    /// Never waits: a full channel keeps the request in the overflow.
+    /// Never waits: the request is held until the turn's `flush`.
     fn submit(&mut self, request: Request) -> Result<(), Gone> {
-        self.overflow.push_back(request);
-        self.drain_overflow()
+        self.held.push(request);
+        Ok(())
     }
 
+    /// Never waits: a full channel keeps the rest in the overflow. An ended
+    /// thread's requests stay there, and the loop is woken so that
+    /// `completions` answers them as failures.
+    fn flush(&mut self) {
+        if self.held.is_empty() {
+            return;
+        }
+        self.overflow.extend(self.held.drain(..));
+        if let Err(Gone(request)) = self.drain_overflow() {
+            self.overflow.push_front(*request);
+            let _ = self._waker.wake();
+        }
+    }
+
+    /// What is held for this turn does not count: it is at most what the
+    /// turn read.
     fn is_busy(&self) -> bool {
         !self.overflow.is_empty()
     }
@@ -109,6 +132,7 @@ impl Engine for StoreThread {
     /// Sends what overflowed and `Close`, and waits for the thread to finish
     /// what was queued.
     fn close(&mut self) {
+        self.overflow.extend(self.held.drain(..));
         for request in self.overflow.drain(..) {
             let _ = self.requests.send(request);
         }
@@ -124,7 +148,7 @@ struct Writer {
     /// Which `history_size` applies to which channel.
     retention: Storage,
     /// Channels appended to since their last trim, with their last `seq`.
-    touched: HashMap<(u32, String), u64>,
+    touched: HashMap<u32, HashMap<String, u64>>,
     /// A write failed: the shards may lack something the worker counted on,
     /// so they must not be marked as closed cleanly.
     failed: bool,
@@ -165,7 +189,7 @@ impl Writer {
         for request in batch {
             match request {
                 Request::Append { shard, ticket, msg } => {
-                    self.touched.insert((shard, msg.channel.clone()), msg.seq);
+                    self.touch(shard, &msg);
                     appends.entry(shard).or_default().push(msg);
                     last_ticket = Some(ticket);
                     count += 1;
@@ -258,6 +282,18 @@ impl Writer {
         closing
     }
 
+    /// Remembers a channel's last appended seq for the next trim; the key
+    /// is copied only the first time (once per channel, not per message).
+    fn touch(&mut self, shard: u32, msg: &Append) {
+        let channels = self.touched.entry(shard).or_default();
+        match channels.get_mut(msg.channel.as_str()) {
+            Some(last) => *last = msg.seq,
+            None => {
+                channels.insert(msg.channel.clone(), msg.seq);
+            }
+        }
+    }
+
     /// One transaction per shard for its acks, then each ack is answered.
     fn store_acks(&mut self, acks: HashMap<u32, Vec<(u64, String, u64)>>) {
         for (shard, batch) in acks {
@@ -299,23 +335,26 @@ impl Writer {
                 Err(e) => log::error!("store: sweeping expired messages failed: {e}"),
             }
         }
-        let mut done = HashSet::new();
-        for ((shard, channel), last) in &self.touched {
+        for (shard, channels) in &mut self.touched {
             let Some(db) = self.shards.get_mut(shard) else {
                 continue;
             };
-            let upto = last.saturating_sub(self.retention.retention_for(channel).0);
-            match db.trim(channel, upto, SWEEP_BATCH) {
-                Ok(n) => {
-                    trimmed += n;
-                    if (n as usize) < SWEEP_BATCH {
-                        done.insert((*shard, channel.clone()));
+            channels.retain(|channel, last| {
+                let upto = last.saturating_sub(self.retention.retention_for(channel).0);
+                match db.trim(channel, upto, SWEEP_BATCH) {
+                    Ok(n) => {
+                        trimmed += n;
+                        // Trimmed to its size: nothing to do until appended to again.
+                        (n as usize) >= SWEEP_BATCH
+                    }
+                    Err(e) => {
+                        log::error!("store: trimming {channel} failed: {e}");
+                        true
                     }
                 }
-                Err(e) => log::error!("store: trimming {channel} failed: {e}"),
-            }
+            });
         }
-        self.touched.retain(|key, _| !done.contains(key));
+        self.touched.retain(|_, channels| !channels.is_empty());
         if expired + trimmed > 0 {
             let _ = self.outbox.send(Completion::Swept { expired, trimmed });
         }
@@ -359,6 +398,8 @@ mod tests {
         for seq in 1..=1000 {
             assert!(store.submit(append(seq)).is_ok());
         }
+        assert!(!store.is_busy(), "held until the end of the turn");
+        store.flush();
         assert!(store.is_busy(), "1000 requests do not fit in 2");
         let mut events = mio::Events::with_capacity(8);
         let (mut stored, mut upto) = (0, 0);

@@ -190,6 +190,8 @@ impl Worker {
                 self.maybe_start_serving(now);
             }
             self.flush_all();
+            // After everything the turn did (flushing can publish too).
+            self.owner.flush_storage();
             if self.process.stopping.is_some() && self.conns.is_empty() {
                 log::info!("worker {}: stopped gracefully", self.slot);
                 return 0;

@@ -46,6 +46,12 @@ impl OwnerSide {
         None
     }
 
+    /// The end of a loop turn: the storage requests of the turn go to the
+    /// engine together.
+    pub fn flush_storage(&mut self) {
+        self.engine.flush();
+    }
+
     /// What storage has finished, to hand back as `Command::Completed`.
     pub fn completions(&mut self) -> Vec<Completion> {
         let mut done = Vec::new();
