@@ -19,6 +19,8 @@ pub struct Subscriptions {
     streams: HashMap<Box<str>, Stream>,
     /// Numbers the fetches, so a late answer to an older one is ignored.
     rounds: u64,
+    /// Channels whose last subscriber left since `take_emptied`.
+    emptied: Vec<Box<str>>,
 }
 
 impl Subscriptions {
@@ -69,6 +71,7 @@ impl Subscriptions {
             list.retain(|&c| c != conn);
             if list.is_empty() {
                 self.by_channel.remove(channel);
+                self.emptied.push(channel.into());
             }
         }
         if !self.by_channel.contains_key(channel) {
@@ -140,6 +143,11 @@ impl Subscriptions {
         if let Some(stream) = self.streams.get_mut(channel) {
             stream.stall();
         }
+    }
+
+    /// Channels whose last subscriber left since the last call.
+    pub fn take_emptied(&mut self) -> Vec<Box<str>> {
+        std::mem::take(&mut self.emptied)
     }
 
     pub fn subscribers(&self, channel: &str) -> &[ConnKey] {
