@@ -8,8 +8,9 @@ use std::io::{self, IoSlice, Write};
 
 use bytes::{Buf, Bytes};
 
-/// Most segments handed to one `writev` call (Linux allows 1024).
-const MAX_IOVECS: usize = 64;
+/// Most segments handed to one `writev` call (Linux allows 1024); the
+/// iovecs are built on the stack.
+const MAX_IOVECS: usize = 256;
 /// An empty queue keeps room for this many segments; after a burst that
 /// needed more, the room is given back, so idle connections hold no buffer.
 const KEEP_SEGMENTS: usize = 64;
@@ -86,13 +87,13 @@ impl OutboundQueue {
     pub fn write_to(&mut self, w: &mut impl Write) -> io::Result<usize> {
         let mut total = 0;
         while !self.segments.is_empty() {
-            let slices: Vec<IoSlice<'_>> = self
-                .segments
-                .iter()
-                .take(MAX_IOVECS)
-                .map(|b| IoSlice::new(b))
-                .collect();
-            let mut written = match w.write_vectored(&slices) {
+            let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
+            let mut count = 0;
+            for (slot, segment) in slices.iter_mut().zip(&self.segments) {
+                *slot = IoSlice::new(segment);
+                count += 1;
+            }
+            let mut written = match w.write_vectored(&slices[..count]) {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,

@@ -23,7 +23,7 @@ use crate::bus::BusMsg;
 pub use crate::owner::PublishOptions;
 use crate::owner::{Answer, Command, Effect, Query, Reply, ReplyTo};
 use crate::proto::frames::{self, ErrorReply, Op};
-use crate::proto::ws::text_frame_header;
+use crate::proto::ws::text_frame;
 use crate::sync::channel;
 use crate::sync::shard;
 use crate::sync::stream::Arrival;
@@ -492,8 +492,9 @@ impl Worker {
     pub(super) fn send_msg(&mut self, channel: &str, seq: u64, line: &Bytes) {
         let subscribers = self.subs.subscribers(channel);
         let stream = self.subs.stream(channel);
-        // One frame header for every WebSocket subscriber of this message.
-        let ws_header = text_frame_header(line.len().saturating_sub(1));
+        // One whole frame (header and payload) for every WebSocket
+        // subscriber of this message: one segment each, no copy.
+        let ws_frame = text_frame(line);
         for &key in subscribers {
             if stream.is_some_and(|s| s.has(key, seq)) {
                 continue;
@@ -501,7 +502,7 @@ impl Worker {
             let Some(conn) = self.conns.get_mut(key) else {
                 continue;
             };
-            conn.send_line(line, Some(&ws_header));
+            conn.send_line(line, Some(&ws_frame));
             self.conns.stats.msgs_out += 1;
             self.conns.mark_dirty(key);
         }
