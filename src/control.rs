@@ -108,6 +108,13 @@ pub struct WorkerStats {
     pub inflight_pauses: u64,
     #[serde(default)]
     pub store_full_pauses: u64,
+    /// Messages and presence events sent to other workers (one per link
+    /// frame), and received from them: only workers that want a channel
+    /// get its messages (`sync::interest`).
+    #[serde(default)]
+    pub link_msgs_out: u64,
+    #[serde(default)]
+    pub link_msgs_in: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -9,7 +9,7 @@ use std::io::{self, IoSlice, Write};
 use bytes::{Buf, Bytes};
 
 /// Most segments handed to one `writev` call (Linux allows 1024).
-const MAX_IOVECS: usize = 64;
+const MAX_IOVECS: usize = 256;
 /// An empty queue keeps room for this many segments; after a burst that
 /// needed more, the room is given back, so idle connections hold no buffer.
 const KEEP_SEGMENTS: usize = 64;
@@ -86,13 +86,7 @@ impl OutboundQueue {
     pub fn write_to(&mut self, w: &mut impl Write) -> io::Result<usize> {
         let mut total = 0;
         while !self.segments.is_empty() {
-            let slices: Vec<IoSlice<'_>> = self
-                .segments
-                .iter()
-                .take(MAX_IOVECS)
-                .map(|b| IoSlice::new(b))
-                .collect();
-            let mut written = match w.write_vectored(&slices) {
+            let mut written = match write_some(&self.segments, w) {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
@@ -119,6 +113,28 @@ impl OutboundQueue {
         self.shrink_if_drained();
         Ok(total)
     }
+}
+
+/// Segments up to which the iovecs are built in a small array on the stack.
+const STACK_IOVECS: usize = 16;
+
+/// One write of as many of `segments` as one call takes: a plain `write`
+/// for one segment (the common case in fan-out: one message per loop turn),
+/// else one `writev` of up to `MAX_IOVECS`.
+fn write_some(segments: &VecDeque<Bytes>, w: &mut impl Write) -> io::Result<usize> {
+    let n = segments.len().min(MAX_IOVECS);
+    if n == 1 {
+        return w.write(&segments[0]);
+    }
+    if n <= STACK_IOVECS {
+        let mut slices = [IoSlice::new(&[]); STACK_IOVECS];
+        for (slot, segment) in slices.iter_mut().zip(segments) {
+            *slot = IoSlice::new(segment);
+        }
+        return w.write_vectored(&slices[..n]);
+    }
+    let slices: Vec<IoSlice<'_>> = segments.iter().take(n).map(|b| IoSlice::new(b)).collect();
+    w.write_vectored(&slices)
 }
 
 #[cfg(test)]
@@ -168,6 +184,49 @@ mod tests {
         q.write_to(&mut w).unwrap();
         assert_eq!(w.got, b"hellohello!");
         assert!(q.is_empty());
+    }
+
+    #[test]
+    fn one_few_or_many_segments_arrive_whole_and_in_order() {
+        for count in [1, 2, STACK_IOVECS, STACK_IOVECS + 1, MAX_IOVECS * 2 + 3] {
+            let mut q = OutboundQueue::new(1 << 20);
+            let mut want = Vec::new();
+            for i in 0..count {
+                let seg = Bytes::from(format!("{i},"));
+                want.extend_from_slice(&seg);
+                q.push(&[&seg]).unwrap();
+            }
+            let mut w = Vectored::default();
+            q.write_to(&mut w).unwrap();
+            assert_eq!(w.got, want, "{count} segments");
+            assert!(q.is_empty());
+            let most = count.min(MAX_IOVECS);
+            assert!(w.calls.iter().all(|&c| c <= most) && w.calls[0] == most);
+        }
+    }
+
+    /// Takes everything it is given, remembering how many slices each call had.
+    #[derive(Default)]
+    struct Vectored {
+        got: Vec<u8>,
+        calls: Vec<usize>,
+    }
+
+    impl Write for Vectored {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.write_vectored(&[IoSlice::new(buf)])
+        }
+        fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+            self.calls.push(bufs.len());
+            let before = self.got.len();
+            for b in bufs {
+                self.got.extend_from_slice(b);
+            }
+            Ok(self.got.len() - before)
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
     }
 
     #[test]

@@ -60,7 +60,12 @@ pub enum BusMsg {
         limit: Option<usize>,
     },
     /// A numbered message: `payload` is its `msg` line, ready for subscribers.
+    /// Sent only to the workers that want the channel (`sync::interest`).
     Deliver { channel: String, seq: u64 },
+    /// To a channel's owner: the sender wants its messages again (`on`,
+    /// after its link came back), or no longer does (its last subscriber,
+    /// waiting `sub` and replay of it ended). A `SubQuery` also means `on`.
+    Watch { channel: String, on: bool },
     /// `sub` (with `since` to resume): asks the owner for the channel's state.
     SubQuery {
         tag: u64,

@@ -45,7 +45,8 @@ pub enum BusEvent {
     },
     /// A link to or from `slot` broke: requests waiting on it will get no answer.
     Down { slot: usize },
-    /// Our link to `slot` reached a (new) process of that worker.
+    /// Our link to `slot` reached a (new) process of that worker, or `slot`
+    /// linked to us (anew): what it must know of us is told again.
     Up { slot: usize },
 }
 
@@ -192,17 +193,44 @@ impl Peers {
     /// Queues one frame to every other worker; the header and payload are shared.
     pub fn broadcast(&mut self, header: &Bytes, payload: &Bytes, events: &mut Vec<BusEvent>) {
         for slot in 0..self.out.len() {
-            let stuck = match self.out[slot].as_mut() {
-                Some(out) => out.link.queue(header, payload).err(),
-                None => None,
-            };
-            if let Some(e) = stuck {
-                log::error!("bus: dropping link to worker {slot}: {e}");
-                self.out[slot] = None;
-                self.next_dial[slot] = Some(Instant::now() + REDIAL_AFTER);
-                events.push(BusEvent::Down { slot });
-            }
+            self.queue(slot, header, payload, events);
         }
+    }
+
+    /// Queues one frame to each of `slots` that is linked; returns to how many.
+    pub fn multicast(
+        &mut self,
+        slots: impl Iterator<Item = usize>,
+        header: &Bytes,
+        payload: &Bytes,
+        events: &mut Vec<BusEvent>,
+    ) -> usize {
+        let (mut sent, linked) = (0, self.out.len());
+        for slot in slots.filter(|&slot| slot < linked) {
+            sent += usize::from(self.queue(slot, header, payload, events));
+        }
+        sent
+    }
+
+    fn queue(
+        &mut self,
+        slot: usize,
+        header: &Bytes,
+        payload: &Bytes,
+        ev: &mut Vec<BusEvent>,
+    ) -> bool {
+        let stuck = match self.out[slot].as_mut() {
+            Some(out) => out.link.queue(header, payload).err(),
+            None => return false,
+        };
+        let Some(e) = stuck else {
+            return true;
+        };
+        log::error!("bus: dropping link to worker {slot}: {e}");
+        self.out[slot] = None;
+        self.next_dial[slot] = Some(Instant::now() + REDIAL_AFTER);
+        ev.push(BusEvent::Down { slot });
+        false
     }
 
     /// Writes whatever the links have queued.
@@ -336,6 +364,9 @@ impl Peers {
                     if matches!(ours, None | Some(Some(_))) && ours != Some(Some(instance)) {
                         redial = Some(slot);
                     }
+                    // It may have seen its link to us break (and dropped
+                    // what we told it) without ours breaking: we say again.
+                    events.push(BusEvent::Up { slot });
                     log::debug!("bus: worker {slot} linked to us");
                 }
                 (msg, Some((from, _))) => events.push(BusEvent::Msg { from, msg, payload }),

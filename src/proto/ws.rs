@@ -71,6 +71,18 @@ pub fn text_frame_header(len: usize) -> Bytes {
     Bytes::from(out)
 }
 
+/// A newline-terminated line as one complete WebSocket text frame (the line
+/// without its newline), header and payload in one buffer: built once per
+/// message and shared by every WebSocket subscriber as a single segment.
+pub fn text_frame(line: &[u8]) -> Bytes {
+    let body = line.strip_suffix(b"\n").unwrap_or(line);
+    let header = text_frame_header(body.len());
+    let mut out = Vec::with_capacity(header.len() + body.len());
+    out.extend_from_slice(&header);
+    out.extend_from_slice(body);
+    Bytes::from(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -109,6 +121,15 @@ mod tests {
         for head in cases {
             assert!(upgrade_response(&request(&head)).is_err(), "{head}");
         }
+    }
+
+    #[test]
+    fn a_line_becomes_one_whole_frame() {
+        assert_eq!(&text_frame(b"hey\n")[..], b"\x81\x03hey");
+        assert_eq!(&text_frame(b"hey")[..], b"\x81\x03hey");
+        let long = vec![b'x'; 300];
+        let frame = text_frame(&long);
+        assert_eq!((&frame[..4], frame.len()), (&[0x81, 126, 1, 44][..], 304));
     }
 
     #[test]

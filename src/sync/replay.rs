@@ -87,6 +87,8 @@ pub struct Replays {
     by_channel: HashMap<Box<str>, Vec<(ConnKey, Replay)>>,
     /// How many replays each connection has.
     per_conn: HashMap<ConnKey, usize>,
+    /// Channels whose last replay ended since `take_emptied`.
+    emptied: Vec<Box<str>>,
 }
 
 impl Replays {
@@ -147,6 +149,7 @@ impl Replays {
         let (_, replay) = list.swap_remove(i);
         if list.is_empty() {
             self.by_channel.remove(channel);
+            self.emptied.push(channel.into());
         }
         if let Some(n) = self.per_conn.get_mut(&conn) {
             *n -= 1;
@@ -172,10 +175,24 @@ impl Replays {
         if self.per_conn.remove(&conn).is_none() {
             return;
         }
-        self.by_channel.retain(|_, list| {
+        let emptied = &mut self.emptied;
+        self.by_channel.retain(|channel, list| {
             list.retain(|(c, _)| *c != conn);
+            if list.is_empty() {
+                emptied.push(channel.clone());
+            }
             !list.is_empty()
         });
+    }
+
+    /// Whether some connection replays `channel`.
+    pub fn has_channel(&self, channel: &str) -> bool {
+        self.by_channel.contains_key(channel)
+    }
+
+    /// Channels whose last replay ended since the last call.
+    pub fn take_emptied(&mut self) -> Vec<Box<str>> {
+        std::mem::take(&mut self.emptied)
     }
 }
 

@@ -3,7 +3,7 @@
 //! and, for channels owned by another worker, each channel's `Stream` (the
 //! last seq handed on, and what is held while a gap is filled).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 
 use bytes::Bytes;
 
@@ -12,26 +12,34 @@ use super::stream::{Arrival, Fetched, Out, Stream};
 
 #[derive(Default)]
 pub struct Subscriptions {
+    /// Each channel's subscribers, in no particular order: fan-out walks a
+    /// plain slice.
     by_channel: HashMap<Box<str>, Vec<ConnKey>>,
-    by_conn: HashMap<ConnKey, HashSet<Box<str>>>,
+    /// Each connection's channels, with its index in that channel's list,
+    /// so leaving a channel is a `swap_remove` (O(1)), not a scan.
+    by_conn: HashMap<ConnKey, HashMap<Box<str>, usize>>,
     /// Channels whose messages come from another worker, while they have
     /// subscribers here.
     streams: HashMap<Box<str>, Stream>,
     /// Numbers the fetches, so a late answer to an older one is ignored.
     rounds: u64,
+    /// Channels whose last subscriber left since `take_emptied`.
+    emptied: Vec<Box<str>>,
 }
 
 impl Subscriptions {
     /// Returns false if the connection was already subscribed.
     pub fn add(&mut self, conn: ConnKey, channel: &str) -> bool {
         let channels = self.by_conn.entry(conn).or_default();
-        if !channels.insert(channel.into()) {
+        if channels.contains_key(channel) {
             return false;
         }
-        self.by_channel
-            .entry(channel.into())
-            .or_default()
-            .push(conn);
+        let list = match self.by_channel.get_mut(channel) {
+            Some(list) => list,
+            None => self.by_channel.entry(channel.into()).or_default(),
+        };
+        channels.insert(channel.into(), list.len());
+        list.push(conn);
         true
     }
 
@@ -40,35 +48,44 @@ impl Subscriptions {
         let Some(channels) = self.by_conn.get_mut(&conn) else {
             return false;
         };
-        if !channels.remove(channel) {
+        let Some(index) = channels.remove(channel) else {
             return false;
-        }
+        };
         if channels.is_empty() {
             self.by_conn.remove(&conn);
         }
-        self.detach(conn, channel);
+        self.detach(conn, channel, index);
         true
     }
 
     /// Removes a closing connection from every channel; returns them.
     pub fn remove_conn(&mut self, conn: ConnKey) -> Vec<Box<str>> {
-        let channels: Vec<Box<str>> = self
-            .by_conn
-            .remove(&conn)
-            .unwrap_or_default()
-            .into_iter()
-            .collect();
-        for channel in &channels {
-            self.detach(conn, channel);
+        let channels = self.by_conn.remove(&conn).unwrap_or_default();
+        let mut left = Vec::with_capacity(channels.len());
+        for (channel, index) in channels {
+            self.detach(conn, &channel, index);
+            left.push(channel);
         }
-        channels
+        left
     }
 
-    fn detach(&mut self, conn: ConnKey, channel: &str) {
+    /// Takes `conn` out of `channel`'s list, where it is at `index`: the last
+    /// one takes its place, and its own index is updated.
+    fn detach(&mut self, conn: ConnKey, channel: &str, index: usize) {
         if let Some(list) = self.by_channel.get_mut(channel) {
-            list.retain(|&c| c != conn);
+            debug_assert_eq!(list.get(index), Some(&conn));
+            if list.get(index) == Some(&conn) {
+                list.swap_remove(index);
+                if let Some(&moved) = list.get(index) {
+                    let at = self.by_conn.get_mut(&moved);
+                    if let Some(i) = at.and_then(|m| m.get_mut(channel)) {
+                        *i = index;
+                    }
+                }
+            }
             if list.is_empty() {
                 self.by_channel.remove(channel);
+                self.emptied.push(channel.into());
             }
         }
         if !self.by_channel.contains_key(channel) {
@@ -142,6 +159,11 @@ impl Subscriptions {
         }
     }
 
+    /// Channels whose last subscriber left since the last call.
+    pub fn take_emptied(&mut self) -> Vec<Box<str>> {
+        std::mem::take(&mut self.emptied)
+    }
+
     pub fn subscribers(&self, channel: &str) -> &[ConnKey] {
         self.by_channel.get(channel).map_or(&[], Vec::as_slice)
     }
@@ -149,20 +171,22 @@ impl Subscriptions {
     pub fn channels_of(&self, conn: ConnKey) -> Vec<Box<str>> {
         self.by_conn
             .get(&conn)
-            .map(|c| c.iter().cloned().collect())
+            .map(|c| c.keys().cloned().collect())
             .unwrap_or_default()
     }
 
     pub fn count_of(&self, conn: ConnKey) -> usize {
-        self.by_conn.get(&conn).map_or(0, HashSet::len)
+        self.by_conn.get(&conn).map_or(0, HashMap::len)
     }
 
     pub fn is_subscribed(&self, conn: ConnKey, channel: &str) -> bool {
-        self.by_conn.get(&conn).is_some_and(|c| c.contains(channel))
+        self.by_conn
+            .get(&conn)
+            .is_some_and(|c| c.contains_key(channel))
     }
 
     pub fn total(&self) -> usize {
-        self.by_conn.values().map(HashSet::len).sum()
+        self.by_conn.values().map(HashMap::len).sum()
     }
 }
 
@@ -180,6 +204,49 @@ mod tests {
         s.remove_conn(1);
         assert!(s.subscribers("a").is_empty() && s.subscribers("b").is_empty());
         assert_eq!(s.total(), 0);
+    }
+
+    /// Every index kept in `by_conn` points at its connection.
+    fn consistent(s: &Subscriptions) -> bool {
+        s.by_conn.iter().all(|(conn, channels)| {
+            channels
+                .iter()
+                .all(|(c, &i)| s.by_channel.get(c).and_then(|l| l.get(i)) == Some(conn))
+        }) && s.by_channel.values().map(Vec::len).sum::<usize>() == s.total()
+    }
+
+    #[test]
+    fn leaving_swaps_the_last_subscriber_in_and_keeps_every_index() {
+        let mut s = Subscriptions::default();
+        for conn in 0..1000 {
+            assert!(s.add(conn, "big"));
+            if conn % 3 == 0 {
+                assert!(s.add(conn, "small"));
+            }
+        }
+        assert!(consistent(&s));
+        // From the middle, the front and the back, in a scattered order.
+        for conn in (0..1000).filter(|c| c % 7 == 2 || *c < 5 || *c > 990) {
+            assert!(s.remove(conn, "big"));
+            assert!(!s.is_subscribed(conn, "big"));
+        }
+        assert!(consistent(&s));
+        for conn in (0..1000).step_by(3) {
+            s.remove_conn(conn);
+        }
+        assert!(consistent(&s));
+        assert!(s.subscribers("small").is_empty());
+        let mut left: Vec<ConnKey> = s.subscribers("big").to_vec();
+        left.sort_unstable();
+        let want: Vec<ConnKey> = (0..1000)
+            .filter(|c| !(c % 7 == 2 || *c < 5 || *c > 990 || c % 3 == 0))
+            .collect();
+        assert_eq!(left, want);
+        assert_eq!(s.take_emptied(), vec![Box::from("small")]);
+        for conn in want {
+            s.remove_conn(conn);
+        }
+        assert_eq!((s.total(), s.take_emptied()), (0, vec![Box::from("big")]));
     }
 
     #[test]

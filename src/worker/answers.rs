@@ -8,11 +8,12 @@
 //! here too (`fetch_missing`).
 
 use super::pending::{sub_buffer_cap, HistoryFor};
-use super::pending::{Awaiting, WaitingSub};
+use super::pending::{Awaiting, Origin, WaitingSub};
 use super::Worker;
+use crate::bus::BusMsg;
 use crate::owner::Reply;
 use crate::owner::{Answer, Query};
-use crate::proto::frames::{self, ErrorReply};
+use crate::proto::frames::{self, Acked, ErrorReply};
 use crate::sync::replay::{Replay, Step};
 use crate::sync::stream::{Fetched, Out};
 use crate::sync::sub_buffer::SubBuffer;
@@ -463,6 +464,61 @@ impl Worker {
         }
         if again {
             self.fetch_missing(channel);
+        }
+    }
+}
+
+impl Worker {
+    pub(super) fn answer_publish(&mut self, origin: Origin, result: Result<Acked, ErrorReply>) {
+        match origin {
+            Origin::Client { key, conn_id, id } => {
+                if self.conns.is_live(key, conn_id) {
+                    let text = match result {
+                        Ok(acked) => frames::ok_acked(id.as_deref(), acked),
+                        Err(e) => frames::error(id.as_deref(), &e),
+                    };
+                    self.conns.reply(key, text);
+                }
+            }
+            Origin::Http {
+                key,
+                conn_id,
+                keep_alive,
+            } => {
+                let body = result.map(|a| match a.version {
+                    None => serde_json::json!({ "seq": a.seq }).to_string(),
+                    Some(version) => {
+                        serde_json::json!({ "seq": a.seq, "version": version }).to_string()
+                    }
+                });
+                self.conns.answer_http(key, conn_id, keep_alive, body);
+            }
+            Origin::Internal => {
+                if let Err(e) = result {
+                    log::error!(
+                        "worker {}: internal publish failed: {}",
+                        self.slot,
+                        e.message
+                    );
+                }
+            }
+            Origin::Peer { slot, tag } => {
+                let msg = match result {
+                    Ok(a) => BusMsg::Published {
+                        tag,
+                        seq: Some(a.seq),
+                        version: a.version,
+                        error: None,
+                    },
+                    Err(e) => BusMsg::Published {
+                        tag,
+                        seq: None,
+                        version: None,
+                        error: Some((e.code.to_string(), e.message, e.current)),
+                    },
+                };
+                let _ = self.links.send(slot, &msg, Bytes::new());
+            }
         }
     }
 }

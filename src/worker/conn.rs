@@ -171,7 +171,10 @@ impl Conn {
     /// Queues a newline-terminated frame (as is on TCP, as a text frame
     /// without the newline on WebSocket), behind any waiting backlog.
     /// `ws_header` may carry a header already built for this length.
-    pub fn send_line(&mut self, line: &Bytes, ws_header: Option<&Bytes>) {
+    /// Queues a newline-terminated line; `ws_frame`, when given, is the same
+    /// line as a whole WebSocket frame (`proto::ws::text_frame`), shared by
+    /// every subscriber of a message.
+    pub fn send_line(&mut self, line: &Bytes, ws_frame: Option<&Bytes>) {
         if self.closing.is_some() {
             return;
         }
@@ -184,20 +187,16 @@ impl Conn {
             self.backlog.push_back(line.clone());
             return;
         }
-        self.queue_line(line, ws_header);
+        self.queue_line(line, ws_frame);
     }
 
-    fn queue_line(&mut self, line: &Bytes, ws_header: Option<&Bytes>) {
+    /// One segment per line on either transport.
+    fn queue_line(&mut self, line: &Bytes, ws_frame: Option<&Bytes>) {
         match self.session {
-            Session::Ws { .. } => {
-                let body = line.slice(..line.len().saturating_sub(1));
-                match ws_header {
-                    Some(header) => self.t.queue(&[header, &body]),
-                    None => self
-                        .t
-                        .queue(&[&crate::proto::ws::text_frame_header(body.len()), &body]),
-                }
-            }
+            Session::Ws { .. } => match ws_frame {
+                Some(frame) => self.t.queue(&[frame]),
+                None => self.t.queue(&[&crate::proto::ws::text_frame(line)]),
+            },
             Session::Tcp { .. } => self.t.queue(&[line]),
             Session::Http { .. } => {}
         }

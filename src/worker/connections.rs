@@ -218,11 +218,21 @@ impl Connections {
         }
     }
 
+    /// Queues a line shared by many connections: `ws_frame` is the same line
+    /// as one WebSocket frame (`proto::ws::text_frame`), built once.
+    pub fn send_shared(&mut self, key: usize, line: &Bytes, ws_frame: &Bytes) {
+        if let Some(conn) = self.slab.get_mut(key) {
+            conn.send_line(line, Some(ws_frame));
+            self.dirty.push(key);
+        }
+    }
+
     /// A line for every WebSocket and TCP connection (`POST /api/broadcast`).
     pub fn broadcast_local(&mut self, line: &Bytes) {
         let keys = self.keys_where(|c| !matches!(c.session, Session::Http { .. }));
+        let frame = crate::proto::ws::text_frame(line);
         for key in keys {
-            self.send_line(key, line);
+            self.send_shared(key, line, &frame);
         }
     }
 

@@ -19,12 +19,11 @@ use super::request_limits;
 use super::users::EXPIRED_CHANNEL;
 use super::Worker;
 use crate::auth;
-use crate::bus::frame::encode_header;
 use crate::bus::BusMsg;
 pub use crate::owner::PublishOptions;
 use crate::owner::{Answer, Command, Effect, Query, Reply, ReplyTo};
-use crate::proto::frames::{self, Acked, ErrorReply, Op};
-use crate::proto::ws::text_frame_header;
+use crate::proto::frames::{self, ErrorReply, Op};
+use crate::proto::ws::text_frame;
 use crate::sync::channel;
 use crate::sync::shard;
 use crate::sync::stream::Arrival;
@@ -333,6 +332,10 @@ impl Worker {
             let channel = channel.to_string();
             return self.tell_owner(Command::Query { to, channel, query });
         }
+        if matches!(query, Query::Resume { .. } | Query::Inbox) {
+            // From the owner's answer on, its messages come here.
+            self.interest.watching.note(channel);
+        }
         let channel = channel.to_string();
         let msg = move |tag| match query {
             Query::Inbox => BusMsg::SubQuery {
@@ -391,21 +394,15 @@ impl Worker {
         match effect {
             // Submitted by `OwnerSide::poll_effect`.
             Effect::Store(_) => {}
+            // Messages and presence events go to the workers that want the
+            // channel (`sync::interest`), then to our own subscribers.
             Effect::Deliver { channel, seq, line } => {
-                let msg = BusMsg::Deliver { channel, seq };
-                let header = encode_header(&msg, line.len());
-                self.links.broadcast(&header, &line);
-                if let BusMsg::Deliver { channel, .. } = msg {
-                    self.deliver_local(&channel, seq, &line);
-                }
+                self.send_to_watchers(&channel, &line, |channel| BusMsg::Deliver { channel, seq });
+                self.deliver_local(&channel, seq, &line);
             }
             Effect::Event { channel, line } => {
-                let msg = BusMsg::Event { channel };
-                let header = encode_header(&msg, line.len());
-                self.links.broadcast(&header, &line);
-                if let BusMsg::Event { channel } = msg {
-                    self.conns.send_to_subscribers(&self.subs, &channel, &line);
-                }
+                self.send_to_watchers(&channel, &line, |channel| BusMsg::Event { channel });
+                self.conns.send_to_subscribers(&self.subs, &channel, &line);
             }
             Effect::Reply { to, reply } => match to {
                 ReplyTo::Local(tag) => self.finish(tag, reply),
@@ -495,8 +492,9 @@ impl Worker {
     pub(super) fn send_msg(&mut self, channel: &str, seq: u64, line: &Bytes) {
         let subscribers = self.subs.subscribers(channel);
         let stream = self.subs.stream(channel);
-        // One frame header for every WebSocket subscriber of this message.
-        let ws_header = text_frame_header(line.len().saturating_sub(1));
+        // One whole frame (header and payload) for every WebSocket
+        // subscriber of this message: one segment each, no copy.
+        let ws_frame = text_frame(line);
         for &key in subscribers {
             if stream.is_some_and(|s| s.has(key, seq)) {
                 continue;
@@ -504,62 +502,9 @@ impl Worker {
             let Some(conn) = self.conns.get_mut(key) else {
                 continue;
             };
-            conn.send_line(line, Some(&ws_header));
+            conn.send_line(line, Some(&ws_frame));
             self.conns.stats.msgs_out += 1;
             self.conns.mark_dirty(key);
-        }
-    }
-
-    pub(super) fn answer_publish(&mut self, origin: Origin, result: Result<Acked, ErrorReply>) {
-        match origin {
-            Origin::Client { key, conn_id, id } => {
-                if self.conns.is_live(key, conn_id) {
-                    let text = match result {
-                        Ok(acked) => frames::ok_acked(id.as_deref(), acked),
-                        Err(e) => frames::error(id.as_deref(), &e),
-                    };
-                    self.conns.reply(key, text);
-                }
-            }
-            Origin::Http {
-                key,
-                conn_id,
-                keep_alive,
-            } => {
-                let body = result.map(|a| match a.version {
-                    None => serde_json::json!({ "seq": a.seq }).to_string(),
-                    Some(version) => {
-                        serde_json::json!({ "seq": a.seq, "version": version }).to_string()
-                    }
-                });
-                self.conns.answer_http(key, conn_id, keep_alive, body);
-            }
-            Origin::Internal => {
-                if let Err(e) = result {
-                    log::error!(
-                        "worker {}: internal publish failed: {}",
-                        self.slot,
-                        e.message
-                    );
-                }
-            }
-            Origin::Peer { slot, tag } => {
-                let msg = match result {
-                    Ok(a) => BusMsg::Published {
-                        tag,
-                        seq: Some(a.seq),
-                        version: a.version,
-                        error: None,
-                    },
-                    Err(e) => BusMsg::Published {
-                        tag,
-                        seq: None,
-                        version: None,
-                        error: Some((e.code.to_string(), e.message, e.current)),
-                    },
-                };
-                let _ = self.links.send(slot, &msg, Bytes::new());
-            }
         }
     }
 }

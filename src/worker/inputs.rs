@@ -12,6 +12,7 @@ use super::conn::Protocol;
 use super::dispatch::{Origin, PublishOptions};
 use super::pending::unavailable;
 use super::Worker;
+use crate::bus::frame::encode_header;
 use crate::bus::{BusEvent, BusMsg};
 use crate::logging::LogLimit;
 use crate::owner::{Answer, Command, Query, Reply, ReplyTo};
@@ -170,11 +171,13 @@ impl Worker {
                 match event {
                     BusEvent::Msg { from, msg, payload } => self.on_bus_msg(from, msg, payload),
                     BusEvent::Down { slot } => {
+                        self.interest.watchers.slot_down(slot);
                         self.fail_pending(slot);
                         self.tell_owner(Command::SlotDown { slot });
                         self.stall_streams(slot);
                     }
                     BusEvent::Up { slot } => {
+                        self.rewatch(slot);
                         self.resend_presence(slot);
                         self.refetch_streams(slot);
                     }
@@ -185,7 +188,12 @@ impl Worker {
 
     pub(super) fn on_bus_msg(&mut self, from: usize, msg: BusMsg, payload: Bytes) {
         match msg {
-            BusMsg::Deliver { channel, seq } => self.deliver_local(&channel, seq, &payload),
+            BusMsg::Deliver { channel, seq } => {
+                self.conns.stats.link_msgs_in += 1;
+                self.deliver_local(&channel, seq, &payload)
+            }
+            BusMsg::Watch { channel, on: true } => self.interest.watchers.watch(&channel, from),
+            BusMsg::Watch { channel, on: false } => self.interest.watchers.unwatch(&channel, from),
             BusMsg::Publish {
                 tag,
                 channel,
@@ -271,6 +279,8 @@ impl Worker {
                 inbox,
                 upto,
             } => {
+                // From here on, its messages go to `from` too (see `send_to_watchers`).
+                self.interest.watchers.watch(&channel, from);
                 let query = if inbox {
                     Query::Inbox
                 } else {
@@ -298,9 +308,11 @@ impl Worker {
                 uid,
                 count,
             }),
-            BusMsg::Event { channel } => self
-                .conns
-                .send_to_subscribers(&self.subs, &channel, &payload),
+            BusMsg::Event { channel } => {
+                self.conns.stats.link_msgs_in += 1;
+                self.conns
+                    .send_to_subscribers(&self.subs, &channel, &payload)
+            }
             BusMsg::Broadcast => self.conns.broadcast_local(&payload),
             BusMsg::Disconnect { uid } => self.conns.disconnect_local(&uid),
             BusMsg::HistoryQuery {
@@ -366,6 +378,61 @@ impl Worker {
         }
         for channel in self.subs.streams_where(|c| self.owner_of(c) == slot) {
             self.fetch_missing(&channel);
+        }
+    }
+
+    /// Sends one frame (`msg` naming `channel`, `line` its payload) to the
+    /// workers that want `channel`: those whose `sub` query reached us and
+    /// that have not said they are done with it (`sync::interest`).
+    pub(super) fn send_to_watchers(
+        &mut self,
+        channel: &str,
+        line: &Bytes,
+        msg: impl FnOnce(String) -> BusMsg,
+    ) {
+        let slots = self.interest.watchers.of(channel);
+        if slots.is_empty() {
+            return;
+        }
+        let header = encode_header(&msg(channel.to_string()), line.len());
+        let sent = self.links.multicast(slots.iter(), &header, line);
+        self.conns.stats.link_msgs_out += sent as u64;
+    }
+
+    /// Tells owners of the channels no longer wanted here (no subscriber,
+    /// waiting `sub` or replay left) to stop sending them. Run before each
+    /// write round, so whatever happened in the loop turn has settled.
+    pub(super) fn settle_interest(&mut self) {
+        let mut maybe = self.subs.take_emptied();
+        maybe.extend(self.pending.take_emptied());
+        self.interest.watching.maybe_unwanted(maybe);
+        if !self.interest.watching.has_candidates() {
+            return;
+        }
+        let (subs, pending) = (&self.subs, &self.pending);
+        let wanted = |c: &str| !subs.subscribers(c).is_empty() || pending.wants(c);
+        for channel in self.interest.watching.settle(wanted) {
+            let owner = self.owner_of(&channel);
+            let msg = BusMsg::Watch {
+                channel: channel.into(),
+                on: false,
+            };
+            let _ = self.links.send(owner, &msg, Bytes::new());
+        }
+    }
+
+    /// Worker `slot` linked anew: it forgot what we want of its channels
+    /// when the link broke (or is a new process), so it is told again.
+    fn rewatch(&mut self, slot: usize) {
+        if slot == self.slot {
+            return;
+        }
+        for channel in self.interest.watching.picked(|c| self.owner_of(c) == slot) {
+            let msg = BusMsg::Watch {
+                channel: channel.into(),
+                on: true,
+            };
+            let _ = self.links.send(slot, &msg, Bytes::new());
         }
     }
 

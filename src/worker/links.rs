@@ -36,6 +36,17 @@ impl Links {
         self.peers.broadcast(header, payload, &mut self.events);
     }
 
+    /// Sends one encoded frame on the links to `slots`; returns to how many.
+    pub fn multicast(
+        &mut self,
+        slots: impl Iterator<Item = usize>,
+        header: &Bytes,
+        payload: &Bytes,
+    ) -> usize {
+        self.peers
+            .multicast(slots, header, payload, &mut self.events)
+    }
+
     /// A link's socket is ready.
     pub fn handle(&mut self, token: Token) {
         self.peers.handle(token, &self.registry, &mut self.events);

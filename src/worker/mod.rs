@@ -36,6 +36,7 @@ use crate::control::{FromWorker, Retire, ToWorker};
 use crate::owner::{Command, Query, Reply};
 use crate::proto::frames::{self, ErrorReply};
 use crate::sync::channel;
+use crate::sync::interest::Interest;
 use crate::sync::subscriptions::Subscriptions;
 use connections::Connections;
 use http_api::{Call, Next, OK_BODY};
@@ -98,6 +99,8 @@ pub struct Worker {
     links: Links,
     /// Requests waiting for an owner's answer.
     pending: PendingTable,
+    /// Which other workers want our channels, and which of theirs we want.
+    interest: Interest,
     /// Our own connections per (channel, uid), as reported to owners.
     local_presence: LocalPresence,
     webhook: Option<crossbeam_channel::Sender<String>>,
@@ -311,6 +314,7 @@ impl Worker {
     /// then does not wait in `poll`.
     fn flush_all(&mut self) {
         for _ in 0..FLUSH_ROUNDS {
+            self.settle_interest();
             self.links.flush();
             if self.links.has_events() {
                 self.on_bus_events();

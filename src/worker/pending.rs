@@ -142,6 +142,8 @@ pub struct PendingTable {
     /// `sub`s answered whose replay goes on in pages: they hold live
     /// messages too.
     pub replays: Replays,
+    /// Channels whose last waiting `sub` was answered since `take_emptied`.
+    emptied: Vec<Box<str>>,
 }
 
 impl PendingTable {
@@ -178,8 +180,22 @@ impl PendingTable {
             tags.retain(|&t| t != tag);
             if tags.is_empty() {
                 self.subs.remove(channel);
+                self.emptied.push(channel.into());
             }
         }
+    }
+
+    /// Whether `channel` is wanted here by a `sub` waiting for its owner or
+    /// a replay going on.
+    pub fn wants(&self, channel: &str) -> bool {
+        self.subs.contains_key(channel) || self.replays.has_channel(channel)
+    }
+
+    /// Channels whose last waiting `sub` or replay ended since the last call.
+    pub fn take_emptied(&mut self) -> Vec<Box<str>> {
+        let mut emptied = std::mem::take(&mut self.emptied);
+        emptied.extend(self.replays.take_emptied());
+        emptied
     }
 
     /// The requests (and `sub`s among them) connection `conn_id` has waiting.

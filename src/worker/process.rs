@@ -71,6 +71,7 @@ pub fn start(ctx: WorkerContext) -> io::Result<Worker> {
         process,
         conns,
         subs: Subscriptions::default(),
+        interest: Default::default(),
         owner,
         links,
         pending: PendingTable::default(),

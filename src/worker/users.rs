@@ -111,8 +111,13 @@ impl Connections {
 
     /// A line for every subscriber of `channel` here.
     pub fn send_to_subscribers(&mut self, subs: &Subscriptions, channel: &str, line: &Bytes) {
-        for &key in subs.subscribers(channel) {
-            self.send_line(key, line);
+        let keys = subs.subscribers(channel);
+        if keys.is_empty() {
+            return;
+        }
+        let frame = crate::proto::ws::text_frame(line);
+        for &key in keys {
+            self.send_shared(key, line, &frame);
         }
     }
 }
