@@ -444,8 +444,9 @@ fn a_tcp_flooder_that_reads_its_replies_and_pings_on_its_worker_are_all_answered
     reading_flooder(false);
 }
 
-/// Over WebSocket a flooder is served at most 256 messages per loop turn, over
-/// TCP 256 KiB (a few thousand small requests): the two runs compare them.
+/// A flooder is served at most 256 KiB of input per loop turn (a few
+/// thousand small requests) over WebSocket and TCP alike, and no more
+/// requests than its `max_inflight_per_conn` room: the two runs compare them.
 #[test]
 fn a_websocket_flooder_that_reads_its_replies_and_pings_on_its_worker_are_all_answered() {
     reading_flooder(true);

@@ -90,7 +90,10 @@ impl Server {
     }
 
     pub fn wait_serving(&self) {
-        let deadline = Instant::now() + TIMEOUT;
+        // Generous: on a loaded machine forking, opening the shards and
+        // linking the workers once took over 10 s. Nothing waits when it
+        // is quick.
+        let deadline = Instant::now() + 3 * TIMEOUT;
         loop {
             if let Ok(s) = self.try_status() {
                 if s.state == "running" && s.workers.iter().all(|w| w.stats.is_some()) {
