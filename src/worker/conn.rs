@@ -113,7 +113,7 @@ pub struct Conn {
     pub http_stalled: bool,
     /// Queued in `pending_reads` because its read budget ran out.
     pub read_pending: bool,
-    /// Not read for now (see `worker/caps.rs`).
+    /// Not read for now (see `worker/inputs.rs`: a cap or a full store queue).
     pub read_paused: bool,
     /// Lines waiting to enter the outbound queue: a resume's replay (which may
     /// be larger than `send_buffer_hard`) and the live messages behind it. They
