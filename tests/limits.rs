@@ -83,45 +83,39 @@ fn readers(server: &Server, channel: &str, count: usize) -> Vec<Arc<AtomicU64>> 
     counters
 }
 
-#[test]
-fn a_burst_to_twenty_readers_cuts_off_only_the_stalled_one() {
-    burst_with_a_stalled_reader();
+/// The burst of the done-when: 3000 × 2 KiB messages, pipelined, to the 20
+/// `counters` readers and one new reader that never reads; round `n` waits
+/// until the readers have all `n` bursts and the stalled reader is the
+/// `n`th cut off. Returns the highest worker RSS seen meanwhile.
+fn stalled_round(server: &Server, counters: &[Arc<AtomicU64>], n: u64) -> u64 {
+    const N: u64 = 3000;
+    let all_have = |n: u64| counters.iter().all(|c| c.load(Ordering::SeqCst) >= n);
+    let mut stalled = stalled_ws(server.ws_port);
+    stalled.sub("burst");
+    burst(server, "burst", N as usize);
+    eventually("the 20 readers got the whole burst", || all_have(n * N));
+    let mut peak = rss(server);
+    eventually("the stalled reader was cut off", || {
+        peak = peak.max(rss(server));
+        server.sum_stats(|s| s.send_failures) == n
+    });
+    peak
 }
 
-fn burst_with_a_stalled_reader() {
+#[test]
+fn a_burst_to_twenty_readers_cuts_off_only_the_stalled_one() {
     let _one_at_a_time = heavy();
-    const N: u64 = 3000;
     let server = Server::start(
         2,
         "[limits]\nsend_buffer_hard = \"1MiB\"\nsend_buffer_soft = \"512KiB\"\n\
          send_buffer_soft_for = \"3s\"\n[storage]\ndurability = \"memory\"\n",
     );
     let counters = readers(&server, "burst", 20);
-    let all_have = |n: u64| counters.iter().all(|c| c.load(Ordering::SeqCst) >= n);
-    // A first round, the same as the measured one (a burst with a stalled
-    // reader that is cut off), warms up what stays: the channel's cache,
-    // SQLite pages, allocator arenas, the cut-off path's own allocations.
-    // The baseline is then what a steady worker holds.
-    let mut warm_up = stalled_ws(server.ws_port);
-    warm_up.sub("burst");
-    burst(&server, "burst", N as usize);
-    eventually("the readers got the warm-up burst", || all_have(N));
-    eventually("the warm-up's stalled reader was cut off", || {
-        server.sum_stats(|s| s.send_failures) == 1
-    });
-    drop(warm_up);
-
-    let mut stalled = stalled_ws(server.ws_port);
-    stalled.sub("burst");
-    burst(&server, "burst", N as usize);
-    eventually("the 20 readers got the whole burst", || all_have(2 * N));
-    eventually("the stalled reader was cut off", || {
-        server.sum_stats(|s| s.send_failures) == 2
-    });
+    stalled_round(&server, &counters, 1);
     assert_eq!(
         server.sum_stats(|s| s.send_failures),
-        2,
-        "only the two stalled ones"
+        1,
+        "only the stalled one"
     );
     assert!(
         server.log().contains("over send_buffer_hard"),
@@ -144,27 +138,13 @@ fn burst_with_a_stalled_reader() {
 #[test]
 fn after_a_stalled_reader_is_cut_off_its_memory_comes_back() {
     let _one_at_a_time = heavy();
-    const N: u64 = 3000;
     let server = Server::start(
         2,
         "[limits]\nsend_buffer_soft = \"512KiB\"\nsend_buffer_soft_for = \"3s\"\n\
          [storage]\ndurability = \"memory\"\n",
     );
     let counters = readers(&server, "burst", 20);
-    let all_have = |n: u64| counters.iter().all(|c| c.load(Ordering::SeqCst) >= n);
-    let round = |n: u64| {
-        let mut stalled = stalled_ws(server.ws_port);
-        stalled.sub("burst");
-        burst(&server, "burst", N as usize);
-        eventually("the 20 readers got the whole burst", || all_have(n * N));
-        let mut peak = rss(&server);
-        eventually("the stalled reader was cut off", || {
-            peak = peak.max(rss(&server));
-            server.sum_stats(|s| s.send_failures) == n
-        });
-        (Instant::now(), peak)
-    };
-    round(1);
+    stalled_round(&server, &counters, 1);
     // The median over 3 s: RSS dips now and then, and a dip is not what
     // the worker holds.
     let settled = Instant::now() + Duration::from_secs(3);
@@ -175,7 +155,8 @@ fn after_a_stalled_reader_is_cut_off_its_memory_comes_back() {
     }
     samples.sort_unstable();
     let baseline = samples[samples.len() / 2];
-    let (cut_off, peak) = round(2);
+    let peak = stalled_round(&server, &counters, 2);
+    let cut_off = Instant::now();
     assert!(
         peak > baseline + (3 << 20),
         "the stalled reader's queue shows: peak {} KiB, baseline {} KiB",
