@@ -230,12 +230,7 @@ impl Conn {
                     Ok(Message::Text(t)) => return Ok(t.as_str().to_string()),
                     Ok(Message::Close(f)) => bail!("the server closed the connection: {f:?}"),
                     Ok(_) => {}
-                    Err(tungstenite::Error::Io(e))
-                        if matches!(
-                            e.kind(),
-                            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                        ) =>
-                    {
+                    Err(tungstenite::Error::Io(e)) if timed_out(&e) => {
                         bail!("no answer from the server within {READ_TIMEOUT:?}")
                     }
                     Err(e) => bail!("read: {e}"),
@@ -251,12 +246,7 @@ impl Conn {
                 match stream.read(&mut chunk) {
                     Ok(0) => bail!("the server closed the connection"),
                     Ok(n) => rbuf.extend_from_slice(&chunk[..n]),
-                    Err(e)
-                        if matches!(
-                            e.kind(),
-                            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                        ) =>
-                    {
+                    Err(e) if timed_out(&e) => {
                         bail!("no answer from the server within {READ_TIMEOUT:?}")
                     }
                     Err(e) => bail!("read: {e}"),
@@ -324,6 +314,14 @@ pub fn raise_fd_limit() {
             libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
         }
     }
+}
+
+/// A blocking read that ran into `READ_TIMEOUT`.
+fn timed_out(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+    )
 }
 
 #[cfg(test)]
