@@ -63,12 +63,6 @@ impl Decoder {
         }
     }
 
-    /// Whether bytes are held that may hold whole frames (after `feed_upto`
-    /// stopped at its room).
-    pub fn has_frames(&self) -> bool {
-        !self.partial.is_empty()
-    }
-
     /// Bytes held for unfinished frames and messages.
     pub fn held(&self) -> usize {
         self.partial.capacity() + self.message.as_ref().map_or(0, |m| m.payload.capacity())
@@ -86,7 +80,7 @@ impl Decoder {
     }
 
     /// `feed`, stopping once `out` holds `room` events: the frames after
-    /// them stay held (`has_frames` tells) for a later call, so a client
+    /// them stay held for a later call, so a client
     /// that must wait (`max_inflight_per_conn`) is not decoded ahead.
     pub fn feed_upto(
         &mut self,

@@ -174,11 +174,10 @@ fn decoding_stops_at_the_room_and_goes_on_later() {
     let mut out = Vec::new();
     d.feed_upto(&bytes, MAX, &mut out, 2).unwrap();
     assert_eq!(out.len(), 2);
-    assert!(d.has_frames());
+    assert!(d.held() > 0, "the rest is held");
     let mut rest = Vec::new();
     d.feed_upto(&[], MAX, &mut rest, 10).unwrap();
     let texts: Vec<Event> = (2..5).map(|i| Event::Text(format!("m{i}"))).collect();
     assert_eq!(rest, texts);
-    assert!(!d.has_frames());
     assert_eq!(d.held(), 0);
 }
