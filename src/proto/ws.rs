@@ -1,12 +1,13 @@
-//! WebSocket helpers around `tungstenite`: the upgrade response and shared
-//! frame headers for broadcast (the framing rules are in `ws_codec`).
+//! WebSocket helpers around `tungstenite`: the upgrade response and the
+//! shared text frame of a broadcast line (the framing rules are in
+//! `ws_codec`).
 
 use bytes::Bytes;
 use tungstenite::handshake::derive_accept_key;
 
 use super::http::Request;
+use super::ws_codec::server_frame;
 use tungstenite::protocol::frame::coding::{Data, OpCode};
-use tungstenite::protocol::frame::FrameHeader;
 
 /// Builds the `101 Switching Protocols` answer to an upgrade request, or says
 /// why the request is not a valid WebSocket upgrade (RFC 6455 4.2.1, the
@@ -57,30 +58,13 @@ fn is_valid_key(key: &[u8]) -> bool {
         && &key[22..] == b"=="
 }
 
-/// The header of an unmasked, final text frame carrying `len` bytes. Server
-/// frames are never masked, so one header serves every subscriber.
-pub fn text_frame_header(len: usize) -> Bytes {
-    let header = FrameHeader {
-        is_final: true,
-        opcode: OpCode::Data(Data::Text),
-        ..FrameHeader::default()
-    };
-    let mut out = Vec::with_capacity(10);
-    // Writing into a Vec cannot fail.
-    let _ = header.format(len as u64, &mut out);
-    Bytes::from(out)
-}
-
 /// A newline-terminated line as one complete WebSocket text frame (the line
 /// without its newline), header and payload in one buffer: built once per
 /// message and shared by every WebSocket subscriber as a single segment.
+/// Server frames are never masked, so one frame serves every subscriber.
 pub fn text_frame(line: &[u8]) -> Bytes {
     let body = line.strip_suffix(b"\n").unwrap_or(line);
-    let header = text_frame_header(body.len());
-    let mut out = Vec::with_capacity(header.len() + body.len());
-    out.extend_from_slice(&header);
-    out.extend_from_slice(body);
-    Bytes::from(out)
+    server_frame(OpCode::Data(Data::Text), body)
 }
 
 #[cfg(test)]
@@ -134,8 +118,8 @@ mod tests {
 
     #[test]
     fn header_lengths() {
-        assert_eq!(&text_frame_header(5)[..], &[0x81, 5]);
-        assert_eq!(&text_frame_header(300)[..], &[0x81, 126, 1, 44]);
-        assert_eq!(text_frame_header(70_000).len(), 10);
+        assert_eq!(&text_frame(&[b'x'; 5])[..2], &[0x81, 5]);
+        assert_eq!(&text_frame(&[b'x'; 300])[..4], &[0x81, 126, 1, 44]);
+        assert_eq!(text_frame(&vec![b'x'; 70_000]).len() - 70_000, 10);
     }
 }
