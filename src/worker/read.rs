@@ -70,17 +70,25 @@ pub struct WsRead {
     more: bool,
 }
 
-/// Appends what the socket has to `buf`, up to the budget.
-fn fill(stream: &mut impl Read, buf: &mut Vec<u8>, counter: &mut u64) -> Filled {
-    let mut chunk = [0u8; 16 * 1024];
+/// Reads what the socket has into `scratch`, up to the budget, handing
+/// each chunk to `take`, which says whether to go on. Stopped by `take`,
+/// it answers `Drained`: the caller knows why it stopped.
+fn read_chunks(
+    stream: &mut impl Read,
+    scratch: &mut [u8],
+    counter: &mut u64,
+    mut take: impl FnMut(&[u8]) -> bool,
+) -> Filled {
     let mut got = 0;
     while got < READ_BUDGET {
-        match stream.read(&mut chunk) {
+        match stream.read(scratch) {
             Ok(0) => return Filled::Closed,
             Ok(n) => {
-                buf.extend_from_slice(&chunk[..n]);
                 got += n;
                 *counter += n as u64;
+                if !take(&scratch[..n]) {
+                    return Filled::Drained;
+                }
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Filled::Drained,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -90,23 +98,17 @@ fn fill(stream: &mut impl Read, buf: &mut Vec<u8>, counter: &mut u64) -> Filled 
     Filled::Budget
 }
 
+/// Appends what the socket has to `buf`, up to the budget.
+fn fill(stream: &mut impl Read, buf: &mut Vec<u8>, counter: &mut u64) -> Filled {
+    read_chunks(stream, &mut [0u8; 16 * 1024], counter, |chunk| {
+        buf.extend_from_slice(chunk);
+        true
+    })
+}
+
 /// Reads and throws away what the socket has, up to the budget.
 fn discard(stream: &mut impl Read, counter: &mut u64) -> Filled {
-    let mut sink = [0u8; 16 * 1024];
-    let mut got = 0;
-    while got < READ_BUDGET {
-        match stream.read(&mut sink) {
-            Ok(0) => return Filled::Closed,
-            Ok(n) => {
-                got += n;
-                *counter += n as u64;
-            }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Filled::Drained,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(_) => return Filled::Closed,
-        }
-    }
-    Filled::Budget
+    read_chunks(stream, &mut [0u8; 16 * 1024], counter, |_| true)
 }
 
 impl Connections {
@@ -251,26 +253,14 @@ impl Connections {
         let mut events = Vec::new();
         let room = room.max(1);
         let mut violation = decoder.feed_upto(&[], max, &mut events, room).err();
-        let mut got = 0;
-        let filled = loop {
-            if violation.is_some() || events.len() >= room {
-                break Filled::Drained;
-            }
-            if got >= READ_BUDGET {
-                break Filled::Budget;
-            }
-            let n = match conn.t.stream.read(&mut self.scratch) {
-                Ok(0) => break Filled::Closed,
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break Filled::Drained,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(_) => break Filled::Closed,
-            };
-            got += n;
-            conn.t.bytes_in += n as u64;
-            violation = decoder
-                .feed_upto(&self.scratch[..n], max, &mut events, room)
-                .err();
+        let filled = if violation.is_some() || events.len() >= room {
+            Filled::Drained
+        } else {
+            let (stream, counter) = (&mut conn.t.stream, &mut conn.t.bytes_in);
+            read_chunks(stream, &mut self.scratch, counter, |chunk| {
+                violation = decoder.feed_upto(chunk, max, &mut events, room).err();
+                violation.is_none() && events.len() < room
+            })
         };
         // Stopped at the room: held frames, or unread input the edge-
         // triggered poll will not announce again, wait for the next read.
