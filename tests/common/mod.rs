@@ -2,6 +2,8 @@
 //! talks to it with real WebSocket, TCP and HTTP clients.
 #![allow(dead_code)]
 
+pub mod brokers;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::unix::net::UnixStream;
@@ -291,7 +293,8 @@ pub fn repo_path(relative: &str) -> PathBuf {
 }
 
 /// Runs `scripts/setup-tests.sh`, the one idempotent step that installs what
-/// the suite needs beyond cargo (chromium, playwright-core, wstest), and fails
+/// the suite needs beyond cargo (chromium, playwright-core, wstest,
+/// redis-server, rabbitmq-server), and fails
 /// the test with the script's own words if it cannot.
 pub fn setup_test_tools() {
     let script = repo_path("scripts/setup-tests.sh");
