@@ -113,8 +113,11 @@ pub struct Conn {
     pub http_stalled: bool,
     /// Queued in `pending_reads` because its read budget ran out.
     pub read_pending: bool,
-    /// Not read for now (see `worker/inputs.rs`: a cap or a full store queue).
+    /// Not read for now (see `worker/inputs.rs`: a cap, a full store queue,
+    /// or backpressure).
     pub read_paused: bool,
+    /// The outbound queue is over its backpressure mark (`sync::pressure`).
+    pub over_mark: bool,
     /// Lines waiting to enter the outbound queue: a resume's replay (which may
     /// be larger than `send_buffer_hard`) and the live messages behind it. They
     /// move into the queue as it drains, so order is kept and memory bounded.
@@ -157,6 +160,7 @@ impl Conn {
             http_stalled: false,
             read_pending: false,
             read_paused: false,
+            over_mark: false,
             backlog: VecDeque::new(),
             backlog_bytes: 0,
             backlog_limit: 0,

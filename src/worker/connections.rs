@@ -25,6 +25,7 @@ use crate::logging::LogLimit;
 use crate::proto::{frames, http, ws_codec};
 use crate::sync::caps::OpenPerKey;
 use crate::sync::deadlines::{self, ConnTimers, Due, Rules, View};
+use crate::sync::pressure::Marks;
 use crate::sync::rate::RatePerKey;
 
 /// WebSocket close codes (RFC 6455 7.4.1, IANA registry) for a retiring
@@ -68,6 +69,11 @@ pub struct Connections {
     paused: Vec<usize>,
     /// Connections closed since the worker last asked.
     closed: Vec<Closed>,
+    /// A subscriber's queue's backpressure marks, from `send_buffer_soft`.
+    marks: Marks,
+    /// Connections whose queue crossed a mark (`true`: over) since the
+    /// worker last asked (`take_crossings`).
+    crossings: Vec<(usize, bool)>,
     /// This worker's counters; the owner's are added in `Worker::snapshot`.
     pub stats: WorkerStats,
     /// `connect_rate_per_ip`: one bucket per recent client address.
@@ -92,6 +98,8 @@ impl Connections {
             pending_reads: Vec::new(),
             paused: Vec::new(),
             closed: Vec::new(),
+            marks: Marks::from_soft(limits.send_buffer_soft),
+            crossings: Vec::new(),
             stats: WorkerStats::default(),
             connect_rates: RatePerKey::new(limits.connect_rate_per_ip, limits.connect_rate_per_ip),
             refusal_log: LogLimit::new(5),
@@ -196,6 +204,12 @@ impl Connections {
 
     pub fn recycle_dirty(&mut self, batch: Vec<usize>) {
         self.dirty.recycle(batch);
+    }
+
+    /// The connections whose queue crossed its backpressure mark since the
+    /// last call (`true`: now over it), after a write.
+    pub fn take_crossings(&mut self) -> Vec<(usize, bool)> {
+        std::mem::take(&mut self.crossings)
     }
 
     /// The connections closed since the last call.
@@ -350,6 +364,11 @@ impl Connections {
         let Some(conn) = self.slab.get_mut(key) else {
             return;
         };
+        let over = self.marks.over(conn.over_mark, conn.t.out.len());
+        if over != conn.over_mark && conn.closing.is_none() {
+            conn.over_mark = over;
+            self.crossings.push((key, over));
+        }
         if conn.closing.is_some() {
             if !conn.t.out.is_empty() && conn.t.flush_out().is_err() {
                 self.drop_conn(key);
@@ -463,6 +482,7 @@ impl Connections {
             return;
         }
         let mut conn = self.slab.remove(key);
+        self.crossings.retain(|&(k, _)| k != key);
         let _ = self.registry.deregister(&mut conn.t.stream);
         self.open_per_ip.close(conn.peer.ip());
         let uid = conn.user.map(|user| user.uid);
@@ -498,12 +518,14 @@ impl Connections {
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap_or_default();
         let mut todo = Vec::new();
-        for (key, c) in &self.slab {
+        for (key, c) in &mut self.slab {
+            c.timers.note_progress(c.over_mark, c.t.bytes_out, now);
             let view = View {
                 protocol: c.session.protocol(),
                 closing: c.closing,
                 http_busy: c.http_busy,
                 active: c.active,
+                paused: c.read_paused,
             };
             let mut what = deadlines::due(&rules, &c.timers, view, now);
             if let (Due::Nothing, Some(user), None) = (what, &c.user, c.closing) {
@@ -525,6 +547,10 @@ impl Connections {
             Due::Drop => self.drop_conn(key),
             Due::SendPing => self.send_ping(key, now, &rules),
             Due::SlowConsumer => self.cut_off_slow(key, "send_buffer_soft"),
+            Due::Stalled => {
+                let why = "the backpressure mark, reading nothing for send_buffer_soft_for";
+                self.cut_off_slow(key, why);
+            }
             Due::PongMissed => {
                 self.stats.pong_timeouts += 1;
                 let why = "no pong within pong_timeout";
