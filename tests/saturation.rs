@@ -140,7 +140,10 @@ fn publishers_past_capacity_are_slowed_down_and_no_reader_is_cut_off() {
     let server = Server::start(
         WORKERS,
         // A small hard limit: a queue the flood is not held back from
-        // passes it, and its reader is cut off.
+        // passes it, and its reader is cut off. A reader over its mark holds
+        // the publishers while it reads, or has read within a tenth of
+        // send_buffer_soft_for (here 12 s: the lagging readers start well
+        // within it).
         "[limits]\nsend_buffer_hard = \"2MiB\"\nsend_buffer_soft = \"1MiB\"\n\
          send_buffer_soft_for = \"120s\"\nmax_inflight_per_conn = 100\n",
     );

@@ -77,7 +77,7 @@ pub struct ConnTimers {
     /// The write side is shut; input is read and discarded until then.
     pub linger_until: Option<Instant>,
     /// Over the backpressure mark (`sync::pressure`): since when nothing
-    /// was written, and the bytes written by then.
+    /// was written, and the bytes written by then (see `stalled`).
     pub stall: Option<(Instant, u64)>,
     /// `refresh_needed` went out for the connection's current token.
     pub refresh_asked: bool,
@@ -124,6 +124,14 @@ impl ConnTimers {
             _ => Some((now, written)),
         };
     }
+
+    /// Over the mark with nothing written for `grace`: the peer is not
+    /// reading, so it no longer holds publishers back (the soft and hard
+    /// limits deal with it).
+    pub fn stalled(&self, now: Instant, grace: Duration) -> bool {
+        self.stall
+            .is_some_and(|(since, _)| now.saturating_duration_since(since) >= grace)
+    }
 }
 
 /// What a connection's deadlines call for.
@@ -139,9 +147,6 @@ pub enum Due {
     Idle,
     /// The queue stayed over `send_buffer_soft` for `send_buffer_soft_for`.
     SlowConsumer,
-    /// The queue was over the backpressure mark, holding publishers, and
-    /// the peer read nothing of it for `send_buffer_soft_for`.
-    Stalled,
     /// The token expires within `REFRESH_AHEAD`: ask for a new one (once).
     RefreshNeeded,
     /// The token's `exp` (plus `jwt_leeway`) has passed without a refresh.
@@ -206,11 +211,6 @@ pub fn due(rules: &Rules, t: &ConnTimers, view: View, now: Instant) -> Due {
         .is_some_and(|since| now.saturating_duration_since(since) >= rules.soft_for)
     {
         return Due::SlowConsumer;
-    }
-    if t.stall
-        .is_some_and(|(since, _)| now.saturating_duration_since(since) >= rules.soft_for)
-    {
-        return Due::Stalled;
     }
     if view.paused {
         return Due::Nothing;
@@ -295,18 +295,20 @@ mod tests {
     }
 
     #[test]
-    fn a_reader_over_the_backpressure_mark_is_cut_off_only_when_it_reads_nothing() {
+    fn a_reader_over_the_backpressure_mark_stalls_only_when_it_reads_nothing() {
         let r = rules();
         let t0 = Instant::now();
         let mut t = ConnTimers::new(t0, &r);
-        let v = view(Protocol::Ws, t0);
+        let grace = S(1);
         t.note_progress(true, 100, t0);
         t.note_progress(true, 200, t0 + S(5));
-        assert_eq!(due(&r, &t, v, t0 + S(14)), Due::Nothing, "it read at 5 s");
-        t.note_progress(true, 200, t0 + S(14));
-        assert_eq!(due(&r, &t, v, t0 + S(15)), Due::Stalled);
-        t.note_progress(false, 200, t0 + S(15));
-        assert_eq!(due(&r, &t, v, t0 + S(24)), Due::Nothing, "under the mark");
+        assert!(!t.stalled(t0 + S(5) + grace / 2, grace), "it read at 5 s");
+        t.note_progress(true, 200, t0 + S(6));
+        assert!(t.stalled(t0 + S(6), grace));
+        t.note_progress(true, 300, t0 + S(7));
+        assert!(!t.stalled(t0 + S(7), grace), "reading again");
+        t.note_progress(false, 300, t0 + S(20));
+        assert!(!t.stalled(t0 + S(30), grace), "under the mark");
     }
 
     #[test]

@@ -1,10 +1,11 @@
 //! Backpressure on publishers: over capacity, syncd slows the publishers
 //! down instead of letting subscriber queues grow until readers are cut off.
 //!
-//! A channel is congested while a subscriber of it (on any worker) has more
-//! than the high mark queued after a write, until that queue is back under
-//! the low mark; and every channel is while a worker's link queue to another
-//! worker is over its bound. A connection that publishes on a congested
+//! A channel is congested while a subscriber of it (on any worker) that
+//! keeps reading has more than the high mark queued after a write, until
+//! that queue is back under the low mark (one that reads nothing for a
+//! while stops counting: the worker's sweep decides); and every channel is
+//! while a worker's link queue to another worker is over its bound. A connection that publishes on a congested
 //! channel is held: it is not read again (TCP flow control then stops the
 //! client) until the channel clears. Each worker tells the others what is
 //! congested on its side (`News`), so a publisher on one worker is held for

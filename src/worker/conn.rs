@@ -118,6 +118,8 @@ pub struct Conn {
     pub read_paused: bool,
     /// The outbound queue is over its backpressure mark (`sync::pressure`).
     pub over_mark: bool,
+    /// Over the mark and still reading: its channels' publishers are held.
+    pub holding: bool,
     /// Lines waiting to enter the outbound queue: a resume's replay (which may
     /// be larger than `send_buffer_hard`) and the live messages behind it. They
     /// move into the queue as it drains, so order is kept and memory bounded.
@@ -161,6 +163,7 @@ impl Conn {
             read_pending: false,
             read_paused: false,
             over_mark: false,
+            holding: false,
             backlog: VecDeque::new(),
             backlog_bytes: 0,
             backlog_limit: 0,

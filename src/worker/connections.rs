@@ -364,10 +364,13 @@ impl Connections {
         let Some(conn) = self.slab.get_mut(key) else {
             return;
         };
-        let over = self.marks.over(conn.over_mark, conn.t.out.len());
-        if over != conn.over_mark && conn.closing.is_none() {
-            conn.over_mark = over;
-            self.crossings.push((key, over));
+        let was_over = conn.over_mark;
+        conn.over_mark = self.marks.over(was_over, conn.t.out.len());
+        // Passing the mark, it holds publishers (until the sweep finds that
+        // it reads nothing); back under it, it holds them no more.
+        if conn.over_mark != was_over && conn.holding != conn.over_mark && conn.closing.is_none() {
+            conn.holding = conn.over_mark;
+            self.crossings.push((key, conn.holding));
         }
         if conn.closing.is_some() {
             if !conn.t.out.is_empty() && conn.t.flush_out().is_err() {
@@ -518,8 +521,14 @@ impl Connections {
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap_or_default();
         let mut todo = Vec::new();
+        let grace = rules.soft_for / 10;
         for (key, c) in &mut self.slab {
             c.timers.note_progress(c.over_mark, c.t.bytes_out, now);
+            let holding = c.over_mark && !c.timers.stalled(now, grace) && c.closing.is_none();
+            if holding != c.holding {
+                c.holding = holding;
+                self.crossings.push((key, holding));
+            }
             let view = View {
                 protocol: c.session.protocol(),
                 closing: c.closing,
@@ -547,10 +556,6 @@ impl Connections {
             Due::Drop => self.drop_conn(key),
             Due::SendPing => self.send_ping(key, now, &rules),
             Due::SlowConsumer => self.cut_off_slow(key, "send_buffer_soft"),
-            Due::Stalled => {
-                let why = "the backpressure mark, reading nothing for send_buffer_soft_for";
-                self.cut_off_slow(key, why);
-            }
             Due::PongMissed => {
                 self.stats.pong_timeouts += 1;
                 let why = "no pong within pong_timeout";
