@@ -5,13 +5,14 @@
 //! keeps reading has more than the high mark queued after a write, until
 //! that queue is back under the low mark (one that reads nothing for a
 //! while stops counting: the worker's sweep decides); and every channel is
-//! while a worker's link queue to another worker is over its bound. A connection that publishes on a congested
-//! channel is held: it is not read again (TCP flow control then stops the
-//! client) until the channel clears. Each worker tells the others what is
+//! while a worker's link queue to another worker is over its bound. A
+//! connection that publishes on a congested channel is held: it is not read
+//! again (TCP flow control then stops the client) until the channel clears. Each worker tells the others what is
 //! congested on its side (`News`), so a publisher on one worker is held for
 //! subscribers on another.
 //!
-//! Plain state, no sockets: the worker feeds it the crossings of the marks,
+//! Plain state, no sockets: the worker feeds it the subscribers that start
+//! or stop holding (their queue passed the mark or fell back under it),
 //! its link queue sizes and the other workers' news, and asks whether to
 //! hold a connection.
 

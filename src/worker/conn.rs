@@ -15,6 +15,7 @@ use crate::outbound::OutboundQueue;
 use crate::proto::ws_codec::Decoder;
 use crate::sync::deadlines::ConnTimers;
 pub use crate::sync::deadlines::Protocol;
+use crate::sync::pressure::Marks;
 
 /// The socket and the bytes waiting for it: control frames and shared
 /// message frames share one queue.
@@ -223,6 +224,32 @@ impl Conn {
         self.backlog_limit =
             self.backlog_limit.max(before) + (self.backlog_bytes - before) + live_limit;
         self.refill();
+    }
+
+    /// After a write: whether it starts (`Some(true)`) or stops holding
+    /// back the publishers of its channels (`sync::pressure`), as its queue
+    /// passes its backpressure mark or falls back under it.
+    pub fn note_queue(&mut self, marks: Marks) -> Option<bool> {
+        let was_over = self.over_mark;
+        self.over_mark = marks.over(was_over, self.t.out.len());
+        (self.over_mark != was_over).then(|| self.set_holding(self.over_mark))?
+    }
+
+    /// On the tick's sweep: a queue over the mark that got nothing written
+    /// for `grace` stops holding publishers (its peer is not reading, and
+    /// the soft and hard limits deal with it); once it moves, it holds again.
+    pub fn note_progress(&mut self, now: Instant, grace: std::time::Duration) -> Option<bool> {
+        self.timers
+            .note_progress(self.over_mark, self.t.bytes_out, now);
+        self.set_holding(self.over_mark && !self.timers.stalled(now, grace))
+    }
+
+    fn set_holding(&mut self, holding: bool) -> Option<bool> {
+        let holding = holding && self.closing.is_none();
+        (holding != self.holding).then(|| {
+            self.holding = holding;
+            holding
+        })
     }
 
     /// Moves backlog lines into the outbound queue while they fit.

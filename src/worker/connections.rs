@@ -71,9 +71,9 @@ pub struct Connections {
     closed: Vec<Closed>,
     /// A subscriber's queue's backpressure marks, from `send_buffer_soft`.
     marks: Marks,
-    /// Connections whose queue crossed a mark (`true`: over) since the
-    /// worker last asked (`take_crossings`).
-    crossings: Vec<(usize, bool)>,
+    /// Connections that started (`true`) or stopped holding back their
+    /// channels' publishers since the worker last asked.
+    hold_changes: Vec<(usize, bool)>,
     /// This worker's counters; the owner's are added in `Worker::snapshot`.
     pub stats: WorkerStats,
     /// `connect_rate_per_ip`: one bucket per recent client address.
@@ -99,7 +99,7 @@ impl Connections {
             paused: Vec::new(),
             closed: Vec::new(),
             marks: Marks::from_soft(limits.send_buffer_soft),
-            crossings: Vec::new(),
+            hold_changes: Vec::new(),
             stats: WorkerStats::default(),
             connect_rates: RatePerKey::new(limits.connect_rate_per_ip, limits.connect_rate_per_ip),
             refusal_log: LogLimit::new(5),
@@ -206,10 +206,11 @@ impl Connections {
         self.dirty.recycle(batch);
     }
 
-    /// The connections whose queue crossed its backpressure mark since the
-    /// last call (`true`: now over it), after a write.
-    pub fn take_crossings(&mut self) -> Vec<(usize, bool)> {
-        std::mem::take(&mut self.crossings)
+    /// The connections that started (`true`) or stopped holding back their
+    /// channels' publishers since the last call (`Conn::note_queue`,
+    /// `Conn::note_progress`).
+    pub fn take_hold_changes(&mut self) -> Vec<(usize, bool)> {
+        std::mem::take(&mut self.hold_changes)
     }
 
     /// The connections closed since the last call.
@@ -364,13 +365,8 @@ impl Connections {
         let Some(conn) = self.slab.get_mut(key) else {
             return;
         };
-        let was_over = conn.over_mark;
-        conn.over_mark = self.marks.over(was_over, conn.t.out.len());
-        // Passing the mark, it holds publishers (until the sweep finds that
-        // it reads nothing); back under it, it holds them no more.
-        if conn.over_mark != was_over && conn.holding != conn.over_mark && conn.closing.is_none() {
-            conn.holding = conn.over_mark;
-            self.crossings.push((key, conn.holding));
+        if let Some(holding) = conn.note_queue(self.marks) {
+            self.hold_changes.push((key, holding));
         }
         if conn.closing.is_some() {
             if !conn.t.out.is_empty() && conn.t.flush_out().is_err() {
@@ -485,7 +481,7 @@ impl Connections {
             return;
         }
         let mut conn = self.slab.remove(key);
-        self.crossings.retain(|&(k, _)| k != key);
+        self.hold_changes.retain(|&(k, _)| k != key);
         let _ = self.registry.deregister(&mut conn.t.stream);
         self.open_per_ip.close(conn.peer.ip());
         let uid = conn.user.map(|user| user.uid);
@@ -523,11 +519,8 @@ impl Connections {
         let mut todo = Vec::new();
         let grace = rules.soft_for / 10;
         for (key, c) in &mut self.slab {
-            c.timers.note_progress(c.over_mark, c.t.bytes_out, now);
-            let holding = c.over_mark && !c.timers.stalled(now, grace) && c.closing.is_none();
-            if holding != c.holding {
-                c.holding = holding;
-                self.crossings.push((key, holding));
+            if let Some(holding) = c.note_progress(now, grace) {
+                self.hold_changes.push((key, holding));
             }
             let view = View {
                 protocol: c.session.protocol(),

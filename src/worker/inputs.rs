@@ -1,8 +1,9 @@
 //! What arrives: client input, read under backpressure, and frames from
 //! other workers. A connection whose reading must wait (the store's queue
 //! is full, it has `max_inflight_per_conn` requests unanswered, or it
-//! published on a congested channel: `sync::pressure`) is paused instead, and read again by `resume_paused` once that clears; a
-//! `sub` past `max_subs_per_conn` is refused here. `max_channels` is the
+//! published on a congested channel: `sync::pressure`, `settle_pressure`)
+//! is paused instead, and read again by `resume_paused` once that clears;
+//! a `sub` past `max_subs_per_conn` is refused here. `max_channels` is the
 //! owner core's (src/owner/publish.rs) and `max_conns_per_ip` the
 //! connection table's (accept). Frames from other workers are publishes
 //! and queries for the channels this worker owns, answers to what it
@@ -433,12 +434,13 @@ impl Worker {
         }
     }
 
-    /// Backpressure: subscriber queues that crossed their mark in the last
-    /// writes, and our link queues, update what is congested here; what
-    /// changed goes to every other worker, whose publishers it holds too.
+    /// Backpressure: subscribers that started or stopped holding back
+    /// publishers (their queue passed its mark, or fell back, or their
+    /// reader stalled), and our link queues, update what is congested here;
+    /// what changed goes to every other worker, whose publishers it holds too.
     pub(super) fn settle_pressure(&mut self) {
-        for (key, over) in self.conns.take_crossings() {
-            match over {
+        for (key, holding) in self.conns.take_hold_changes() {
+            match holding {
                 true => self.pressure.conn_over(key, self.subs.channels_of(key)),
                 false => self.pressure.conn_under(key),
             }
