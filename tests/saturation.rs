@@ -2,7 +2,8 @@
 //! pipelined publishes past what the subscribers take are slowed down
 //! (their connections are not read while the channel is congested), so no
 //! subscriber that reads is cut off, no publish is answered `unavailable`,
-//! and every acknowledged message reaches every subscriber once, in order.
+//! and every acknowledged message reaches every subscriber once, in order;
+//! a stalled worker link holds the publishers of the worker queueing to it.
 
 mod common;
 
@@ -14,6 +15,8 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use common::{eventually, Client, Server, TcpClient, WsClient};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
 
 const WORKERS: usize = 4;
 /// Publishes per publisher (one publisher on each worker).
@@ -215,4 +218,81 @@ fn publishers_past_capacity_are_slowed_down_and_no_reader_is_cut_off() {
     assert_eq!(stat(|s| s.rate_limited), 0);
     assert!(!server.log().contains("slow consumer"), "{}", server.log());
     assert_eq!(server.restarts(), 0);
+}
+
+/// The worker-link side: while the owner's queue towards another worker is
+/// over its bound (that worker is stopped here, as a stalled one would be),
+/// the owner's publishers are held too; once it runs again, everything
+/// flows, every publish is acked and its subscriber gets every message.
+#[test]
+fn a_stalled_worker_link_holds_publishers_until_it_drains() {
+    const COUNT: u64 = 12_000;
+    let server = Server::start(2, "[storage]\nshards = 16\n[limits]\npublish_rate = 0\n");
+    let channel = (0..)
+        .map(|i| format!("link-{i}"))
+        .find(|c| syncd::sync::shard::owner_of(c, 16, 2) == 0)
+        .unwrap();
+    // The subscriber on worker 1, the publisher on the owner, worker 0.
+    let mut sub = server.clients_on_every_worker(2, || server.tcp()).remove(1);
+    sub.sub(&channel);
+    let publisher = server.clients_on_every_worker(2, || server.tcp()).remove(0);
+    let got = tcp_reader_of(sub.into_stream(), COUNT);
+    let stopped = Pid::from_raw(server.worker_pids()[1] as i32);
+    kill(stopped, Signal::SIGSTOP).unwrap();
+    let stream = publisher.into_stream();
+    let mut writer = stream.try_clone().unwrap();
+    let pad = "y".repeat(1000);
+    let sending = std::thread::spawn(move || {
+        for i in 0..COUNT {
+            let line = format!(
+                "{{\"op\":\"pub\",\"id\":{i},\"channel\":\"{channel}\",\"data\":\"{pad}\"}}\n"
+            );
+            writer
+                .write_all(line.as_bytes())
+                .expect("the server reads on");
+        }
+    });
+    let answers = std::thread::spawn(move || {
+        stream.set_read_timeout(Some(READ_TIMEOUT)).unwrap();
+        let mut lines = BufReader::new(stream);
+        let mut line = String::new();
+        for _ in 0..COUNT {
+            line.clear();
+            assert!(lines.read_line(&mut line).expect("an answer") > 0);
+            assert!(
+                line.contains(r#""op":"ok""#),
+                "every publish is acked: {line}"
+            );
+        }
+    });
+    eventually("the owner holds its publisher for its stalled link", || {
+        server.sum_stats(|s| s.pressure_holds) > 0
+    });
+    kill(stopped, Signal::SIGCONT).unwrap();
+    sending.join().unwrap();
+    answers.join().expect("every publish answered ok");
+    assert_eq!(got.join().expect("the subscriber"), COUNT);
+    assert_eq!(server.sum_stats(|s| s.send_failures), 0);
+    assert_eq!(server.restarts(), 0);
+}
+
+/// Reads `count` messages in order on a raw TCP socket.
+fn tcp_reader_of(stream: TcpStream, count: u64) -> JoinHandle<u64> {
+    std::thread::spawn(move || {
+        stream.set_read_timeout(Some(READ_TIMEOUT)).unwrap();
+        let mut lines = BufReader::new(stream);
+        let (mut last, mut line) = (0, String::new());
+        while last < count {
+            line.clear();
+            match lines.read_line(&mut line) {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+            if let Some(seq) = seq_of(&line) {
+                assert_eq!(seq, last + 1, "in order, none missing or twice");
+                last = seq;
+            }
+        }
+        last
+    })
 }
