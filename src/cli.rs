@@ -336,6 +336,7 @@ fn limits_hit(s: &StatusReply) -> String {
             ("conns_per_ip_refused", st.conns_per_ip_refused),
             ("inflight_pauses", st.inflight_pauses),
             ("store_full_pauses", st.store_full_pauses),
+            ("pressure_holds", st.pressure_holds),
         ];
         let hit: Vec<String> = counters
             .iter()

@@ -108,6 +108,11 @@ pub struct WorkerStats {
     pub inflight_pauses: u64,
     #[serde(default)]
     pub store_full_pauses: u64,
+    /// Times a publisher was held (not read) because its channel's
+    /// subscribers, here or on another worker, or a worker link, were over
+    /// their mark (`sync::pressure`).
+    #[serde(default)]
+    pub pressure_holds: u64,
     /// Messages and presence events sent to other workers (one per link
     /// frame), and received from them: only workers that want a channel
     /// get its messages (`sync::interest`).

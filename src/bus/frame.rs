@@ -100,6 +100,10 @@ pub enum BusMsg {
     UserQuery { tag: u64, uid: String },
     /// A line for every subscriber of `channel` without a `seq` (join/leave).
     Event { channel: String },
+    /// Backpressure news (`sync::pressure`): `channel`'s subscribers on
+    /// the sender are over their mark (`on`), or no longer; without a
+    /// channel, the sender's link queues are over their bound.
+    Pressure { channel: Option<String>, on: bool },
     /// A line for every connection (`POST /api/broadcast`).
     Broadcast,
     /// Close every connection of `uid` (`POST /api/disconnect`).

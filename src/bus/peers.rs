@@ -233,6 +233,12 @@ impl Peers {
         false
     }
 
+    /// The most bytes any of our links has queued, not yet written.
+    pub fn most_queued(&self) -> usize {
+        let out = self.out.iter().flatten().map(|o| o.link.queued());
+        out.max().unwrap_or(0)
+    }
+
     /// Writes whatever the links have queued.
     pub fn flush(&mut self, registry: &Registry, events: &mut Vec<BusEvent>) {
         for slot in 0..self.out.len() {

@@ -76,6 +76,9 @@ pub struct ConnTimers {
     pub soft_since: Option<Instant>,
     /// The write side is shut; input is read and discarded until then.
     pub linger_until: Option<Instant>,
+    /// Over the backpressure mark (`sync::pressure`): since when nothing
+    /// was written, and the bytes written by then (see `stalled`).
+    pub stall: Option<(Instant, u64)>,
     /// `refresh_needed` went out for the connection's current token.
     pub refresh_asked: bool,
 }
@@ -88,6 +91,7 @@ impl ConnTimers {
             pong_due: None,
             soft_since: None,
             linger_until: None,
+            stall: None,
             refresh_asked: false,
         }
     }
@@ -107,6 +111,26 @@ impl ConnTimers {
         let now = Instant::now();
         let since = *self.soft_since.get_or_insert(now);
         now.duration_since(since) >= soft_for
+    }
+}
+
+impl ConnTimers {
+    /// Notes on each sweep whether a queue over the backpressure mark
+    /// moved: `written` is the connection's bytes written so far.
+    pub fn note_progress(&mut self, over_mark: bool, written: u64, now: Instant) {
+        self.stall = match self.stall {
+            _ if !over_mark => None,
+            Some((since, at)) if at == written => Some((since, at)),
+            _ => Some((now, written)),
+        };
+    }
+
+    /// Over the mark with nothing written for `grace`: the peer is not
+    /// reading, so it no longer holds publishers back (the soft and hard
+    /// limits deal with it).
+    pub fn stalled(&self, now: Instant, grace: Duration) -> bool {
+        self.stall
+            .is_some_and(|(since, _)| now.saturating_duration_since(since) >= grace)
     }
 }
 
@@ -154,6 +178,9 @@ pub struct View {
     pub http_busy: bool,
     /// Last HTTP request (for the handshake and keep-alive timeout).
     pub active: Instant,
+    /// Not read for now (backpressure): its pongs and input wait unread,
+    /// so neither `pong_timeout` nor `idle_timeout` runs.
+    pub paused: bool,
 }
 
 /// The first thing due for a connection at `now`, if any.
@@ -184,6 +211,9 @@ pub fn due(rules: &Rules, t: &ConnTimers, view: View, now: Instant) -> Due {
         .is_some_and(|since| now.saturating_duration_since(since) >= rules.soft_for)
     {
         return Due::SlowConsumer;
+    }
+    if view.paused {
+        return Due::Nothing;
     }
     if t.pong_due.is_some_and(|due| now >= due) {
         return Due::PongMissed;
@@ -239,6 +269,7 @@ mod tests {
             closing: None,
             http_busy: false,
             active: t0,
+            paused: false,
         }
     }
 
@@ -261,6 +292,41 @@ mod tests {
         t.pong();
         assert_eq!(due(&r, &t, v, t0 + S(49)), Due::Nothing);
         assert_eq!(due(&r, &t, v, t0 + S(50)), Due::SendPing);
+    }
+
+    #[test]
+    fn a_reader_over_the_backpressure_mark_stalls_only_when_it_reads_nothing() {
+        let r = rules();
+        let t0 = Instant::now();
+        let mut t = ConnTimers::new(t0, &r);
+        let grace = S(1);
+        t.note_progress(true, 100, t0);
+        t.note_progress(true, 200, t0 + S(5));
+        assert!(!t.stalled(t0 + S(5) + grace / 2, grace), "it read at 5 s");
+        t.note_progress(true, 200, t0 + S(6));
+        assert!(t.stalled(t0 + S(6), grace));
+        t.note_progress(true, 300, t0 + S(7));
+        assert!(!t.stalled(t0 + S(7), grace), "reading again");
+        t.note_progress(false, 300, t0 + S(20));
+        assert!(!t.stalled(t0 + S(30), grace), "under the mark");
+    }
+
+    #[test]
+    fn a_paused_connection_is_not_timed_out_for_what_it_was_not_read() {
+        let mut r = rules();
+        r.idle_timeout = Some(S(60));
+        let t0 = Instant::now();
+        let mut t = ConnTimers::new(t0, &r);
+        t.pong_due = Some(t0 + S(10));
+        let paused = View {
+            paused: true,
+            ..view(Protocol::Ws, t0)
+        };
+        assert_eq!(due(&r, &t, paused, t0 + S(100)), Due::Nothing);
+        assert_eq!(
+            due(&r, &t, view(Protocol::Ws, t0), t0 + S(100)),
+            Due::PongMissed
+        );
     }
 
     #[test]

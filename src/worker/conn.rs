@@ -15,6 +15,7 @@ use crate::outbound::OutboundQueue;
 use crate::proto::ws_codec::Decoder;
 use crate::sync::deadlines::ConnTimers;
 pub use crate::sync::deadlines::Protocol;
+use crate::sync::pressure::Marks;
 
 /// The socket and the bytes waiting for it: control frames and shared
 /// message frames share one queue.
@@ -113,8 +114,13 @@ pub struct Conn {
     pub http_stalled: bool,
     /// Queued in `pending_reads` because its read budget ran out.
     pub read_pending: bool,
-    /// Not read for now (see `worker/inputs.rs`: a cap or a full store queue).
+    /// Not read for now (see `worker/inputs.rs`: a cap, a full store queue,
+    /// or backpressure).
     pub read_paused: bool,
+    /// The outbound queue is over its backpressure mark (`sync::pressure`).
+    pub over_mark: bool,
+    /// Over the mark and still reading: its channels' publishers are held.
+    pub holding: bool,
     /// Lines waiting to enter the outbound queue: a resume's replay (which may
     /// be larger than `send_buffer_hard`) and the live messages behind it. They
     /// move into the queue as it drains, so order is kept and memory bounded.
@@ -157,6 +163,8 @@ impl Conn {
             http_stalled: false,
             read_pending: false,
             read_paused: false,
+            over_mark: false,
+            holding: false,
             backlog: VecDeque::new(),
             backlog_bytes: 0,
             backlog_limit: 0,
@@ -216,6 +224,32 @@ impl Conn {
         self.backlog_limit =
             self.backlog_limit.max(before) + (self.backlog_bytes - before) + live_limit;
         self.refill();
+    }
+
+    /// After a write: whether it starts (`Some(true)`) or stops holding
+    /// back the publishers of its channels (`sync::pressure`), as its queue
+    /// passes its backpressure mark or falls back under it.
+    pub fn note_queue(&mut self, marks: Marks) -> Option<bool> {
+        let was_over = self.over_mark;
+        self.over_mark = marks.over(was_over, self.t.out.len());
+        (self.over_mark != was_over).then(|| self.set_holding(self.over_mark))?
+    }
+
+    /// On the tick's sweep: a queue over the mark that got nothing written
+    /// for `grace` stops holding publishers (its peer is not reading, and
+    /// the soft and hard limits deal with it); once it moves, it holds again.
+    pub fn note_progress(&mut self, now: Instant, grace: std::time::Duration) -> Option<bool> {
+        self.timers
+            .note_progress(self.over_mark, self.t.bytes_out, now);
+        self.set_holding(self.over_mark && !self.timers.stalled(now, grace))
+    }
+
+    fn set_holding(&mut self, holding: bool) -> Option<bool> {
+        let holding = holding && self.closing.is_none();
+        (holding != self.holding).then(|| {
+            self.holding = holding;
+            holding
+        })
     }
 
     /// Moves backlog lines into the outbound queue while they fit.

@@ -25,6 +25,7 @@ use crate::logging::LogLimit;
 use crate::proto::{frames, http, ws_codec};
 use crate::sync::caps::OpenPerKey;
 use crate::sync::deadlines::{self, ConnTimers, Due, Rules, View};
+use crate::sync::pressure::Marks;
 use crate::sync::rate::RatePerKey;
 
 /// WebSocket close codes (RFC 6455 7.4.1, IANA registry) for a retiring
@@ -68,6 +69,11 @@ pub struct Connections {
     paused: Vec<usize>,
     /// Connections closed since the worker last asked.
     closed: Vec<Closed>,
+    /// A subscriber's queue's backpressure marks, from `send_buffer_soft`.
+    marks: Marks,
+    /// Connections that started (`true`) or stopped holding back their
+    /// channels' publishers since the worker last asked.
+    hold_changes: Vec<(usize, bool)>,
     /// This worker's counters; the owner's are added in `Worker::snapshot`.
     pub stats: WorkerStats,
     /// `connect_rate_per_ip`: one bucket per recent client address.
@@ -92,6 +98,8 @@ impl Connections {
             pending_reads: Vec::new(),
             paused: Vec::new(),
             closed: Vec::new(),
+            marks: Marks::from_soft(limits.send_buffer_soft),
+            hold_changes: Vec::new(),
             stats: WorkerStats::default(),
             connect_rates: RatePerKey::new(limits.connect_rate_per_ip, limits.connect_rate_per_ip),
             refusal_log: LogLimit::new(5),
@@ -196,6 +204,13 @@ impl Connections {
 
     pub fn recycle_dirty(&mut self, batch: Vec<usize>) {
         self.dirty.recycle(batch);
+    }
+
+    /// The connections that started (`true`) or stopped holding back their
+    /// channels' publishers since the last call (`Conn::note_queue`,
+    /// `Conn::note_progress`).
+    pub fn take_hold_changes(&mut self) -> Vec<(usize, bool)> {
+        std::mem::take(&mut self.hold_changes)
     }
 
     /// The connections closed since the last call.
@@ -350,6 +365,9 @@ impl Connections {
         let Some(conn) = self.slab.get_mut(key) else {
             return;
         };
+        if let Some(holding) = conn.note_queue(self.marks) {
+            self.hold_changes.push((key, holding));
+        }
         if conn.closing.is_some() {
             if !conn.t.out.is_empty() && conn.t.flush_out().is_err() {
                 self.drop_conn(key);
@@ -463,6 +481,7 @@ impl Connections {
             return;
         }
         let mut conn = self.slab.remove(key);
+        self.hold_changes.retain(|&(k, _)| k != key);
         let _ = self.registry.deregister(&mut conn.t.stream);
         self.open_per_ip.close(conn.peer.ip());
         let uid = conn.user.map(|user| user.uid);
@@ -498,12 +517,17 @@ impl Connections {
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap_or_default();
         let mut todo = Vec::new();
-        for (key, c) in &self.slab {
+        let grace = rules.soft_for / 10;
+        for (key, c) in &mut self.slab {
+            if let Some(holding) = c.note_progress(now, grace) {
+                self.hold_changes.push((key, holding));
+            }
             let view = View {
                 protocol: c.session.protocol(),
                 closing: c.closing,
                 http_busy: c.http_busy,
                 active: c.active,
+                paused: c.read_paused,
             };
             let mut what = deadlines::due(&rules, &c.timers, view, now);
             if let (Due::Nothing, Some(user), None) = (what, &c.user, c.closing) {

@@ -207,6 +207,10 @@ impl Worker {
         data: &str,
         options: PublishOptions,
     ) {
+        if let Origin::Client { key, .. } = origin {
+            // Taken now, read no more while the channel is congested.
+            self.pressure.hold(key, channel);
+        }
         let owner = self.owner_of(channel);
         if owner == self.slot {
             let to = self.reply_to(origin);

@@ -1,8 +1,9 @@
 //! What arrives: client input, read under backpressure, and frames from
 //! other workers. A connection whose reading must wait (the store's queue
-//! is full, or it has `max_inflight_per_conn` requests unanswered) is
-//! paused instead, and read again by `resume_paused` once that clears; a
-//! `sub` past `max_subs_per_conn` is refused here. `max_channels` is the
+//! is full, it has `max_inflight_per_conn` requests unanswered, or it
+//! published on a congested channel: `sync::pressure`, `settle_pressure`)
+//! is paused instead, and read again by `resume_paused` once that clears;
+//! a `sub` past `max_subs_per_conn` is refused here. `max_channels` is the
 //! owner core's (src/owner/publish.rs) and `max_conns_per_ip` the
 //! connection table's (accept). Frames from other workers are publishes
 //! and queries for the channels this worker owns, answers to what it
@@ -17,6 +18,7 @@ use crate::bus::{BusEvent, BusMsg};
 use crate::logging::LogLimit;
 use crate::owner::{Answer, Command, Query, Reply, ReplyTo};
 use crate::proto::frames::{self, Acked, ErrorReply};
+use crate::sync::pressure::News;
 use bytes::Bytes;
 use std::cell::RefCell;
 use std::time::Instant;
@@ -123,14 +125,18 @@ impl Worker {
         let store_full = self.owner.is_busy();
         let counted = matches!(conn.session.protocol(), Protocol::Ws | Protocol::Tcp);
         let at_cap = counted && self.inflight_room(key) == 0;
-        if !store_full && !at_cap {
+        let held = self.pressure.holds(key);
+        if !store_full && !at_cap && !held {
             return false;
         }
         if !self.conns.pause_read(key) {
             return true;
         }
         let slot = self.slot;
-        if store_full {
+        if held {
+            self.conns.stats.pressure_holds += 1;
+            log::debug!("worker {slot}: connection key {key} waits: its channel is congested");
+        } else if store_full {
             self.conns.stats.store_full_pauses += 1;
             log_cap(|n| {
                 format!("worker {slot}: the store queue is full (limits.store_queue); clients wait; {n} more cap hits not logged")
@@ -153,7 +159,8 @@ impl Worker {
             let Some(conn) = self.conns.get(key) else {
                 continue;
             };
-            let go = conn.closing.is_some() || (!store_full && self.inflight_room(key) > 0);
+            let go = conn.closing.is_some()
+                || (!store_full && self.inflight_room(key) > 0 && !self.pressure.holds(key));
             if go {
                 self.conns.unpause(key);
                 self.conns.requeue_read(key);
@@ -172,12 +179,14 @@ impl Worker {
                     BusEvent::Msg { from, msg, payload } => self.on_bus_msg(from, msg, payload),
                     BusEvent::Down { slot } => {
                         self.interest.watchers.slot_down(slot);
+                        self.pressure.slot_down(slot);
                         self.fail_pending(slot);
                         self.tell_owner(Command::SlotDown { slot });
                         self.stall_streams(slot);
                     }
                     BusEvent::Up { slot } => {
                         self.rewatch(slot);
+                        self.retell_pressure(slot);
                         self.resend_presence(slot);
                         self.refetch_streams(slot);
                     }
@@ -313,6 +322,10 @@ impl Worker {
                 self.conns
                     .send_to_subscribers(&self.subs, &channel, &payload)
             }
+            BusMsg::Pressure { channel, on } => {
+                let channel = channel.map(Into::into);
+                self.pressure.heard(from, News { channel, on })
+            }
             BusMsg::Broadcast => self.conns.broadcast_local(&payload),
             BusMsg::Disconnect { uid } => self.conns.disconnect_local(&uid),
             BusMsg::HistoryQuery {
@@ -418,6 +431,45 @@ impl Worker {
                 on: false,
             };
             let _ = self.links.send(owner, &msg, Bytes::new());
+        }
+    }
+
+    /// Backpressure: subscribers that started or stopped holding back
+    /// publishers (their queue passed its mark, or fell back, or their
+    /// reader stalled), and our link queues, update what is congested here;
+    /// what changed goes to every other worker, whose publishers it holds too.
+    pub(super) fn settle_pressure(&mut self) {
+        for (key, holding) in self.conns.take_hold_changes() {
+            match holding {
+                true => self.pressure.conn_over(key, self.subs.channels_of(key)),
+                false => self.pressure.conn_under(key),
+            }
+        }
+        self.pressure.links_queued(self.links.most_queued());
+        for news in self.pressure.take_news() {
+            let msg = BusMsg::Pressure {
+                channel: news.channel.map(String::from),
+                on: news.on,
+            };
+            self.links.broadcast(&encode_header(&msg, 0), &Bytes::new());
+        }
+        if self.pressure.take_cleared() {
+            // Read the held publishers again this turn, not at the next event.
+            self.resume_paused();
+        }
+    }
+
+    /// Worker `slot` linked anew: it forgot what is congested here.
+    fn retell_pressure(&mut self, slot: usize) {
+        if slot == self.slot {
+            return;
+        }
+        for news in self.pressure.state() {
+            let msg = BusMsg::Pressure {
+                channel: news.channel.map(String::from),
+                on: news.on,
+            };
+            let _ = self.links.send(slot, &msg, Bytes::new());
         }
     }
 

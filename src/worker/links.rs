@@ -57,6 +57,11 @@ impl Links {
         self.peers.flush(&self.registry, &mut self.events);
     }
 
+    /// The most bytes one of our links has queued (backpressure).
+    pub fn most_queued(&self) -> usize {
+        self.peers.most_queued()
+    }
+
     /// Redials links that are down, on the worker's tick.
     pub fn tick(&mut self, now: Instant) {
         self.peers.tick(&self.registry, now);

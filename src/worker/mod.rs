@@ -37,6 +37,7 @@ use crate::owner::{Command, Query, Reply};
 use crate::proto::frames::{self, ErrorReply};
 use crate::sync::channel;
 use crate::sync::interest::Interest;
+use crate::sync::pressure::Pressure;
 use crate::sync::subscriptions::Subscriptions;
 use connections::Connections;
 use http_api::{Call, Next, OK_BODY};
@@ -101,6 +102,8 @@ pub struct Worker {
     pending: PendingTable,
     /// Which other workers want our channels, and which of theirs we want.
     interest: Interest,
+    /// Congested channels here and elsewhere, and the publishers held.
+    pressure: Pressure,
     /// Our own connections per (channel, uid), as reported to owners.
     local_presence: LocalPresence,
     webhook: Option<crossbeam_channel::Sender<String>>,
@@ -257,6 +260,7 @@ impl Worker {
     fn forget_closed(&mut self) {
         for closed in self.conns.take_closed() {
             self.pending.replays.remove_conn(closed.key);
+            self.pressure.forget(closed.key);
             let channels = self.subs.remove_conn(closed.key);
             if let Some(uid) = &closed.uid {
                 for channel in channels {
@@ -315,6 +319,7 @@ impl Worker {
     fn flush_all(&mut self) {
         for _ in 0..FLUSH_ROUNDS {
             self.settle_interest();
+            self.settle_pressure();
             self.links.flush();
             if self.links.has_events() {
                 self.on_bus_events();
@@ -332,6 +337,9 @@ impl Worker {
             }
             self.conns.recycle_dirty(batch);
         }
+        // What the last round's writes changed reaches the other workers now.
+        self.settle_pressure();
+        self.links.flush();
     }
 }
 

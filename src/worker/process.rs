@@ -72,6 +72,7 @@ pub fn start(ctx: WorkerContext) -> io::Result<Worker> {
         conns,
         subs: Subscriptions::default(),
         interest: Default::default(),
+        pressure: Default::default(),
         owner,
         links,
         pending: PendingTable::default(),
