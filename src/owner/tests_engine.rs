@@ -46,6 +46,7 @@ fn publishes_take_the_seqs_the_engine_gives() {
         "the line is made with the final seq"
     );
     let sub = h.query("a", resume(5, "g0"));
+    h.settle();
     let answer = h.answer(sub).unwrap();
     assert_eq!(answer.seq, 7);
     assert_eq!(seqs_of(&answer), [6, 7]);
@@ -75,6 +76,7 @@ fn a_retry_gets_the_engines_seq_of_the_first_publish() {
     let retry = h.publish_with("a", "1", key.clone());
     h.settle();
     let late = h.publish_with("a", "1", key);
+    h.settle();
     assert_eq!(h.acked(first).unwrap().seq, 10);
     assert_eq!(h.acked(retry).unwrap().seq, 10);
     assert_eq!(h.acked(late).unwrap().seq, 10);
@@ -102,4 +104,35 @@ fn inbox_replay_and_redelivery_use_the_engines_seq() {
         [5, 5],
         "redelivered with the same seq"
     );
+}
+
+#[test]
+fn the_engine_decides_compare_and_set_across_servers() {
+    let mut h = shared(Durability::Commit, "s", 0);
+    let first = h.set("s", "k", Some("1"), 0);
+    let loser = h.set("s", "k", Some("2"), 0);
+    h.settle();
+    let won = h.acked(first).unwrap();
+    assert_eq!((won.seq, won.version), (1, Some(1)));
+    let lost = h.acked(loser).unwrap_err();
+    assert_eq!(lost.code, "conflict");
+    let (_, _, line) = &h.delivered[0];
+    assert_eq!(
+        &line[..],
+        b"{\"op\":\"msg\",\"channel\":\"s\",\"seq\":1,\"data\":{\"key\":\"k\",\"value\":1,\"version\":1}}\n"
+    );
+}
+
+#[test]
+fn a_write_the_engine_cannot_store_fails_alone() {
+    let mut h = shared(Durability::Commit, "a", 0);
+    h.engine.unreachable = true;
+    let to = h.publish("a", "1");
+    h.settle();
+    assert_eq!(h.acked(to).unwrap_err().code, "unavailable");
+    assert!(!h.core.is_fatal(), "the server goes on");
+    h.engine.unreachable = false;
+    let again = h.publish("a", "2");
+    h.settle();
+    assert_eq!(h.acked(again).unwrap().seq, 1);
 }

@@ -39,6 +39,15 @@ pub enum Request {
         after: u64,
         now_ms: i64,
     },
+    /// Only to an engine that `numbers_messages`: the channel's seq and
+    /// epoch (the epoch made now if it has none), and up to `limit`
+    /// retained messages after `after`, read together. Answered with `Range`.
+    Range {
+        tag: u64,
+        channel: String,
+        after: u64,
+        limit: usize,
+    },
     /// Record an inbox's cumulative ack; answered with `AcksStored`.
     Ack {
         tag: u64,
@@ -80,6 +89,10 @@ pub enum Completion {
         tag: u64,
         result: Result<(Vec<Stored>, Option<u64>), String>,
     },
+    Range {
+        tag: u64,
+        result: Result<Range, String>,
+    },
     Swept {
         expired: u64,
         trimmed: u64,
@@ -95,11 +108,36 @@ pub enum Completion {
     },
 }
 
-/// The seq an engine gave the append with this ticket.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// What an engine that numbers messages made of the append with this
+/// ticket: it decides idempotency and compare-and-set itself, since other
+/// servers write the same channels.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Numbered {
     pub ticket: u64,
+    pub outcome: Outcome,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Stored as `seq`; a compare-and-set's key is now at `version`.
+    Stored { seq: u64, version: Option<u64> },
+    /// Its idempotency key was used already, by the publish stored as `seq`:
+    /// nothing was stored now.
+    Duplicate { seq: u64 },
+    /// The compare-and-set lost: the key is at `version` with `value`.
+    Conflict { value: Option<String>, version: u64 },
+    /// Not stored: the engine cannot reach its storage now.
+    Unavailable { error: String },
+}
+
+/// A channel as a shared engine holds it: its last seq, epoch, the
+/// retained messages asked for, and the oldest retained seq.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Range {
     pub seq: u64,
+    pub epoch: String,
+    pub rows: Vec<Stored>,
+    pub oldest: Option<u64>,
 }
 
 /// The engine cannot take requests any more (its thread ended); the
@@ -145,6 +183,10 @@ impl Request {
                 result: Err(error),
             }),
             Request::Oldest { tag, .. } => Some(Completion::Oldest {
+                tag,
+                result: Err(error),
+            }),
+            Request::Range { tag, .. } => Some(Completion::Range {
                 tag,
                 result: Err(error),
             }),

@@ -1,0 +1,159 @@
+//! The core on an engine shared by several servers (Redis): the engine
+//! numbers messages and decides idempotency and compare-and-set, since a
+//! retry or a racing writer may come through another server; and resumes
+//! and history are read from it, since other servers' messages never pass
+//! through this core. What the core still does: order a turn's writes,
+//! answer each writer, and cut answers into pages.
+
+use super::publish::{change_json, conflict, Inflight};
+use super::query::DiskRead;
+use super::{pages, Answer, Now, OwnerCore, Query, ReplyTo};
+use crate::proto::frames::{self, Acked, ErrorReply};
+use crate::store::{Outcome, Range, Request};
+
+/// A question waiting for the engine's `Range`.
+pub(super) struct SharedRead {
+    to: ReplyTo,
+    channel: String,
+    query: Query,
+    budget: usize,
+}
+
+/// Storage cannot be reached now: the request fails, the server goes on.
+pub fn unavailable(error: &str) -> ErrorReply {
+    ErrorReply::new("unavailable", format!("storage unavailable: {error}"))
+}
+
+impl OwnerCore {
+    /// What the engine made of one write.
+    pub(super) fn settle(&mut self, mut m: Inflight, outcome: Outcome, now: Now) {
+        match outcome {
+            Outcome::Stored { seq, version } => {
+                m.seq = seq;
+                if let (Some(write), Some(version)) = (m.state.as_mut(), version) {
+                    write.version = version;
+                    m.data = change_json(&write.key, write.value.as_deref(), version);
+                }
+                self.release(m, now);
+            }
+            Outcome::Duplicate { seq } => {
+                self.reply_published(m.to, Ok(Acked { seq, version: None }))
+            }
+            Outcome::Conflict { value, version } => {
+                let (key, expected) = m
+                    .state
+                    .as_ref()
+                    .map_or((String::new(), 0), |w| (w.key.clone(), w.version));
+                let e = conflict(&key, value.as_deref(), version, expected);
+                self.reply_published(m.to, Err(e));
+            }
+            Outcome::Unavailable { error } => self.reply_published(m.to, Err(unavailable(&error))),
+        }
+    }
+
+    /// A resume or history: read from the engine, with the channel's seq
+    /// and epoch as the engine has them now.
+    pub(super) fn ask_shared(&mut self, channel: &str, query: Query, to: ReplyTo, budget: usize) {
+        let (after, limit) = match &query {
+            Query::Resume { since: Some(s), .. } => (*s, pages::REPLAY_PAGE_MSGS as usize),
+            Query::History { since, limit } => (*since, *limit),
+            _ => (0, 0),
+        };
+        let tag = self.next_tag();
+        self.store(Request::Range {
+            tag,
+            channel: channel.to_string(),
+            after,
+            limit,
+        });
+        let read = SharedRead {
+            to,
+            channel: channel.to_string(),
+            query,
+            budget,
+        };
+        self.shared_reads.insert(tag, read);
+    }
+
+    pub(super) fn on_range(&mut self, tag: u64, result: Result<Range, String>, now: Now) {
+        let Some(asked) = self.shared_reads.remove(&tag) else {
+            return;
+        };
+        let range = match result {
+            Ok(range) => range,
+            Err(e) => return self.reply_answer(asked.to, Err(unavailable(&e))),
+        };
+        let (seq, epoch) = (range.seq, range.epoch.clone());
+        let live: Vec<_> = range
+            .rows
+            .iter()
+            .filter(|m| m.expires_ms > now.ms && m.seq <= seq)
+            .collect();
+        let lost = Answer {
+            seq,
+            epoch: epoch.clone(),
+            recovered: Some(false),
+            oldest: Some(range.oldest.unwrap_or(seq + 1).max(1)),
+            lines: Vec::new(),
+            cursor: None,
+        };
+        let (upto, end) = match &asked.query {
+            Query::Resume { since: None, .. } => {
+                let answer = Answer {
+                    recovered: None,
+                    oldest: None,
+                    ..lost
+                };
+                return self.reply_answer(asked.to, Ok(answer));
+            }
+            Query::Resume {
+                since: Some(since),
+                epoch: theirs,
+                upto: target,
+            } => {
+                let since = *since;
+                let retained = self.config.storage.retention_for(&asked.channel).0;
+                let other_epoch = theirs.as_deref().is_some_and(|e| e != epoch);
+                if other_epoch || since > seq || seq - since > retained {
+                    return self.reply_answer(asked.to, Ok(lost));
+                }
+                let end = target.map_or(seq, |t| t.min(seq)).max(since);
+                let upto = end.min(since.saturating_add(pages::REPLAY_PAGE_MSGS));
+                // All of the gap or nothing.
+                let whole = live.iter().take_while(|m| m.seq <= upto).count() as u64
+                    == upto - since
+                    && live
+                        .iter()
+                        .take_while(|m| m.seq <= upto)
+                        .enumerate()
+                        .all(|(i, m)| m.seq == since + 1 + i as u64);
+                if !whole {
+                    return self.reply_answer(asked.to, Ok(lost));
+                }
+                (upto, end)
+            }
+            Query::History { limit, .. } => match live.last() {
+                Some(last) if range.rows.len() >= *limit => (last.seq, seq),
+                _ => (seq, seq),
+            },
+            _ => (seq, seq),
+        };
+        let rows: Vec<_> = live.into_iter().filter(|m| m.seq <= upto).collect();
+        let lines = rows
+            .iter()
+            .map(|m| frames::msg_line(&asked.channel, m.seq, &m.data))
+            .collect();
+        let seqs = rows.iter().map(|m| m.seq).collect();
+        let read = DiskRead {
+            to: asked.to,
+            channel: asked.channel,
+            query: asked.query,
+            seq,
+            epoch,
+            upto,
+            end,
+            budget: asked.budget,
+        };
+        self.reply_page(read, lines, seqs);
+    }
+}
