@@ -98,6 +98,10 @@ impl Stream {
         self.ahead.iter().any(|&(c, s)| c == conn && s >= seq)
     }
 
+    pub fn epoch(&self) -> &str {
+        &self.epoch
+    }
+
     pub fn is_live(&self) -> bool {
         self.state == State::Live
     }

@@ -132,11 +132,30 @@ impl Worker {
         }
         if self.subs.add(key, &channel) {
             self.track_presence(key, &channel, true);
-            if self.tracks_stream(&channel) {
-                self.subs.track(key, &channel, upto, &answer.epoch);
-            }
+            self.track_stream(key, &channel, upto, &answer.epoch);
         }
         self.conns.mark_dirty(key);
+    }
+
+    /// The connection has every message of `channel` up to `upto`: its
+    /// stream goes on from there. On Redis, a stream made after its topic
+    /// was subscribed is checked once, since the answer may have been read
+    /// before the SUBSCRIBE took effect (and a quiet channel would never
+    /// show the gap).
+    fn track_stream(&mut self, key: usize, channel: &str, upto: u64, epoch: &str) {
+        if !self.tracks_stream(channel) {
+            return;
+        }
+        let new = self.subs.stream(channel).is_none();
+        self.subs.track(key, channel, upto, epoch);
+        if new
+            && self
+                .cluster
+                .as_ref()
+                .is_some_and(|c| c.is_confirmed(channel))
+        {
+            self.fetch_missing(channel);
+        }
     }
 
     /// Written out what it could: a connection replaying pages whose queue
@@ -244,9 +263,7 @@ impl Worker {
         }
         if self.subs.add(key, channel) {
             self.track_presence(key, channel, true);
-            if self.tracks_stream(channel) {
-                self.subs.track(key, channel, upto, &replay.epoch);
-            }
+            self.track_stream(key, channel, upto, &replay.epoch);
         }
         self.conns.mark_dirty(key);
     }

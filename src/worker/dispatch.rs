@@ -326,6 +326,10 @@ impl Worker {
     /// Records what waits for the answer, then asks the owner: this worker's
     /// core directly, or another worker over its link.
     pub(super) fn ask_owner(&mut self, channel: &str, query: Query, what: Awaiting) {
+        if let (Some(cluster), Query::Resume { .. }) = (&mut self.cluster, &query) {
+            // Messages come from Redis pub/sub, whoever published them.
+            cluster.want(channel);
+        }
         let owner = self.owner_of(channel);
         if owner == self.slot {
             let to = ReplyTo::Local(self.pending.insert(owner, what));
@@ -396,6 +400,8 @@ impl Worker {
             Effect::Store(_) => {}
             // Messages and presence events go to the workers that want the
             // channel (`sync::interest`), then to our own subscribers.
+            // On Redis, every worker hears messages from pub/sub instead.
+            Effect::Deliver { .. } if self.cluster.is_some() => {}
             Effect::Deliver { channel, seq, line } => {
                 self.send_to_watchers(&channel, &line, |channel| BusMsg::Deliver { channel, seq });
                 self.deliver_local(&channel, seq, &line);
@@ -484,7 +490,8 @@ impl Worker {
     /// for channels another worker owns, but not inboxes, whose owner resends
     /// unacked messages with their old seq.
     pub(super) fn tracks_stream(&self, channel: &str) -> bool {
-        !channel::is_inbox(channel) && self.owner_of(channel) != self.slot
+        !channel::is_inbox(channel)
+            && (self.cluster.is_some() || self.owner_of(channel) != self.slot)
     }
 
     /// Queues message `seq` of `channel` to each local subscriber that does

@@ -14,6 +14,7 @@ use super::pending::unavailable;
 use super::Worker;
 use crate::bus::frame::encode_header;
 use crate::bus::{BusEvent, BusMsg};
+use crate::cluster::subscriber::Heard;
 use crate::logging::LogLimit;
 use crate::owner::{Answer, Command, Query, Reply, ReplyTo};
 use crate::proto::frames::{self, Acked, ErrorReply};
@@ -350,6 +351,41 @@ impl Worker {
         }
     }
 
+    /// What Redis pub/sub brought (cluster engine): messages pass the
+    /// channel's stream like messages from an owner (a message of another
+    /// epoch holds it until fetched), and a topic (re)subscribed fetches
+    /// what may have been published before.
+    pub(super) fn on_cluster_events(&mut self) {
+        let Some(cluster) = &mut self.cluster else {
+            return;
+        };
+        for heard in cluster.heard() {
+            match heard {
+                Heard::Msg {
+                    channel,
+                    epoch,
+                    seq,
+                    line,
+                } => {
+                    if self
+                        .subs
+                        .stream(&channel)
+                        .is_some_and(|s| s.epoch() != epoch)
+                    {
+                        self.subs.stall(&channel);
+                    }
+                    self.deliver_local(&channel, seq, &line);
+                }
+                Heard::Subscribed(channels) => {
+                    for channel in channels {
+                        self.fetch_missing(&channel);
+                    }
+                }
+                Heard::Down => {}
+            }
+        }
+    }
+
     /// A question from worker `from` for this worker's owner core.
     fn owner_query(&mut self, from: usize, tag: u64, channel: String, query: Query) {
         let to = ReplyTo::Peer { slot: from, tag };
@@ -405,6 +441,11 @@ impl Worker {
     pub(super) fn settle_interest(&mut self) {
         let mut maybe = self.subs.take_emptied();
         maybe.extend(self.pending.take_emptied());
+        if let Some(cluster) = &mut self.cluster {
+            let (subs, pending) = (&self.subs, &self.pending);
+            let wanted = |c: &str| !subs.subscribers(c).is_empty() || pending.wants(c);
+            cluster.settle(maybe.clone(), wanted);
+        }
         self.interest.watching.maybe_unwanted(maybe);
         if !self.interest.watching.has_candidates() {
             return;

@@ -50,7 +50,8 @@ const WS_LISTENER: Token = Token(0);
 const TCP_LISTENER: Token = Token(1);
 const MASTER: Token = Token(2);
 const SIGNALS: Token = Token(3);
-/// The store thread has events for us.
+/// The store thread (or, on Redis, the subscriber thread) has events for
+/// us: one `Waker` per `Poll` is all mio allows.
 const STORE: Token = Token(4);
 const CONN_BASE: usize = 1 << 20;
 const TICK: Duration = Duration::from_millis(100);
@@ -104,6 +105,8 @@ pub struct Worker {
     /// Our own connections per (channel, uid), as reported to owners.
     local_presence: LocalPresence,
     webhook: Option<crossbeam_channel::Sender<String>>,
+    /// With `[cluster] engine = "redis"`: the topics heard from Redis.
+    cluster: Option<crate::cluster::ClusterEdge>,
 }
 
 /// Runs a worker until it is told to stop; returns the process exit code.
@@ -149,7 +152,10 @@ impl Worker {
                             return code;
                         }
                     }
-                    STORE => self.on_store_events(),
+                    STORE => {
+                        self.on_store_events();
+                        self.on_cluster_events();
+                    }
                     SIGNALS => {
                         for signal in self.process.signals.drain() {
                             if signal == libc::SIGTERM {

@@ -1,0 +1,453 @@
+//! `RedisEngine`: the owner core's storage on Redis, run by one thread per
+//! worker. What the core submits in a loop turn goes to the thread as one
+//! batch on `flush`, and the thread sends the batch as one pipeline: each
+//! append is one run of the publish script, each read one run of the range
+//! script. Completions come back through a channel and wake the loop.
+//!
+//! When Redis cannot be reached, the batch fails at once (`Outcome::
+//! Unavailable`, read errors), the thread reconnects with backoff, and the
+//! next batch goes through when Redis is back: nothing waits on a dead
+//! Redis longer than `IO_TIMEOUT`.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use crossbeam_channel::{Receiver, Sender, TrySendError};
+use mio::Waker;
+use redis::Value;
+
+use super::keys::Keys;
+use super::scripts;
+use crate::config::{Cluster, Storage};
+use crate::proto::compact::{compact_text, has_line_break};
+use crate::store::shard_db::{Append, Stored};
+use crate::store::{Completion, Engine, Gone, Numbered, Outcome, Range, Request};
+
+/// Most requests in one pipeline.
+const MAX_BATCH: usize = 4096;
+/// Batches waiting for the thread before the worker stops reading clients.
+const QUEUE: usize = 64;
+
+pub struct RedisEngine {
+    held: Vec<Request>,
+    batches: Option<Sender<Vec<Request>>>,
+    done: Receiver<Completion>,
+    /// Requests the thread can no longer take, answered as failures.
+    refused: Vec<Completion>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl RedisEngine {
+    pub fn spawn(
+        cluster: &Cluster,
+        storage: Storage,
+        idempotency_window: std::time::Duration,
+        waker: Arc<Waker>,
+    ) -> std::io::Result<RedisEngine> {
+        let client = redis::Client::open(cluster.redis_url.as_str())
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
+        let (batches, inbox) = crossbeam_channel::bounded(QUEUE);
+        let (outbox, done) = crossbeam_channel::unbounded();
+        let mut writer = Writer {
+            client,
+            con: None,
+            next_try: Instant::now(),
+            backoff: super::MIN_BACKOFF,
+            keys: Keys::new(&cluster.prefix),
+            storage,
+            window_secs: idempotency_window.as_secs().max(1),
+            shas: (String::new(), String::new()),
+        };
+        let thread = std::thread::Builder::new()
+            .name("redis".into())
+            .spawn(move || writer.run(inbox, outbox, waker))?;
+        Ok(RedisEngine {
+            held: Vec::new(),
+            batches: Some(batches),
+            done,
+            refused: Vec::new(),
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Engine for RedisEngine {
+    fn submit(&mut self, request: Request) -> Result<(), Gone> {
+        if self.batches.is_none() {
+            return Err(Gone(Box::new(request)));
+        }
+        self.held.push(request);
+        Ok(())
+    }
+
+    fn flush(&mut self) {
+        let Some(batches) = &self.batches else {
+            return;
+        };
+        if self.held.is_empty() {
+            return;
+        }
+        match batches.try_send(std::mem::take(&mut self.held)) {
+            Ok(()) => {}
+            // The thread is behind: keep them for the next turn (`is_busy`).
+            Err(TrySendError::Full(batch)) => self.held = batch,
+            Err(TrySendError::Disconnected(batch)) => {
+                self.refused
+                    .extend(batch.into_iter().filter_map(Request::gone));
+            }
+        }
+    }
+
+    fn is_busy(&self) -> bool {
+        self.held.len() >= MAX_BATCH
+    }
+
+    fn completions(&mut self, out: &mut Vec<Completion>) {
+        out.append(&mut self.refused);
+        out.extend(self.done.try_iter());
+    }
+
+    fn close(&mut self) {
+        self.flush();
+        self.batches = None;
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+
+    fn numbers_messages(&self) -> bool {
+        true
+    }
+}
+
+struct Writer {
+    client: redis::Client,
+    con: Option<redis::Connection>,
+    next_try: Instant,
+    backoff: std::time::Duration,
+    keys: Keys,
+    storage: Storage,
+    window_secs: u64,
+    /// SHA1s of the publish and range scripts, loaded at each connect.
+    shas: (String, String),
+}
+
+/// What each command of a pipeline answers.
+enum Asked {
+    Append { ticket: u64, state: bool },
+    Range { tag: u64 },
+    Ack { tag: u64 },
+}
+
+impl Writer {
+    fn run(
+        &mut self,
+        inbox: Receiver<Vec<Request>>,
+        outbox: Sender<Completion>,
+        waker: Arc<Waker>,
+    ) {
+        while let Ok(mut batch) = inbox.recv() {
+            while batch.len() < MAX_BATCH {
+                match inbox.try_recv() {
+                    Ok(more) => batch.extend(more),
+                    Err(_) => break,
+                }
+            }
+            for completion in self.execute(batch) {
+                let _ = outbox.send(completion);
+            }
+            let _ = waker.wake();
+        }
+    }
+
+    /// The connection, made if there is none and the backoff allows.
+    fn connection(&mut self) -> Result<&mut redis::Connection, String> {
+        if self.con.is_none() {
+            let now = Instant::now();
+            if now < self.next_try {
+                return Err("redis is unreachable (reconnecting)".into());
+            }
+            match self.open() {
+                Ok(con) => {
+                    log::info!("redis: connected");
+                    self.backoff = super::MIN_BACKOFF;
+                    self.con = Some(con);
+                }
+                Err(e) => {
+                    self.next_try = now + self.backoff;
+                    self.backoff = (self.backoff * 2).min(super::MAX_BACKOFF);
+                    return Err(format!("redis is unreachable: {e}"));
+                }
+            }
+        }
+        self.con.as_mut().ok_or_else(|| "no connection".into())
+    }
+
+    fn open(&mut self) -> redis::RedisResult<redis::Connection> {
+        let mut con = super::connect(&self.client)?;
+        let load = |con: &mut redis::Connection, src: &str| -> redis::RedisResult<String> {
+            redis::cmd("SCRIPT").arg("LOAD").arg(src).query(con)
+        };
+        self.shas = (
+            load(&mut con, scripts::PUBLISH)?,
+            load(&mut con, scripts::RANGE)?,
+        );
+        Ok(con)
+    }
+
+    fn execute(&mut self, batch: Vec<Request>) -> Vec<Completion> {
+        // Connected first: the commands name the scripts loaded at connect.
+        let ready = self.connection().map(|_| ());
+        let mut pipe = redis::pipe();
+        pipe.ignore_errors();
+        let mut asked = Vec::new();
+        let mut at_once = Vec::new();
+        for request in batch {
+            match request {
+                Request::Append { ticket, msg, .. } => {
+                    let state = msg.state.is_some();
+                    pipe.add_command(self.publish(msg));
+                    asked.push(Asked::Append { ticket, state });
+                }
+                Request::Range {
+                    tag,
+                    channel,
+                    after,
+                    limit,
+                } => {
+                    let mut cmd = redis::cmd("EVALSHA");
+                    cmd.arg(&self.shas.1).arg(3);
+                    cmd.arg(self.keys.seq(&channel))
+                        .arg(self.keys.epoch(&channel))
+                        .arg(self.keys.log(&channel));
+                    cmd.arg(crate::store::open::fresh_epoch())
+                        .arg(format!("{}-0", after.saturating_add(1)))
+                        .arg(limit);
+                    pipe.add_command(cmd);
+                    asked.push(Asked::Range { tag });
+                }
+                Request::Ack {
+                    tag, channel, seq, ..
+                } => {
+                    pipe.cmd("SET").arg(self.keys.ack(&channel)).arg(seq);
+                    asked.push(Asked::Ack { tag });
+                }
+                // Retention is MAXLEN at each publish and expiry at reads;
+                // dead letters are reported, not stored, on Redis.
+                Request::Oldest { tag, .. } => at_once.push(Completion::Oldest {
+                    tag,
+                    result: Err("not asked of a shared engine".into()),
+                }),
+                Request::Read { tag, .. } => at_once.push(Completion::Read {
+                    tag,
+                    result: Err("not asked of a shared engine".into()),
+                }),
+                Request::Sweep { .. } | Request::DeadLetter { .. } | Request::Close => {}
+            }
+        }
+        if asked.is_empty() {
+            return at_once;
+        }
+        let result = match (ready, self.con.as_mut()) {
+            (Ok(()), Some(con)) => pipe.query::<Vec<Value>>(con).map_err(|e| e.to_string()),
+            (Err(e), _) => Err(e),
+            (Ok(()), None) => Err("no connection".into()),
+        };
+        let mut done = match result {
+            Ok(values) if values.len() == pipe.len() => {
+                let noscript = values
+                    .iter()
+                    .any(|v| matches!(v, Value::ServerError(e) if e.code() == "NOSCRIPT"));
+                if noscript {
+                    // Scripts flushed: load them again with a new connection.
+                    self.con = None;
+                }
+                answers(asked, values.into_iter().map(Ok))
+            }
+            Ok(_) => answers(asked, std::iter::repeat(Err("short reply".to_string()))),
+            Err(e) => {
+                if self.con.take().is_some() {
+                    log::error!("redis: {e}; reconnecting");
+                }
+                answers(asked, std::iter::repeat(Err(e)))
+            }
+        };
+        done.append(&mut at_once);
+        done
+    }
+
+    fn publish(&self, msg: Append) -> redis::Cmd {
+        let channel = msg.channel.as_str();
+        let data = match has_line_break(&msg.data) {
+            true => compact_text(&msg.data).into_owned(),
+            false => msg.data,
+        };
+        let mut cmd = redis::cmd("EVALSHA");
+        cmd.arg(&self.shas.0).arg(5);
+        let idempotency = msg.idempotency.as_ref().map(|(key, _)| key.as_str());
+        cmd.arg(self.keys.seq(channel))
+            .arg(self.keys.epoch(channel))
+            .arg(self.keys.log(channel))
+            .arg(self.keys.state(channel))
+            .arg(self.keys.idempotency(channel, idempotency.unwrap_or("")));
+        let window = idempotency.map_or(0, |_| self.window_secs);
+        cmd.arg(crate::store::open::fresh_epoch())
+            .arg(data)
+            .arg(msg.expires_ms)
+            .arg(self.storage.retention_for(channel).0)
+            .arg(self.keys.topic(channel))
+            .arg(serde_json::to_string(channel).unwrap_or_default())
+            .arg(window);
+        match (&msg.state, msg.expected) {
+            (Some((key, value, _)), Some(expected)) => {
+                let mode = if value.is_some() { "set" } else { "del" };
+                cmd.arg(mode)
+                    .arg(key)
+                    .arg(serde_json::to_string(key).unwrap_or_default())
+                    .arg(value.as_deref().unwrap_or("null"))
+                    .arg(expected);
+            }
+            _ => {
+                cmd.arg("").arg("").arg("").arg("").arg(0);
+            }
+        }
+        cmd
+    }
+}
+
+/// Each request's completion from its reply; appends together as one
+/// `Committed` in ticket order.
+fn answers(
+    asked: Vec<Asked>,
+    values: impl Iterator<Item = Result<Value, String>>,
+) -> Vec<Completion> {
+    let mut done = Vec::new();
+    let mut numbered = Vec::new();
+    for (asked, value) in asked.into_iter().zip(values) {
+        let value = value.and_then(|v| match v {
+            Value::ServerError(e) => {
+                Err(format!("redis: {} {}", e.code(), e.details().unwrap_or("")))
+            }
+            v => Ok(v),
+        });
+        match asked {
+            Asked::Append { ticket, state } => {
+                let outcome = match value {
+                    Ok(v) => written(&v, state).unwrap_or_else(|| Outcome::Unavailable {
+                        error: "unexpected reply from redis".into(),
+                    }),
+                    Err(error) => Outcome::Unavailable { error },
+                };
+                numbered.push(Numbered { ticket, outcome });
+            }
+            Asked::Range { tag } => {
+                let result = value.and_then(|v| range(&v).ok_or_else(|| "bad range".into()));
+                done.push(Completion::Range { tag, result });
+            }
+            Asked::Ack { tag } => done.push(Completion::AcksStored {
+                tags: vec![tag],
+                error: value.err(),
+            }),
+        }
+    }
+    if let Some(last) = numbered.last() {
+        let upto = last.ticket;
+        let count = numbered
+            .iter()
+            .filter(|n| matches!(n.outcome, Outcome::Stored { .. }))
+            .count() as u64;
+        done.insert(
+            0,
+            Completion::Committed {
+                upto,
+                count,
+                numbered,
+            },
+        );
+    }
+    done
+}
+
+fn int(v: &Value) -> Option<u64> {
+    match v {
+        Value::Int(n) => u64::try_from(*n).ok(),
+        Value::BulkString(b) => std::str::from_utf8(b).ok()?.parse().ok(),
+        Value::SimpleString(s) => s.parse().ok(),
+        _ => None,
+    }
+}
+
+fn text(v: &Value) -> Option<String> {
+    match v {
+        Value::BulkString(b) => String::from_utf8(b.clone()).ok(),
+        Value::SimpleString(s) => Some(s.clone()),
+        _ => None,
+    }
+}
+
+/// The publish script's reply.
+fn written(v: &Value, state: bool) -> Option<Outcome> {
+    let Value::Array(parts) = v else {
+        return None;
+    };
+    let kind = text(parts.first()?)?;
+    let n = int(parts.get(1)?)?;
+    match kind.as_str() {
+        "ok" => Some(Outcome::Stored {
+            seq: n,
+            version: state.then(|| parts.get(2).and_then(int)).flatten(),
+        }),
+        "dup" => Some(Outcome::Duplicate { seq: n }),
+        "conflict" => Some(Outcome::Conflict {
+            value: parts.get(2).and_then(text),
+            version: n,
+        }),
+        _ => None,
+    }
+}
+
+/// The range script's reply: seq, epoch, entries, the oldest entry.
+fn range(v: &Value) -> Option<Range> {
+    let Value::Array(parts) = v else {
+        return None;
+    };
+    let entries = |v: &Value| -> Vec<Stored> {
+        let Value::Array(list) = v else {
+            return Vec::new();
+        };
+        list.iter().filter_map(entry).collect()
+    };
+    Some(Range {
+        seq: int(parts.first()?)?,
+        epoch: text(parts.get(1)?)?,
+        rows: entries(parts.get(2)?),
+        oldest: entries(parts.get(3)?).first().map(|m| m.seq),
+    })
+}
+
+/// One stream entry: [id "seq-0", [field, value, …]].
+fn entry(v: &Value) -> Option<Stored> {
+    let Value::Array(pair) = v else {
+        return None;
+    };
+    let id = text(pair.first()?)?;
+    let seq = id.split('-').next()?.parse().ok()?;
+    let Value::Array(fields) = pair.get(1)? else {
+        return None;
+    };
+    let (mut data, mut expires_ms) = (None, i64::MAX);
+    for kv in fields.chunks(2) {
+        match (kv.first().and_then(text).as_deref(), kv.get(1)) {
+            (Some("d"), Some(v)) => data = text(v),
+            (Some("e"), Some(v)) => {
+                expires_ms = text(v).and_then(|t| t.parse().ok()).unwrap_or(i64::MAX)
+            }
+            _ => {}
+        }
+    }
+    Some(Stored {
+        seq,
+        expires_ms,
+        data: data?,
+    })
+}

@@ -1,0 +1,68 @@
+//! The Lua scripts. Each runs atomically on the one slot of a channel's
+//! hash tag, so a publish's seq, stream entry and pub/sub message, and a
+//! compare-and-set with its message, can never be seen half done, by any
+//! server.
+
+/// Publish (also `set`/`del`). KEYS: seq, epoch, log, state, idempotency.
+/// ARGV: 1 epoch to make if none, 2 data, 3 expires (ms), 4 MAXLEN,
+/// 5 topic, 6 channel as JSON, 7 idempotency window in s ("0": no key),
+/// 8 "" | "set" | "del", 9 state key, 10 state key as JSON, 11 value JSON,
+/// 12 expected version.
+/// Returns {"ok", seq, version} | {"dup", seq} | {"conflict", version, value}.
+pub const PUBLISH: &str = r#"
+local epoch = redis.call('GET', KEYS[2])
+if not epoch then
+  redis.call('SET', KEYS[2], ARGV[1])
+  epoch = ARGV[1]
+end
+if ARGV[7] ~= '0' then
+  local first = redis.call('GET', KEYS[5])
+  if first then return {'dup', tonumber(first)} end
+end
+local data = ARGV[2]
+local version = 0
+if ARGV[8] ~= '' then
+  local k = ARGV[9]
+  local current = tonumber(redis.call('HGET', KEYS[4], 'v:' .. k) or '0')
+  if current ~= tonumber(ARGV[12]) then
+    return {'conflict', current, redis.call('HGET', KEYS[4], 'd:' .. k)}
+  end
+  version = current + 1
+  local value = 'null'
+  if ARGV[8] == 'set' then
+    value = ARGV[11]
+    redis.call('HSET', KEYS[4], 'v:' .. k, version, 'd:' .. k, value)
+  else
+    redis.call('HSET', KEYS[4], 'v:' .. k, version)
+    redis.call('HDEL', KEYS[4], 'd:' .. k)
+  end
+  data = '{"key":' .. ARGV[10] .. ',"value":' .. value .. ',"version":' .. version .. '}'
+end
+local seq = redis.call('INCR', KEYS[1])
+redis.call('XADD', KEYS[3], 'MAXLEN', ARGV[4], seq .. '-0', 'd', data, 'e', ARGV[3])
+if ARGV[7] ~= '0' then
+  redis.call('SET', KEYS[5], seq, 'NX', 'EX', ARGV[7])
+end
+local line = '{"op":"msg","channel":' .. ARGV[6] .. ',"seq":' .. seq .. ',"data":' .. data .. '}\n'
+redis.call('PUBLISH', ARGV[5], epoch .. ' ' .. seq .. ' ' .. line)
+return {'ok', seq, version}
+"#;
+
+/// A channel's seq and epoch (made if none: a `sub` to a channel never
+/// published to learns the epoch it will keep), up to ARGV[3] messages
+/// from id ARGV[2] on, and its oldest retained entry.
+/// KEYS: seq, epoch, log. ARGV: 1 epoch to make if none, 2 first id, 3 count.
+pub const RANGE: &str = r#"
+local epoch = redis.call('GET', KEYS[2])
+if not epoch then
+  redis.call('SET', KEYS[2], ARGV[1])
+  epoch = ARGV[1]
+end
+local seq = redis.call('GET', KEYS[1]) or '0'
+local rows = {}
+if tonumber(ARGV[3]) > 0 then
+  rows = redis.call('XRANGE', KEYS[3], ARGV[2], '+', 'COUNT', ARGV[3])
+end
+local first = redis.call('XRANGE', KEYS[3], '-', '+', 'COUNT', 1)
+return {seq, epoch, rows, first}
+"#;
