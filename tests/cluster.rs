@@ -114,3 +114,84 @@ fn a_client_resumes_on_node_b_from_a_seq_published_through_node_a() {
     publish_http(&a, "feed", json!(11));
     assert_eq!(seqs(&collect(&mut again, "feed", 1)), [11]);
 }
+
+#[test]
+fn a_cas_race_of_20_clients_across_both_nodes_has_exactly_one_winner() {
+    let redis = Redis::start();
+    let (a, b) = two_nodes(&redis);
+    let mut watcher = b.tcp();
+    watcher.sub("seats");
+    let mut clients: Vec<Box<dyn Client + Send>> = Vec::new();
+    for i in 0..20 {
+        let node = if i % 2 == 0 { &a } else { &b };
+        match i % 4 {
+            0 | 1 => clients.push(Box::new(node.ws())),
+            _ => clients.push(Box::new(node.tcp())),
+        }
+    }
+    let start = std::sync::Arc::new(std::sync::Barrier::new(20));
+    let threads: Vec<_> = clients
+        .into_iter()
+        .enumerate()
+        .map(|(i, mut c)| {
+            let start = start.clone();
+            std::thread::spawn(move || {
+                start.wait();
+                let set = json!({"op":"set","id":i,"channel":"seats","key":"F7","value":{"by":i},"version":0});
+                c.request(set, &mut Vec::new())
+            })
+        })
+        .collect();
+    let replies: Vec<Value> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+    let won: Vec<&Value> = replies.iter().filter(|r| r["op"] == "ok").collect();
+    assert_eq!(won.len(), 1, "exactly one winner: {replies:?}");
+    assert_eq!(won[0]["version"], 1);
+    for lost in replies.iter().filter(|r| r["op"] != "ok") {
+        assert_eq!(lost["code"], "conflict", "{lost}");
+        assert_eq!(lost["current"]["version"], 1, "{lost}");
+    }
+    let change = collect(&mut watcher, "seats", 1);
+    assert_eq!(change[0]["data"]["version"], 1);
+    assert_eq!(change[0]["data"]["value"], won_value(&replies));
+    assert!(watcher.recv_timeout(Duration::from_millis(300)).is_none(), "one change only");
+}
+
+/// The value the winner of the race wrote.
+fn won_value(replies: &[Value]) -> Value {
+    let i = replies.iter().position(|r| r["op"] == "ok").unwrap();
+    json!({"by": i})
+}
+
+#[test]
+fn an_idempotent_publish_retried_on_the_other_node_is_stored_once() {
+    let redis = Redis::start();
+    let (a, b) = two_nodes(&redis);
+    let mut watcher = a.ws();
+    watcher.sub("orders");
+    let body = json!({"channel":"orders","data":{"order":1},"idempotency_key":"order-1"}).to_string();
+    let first = a.http("POST", "/api/publish", &body);
+    assert_eq!(first.0, 200, "{}", first.1);
+    // Retries through both nodes, some at once.
+    let retries: Vec<_> = (0..10)
+        .map(|i| {
+            let (port, body) = (if i % 2 == 0 { b.ws_port } else { a.ws_port }, body.clone());
+            std::thread::spawn(move || {
+                let raw = format!(
+                    "POST /api/publish HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer test-key\r\n\
+                     Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                common::http_raw(port, raw.as_bytes())
+            })
+        })
+        .collect();
+    for retry in retries {
+        let (status, reply) = retry.join().unwrap();
+        assert_eq!((status, reply.as_str()), (200, first.1.as_str()));
+    }
+    let reply: Value = serde_json::from_str(&first.1).unwrap();
+    assert_eq!(reply["seq"], 1, "{reply}");
+    let got = collect(&mut watcher, "orders", 1);
+    assert_eq!(seqs(&got), [1]);
+    assert!(watcher.recv_timeout(Duration::from_millis(300)).is_none(), "published once");
+}
