@@ -153,7 +153,10 @@ fn a_cas_race_of_20_clients_across_both_nodes_has_exactly_one_winner() {
     let change = collect(&mut watcher, "seats", 1);
     assert_eq!(change[0]["data"]["version"], 1);
     assert_eq!(change[0]["data"]["value"], won_value(&replies));
-    assert!(watcher.recv_timeout(Duration::from_millis(300)).is_none(), "one change only");
+    assert!(
+        watcher.recv_timeout(Duration::from_millis(300)).is_none(),
+        "one change only"
+    );
 }
 
 /// The value the winner of the race wrote.
@@ -168,7 +171,8 @@ fn an_idempotent_publish_retried_on_the_other_node_is_stored_once() {
     let (a, b) = two_nodes(&redis);
     let mut watcher = a.ws();
     watcher.sub("orders");
-    let body = json!({"channel":"orders","data":{"order":1},"idempotency_key":"order-1"}).to_string();
+    let body =
+        json!({"channel":"orders","data":{"order":1},"idempotency_key":"order-1"}).to_string();
     let first = a.http("POST", "/api/publish", &body);
     assert_eq!(first.0, 200, "{}", first.1);
     // Retries through both nodes, some at once.
@@ -193,5 +197,78 @@ fn an_idempotent_publish_retried_on_the_other_node_is_stored_once() {
     assert_eq!(reply["seq"], 1, "{reply}");
     let got = collect(&mut watcher, "orders", 1);
     assert_eq!(seqs(&got), [1]);
-    assert!(watcher.recv_timeout(Duration::from_millis(300)).is_none(), "published once");
+    assert!(
+        watcher.recv_timeout(Duration::from_millis(300)).is_none(),
+        "published once"
+    );
+}
+
+#[test]
+fn redis_restarted_without_data_fails_requests_fast_then_clients_carry_on_in_a_new_epoch() {
+    let mut redis = Redis::start();
+    let (a, b) = two_nodes(&redis);
+    let mut live = b.ws();
+    let reply = live.sub("ticker");
+    let old_epoch = reply["epoch"].as_str().unwrap().to_string();
+    for i in 1..=5 {
+        publish_http(&a, "ticker", json!(i));
+    }
+    assert_eq!(seqs(&collect(&mut live, "ticker", 5)), [1, 2, 3, 4, 5]);
+
+    let _ = redis.try_cmd(&["SHUTDOWN", "NOSAVE"]);
+    redis.wait_exit();
+    // Down: requests fail fast with `unavailable`; clients stay connected.
+    let (status, body) = a.http(
+        "POST",
+        "/api/publish",
+        &json!({"channel":"ticker","data":0}).to_string(),
+    );
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("unavailable"), "{body}");
+    let mut publisher = a.tcp();
+    let reply = publisher.request(
+        json!({"op":"pub","id":1,"channel":"ticker","data":0}),
+        &mut Vec::new(),
+    );
+    assert_eq!(reply["code"], "unavailable", "{reply}");
+    let pong = live.request(json!({"op":"ping","id":"p"}), &mut Vec::new());
+    assert_eq!(pong["op"], "pong", "still connected: {pong}");
+
+    redis.launch();
+    // Back: publishes go through again, in a new epoch.
+    let mut first = None;
+    common::eventually("publishes work again", || {
+        let (status, body) = a.http(
+            "POST",
+            "/api/publish",
+            &json!({"channel":"ticker","data":"after"}).to_string(),
+        );
+        first = (status == 200).then_some(body);
+        first.is_some()
+    });
+    // The connected subscriber is told what it missed, then goes on.
+    let resync = loop {
+        let frame = live.recv();
+        if frame["op"] == "resync" {
+            break frame;
+        }
+        assert_ne!(frame["op"], "msg", "no message before the resync: {frame}");
+    };
+    assert_eq!(resync["after"], 5, "{resync}");
+    let new_epoch = resync["epoch"].as_str().unwrap().to_string();
+    assert_ne!(new_epoch, old_epoch);
+    let next = publish_http(&a, "ticker", json!("next"));
+    let got = collect(&mut live, "ticker", 1);
+    assert_eq!(seqs(&got), [next]);
+    // A client resuming from the old epoch is told it was not recovered.
+    let mut resumer = b.tcp();
+    let reply = resumer.request(
+        json!({"op":"sub","id":1,"channel":"ticker","since":5,"epoch":old_epoch}),
+        &mut Vec::new(),
+    );
+    assert_eq!(reply["recovered"], false, "{reply}");
+    assert_eq!(reply["epoch"], new_epoch.as_str(), "{reply}");
+    let last = publish_http(&b, "ticker", json!("last"));
+    assert_eq!(seqs(&collect(&mut resumer, "ticker", 1)), [last]);
+    assert_eq!(seqs(&collect(&mut live, "ticker", 1)), [last]);
 }
