@@ -66,7 +66,7 @@ impl ClusterEdge {
                     }
                 }
                 Heard::Down => self.confirmed.clear(),
-                Heard::Msg { .. } => {}
+                Heard::Msg { .. } | Heard::Event { .. } => {}
             }
         }
         heard

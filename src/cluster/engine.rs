@@ -9,8 +9,9 @@
 //! next batch goes through when Redis is back: nothing waits on a dead
 //! Redis longer than `IO_TIMEOUT`.
 
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 use mio::Waker;
@@ -20,8 +21,11 @@ use super::keys::Keys;
 use super::scripts;
 use crate::config::{Cluster, Storage};
 use crate::proto::compact::{compact_text, has_line_break};
+use crate::proto::frames;
+use crate::store::open::now_ms;
 use crate::store::shard_db::{Append, Stored};
-use crate::store::{Completion, Engine, Gone, Numbered, Outcome, Range, Request};
+use crate::store::{Completion, Engine, Gone, Looked, Numbered, Outcome, Range, Request};
+use crate::sync::channel::is_inbox;
 
 /// Most requests in one pipeline.
 const MAX_BATCH: usize = 4096;
@@ -56,7 +60,11 @@ impl RedisEngine {
             keys: Keys::new(&cluster.prefix),
             storage,
             window_secs: idempotency_window.as_secs().max(1),
-            shas: (String::new(), String::new()),
+            shas: Shas::default(),
+            node: cluster.node.clone(),
+            presence_ttl: cluster.presence_ttl,
+            members: HashSet::new(),
+            next_refresh: Instant::now(),
         };
         let thread = std::thread::Builder::new()
             .name("redis".into())
@@ -128,15 +136,32 @@ struct Writer {
     keys: Keys,
     storage: Storage,
     window_secs: u64,
-    /// SHA1s of the publish and range scripts, loaded at each connect.
-    shas: (String, String),
+    shas: Shas,
+    /// This server's name in presence members.
+    node: String,
+    presence_ttl: Duration,
+    /// (channel, uid) present here through this worker's owner core:
+    /// refreshed every third of `presence_ttl` while this server lives.
+    members: HashSet<(String, String)>,
+    next_refresh: Instant,
+}
+
+/// SHA1s of the scripts, loaded at each connect.
+#[derive(Default)]
+struct Shas {
+    publish: String,
+    range: String,
+    lookup: String,
+    presence: String,
 }
 
 /// What each command of a pipeline answers.
 enum Asked {
     Append { ticket: u64, state: bool },
     Range { tag: u64 },
+    Lookup { tag: u64 },
     Ack { tag: u64 },
+    Presence,
 }
 
 impl Writer {
@@ -146,7 +171,16 @@ impl Writer {
         outbox: Sender<Completion>,
         waker: Arc<Waker>,
     ) {
-        while let Ok(mut batch) = inbox.recv() {
+        loop {
+            let wait = self.next_refresh.saturating_duration_since(Instant::now());
+            let mut batch = match inbox.recv_timeout(wait) {
+                Ok(batch) => batch,
+                Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
+                    self.refresh_presence();
+                    continue;
+                }
+                Err(crossbeam_channel::RecvTimeoutError::Disconnected) => return,
+            };
             while batch.len() < MAX_BATCH {
                 match inbox.try_recv() {
                     Ok(more) => batch.extend(more),
@@ -188,10 +222,12 @@ impl Writer {
         let load = |con: &mut redis::Connection, src: &str| -> redis::RedisResult<String> {
             redis::cmd("SCRIPT").arg("LOAD").arg(src).query(con)
         };
-        self.shas = (
-            load(&mut con, scripts::PUBLISH)?,
-            load(&mut con, scripts::RANGE)?,
-        );
+        self.shas = Shas {
+            publish: load(&mut con, scripts::PUBLISH)?,
+            range: load(&mut con, scripts::RANGE)?,
+            lookup: load(&mut con, scripts::LOOKUP)?,
+            presence: load(&mut con, &scripts::presence())?,
+        };
         Ok(con)
     }
 
@@ -216,7 +252,7 @@ impl Writer {
                     limit,
                 } => {
                     let mut cmd = redis::cmd("EVALSHA");
-                    cmd.arg(&self.shas.1).arg(3);
+                    cmd.arg(&self.shas.range).arg(3);
                     cmd.arg(self.keys.seq(&channel))
                         .arg(self.keys.epoch(&channel))
                         .arg(self.keys.log(&channel));
@@ -225,6 +261,30 @@ impl Writer {
                         .arg(limit);
                     pipe.add_command(cmd);
                     asked.push(Asked::Range { tag });
+                }
+                Request::Lookup { tag, channel } => {
+                    let mut cmd = redis::cmd("EVALSHA");
+                    cmd.arg(&self.shas.lookup).arg(4);
+                    cmd.arg(self.keys.seq(&channel))
+                        .arg(self.keys.epoch(&channel))
+                        .arg(self.keys.state(&channel))
+                        .arg(self.keys.presence(&channel));
+                    cmd.arg(crate::store::open::fresh_epoch()).arg(now_ms());
+                    pipe.add_command(cmd);
+                    asked.push(Asked::Lookup { tag });
+                }
+                Request::Presence {
+                    channel,
+                    uid,
+                    joined,
+                } => {
+                    pipe.add_command(self.presence(&channel, &uid, joined));
+                    asked.push(Asked::Presence);
+                    let member = (channel, uid);
+                    match joined {
+                        true => self.members.insert(member),
+                        false => self.members.remove(&member),
+                    };
                 }
                 Request::Ack {
                     tag, channel, seq, ..
@@ -276,6 +336,57 @@ impl Writer {
         done
     }
 
+    fn presence(&self, channel: &str, uid: &str, joined: bool) -> redis::Cmd {
+        let now = now_ms();
+        let deadline = now + self.presence_ttl.as_millis() as i64;
+        let event = |op| {
+            let line = frames::event_line(op, channel, uid);
+            [b"event ".as_slice(), &line].concat()
+        };
+        // An inbox's presence says who is online; it has no events.
+        let topic = match is_inbox(channel) {
+            true => String::new(),
+            false => self.keys.topic(channel),
+        };
+        let mut cmd = redis::cmd("EVALSHA");
+        cmd.arg(&self.shas.presence).arg(1);
+        cmd.arg(self.keys.presence(channel));
+        cmd.arg(uid)
+            .arg(&self.node)
+            .arg(deadline)
+            .arg(now)
+            .arg(if joined { 1 } else { 0 })
+            .arg(topic)
+            .arg(event("join"))
+            .arg(event("leave"));
+        cmd
+    }
+
+    /// Pushes the deadline of this server's members forward; a server that
+    /// stops doing so (killed) sees its members vanish after `presence_ttl`.
+    fn refresh_presence(&mut self) {
+        self.next_refresh = Instant::now() + self.presence_ttl / 3;
+        if self.members.is_empty() || self.connection().is_err() {
+            return;
+        }
+        let deadline = now_ms() + self.presence_ttl.as_millis() as i64;
+        let mut pipe = redis::pipe();
+        for (channel, uid) in &self.members {
+            let member = format!("{}\n{uid}", self.node);
+            pipe.cmd("ZADD")
+                .arg(self.keys.presence(channel))
+                .arg(deadline)
+                .arg(member)
+                .ignore();
+        }
+        if let Some(con) = self.con.as_mut() {
+            if let Err(e) = pipe.exec(con) {
+                log::error!("redis: refreshing presence: {e}; reconnecting");
+                self.con = None;
+            }
+        }
+    }
+
     fn publish(&self, msg: Append) -> redis::Cmd {
         let channel = msg.channel.as_str();
         let data = match has_line_break(&msg.data) {
@@ -283,7 +394,7 @@ impl Writer {
             false => msg.data,
         };
         let mut cmd = redis::cmd("EVALSHA");
-        cmd.arg(&self.shas.0).arg(5);
+        cmd.arg(&self.shas.publish).arg(5);
         let idempotency = msg.idempotency.as_ref().map(|(key, _)| key.as_str());
         cmd.arg(self.keys.seq(channel))
             .arg(self.keys.epoch(channel))
@@ -343,6 +454,15 @@ fn answers(
             Asked::Range { tag } => {
                 let result = value.and_then(|v| range(&v).ok_or_else(|| "bad range".into()));
                 done.push(Completion::Range { tag, result });
+            }
+            Asked::Lookup { tag } => {
+                let result = value.and_then(|v| looked(&v).ok_or_else(|| "bad lookup".into()));
+                done.push(Completion::Looked { tag, result });
+            }
+            Asked::Presence => {
+                if let Err(e) = value {
+                    log::warn!("redis: presence not recorded: {e}");
+                }
             }
             Asked::Ack { tag } => done.push(Completion::AcksStored {
                 tags: vec![tag],
@@ -404,6 +524,50 @@ fn written(v: &Value, state: bool) -> Option<Outcome> {
         }),
         _ => None,
     }
+}
+
+/// The lookup script's reply: seq, epoch, the state hash, live members.
+fn looked(v: &Value) -> Option<Looked> {
+    let Value::Array(parts) = v else {
+        return None;
+    };
+    let strings = |v: &Value| -> Vec<String> {
+        let Value::Array(list) = v else {
+            return Vec::new();
+        };
+        list.iter().filter_map(text).collect()
+    };
+    let hash = strings(parts.get(2)?);
+    let mut versions = std::collections::BTreeMap::new();
+    let mut values = HashMap::new();
+    for kv in hash.chunks(2) {
+        match (kv[0].split_once(':'), kv.get(1)) {
+            (Some(("v", key)), Some(v)) => {
+                versions.insert(key.to_string(), v.parse().unwrap_or(0));
+            }
+            (Some(("d", key)), Some(v)) => {
+                values.insert(key.to_string(), v.clone());
+            }
+            _ => {}
+        }
+    }
+    let state = versions
+        .into_iter()
+        .map(|(key, version)| {
+            let value = values.remove(&key);
+            (key, value, version)
+        })
+        .collect();
+    let members = strings(parts.get(3)?)
+        .into_iter()
+        .filter_map(|m| m.split_once('\n').map(|(_, uid)| uid.to_string()))
+        .collect();
+    Some(Looked {
+        seq: int(parts.first()?)?,
+        epoch: text(parts.get(1)?)?,
+        state,
+        members,
+    })
 }
 
 /// The range script's reply: seq, epoch, entries, the oldest entry.

@@ -66,3 +66,76 @@ end
 local first = redis.call('XRANGE', KEYS[3], '-', '+', 'COUNT', 1)
 return {seq, epoch, rows, first}
 "#;
+
+/// A channel's seq, epoch (made if none), keyed state and live presence
+/// members. KEYS: seq, epoch, state, presence. ARGV: 1 epoch to make if
+/// none, 2 now (ms).
+pub const LOOKUP: &str = r#"
+local epoch = redis.call('GET', KEYS[2])
+if not epoch then
+  redis.call('SET', KEYS[2], ARGV[1])
+  epoch = ARGV[1]
+end
+local seq = redis.call('GET', KEYS[1]) or '0'
+return {seq, epoch, redis.call('HGETALL', KEYS[3]),
+        redis.call('ZRANGEBYSCORE', KEYS[4], ARGV[2], '+inf')}
+"#;
+
+/// Whether `uid` has a live member (any server) in presence set `key`.
+const PRESENT: &str = r#"
+local function present(key, uid, now)
+  for _, m in ipairs(redis.call('ZRANGEBYSCORE', key, now, '+inf')) do
+    local nl = string.find(m, '\n', 1, true)
+    if nl and string.sub(m, nl + 1) == uid then return true end
+  end
+  return false
+end
+"#;
+
+/// This server's member `node \n uid` joins (ARGV[5] = "1", scored by its
+/// deadline) or leaves; the join or leave line goes to the topic only when
+/// the user's presence across all servers changes. KEYS: presence.
+/// ARGV: 1 uid, 2 node, 3 deadline (ms), 4 now (ms), 5 joined, 6 topic
+/// ("" for none), 7 join payload, 8 leave payload.
+pub fn presence() -> String {
+    format!(
+        "{PRESENT}{}",
+        r#"
+local member = ARGV[2] .. '\n' .. ARGV[1]
+if ARGV[5] == '1' then
+  local before = present(KEYS[1], ARGV[1], ARGV[4])
+  redis.call('ZADD', KEYS[1], ARGV[3], member)
+  if not before and ARGV[6] ~= '' then redis.call('PUBLISH', ARGV[6], ARGV[7]) end
+else
+  local removed = redis.call('ZREM', KEYS[1], member)
+  if removed == 1 and ARGV[6] ~= '' and not present(KEYS[1], ARGV[1], ARGV[4]) then
+    redis.call('PUBLISH', ARGV[6], ARGV[8])
+  end
+end
+return 1
+"#
+    )
+}
+
+/// Removes members past their deadline (a server that died) and returns
+/// the uids no longer present anywhere: the caller publishes their leave.
+/// Only the one sweeper whose ZREM removed a member reports it.
+/// KEYS: presence. ARGV: 1 now (ms).
+pub fn sweep() -> String {
+    format!(
+        "{PRESENT}{}",
+        r#"
+local left = {}
+for _, m in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. ARGV[1])) do
+  if redis.call('ZREM', KEYS[1], m) == 1 then
+    local nl = string.find(m, '\n', 1, true)
+    if nl then
+      local uid = string.sub(m, nl + 1)
+      if not present(KEYS[1], uid, ARGV[1]) then table.insert(left, uid) end
+    end
+  end
+end
+return left
+"#
+    )
+}

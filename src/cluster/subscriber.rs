@@ -18,6 +18,8 @@ use super::keys::{parse_payload, Keys};
 
 /// How often a subscribed connection looks at new orders.
 const ORDERS_EVERY: Duration = Duration::from_millis(20);
+/// How often members past their deadline are looked for.
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
 
 /// What the thread hears, for the worker loop.
 #[derive(Debug)]
@@ -29,6 +31,8 @@ pub enum Heard {
         seq: u64,
         line: Bytes,
     },
+    /// A presence join or leave line of `channel`, from any server.
+    Event { channel: String, line: Bytes },
     /// These channels' topics are subscribed (again): from now on nothing
     /// published is missed, but something before may have been.
     Subscribed(Vec<String>),
@@ -54,6 +58,9 @@ impl Subscriber {
         let (outbox, heard) = crossbeam_channel::unbounded();
         let mut listener = Listener {
             client,
+            sweeper: None,
+            sweep: redis::Script::new(&super::scripts::sweep()),
+            next_sweep: Instant::now(),
             keys,
             topics: HashSet::new(),
             inbox,
@@ -99,6 +106,11 @@ impl Drop for Subscriber {
 
 struct Listener {
     client: redis::Client,
+    /// A second connection, for the presence sweep (the first one is in
+    /// subscribe mode).
+    sweeper: Option<redis::Connection>,
+    sweep: redis::Script,
+    next_sweep: Instant,
     keys: Keys,
     /// Every channel the worker wants, subscribed or not yet.
     topics: HashSet<String>,
@@ -159,6 +171,46 @@ impl Listener {
         let _ = self.waker.wake();
     }
 
+    /// Members of a server that stopped refreshing them (killed) are
+    /// removed from the presence of every channel heard here, and their
+    /// leave is published once, by whichever server removed them.
+    fn sweep_presence(&mut self) {
+        self.next_sweep = Instant::now() + SWEEP_EVERY;
+        if self.sweeper.is_none() {
+            self.sweeper = super::connect(&self.client).ok();
+        }
+        let Some(con) = self.sweeper.as_mut() else {
+            return;
+        };
+        let now = crate::store::open::now_ms();
+        for channel in &self.topics {
+            let left: Vec<String> = match self
+                .sweep
+                .key(self.keys.presence(channel))
+                .arg(now)
+                .invoke(con)
+            {
+                Ok(left) => left,
+                Err(e) => {
+                    log::warn!("redis presence sweep: {e}");
+                    self.sweeper = None;
+                    return;
+                }
+            };
+            for uid in left {
+                let line = crate::proto::frames::event_line("leave", channel, &uid);
+                let payload = [b"event ".as_slice(), &line].concat();
+                let topic = self.keys.topic(channel);
+                let sent: redis::RedisResult<i64> =
+                    redis::cmd("PUBLISH").arg(topic).arg(payload).query(con);
+                if sent.is_err() {
+                    self.sweeper = None;
+                    return;
+                }
+            }
+        }
+    }
+
     fn session(&mut self, con: &mut redis::Connection) -> End {
         let mut pubsub = con.as_pubsub();
         if let Err(e) = pubsub.set_read_timeout(Some(ORDERS_EVERY)) {
@@ -194,12 +246,21 @@ impl Listener {
                     return End::Dropped(e.to_string());
                 }
             }
+            if Instant::now() >= self.next_sweep {
+                self.sweep_presence();
+            }
             match pubsub.get_message() {
                 Ok(msg) => {
                     let topic = msg.get_channel_name();
                     let Some(channel) = self.keys.channel_of(topic) else {
                         continue;
                     };
+                    if let Some(line) = msg.get_payload_bytes().strip_prefix(b"event ") {
+                        let line = Bytes::copy_from_slice(line);
+                        let channel = channel.to_string();
+                        self.tell(Heard::Event { channel, line });
+                        continue;
+                    }
                     let Some((epoch, seq, line)) = parse_payload(msg.get_payload_bytes()) else {
                         log::warn!("redis pub/sub: a malformed message on {topic}");
                         continue;

@@ -451,6 +451,7 @@ impl OwnerCore {
             Completion::Read { tag, result } => self.on_disk_read(tag, result, now),
             Completion::Oldest { tag, result } => self.on_oldest(tag, result),
             Completion::Range { tag, result } => self.on_range(tag, result, now),
+            Completion::Looked { tag, result } => self.on_looked(tag, result),
             Completion::AcksStored { tags, error } => self.acks_stored(tags, error),
             Completion::Swept { expired, trimmed } => {
                 self.stats.expired += expired;

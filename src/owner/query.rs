@@ -41,6 +41,15 @@ impl OwnerCore {
             );
             return self.reply_answer(to, Err(e));
         }
+        let shared = self.config.numbered_by_engine;
+        if shared
+            && matches!(
+                query,
+                Query::Presence | Query::User { .. } | Query::Get { .. } | Query::State { .. }
+            )
+        {
+            return self.look_up(channel, query, to);
+        }
         // An inbox replays every unacked message at once (its client
         // acks them); everything else a client asks for comes in pages.
         let (query, budget) = match query {

@@ -5,11 +5,16 @@
 //! through this core. What the core still does: order a turn's writes,
 //! answer each writer, and cut answers into pages.
 
-use super::publish::{change_json, conflict, Inflight};
+use std::collections::BTreeMap;
+
+use bytes::Bytes;
+
+use super::publish::{change_json, conflict, raw_or_null, Inflight};
 use super::query::DiskRead;
+use super::state::Entry;
 use super::{pages, Answer, Now, OwnerCore, Query, ReplyTo};
 use crate::proto::frames::{self, Acked, ErrorReply};
-use crate::store::{Outcome, Range, Request};
+use crate::store::{Looked, Outcome, Range, Request};
 
 /// A question waiting for the engine's `Range`.
 pub(super) struct SharedRead {
@@ -155,5 +160,82 @@ impl OwnerCore {
             budget: asked.budget,
         };
         self.reply_page(read, lines, seqs);
+    }
+}
+
+impl OwnerCore {
+    /// `get`, `state`, `presence` and user status: read from the engine,
+    /// since other servers write the state and hold the members.
+    pub(super) fn look_up(&mut self, channel: &str, query: Query, to: ReplyTo) {
+        let tag = self.next_tag();
+        let channel = channel.to_string();
+        self.store(Request::Lookup {
+            tag,
+            channel: channel.clone(),
+        });
+        let budget = self.config.page_bytes;
+        let read = SharedRead {
+            to,
+            channel,
+            query,
+            budget,
+        };
+        self.shared_reads.insert(tag, read);
+    }
+
+    pub(super) fn on_looked(&mut self, tag: u64, result: Result<Looked, String>) {
+        let Some(asked) = self.shared_reads.remove(&tag) else {
+            return;
+        };
+        let looked = match result {
+            Ok(looked) => looked,
+            Err(e) => return self.reply_answer(asked.to, Err(unavailable(&e))),
+        };
+        let channel = asked.channel.as_str();
+        let json = match asked.query {
+            Query::Presence => {
+                let mut uids = looked.members;
+                uids.sort();
+                uids.dedup();
+                serde_json::json!({"channel": channel, "uids": uids})
+            }
+            Query::User { uid } => {
+                // Counted per server the user is connected to.
+                let connections = looked.members.iter().filter(|m| **m == uid).count();
+                serde_json::json!({"uid": uid, "online": connections > 0, "connections": connections})
+            }
+            Query::Get { key } => {
+                let entry = looked.state.into_iter().find(|(k, _, _)| *k == key);
+                let (value, version) = entry.map_or((None, 0), |(_, v, n)| (v, n));
+                let value = raw_or_null(value.as_deref());
+                serde_json::json!({"channel": channel, "key": key, "value": value, "version": version})
+            }
+            Query::State { after, limit } => {
+                let keys: BTreeMap<String, Entry> = looked
+                    .state
+                    .into_iter()
+                    .filter(|(k, v, _)| v.is_some() && after.as_ref().is_none_or(|a| k > a))
+                    .map(|(k, value, version)| (k, Entry { value, version }))
+                    .collect();
+                let keys = keys.iter().map(|(k, e)| (k.as_str(), e));
+                let limit = limit.min(frames::MAX_HISTORY_LIMIT);
+                let (keys, cursor) = pages::state_page(keys, limit, asked.budget);
+                let mut json = serde_json::json!({"channel": channel, "seq": looked.seq, "epoch": looked.epoch, "keys": keys, "more": cursor.is_some()});
+                if let Some(cursor) = cursor {
+                    json["cursor"] = cursor.into();
+                }
+                json
+            }
+            _ => serde_json::Value::Null,
+        };
+        let answer = Answer {
+            seq: 0,
+            epoch: String::new(),
+            recovered: None,
+            oldest: None,
+            lines: vec![Bytes::from(json.to_string() + "\n")],
+            cursor: None,
+        };
+        self.reply_answer(asked.to, Ok(answer));
     }
 }

@@ -40,6 +40,8 @@ pub struct MemEngine {
     pub versions: HashMap<(String, String), u64>,
     /// When numbering: appends fail as when Redis cannot be reached.
     pub unreachable: bool,
+    /// When numbering: (channel, uid) present on this server, as told.
+    pub members: std::collections::BTreeSet<(String, String)>,
 }
 
 impl Engine for MemEngine {
@@ -205,6 +207,41 @@ impl MemEngine {
                     tag,
                     result: Ok(range),
                 });
+            }
+            Request::Lookup { tag, channel } => {
+                let rows = self.rows.get(&channel).unwrap_or(&empty);
+                let state = self
+                    .versions
+                    .iter()
+                    .filter(|((c, _), _)| *c == channel)
+                    .map(|((_, k), v)| (k.clone(), Some("true".to_string()), *v))
+                    .collect();
+                let members = self
+                    .members
+                    .iter()
+                    .filter(|(c, _)| *c == channel)
+                    .map(|(_, uid)| uid.clone())
+                    .collect();
+                let looked = crate::store::Looked {
+                    seq: rows.last_key_value().map_or(0, |(s, _)| *s),
+                    epoch: "g0".into(),
+                    state,
+                    members,
+                };
+                self.done.push(Completion::Looked {
+                    tag,
+                    result: Ok(looked),
+                });
+            }
+            Request::Presence {
+                channel,
+                uid,
+                joined,
+            } => {
+                match joined {
+                    true => self.members.insert((channel, uid)),
+                    false => self.members.remove(&(channel, uid)),
+                };
             }
             Request::Oldest {
                 tag,

@@ -136,3 +136,35 @@ fn a_write_the_engine_cannot_store_fails_alone() {
     h.settle();
     assert_eq!(h.acked(again).unwrap().seq, 1);
 }
+
+#[test]
+fn presence_and_state_are_the_engines_across_servers() {
+    let mut h = shared(Durability::Commit, "room-1", 0);
+    h.presence(0, "room-1", "alice", 1);
+    h.presence(1, "room-1", "alice", 2);
+    h.settle();
+    assert!(
+        h.events.is_empty(),
+        "the engine tells every server's subscribers"
+    );
+    let asked = h.query("room-1", super::Query::Presence);
+    h.settle();
+    let line = h.answer(asked).unwrap().lines[0].clone();
+    assert_eq!(
+        &line[..],
+        b"{\"channel\":\"room-1\",\"uids\":[\"alice\"]}\n"
+    );
+    h.presence(0, "room-1", "alice", 0);
+    h.presence(1, "room-1", "alice", 0);
+    h.settle();
+    assert!(h.engine.members.is_empty(), "gone from this server");
+    h.set("room-1", "k", Some("true"), 0);
+    h.settle();
+    let asked = h.query("room-1", super::Query::Get { key: "k".into() });
+    h.settle();
+    let line = h.answer(asked).unwrap().lines[0].clone();
+    assert_eq!(
+        &line[..],
+        b"{\"channel\":\"room-1\",\"key\":\"k\",\"value\":true,\"version\":1}\n"
+    );
+}

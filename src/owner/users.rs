@@ -20,6 +20,17 @@ impl OwnerCore {
         now: Now,
     ) {
         let change = self.presence.report(channel, uid, slot, count);
+        if self.config.numbered_by_engine && change != Change::Same {
+            // This server's change: the engine tells every server's
+            // subscribers when the user's presence across all changes.
+            let (channel, uid) = (channel.to_string(), uid.to_string());
+            let joined = change == Change::Joined;
+            self.store(Request::Presence {
+                channel,
+                uid,
+                joined,
+            });
+        }
         if is_inbox(channel) {
             if change == Change::Joined {
                 self.inboxes.reconnected(channel, now.at);
@@ -27,6 +38,7 @@ impl OwnerCore {
             return;
         }
         match change {
+            _ if self.config.numbered_by_engine => {}
             Change::Joined => self.emit_event(channel, "join", uid),
             Change::Left => self.emit_event(channel, "leave", uid),
             Change::Same => {}
@@ -36,7 +48,14 @@ impl OwnerCore {
     /// Worker `slot` is gone, and so are its users.
     pub(super) fn slot_down(&mut self, slot: usize) {
         for (channel, uid) in self.presence.drop_slot(slot) {
-            if !is_inbox(&channel) {
+            if self.config.numbered_by_engine {
+                let joined = false;
+                self.store(Request::Presence {
+                    channel,
+                    uid,
+                    joined,
+                });
+            } else if !is_inbox(&channel) {
                 self.emit_event(&channel, "leave", &uid);
             }
         }

@@ -48,6 +48,18 @@ pub enum Request {
         after: u64,
         limit: usize,
     },
+    /// Only to an engine that `numbers_messages`: the channel's seq, epoch,
+    /// keyed state and live presence members, read together. Answered
+    /// with `Looked`.
+    Lookup { tag: u64, channel: String },
+    /// Only to an engine that `numbers_messages`: `uid` is now in `channel`
+    /// on this server (`joined`), or no longer. The engine keeps it there
+    /// (refreshed, expiring) and tells every server's subscribers.
+    Presence {
+        channel: String,
+        uid: String,
+        joined: bool,
+    },
     /// Record an inbox's cumulative ack; answered with `AcksStored`.
     Ack {
         tag: u64,
@@ -93,6 +105,10 @@ pub enum Completion {
         tag: u64,
         result: Result<Range, String>,
     },
+    Looked {
+        tag: u64,
+        result: Result<Looked, String>,
+    },
     Swept {
         expired: u64,
         trimmed: u64,
@@ -128,6 +144,17 @@ pub enum Outcome {
     Conflict { value: Option<String>, version: u64 },
     /// Not stored: the engine cannot reach its storage now.
     Unavailable { error: String },
+}
+
+/// A channel's state and presence as a shared engine holds them.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Looked {
+    pub seq: u64,
+    pub epoch: String,
+    /// (key, value JSON or `None` when deleted, version).
+    pub state: Vec<(String, Option<String>, u64)>,
+    /// The uid of each live member, once per server it is connected to.
+    pub members: Vec<String>,
 }
 
 /// A channel as a shared engine holds it: its last seq, epoch, the
@@ -190,11 +217,18 @@ impl Request {
                 tag,
                 result: Err(error),
             }),
+            Request::Lookup { tag, .. } => Some(Completion::Looked {
+                tag,
+                result: Err(error),
+            }),
             Request::Ack { tag, .. } => Some(Completion::AcksStored {
                 tags: vec![tag],
                 error: Some(error),
             }),
-            Request::DeadLetter { .. } | Request::Sweep { .. } | Request::Close => None,
+            Request::DeadLetter { .. }
+            | Request::Presence { .. }
+            | Request::Sweep { .. }
+            | Request::Close => None,
         }
     }
 }

@@ -278,6 +278,11 @@ impl Writer {
                     let result = Err("ranges are for a shared engine".to_string());
                     let _ = self.outbox.send(Completion::Range { tag, result });
                 }
+                Request::Lookup { tag, .. } => {
+                    let result = Err("lookups are for a shared engine".to_string());
+                    let _ = self.outbox.send(Completion::Looked { tag, result });
+                }
+                Request::Presence { .. } => {}
                 Request::Close => closing = true,
                 Request::Append { .. } => {}
             }

@@ -381,6 +381,9 @@ impl Worker {
                         self.fetch_missing(&channel);
                     }
                 }
+                Heard::Event { channel, line } => {
+                    self.conns.send_to_subscribers(&self.subs, &channel, &line)
+                }
                 Heard::Down => {}
             }
         }
