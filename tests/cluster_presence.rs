@@ -56,7 +56,7 @@ fn a_user_on_node_a_is_seen_on_node_b_and_gone_after_node_a_is_killed() {
     let mut watcher = b.ws();
     watcher.sub("room-1");
     // Alice on both nodes (two connections on A, one on B), Bob only on A.
-    let mut alice_a = vec![login(&a, "alice"), login(&a, "alice")];
+    let mut alice_a = [login(&a, "alice"), login(&a, "alice")];
     let mut alice_b = login(&b, "alice");
     let mut bob = login(&a, "bob");
     for c in alice_a.iter_mut() {

@@ -9,7 +9,7 @@
 //! next batch goes through when Redis is back: nothing waits on a dead
 //! Redis longer than `IO_TIMEOUT`.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -18,13 +18,14 @@ use mio::Waker;
 use redis::Value;
 
 use super::keys::Keys;
+use super::replies::{answers, Asked};
 use super::scripts;
 use crate::config::{Cluster, Storage};
 use crate::proto::compact::{compact_text, has_line_break};
 use crate::proto::frames;
 use crate::store::open::now_ms;
-use crate::store::shard_db::{Append, Stored};
-use crate::store::{Completion, Engine, Gone, Looked, Numbered, Outcome, Range, Request};
+use crate::store::shard_db::Append;
+use crate::store::{Completion, Engine, Gone, Request};
 use crate::sync::channel::is_inbox;
 
 /// Most requests in one pipeline.
@@ -153,15 +154,6 @@ struct Shas {
     range: String,
     lookup: String,
     presence: String,
-}
-
-/// What each command of a pipeline answers.
-enum Asked {
-    Append { ticket: u64, state: bool },
-    Range { tag: u64 },
-    Lookup { tag: u64 },
-    Ack { tag: u64 },
-    Presence,
 }
 
 impl Writer {
@@ -424,194 +416,4 @@ impl Writer {
         }
         cmd
     }
-}
-
-/// Each request's completion from its reply; appends together as one
-/// `Committed` in ticket order.
-fn answers(
-    asked: Vec<Asked>,
-    values: impl Iterator<Item = Result<Value, String>>,
-) -> Vec<Completion> {
-    let mut done = Vec::new();
-    let mut numbered = Vec::new();
-    for (asked, value) in asked.into_iter().zip(values) {
-        let value = value.and_then(|v| match v {
-            Value::ServerError(e) => {
-                Err(format!("redis: {} {}", e.code(), e.details().unwrap_or("")))
-            }
-            v => Ok(v),
-        });
-        match asked {
-            Asked::Append { ticket, state } => {
-                let outcome = match value {
-                    Ok(v) => written(&v, state).unwrap_or_else(|| Outcome::Unavailable {
-                        error: "unexpected reply from redis".into(),
-                    }),
-                    Err(error) => Outcome::Unavailable { error },
-                };
-                numbered.push(Numbered { ticket, outcome });
-            }
-            Asked::Range { tag } => {
-                let result = value.and_then(|v| range(&v).ok_or_else(|| "bad range".into()));
-                done.push(Completion::Range { tag, result });
-            }
-            Asked::Lookup { tag } => {
-                let result = value.and_then(|v| looked(&v).ok_or_else(|| "bad lookup".into()));
-                done.push(Completion::Looked { tag, result });
-            }
-            Asked::Presence => {
-                if let Err(e) = value {
-                    log::warn!("redis: presence not recorded: {e}");
-                }
-            }
-            Asked::Ack { tag } => done.push(Completion::AcksStored {
-                tags: vec![tag],
-                error: value.err(),
-            }),
-        }
-    }
-    if let Some(last) = numbered.last() {
-        let upto = last.ticket;
-        let count = numbered
-            .iter()
-            .filter(|n| matches!(n.outcome, Outcome::Stored { .. }))
-            .count() as u64;
-        done.insert(
-            0,
-            Completion::Committed {
-                upto,
-                count,
-                numbered,
-            },
-        );
-    }
-    done
-}
-
-fn int(v: &Value) -> Option<u64> {
-    match v {
-        Value::Int(n) => u64::try_from(*n).ok(),
-        Value::BulkString(b) => std::str::from_utf8(b).ok()?.parse().ok(),
-        Value::SimpleString(s) => s.parse().ok(),
-        _ => None,
-    }
-}
-
-fn text(v: &Value) -> Option<String> {
-    match v {
-        Value::BulkString(b) => String::from_utf8(b.clone()).ok(),
-        Value::SimpleString(s) => Some(s.clone()),
-        _ => None,
-    }
-}
-
-/// The publish script's reply.
-fn written(v: &Value, state: bool) -> Option<Outcome> {
-    let Value::Array(parts) = v else {
-        return None;
-    };
-    let kind = text(parts.first()?)?;
-    let n = int(parts.get(1)?)?;
-    match kind.as_str() {
-        "ok" => Some(Outcome::Stored {
-            seq: n,
-            version: state.then(|| parts.get(2).and_then(int)).flatten(),
-        }),
-        "dup" => Some(Outcome::Duplicate { seq: n }),
-        "conflict" => Some(Outcome::Conflict {
-            value: parts.get(2).and_then(text),
-            version: n,
-        }),
-        _ => None,
-    }
-}
-
-/// The lookup script's reply: seq, epoch, the state hash, live members.
-fn looked(v: &Value) -> Option<Looked> {
-    let Value::Array(parts) = v else {
-        return None;
-    };
-    let strings = |v: &Value| -> Vec<String> {
-        let Value::Array(list) = v else {
-            return Vec::new();
-        };
-        list.iter().filter_map(text).collect()
-    };
-    let hash = strings(parts.get(2)?);
-    let mut versions = std::collections::BTreeMap::new();
-    let mut values = HashMap::new();
-    for kv in hash.chunks(2) {
-        match (kv[0].split_once(':'), kv.get(1)) {
-            (Some(("v", key)), Some(v)) => {
-                versions.insert(key.to_string(), v.parse().unwrap_or(0));
-            }
-            (Some(("d", key)), Some(v)) => {
-                values.insert(key.to_string(), v.clone());
-            }
-            _ => {}
-        }
-    }
-    let state = versions
-        .into_iter()
-        .map(|(key, version)| {
-            let value = values.remove(&key);
-            (key, value, version)
-        })
-        .collect();
-    let members = strings(parts.get(3)?)
-        .into_iter()
-        .filter_map(|m| m.split_once('\n').map(|(_, uid)| uid.to_string()))
-        .collect();
-    Some(Looked {
-        seq: int(parts.first()?)?,
-        epoch: text(parts.get(1)?)?,
-        state,
-        members,
-    })
-}
-
-/// The range script's reply: seq, epoch, entries, the oldest entry.
-fn range(v: &Value) -> Option<Range> {
-    let Value::Array(parts) = v else {
-        return None;
-    };
-    let entries = |v: &Value| -> Vec<Stored> {
-        let Value::Array(list) = v else {
-            return Vec::new();
-        };
-        list.iter().filter_map(entry).collect()
-    };
-    Some(Range {
-        seq: int(parts.first()?)?,
-        epoch: text(parts.get(1)?)?,
-        rows: entries(parts.get(2)?),
-        oldest: entries(parts.get(3)?).first().map(|m| m.seq),
-    })
-}
-
-/// One stream entry: [id "seq-0", [field, value, …]].
-fn entry(v: &Value) -> Option<Stored> {
-    let Value::Array(pair) = v else {
-        return None;
-    };
-    let id = text(pair.first()?)?;
-    let seq = id.split('-').next()?.parse().ok()?;
-    let Value::Array(fields) = pair.get(1)? else {
-        return None;
-    };
-    let (mut data, mut expires_ms) = (None, i64::MAX);
-    for kv in fields.chunks(2) {
-        match (kv.first().and_then(text).as_deref(), kv.get(1)) {
-            (Some("d"), Some(v)) => data = text(v),
-            (Some("e"), Some(v)) => {
-                expires_ms = text(v).and_then(|t| t.parse().ok()).unwrap_or(i64::MAX)
-            }
-            _ => {}
-        }
-    }
-    Some(Stored {
-        seq,
-        expires_ms,
-        data: data?,
-    })
 }
