@@ -3,7 +3,7 @@
 //! subscriber, waiting `sub` or replay of it is left, as `sync::interest`
 //! decides between workers), and which are confirmed subscribed.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use mio::Waker;
@@ -11,12 +11,15 @@ use mio::Waker;
 use super::keys::Keys;
 use super::subscriber::{Heard, Subscriber};
 use crate::config::Cluster;
+use crate::owner::Query;
 use crate::sync::interest::Watching;
 
 pub struct ClusterEdge {
     subscriber: Subscriber,
     wanted: Watching,
     confirmed: HashSet<String>,
+    /// Questions (by pending tag) held until their channel is confirmed.
+    deferred: HashMap<String, Vec<(u64, Query)>>,
 }
 
 impl ClusterEdge {
@@ -26,6 +29,7 @@ impl ClusterEdge {
             subscriber: Subscriber::spawn(&cluster.redis_url, keys, waker)?,
             wanted: Watching::default(),
             confirmed: HashSet::new(),
+            deferred: HashMap::new(),
         })
     }
 
@@ -46,8 +50,19 @@ impl ClusterEdge {
         }
         for channel in self.wanted.settle(wanted) {
             self.confirmed.remove(&*channel);
+            self.deferred.remove(&*channel);
             self.subscriber.unsubscribe(&channel);
         }
+    }
+
+    /// Holds the question with pending `tag` until `channel` is confirmed.
+    pub fn defer(&mut self, channel: &str, tag: u64, query: Query) {
+        let held = self.deferred.entry(channel.to_string()).or_default();
+        held.push((tag, query));
+    }
+
+    pub fn take_deferred(&mut self, channel: &str) -> Vec<(u64, Query)> {
+        self.deferred.remove(channel).unwrap_or_default()
     }
 
     /// Whether nothing published on `channel` from now on can be missed.

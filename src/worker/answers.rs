@@ -138,23 +138,10 @@ impl Worker {
     }
 
     /// The connection has every message of `channel` up to `upto`: its
-    /// stream goes on from there. On Redis, a stream made after its topic
-    /// was subscribed is checked once, since the answer may have been read
-    /// before the SUBSCRIBE took effect (and a quiet channel would never
-    /// show the gap).
+    /// stream goes on from there.
     fn track_stream(&mut self, key: usize, channel: &str, upto: u64, epoch: &str) {
-        if !self.tracks_stream(channel) {
-            return;
-        }
-        let new = self.subs.stream(channel).is_none();
-        self.subs.track(key, channel, upto, epoch);
-        if new
-            && self
-                .cluster
-                .as_ref()
-                .is_some_and(|c| c.is_confirmed(channel))
-        {
-            self.fetch_missing(channel);
+        if self.tracks_stream(channel) {
+            self.subs.track(key, channel, upto, epoch);
         }
     }
 

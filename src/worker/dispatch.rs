@@ -28,6 +28,10 @@ use crate::sync::channel;
 use crate::sync::shard;
 use crate::sync::stream::Arrival;
 
+/// The pending table's slot of a question held until its Redis topic is
+/// subscribed (no worker answers it yet).
+pub(super) const WAITS_FOR_REDIS: usize = usize::MAX;
+
 impl Worker {
     pub(super) fn on_frame(&mut self, key: usize, text: &str) {
         self.conns.stats.msgs_in += 1;
@@ -327,21 +331,35 @@ impl Worker {
     /// core directly, or another worker over its link.
     pub(super) fn ask_owner(&mut self, channel: &str, query: Query, what: Awaiting) {
         if let (Some(cluster), Query::Resume { .. }) = (&mut self.cluster, &query) {
-            // Messages come from Redis pub/sub, whoever published them.
+            // Messages and events come from Redis pub/sub, whoever
+            // published them; the question waits until the topic is
+            // subscribed, so nothing after its answer can be missed. It
+            // times out as a question to another worker does.
             cluster.want(channel);
+            if !cluster.is_confirmed(channel) {
+                let tag = self.pending.insert(WAITS_FOR_REDIS, what);
+                return cluster.defer(channel, tag, query);
+            }
         }
         let owner = self.owner_of(channel);
-        if owner == self.slot {
-            let to = ReplyTo::Local(self.pending.insert(owner, what));
-            let channel = channel.to_string();
-            return self.tell_owner(Command::Query { to, channel, query });
-        }
-        if matches!(query, Query::Resume { .. } | Query::Inbox) {
+        if owner != self.slot && matches!(query, Query::Resume { .. } | Query::Inbox) {
             // From the owner's answer on, its messages come here.
             self.interest.watching.note(channel);
         }
+        let tag = self.pending.insert(owner, what);
+        self.route_query(owner, channel, tag, query);
+    }
+
+    /// Sends the question with `tag` to the owner at `owner`; a broken
+    /// link fails it at once.
+    pub(super) fn route_query(&mut self, owner: usize, channel: &str, tag: u64, query: Query) {
+        if owner == self.slot {
+            let to = ReplyTo::Local(tag);
+            let channel = channel.to_string();
+            return self.tell_owner(Command::Query { to, channel, query });
+        }
         let channel = channel.to_string();
-        let msg = move |tag| match query {
+        let msg = match query {
             Query::Inbox => BusMsg::SubQuery {
                 tag,
                 channel,
@@ -382,7 +400,9 @@ impl Worker {
             },
             Query::Ack { seq } => BusMsg::Ack { tag, channel, seq },
         };
-        self.send_to_owner(owner, what, Bytes::new(), msg);
+        if self.links.send(owner, &msg, Bytes::new()).is_err() {
+            self.finish(tag, Reply::Answer(Err(unavailable(owner))));
+        }
     }
 
     /// Hands a command to this worker's owner core and carries out what it

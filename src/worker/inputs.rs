@@ -378,6 +378,7 @@ impl Worker {
                 }
                 Heard::Subscribed(channels) => {
                     for channel in channels {
+                        self.ask_deferred(&channel);
                         self.fetch_missing(&channel);
                     }
                 }
@@ -385,6 +386,24 @@ impl Worker {
                     self.conns.send_to_subscribers(&self.subs, &channel, &line)
                 }
                 Heard::Down => {}
+            }
+        }
+    }
+
+    /// The topic of `channel` is subscribed: the questions held for it go
+    /// to its owner (those not timed out meanwhile).
+    fn ask_deferred(&mut self, channel: &str) {
+        let deferred = match &mut self.cluster {
+            Some(cluster) => cluster.take_deferred(channel),
+            None => return,
+        };
+        let owner = self.owner_of(channel);
+        for (tag, query) in deferred {
+            if self.pending.retarget(tag, owner) {
+                if owner != self.slot {
+                    self.interest.watching.note(channel);
+                }
+                self.route_query(owner, channel, tag, query);
             }
         }
     }

@@ -268,6 +268,18 @@ impl PendingTable {
             .collect()
     }
 
+    /// The question with `tag` now waits for worker `slot`; false when it
+    /// is no longer waiting (answered, timed out).
+    pub fn retarget(&mut self, tag: u64, slot: usize) -> bool {
+        match self.entries.get_mut(&tag) {
+            Some(pending) => {
+                pending.slot = slot;
+                true
+            }
+            None => false,
+        }
+    }
+
     pub fn tags_on(&self, slot: usize) -> Vec<u64> {
         let on = self.entries.iter().filter(|(_, p)| p.slot == slot);
         on.map(|(&t, _)| t).collect()
