@@ -154,6 +154,7 @@ struct Shas {
     range: String,
     lookup: String,
     presence: String,
+    ack: String,
 }
 
 impl Writer {
@@ -219,6 +220,7 @@ impl Writer {
             range: load(&mut con, scripts::RANGE)?,
             lookup: load(&mut con, scripts::LOOKUP)?,
             presence: load(&mut con, &scripts::presence())?,
+            ack: load(&mut con, scripts::ACK)?,
         };
         Ok(con)
     }
@@ -242,15 +244,18 @@ impl Writer {
                     channel,
                     after,
                     limit,
+                    from_ack,
                 } => {
                     let mut cmd = redis::cmd("EVALSHA");
-                    cmd.arg(&self.shas.range).arg(3);
+                    cmd.arg(&self.shas.range).arg(4);
                     cmd.arg(self.keys.seq(&channel))
                         .arg(self.keys.epoch(&channel))
-                        .arg(self.keys.log(&channel));
+                        .arg(self.keys.log(&channel))
+                        .arg(self.keys.ack(&channel));
                     cmd.arg(crate::store::open::fresh_epoch())
-                        .arg(format!("{}-0", after.saturating_add(1)))
-                        .arg(limit);
+                        .arg(after)
+                        .arg(limit)
+                        .arg(if from_ack { 1 } else { 0 });
                     pipe.add_command(cmd);
                     asked.push(Asked::Range { tag });
                 }
@@ -281,7 +286,10 @@ impl Writer {
                 Request::Ack {
                     tag, channel, seq, ..
                 } => {
-                    pipe.cmd("SET").arg(self.keys.ack(&channel)).arg(seq);
+                    let mut cmd = redis::cmd("EVALSHA");
+                    cmd.arg(&self.shas.ack).arg(1);
+                    cmd.arg(self.keys.ack(&channel)).arg(seq);
+                    pipe.add_command(cmd);
                     asked.push(Asked::Ack { tag });
                 }
                 // Retention is MAXLEN at each publish and expiry at reads;

@@ -51,7 +51,9 @@ return {'ok', seq, version}
 /// A channel's seq and epoch (made if none: a `sub` to a channel never
 /// published to learns the epoch it will keep), up to ARGV[3] messages
 /// from id ARGV[2] on, and its oldest retained entry.
-/// KEYS: seq, epoch, log. ARGV: 1 epoch to make if none, 2 first id, 3 count.
+/// An inbox's replay (ARGV[4] = "1") starts after its stored ack.
+/// KEYS: seq, epoch, log, ack. ARGV: 1 epoch to make if none, 2 after,
+/// 3 count, 4 from the ack.
 pub const RANGE: &str = r#"
 local epoch = redis.call('GET', KEYS[2])
 if not epoch then
@@ -59,12 +61,25 @@ if not epoch then
   epoch = ARGV[1]
 end
 local seq = redis.call('GET', KEYS[1]) or '0'
+local after = tonumber(ARGV[2])
+if ARGV[4] == '1' then
+  after = math.max(after, tonumber(redis.call('GET', KEYS[4]) or '0'))
+end
 local rows = {}
 if tonumber(ARGV[3]) > 0 then
-  rows = redis.call('XRANGE', KEYS[3], ARGV[2], '+', 'COUNT', ARGV[3])
+  rows = redis.call('XRANGE', KEYS[3], (after + 1) .. '-0', '+', 'COUNT', ARGV[3])
 end
 local first = redis.call('XRANGE', KEYS[3], '-', '+', 'COUNT', 1)
 return {seq, epoch, rows, first}
+"#;
+
+/// An inbox's cumulative ack, kept at its highest (acks from connections
+/// on several servers may arrive out of order). KEYS: ack. ARGV: 1 seq.
+pub const ACK: &str = r#"
+if tonumber(redis.call('GET', KEYS[1]) or '0') < tonumber(ARGV[1]) then
+  redis.call('SET', KEYS[1], ARGV[1])
+end
+return 1
 "#;
 
 /// A channel's seq, epoch (made if none), keyed state and live presence

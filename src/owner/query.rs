@@ -50,6 +50,7 @@ impl OwnerCore {
         {
             return self.look_up(channel, query, to);
         }
+        let inbox = query == Query::Inbox;
         // An inbox replays every unacked message at once (its client
         // acks them); everything else a client asks for comes in pages.
         let (query, budget) = match query {
@@ -95,7 +96,7 @@ impl OwnerCore {
             query => (query, self.config.replay_page_bytes),
         };
         if self.config.numbered_by_engine {
-            return self.ask_shared(channel, query, to, budget);
+            return self.ask_shared(channel, query, to, budget, inbox);
         }
         let (seq, epoch) = self.seqs.current(channel, &self.genesis_of(channel));
         let (after, upto, end, limit) = match &query {

@@ -58,7 +58,15 @@ impl OwnerCore {
 
     /// A resume or history: read from the engine, with the channel's seq
     /// and epoch as the engine has them now.
-    pub(super) fn ask_shared(&mut self, channel: &str, query: Query, to: ReplyTo, budget: usize) {
+    /// An inbox's replay starts after the ack the engine holds.
+    pub(super) fn ask_shared(
+        &mut self,
+        channel: &str,
+        query: Query,
+        to: ReplyTo,
+        budget: usize,
+        from_ack: bool,
+    ) {
         let (after, limit) = match &query {
             Query::Resume { since: Some(s), .. } => (*s, pages::REPLAY_PAGE_MSGS as usize),
             Query::History { since, limit } => (*since, *limit),
@@ -70,6 +78,7 @@ impl OwnerCore {
             channel: channel.to_string(),
             after,
             limit,
+            from_ack,
         });
         let read = SharedRead {
             to,

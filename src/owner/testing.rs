@@ -191,8 +191,11 @@ impl MemEngine {
                 channel,
                 after,
                 limit,
+                from_ack,
             } => {
                 let rows = self.rows.get(&channel).unwrap_or(&empty);
+                let acked = self.acks.get(&channel).copied().filter(|_| from_ack);
+                let after = after.max(acked.unwrap_or(0));
                 let range = Range {
                     seq: rows.last_key_value().map_or(0, |(s, _)| *s),
                     epoch: "g0".into(),

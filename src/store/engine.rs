@@ -47,6 +47,8 @@ pub enum Request {
         channel: String,
         after: u64,
         limit: usize,
+        /// From the inbox's stored ack instead, when that is further on.
+        from_ack: bool,
     },
     /// Only to an engine that `numbers_messages`: the channel's seq, epoch,
     /// keyed state and live presence members, read together. Answered

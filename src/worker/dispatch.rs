@@ -330,7 +330,7 @@ impl Worker {
     /// Records what waits for the answer, then asks the owner: this worker's
     /// core directly, or another worker over its link.
     pub(super) fn ask_owner(&mut self, channel: &str, query: Query, what: Awaiting) {
-        if let (Some(cluster), Query::Resume { .. }) = (&mut self.cluster, &query) {
+        if let (Some(cluster), Query::Resume { .. } | Query::Inbox) = (&mut self.cluster, &query) {
             // Messages and events come from Redis pub/sub, whoever
             // published them; the question waits until the topic is
             // subscribed, so nothing after its answer can be missed. It

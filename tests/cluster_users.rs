@@ -1,4 +1,5 @@
-//! Presence across two syncd nodes sharing one real `redis-server`:
+//! Users across two syncd nodes sharing one real `redis-server`: inboxes
+//! (acks hold when the user comes back on the other node), and presence,
 //! counted per user, seen from every node, and gone within
 //! `presence_ttl` (here 2 s) after a node is killed with kill -9, with a
 //! `leave` event.
@@ -98,4 +99,50 @@ fn a_user_on_node_a_is_seen_on_node_b_and_gone_after_node_a_is_killed() {
         watcher.recv_timeout(Duration::from_millis(500)).is_none(),
         "each leave once"
     );
+}
+
+fn send(server: &Server, uid: &str, data: Value) -> u64 {
+    let body = json!({"uid": uid, "data": data}).to_string();
+    let (status, reply) = server.http("POST", "/api/send", &body);
+    assert_eq!(status, 200, "{reply}");
+    serde_json::from_str::<Value>(&reply).unwrap()["seq"]
+        .as_u64()
+        .unwrap()
+}
+
+/// The direct messages `c` receives until none comes for a while.
+fn direct(c: &mut dyn Client, uid: &str) -> Vec<u64> {
+    let mut seqs = Vec::new();
+    while let Some(m) = c.recv_timeout(Duration::from_millis(700)) {
+        if m["op"] == "msg" && m["channel"] == format!("#{uid}") {
+            seqs.push(m["seq"].as_u64().unwrap());
+        }
+    }
+    seqs
+}
+
+#[test]
+fn direct_messages_and_acks_hold_when_the_user_comes_back_on_the_other_node() {
+    let redis = Redis::start();
+    let a = node(&redis, "a");
+    let b = node(&redis, "b");
+    // Sent through B while bob is on A: delivered live, across nodes.
+    let mut bob = login(&a, "bob");
+    let first = send(&b, "bob", json!("one"));
+    let second = send(&b, "bob", json!("two"));
+    assert_eq!(direct(&mut bob, "bob"), [first, second]);
+    let ack = json!({"op":"ack","id":"k","channel":"#bob","seq":first});
+    assert_eq!(bob.request(ack, &mut Vec::new())["op"], "ok");
+    drop(bob);
+    let third = send(&a, "bob", json!("three"));
+    // Back on B: what is not acked comes again, nothing acked does.
+    let mut bob = login(&b, "bob");
+    assert_eq!(direct(&mut bob, "bob"), [second, third]);
+    let ack = json!({"op":"ack","id":"k","channel":"#bob","seq":third});
+    assert_eq!(bob.request(ack, &mut Vec::new())["op"], "ok");
+    drop(bob);
+    let mut bob = login(&a, "bob");
+    assert_eq!(direct(&mut bob, "bob"), Vec::<u64>::new(), "all acked");
+    let fourth = send(&b, "bob", json!("four"));
+    assert_eq!(direct(&mut bob, "bob"), [fourth]);
 }
