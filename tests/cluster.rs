@@ -272,3 +272,44 @@ fn redis_restarted_without_data_fails_requests_fast_then_clients_carry_on_in_a_n
     assert_eq!(seqs(&collect(&mut resumer, "ticker", 1)), [last]);
     assert_eq!(seqs(&collect(&mut live, "ticker", 1)), [last]);
 }
+
+#[test]
+fn retention_on_redis_is_history_size_and_ttl() {
+    let redis = Redis::start();
+    let a = Server::start(
+        2,
+        &format!("[storage]\nhistory_size = 5\n{}", cluster_toml(&redis, "a")),
+    );
+    let mut watcher = a.tcp();
+    watcher.sub("short");
+    for i in 1..=8 {
+        publish_http(&a, "short", json!(i));
+    }
+    assert_eq!(redis.cmd(&["XLEN", "syncd:{short}:log"]), ":5", "MAXLEN");
+    let (_, body) = a.http("GET", "/api/history?channel=short&since=0", "");
+    let body: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(seqs(body["messages"].as_array().unwrap()), [4, 5, 6, 7, 8]);
+    // Messages with a ttl leave the log once expired (swept for channels
+    // some node hears), and reads skip them meanwhile.
+    let mut brief = a.tcp();
+    brief.sub("brief");
+    for i in 0..3 {
+        let body = json!({"channel":"brief","data":i,"ttl":1}).to_string();
+        assert_eq!(a.http("POST", "/api/publish", &body).0, 200);
+    }
+    assert_eq!(redis.cmd(&["XLEN", "syncd:{brief}:log"]), ":3");
+    common::eventually("expired messages deleted", || {
+        redis.cmd(&["XLEN", "syncd:{brief}:log"]) == ":0"
+    });
+    let reply = brief.request(
+        json!({"op":"history","id":2,"channel":"brief","since":0}),
+        &mut Vec::new(),
+    );
+    assert_eq!(reply["messages"], json!([]), "{reply}");
+    assert_eq!(reply["seq"], 3, "{reply}");
+    let ttl = redis.cmd(&["PTTL", "syncd:{short}:log"]);
+    assert!(
+        ttl.starts_with(':') && ttl != ":-1",
+        "a log left alone goes: {ttl}"
+    );
+}

@@ -422,6 +422,7 @@ impl Writer {
                 cmd.arg("").arg("").arg("").arg("").arg(0);
             }
         }
+        cmd.arg(self.storage.retention_for(channel).1.as_millis() as u64);
         cmd
     }
 }

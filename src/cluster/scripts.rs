@@ -7,7 +7,8 @@
 /// ARGV: 1 epoch to make if none, 2 data, 3 expires (ms), 4 MAXLEN,
 /// 5 topic, 6 channel as JSON, 7 idempotency window in s ("0": no key),
 /// 8 "" | "set" | "del", 9 state key, 10 state key as JSON, 11 value JSON,
-/// 12 expected version.
+/// 12 expected version, 13 the channel's history_ttl (ms): a log left
+/// alone that long holds nothing live and goes.
 /// Returns {"ok", seq, version} | {"dup", seq} | {"conflict", version, value}.
 pub const PUBLISH: &str = r#"
 local epoch = redis.call('GET', KEYS[2])
@@ -40,6 +41,7 @@ if ARGV[8] ~= '' then
 end
 local seq = redis.call('INCR', KEYS[1])
 redis.call('XADD', KEYS[3], 'MAXLEN', ARGV[4], seq .. '-0', 'd', data, 'e', ARGV[3])
+redis.call('PEXPIRE', KEYS[3], ARGV[13])
 if ARGV[7] ~= '0' then
   redis.call('SET', KEYS[5], seq, 'NX', 'EX', ARGV[7])
 end
@@ -131,6 +133,26 @@ return 1
 "#
     )
 }
+
+/// Deletes a channel's expired messages from the head of its log (a
+/// message's own `ttl` may be shorter than its elders': those wait for
+/// MAXLEN, and reads skip them). KEYS: log. ARGV: 1 now (ms).
+pub const TRIM: &str = r#"
+local deleted = 0
+while true do
+  local head = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', 100)
+  if #head == 0 then return deleted end
+  for _, entry in ipairs(head) do
+    local fields, expires = entry[2], nil
+    for i = 1, #fields, 2 do
+      if fields[i] == 'e' then expires = tonumber(fields[i + 1]) end
+    end
+    if not expires or expires > tonumber(ARGV[1]) then return deleted end
+    redis.call('XDEL', KEYS[1], entry[1])
+    deleted = deleted + 1
+  end
+end
+"#;
 
 /// Removes members past their deadline (a server that died) and returns
 /// the uids no longer present anywhere: the caller publishes their leave.

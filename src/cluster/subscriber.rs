@@ -60,6 +60,7 @@ impl Subscriber {
             client,
             sweeper: None,
             sweep: redis::Script::new(&super::scripts::sweep()),
+            trim: redis::Script::new(super::scripts::TRIM),
             next_sweep: Instant::now(),
             keys,
             topics: HashSet::new(),
@@ -110,6 +111,8 @@ struct Listener {
     /// subscribe mode).
     sweeper: Option<redis::Connection>,
     sweep: redis::Script,
+    /// Deletes expired messages at the head of a channel's log.
+    trim: redis::Script,
     next_sweep: Instant,
     keys: Keys,
     /// Every channel the worker wants, subscribed or not yet.
@@ -171,7 +174,8 @@ impl Listener {
         let _ = self.waker.wake();
     }
 
-    /// Members of a server that stopped refreshing them (killed) are
+    /// Expired messages of the channels heard here are deleted. And members
+    /// of a server that stopped refreshing them (killed) are
     /// removed from the presence of every channel heard here, and their
     /// leave is published once, by whichever server removed them.
     fn sweep_presence(&mut self) {
@@ -184,6 +188,13 @@ impl Listener {
         };
         let now = crate::store::open::now_ms();
         for channel in &self.topics {
+            let trimmed: redis::RedisResult<u64> =
+                self.trim.key(self.keys.log(channel)).arg(now).invoke(con);
+            if let Err(e) = trimmed {
+                log::warn!("redis expiry sweep: {e}");
+                self.sweeper = None;
+                return;
+            }
             let left: Vec<String> = match self
                 .sweep
                 .key(self.keys.presence(channel))
