@@ -9,6 +9,12 @@ use redis::Value;
 use crate::store::shard_db::Stored;
 use crate::store::{Completion, Looked, Numbered, Outcome, Range};
 
+thread_local! {
+    /// Presence changes failing while Redis is down are logged within this.
+    static PRESENCE_LOG: std::cell::RefCell<crate::logging::LogLimit> =
+        const { std::cell::RefCell::new(crate::logging::LogLimit::new(2)) };
+}
+
 /// What each command of a pipeline answers.
 pub enum Asked {
     Append { ticket: u64, state: bool },
@@ -53,7 +59,10 @@ pub fn answers(
             }
             Asked::Presence => {
                 if let Err(e) = value {
-                    log::warn!("redis: presence not recorded: {e}");
+                    let now = std::time::Instant::now();
+                    if let Some(left_out) = PRESENCE_LOG.with(|l| l.borrow_mut().allow(now)) {
+                        log::warn!("redis: presence not recorded: {e}; {left_out} more not logged");
+                    }
                 }
             }
             Asked::Ack { tag } => done.push(Completion::AcksStored {

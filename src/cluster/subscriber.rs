@@ -62,6 +62,7 @@ impl Subscriber {
             sweep: redis::Script::new(&super::scripts::sweep()),
             trim: redis::Script::new(super::scripts::TRIM),
             next_sweep: Instant::now(),
+            bad_log: crate::logging::LogLimit::new(2),
             keys,
             topics: HashSet::new(),
             inbox,
@@ -114,6 +115,9 @@ struct Listener {
     /// Deletes expired messages at the head of a channel's log.
     trim: redis::Script,
     next_sweep: Instant,
+    /// Malformed messages (another program on our prefix) are logged
+    /// within this.
+    bad_log: crate::logging::LogLimit,
     keys: Keys,
     /// Every channel the worker wants, subscribed or not yet.
     topics: HashSet<String>,
@@ -273,7 +277,13 @@ impl Listener {
                         continue;
                     }
                     let Some((epoch, seq, line)) = parse_payload(msg.get_payload_bytes()) else {
-                        log::warn!("redis pub/sub: a malformed message on {topic}");
+                        let now = Instant::now();
+                        if let Some(left_out) = self.bad_log.allow(now) {
+                            log::warn!(
+                                "redis pub/sub: a malformed message on {topic}; \
+                                 {left_out} more not logged"
+                            );
+                        }
                         continue;
                     };
                     self.tell(Heard::Msg {
