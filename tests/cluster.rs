@@ -233,6 +233,17 @@ fn redis_restarted_without_data_fails_requests_fast_then_clients_carry_on_in_a_n
     assert_eq!(reply["code"], "unavailable", "{reply}");
     let pong = live.request(json!({"op":"ping","id":"p"}), &mut Vec::new());
     assert_eq!(pong["op"], "pong", "still connected: {pong}");
+    // A new `sub` is refused, not left hanging.
+    let mut late = b.ws();
+    let reply = late.request(
+        json!({"op":"sub","id":"s","channel":"elsewhere"}),
+        &mut Vec::new(),
+    );
+    assert_eq!(reply["code"], "unavailable", "{reply}");
+    // A user who logs in meanwhile hears their inbox once Redis is back.
+    let mut carol = b.tcp();
+    let auth = json!({"op":"auth","id":"a","token":common::token("carol", &[])});
+    assert_eq!(carol.request(auth, &mut Vec::new())["uid"], "carol");
 
     redis.launch();
     // Back: publishes go through again, in a new epoch.
@@ -260,6 +271,11 @@ fn redis_restarted_without_data_fails_requests_fast_then_clients_carry_on_in_a_n
     let next = publish_http(&a, "ticker", json!("next"));
     let got = collect(&mut live, "ticker", 1);
     assert_eq!(seqs(&got), [next]);
+    let body = json!({"uid":"carol","data":"welcome back"}).to_string();
+    let (status, reply) = a.http("POST", "/api/send", &body);
+    assert_eq!(status, 200, "{reply}");
+    let dm = collect(&mut carol, "#carol", 1);
+    assert_eq!(dm[0]["data"], "welcome back");
     // A client resuming from the old epoch is told it was not recovered.
     let mut resumer = b.tcp();
     let reply = resumer.request(

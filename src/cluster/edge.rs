@@ -5,6 +5,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use mio::Waker;
 
@@ -14,10 +15,19 @@ use crate::config::Cluster;
 use crate::owner::Query;
 use crate::sync::interest::Watching;
 
+/// How often streams whose gap fetch failed ask again.
+const RETRY_STALLED: Duration = Duration::from_secs(1);
+
 pub struct ClusterEdge {
     subscriber: Subscriber,
     wanted: Watching,
     confirmed: HashSet<String>,
+    /// The subscriber thread is connected (as far as we heard).
+    up: bool,
+    next_retry: Instant,
+    /// Users' inboxes whose joining failed (Redis down): (connection key,
+    /// connection id, inbox), asked for again at the next retry.
+    inbox_retries: Vec<(usize, u64, String)>,
     /// Questions (by pending tag) held until their channel is confirmed.
     deferred: HashMap<String, Vec<(u64, Query)>>,
 }
@@ -29,6 +39,9 @@ impl ClusterEdge {
             subscriber: Subscriber::spawn(&cluster.redis_url, keys, waker)?,
             wanted: Watching::default(),
             confirmed: HashSet::new(),
+            up: true,
+            next_retry: Instant::now(),
+            inbox_retries: Vec::new(),
             deferred: HashMap::new(),
         })
     }
@@ -65,6 +78,28 @@ impl ClusterEdge {
         self.deferred.remove(channel).unwrap_or_default()
     }
 
+    /// Whether stalled streams should ask again now (once a second).
+    pub fn retry_due(&mut self, now: Instant) -> bool {
+        if now < self.next_retry {
+            return false;
+        }
+        self.next_retry = now + RETRY_STALLED;
+        true
+    }
+
+    pub fn retry_inbox(&mut self, key: usize, conn_id: u64, channel: &str) {
+        self.inbox_retries.push((key, conn_id, channel.to_string()));
+    }
+
+    pub fn take_inbox_retries(&mut self) -> Vec<(usize, u64, String)> {
+        std::mem::take(&mut self.inbox_retries)
+    }
+
+    /// Whether Redis pub/sub is reachable (optimistic until told it is not).
+    pub fn is_up(&self) -> bool {
+        self.up
+    }
+
     /// Whether nothing published on `channel` from now on can be missed.
     pub fn is_confirmed(&self, channel: &str) -> bool {
         self.confirmed.contains(channel)
@@ -80,7 +115,11 @@ impl ClusterEdge {
                         self.confirmed.insert(c.clone());
                     }
                 }
-                Heard::Down => self.confirmed.clear(),
+                Heard::Down => {
+                    self.up = false;
+                    self.confirmed.clear();
+                }
+                Heard::Up => self.up = true,
                 Heard::Msg { .. } | Heard::Event { .. } => {}
             }
         }

@@ -38,6 +38,8 @@ pub enum Heard {
     Subscribed(Vec<String>),
     /// The connection dropped: messages may be missed until `Subscribed`.
     Down,
+    /// Connected (again).
+    Up,
 }
 
 enum Order {
@@ -231,6 +233,7 @@ impl Listener {
         if let Err(e) = pubsub.set_read_timeout(Some(ORDERS_EVERY)) {
             return End::Dropped(e.to_string());
         }
+        self.tell(Heard::Up);
         let all: Vec<String> = self.topics.iter().cloned().collect();
         if !all.is_empty() {
             let topics: Vec<String> = all.iter().map(|c| self.keys.topic(c)).collect();

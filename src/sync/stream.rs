@@ -102,6 +102,11 @@ impl Stream {
         &self.epoch
     }
 
+    /// Held, with no fetch asked (the last one failed).
+    pub fn is_stalled(&self) -> bool {
+        self.state == State::Stalled
+    }
+
     pub fn is_live(&self) -> bool {
         self.state == State::Live
     }

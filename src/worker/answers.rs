@@ -53,11 +53,15 @@ impl Worker {
         let answer = match answer {
             Ok(answer) => answer,
             Err(e) if quiet => {
+                if let Some(cluster) = &mut self.cluster {
+                    // Redis was down: the inbox is asked for again soon.
+                    cluster.retry_inbox(key, conn_id, &channel);
+                }
                 return log::warn!(
                     "worker {}: inbox {channel} unavailable: {}",
                     self.slot,
                     e.message
-                )
+                );
             }
             Err(e) => return self.conns.reply(key, frames::error(id.as_deref(), &e)),
         };

@@ -14,6 +14,7 @@ use bytes::Bytes;
 use serde_json::value::RawValue;
 
 pub use super::pending::Origin;
+use super::pending::WAITS_FOR_REDIS;
 use super::pending::{sub_buffer_cap, unavailable, Awaiting, HistoryFor, WaitingSub};
 use super::request_limits;
 use super::users::EXPIRED_CHANNEL;
@@ -27,10 +28,6 @@ use crate::proto::ws::text_frame;
 use crate::sync::channel;
 use crate::sync::shard;
 use crate::sync::stream::Arrival;
-
-/// The pending table's slot of a question held until its Redis topic is
-/// subscribed (no worker answers it yet).
-pub(super) const WAITS_FOR_REDIS: usize = usize::MAX;
 
 impl Worker {
     pub(super) fn on_frame(&mut self, key: usize, text: &str) {
@@ -337,8 +334,16 @@ impl Worker {
             // times out as a question to another worker does.
             cluster.want(channel);
             if !cluster.is_confirmed(channel) {
+                // A user's own inbox waits for Redis however long it is
+                // down; a client's question fails at once then.
+                let fail = !cluster.is_up() && !what.is_quiet();
                 let tag = self.pending.insert(WAITS_FOR_REDIS, what);
-                return cluster.defer(channel, tag, query);
+                cluster.defer(channel, tag, query);
+                if fail {
+                    let e = ErrorReply::new("unavailable", "redis is unreachable; retry shortly");
+                    self.finish(tag, Reply::Answer(Err(e)));
+                }
+                return;
             }
         }
         let owner = self.owner_of(channel);

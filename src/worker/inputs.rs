@@ -10,7 +10,7 @@
 
 use super::conn::Protocol;
 use super::dispatch::{Origin, PublishOptions};
-use super::pending::unavailable;
+use super::pending::{unavailable, Awaiting, WaitingSub};
 use super::Worker;
 use crate::bus::frame::encode_header;
 use crate::bus::{BusEvent, BusMsg};
@@ -385,7 +385,42 @@ impl Worker {
                 Heard::Event { channel, line } => {
                     self.conns.send_to_subscribers(&self.subs, &channel, &line)
                 }
-                Heard::Down => {}
+                Heard::Down | Heard::Up => {}
+            }
+        }
+    }
+
+    /// On Redis, a stream whose fetch failed (Redis was down) asks again
+    /// every `RETRY_STALLED`: no owner link comes up to say Redis is back,
+    /// and a quiet channel brings no next message to trigger it.
+    pub(super) fn retry_stalled_streams(&mut self, now: Instant) {
+        let Some(cluster) = &mut self.cluster else {
+            return;
+        };
+        if !cluster.retry_due(now) {
+            return;
+        }
+        let stalled = self
+            .subs
+            .streams_where(|_| true)
+            .into_iter()
+            .filter(|c| self.subs.stream(c).is_some_and(|s| s.is_stalled()));
+        for channel in stalled.collect::<Vec<_>>() {
+            self.fetch_missing(&channel);
+        }
+        let inboxes = self.cluster.as_mut().map(|c| c.take_inbox_retries());
+        for (key, conn_id, channel) in inboxes.unwrap_or_default() {
+            if self.conns.is_live(key, conn_id) {
+                let what = Awaiting::Sub(WaitingSub {
+                    key,
+                    conn_id,
+                    id: None,
+                    channel: channel.clone(),
+                    buffer: Default::default(),
+                    quiet: true,
+                    unsub: None,
+                });
+                self.ask_owner(&channel, Query::Inbox, what);
             }
         }
     }

@@ -247,6 +247,7 @@ impl Worker {
     fn tick(&mut self, now: Instant) {
         self.links.tick(now);
         self.tell_owner(Command::Tick);
+        self.retry_stalled_streams(now);
         let timeout = self.config.limits.request_timeout;
         for tag in self.pending.overdue(self.slot, now, timeout) {
             self.finish(tag, Reply::Answer(Err(pending::timed_out(timeout))));
