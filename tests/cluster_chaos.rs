@@ -3,7 +3,8 @@
 //! idempotency keys and retry every failure with the same key until it is
 //! acknowledged; TCP subscribers on both nodes reconnect (to either node)
 //! and resume with `since`/`epoch` whenever they lose their connection;
-//! meanwhile workers of both nodes are killed with SIGKILL at random.
+//! meanwhile workers of both nodes are killed with SIGKILL and the nodes
+//! reloaded, plainly and gracefully.
 //!
 //! Counted at the end: every acknowledged publish has one seq, the seqs
 //! are 1..=acked with nothing else stored, and every subscriber received
@@ -151,8 +152,9 @@ fn subscriber(
                     got.msgs
                         .push((seq, frame["data"]["k"].as_str().unwrap_or("").to_string()));
                 }
-                // A failed sub (the worker died): reconnect and resume.
-                Some("error") => break,
+                // A failed sub (the worker died), or a graceful reload's
+                // goodbye: reconnect and resume.
+                Some("error") | Some("bye") => break,
                 _ => got.problems.push(format!("unexpected {frame}")),
             }
         }
@@ -197,17 +199,34 @@ fn chaos_across_two_nodes_every_acked_publish_reaches_every_subscriber_once_in_o
             })
         })
         .collect();
-    // Kill -9 a worker of either node, again and again.
+    // Kill -9 a worker of either node, and reload the nodes (plainly and
+    // gracefully), again and again.
     let started = Instant::now();
-    let mut kills = 0;
-    while started.elapsed() < CHAOS_FOR {
-        std::thread::sleep(Duration::from_millis(700));
-        let server = if kills % 2 == 0 { &a } else { &b };
-        let pids = server.worker_pids();
-        if let Some(&pid) = pids.get(kills % pids.len().max(1)) {
-            let pid = nix::unistd::Pid::from_raw(pid as i32);
-            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
-            kills += 1;
+    let (mut kills, mut reloads) = (0, 0);
+    for action in 0.. {
+        if started.elapsed() >= CHAOS_FOR {
+            break;
+        }
+        // The pause between actions is the workload, not a wait.
+        std::thread::sleep(Duration::from_millis(500));
+        let server = if action % 2 == 0 { &a } else { &b };
+        match action % 6 {
+            4 => {
+                assert!(server.cli(&["reload"]).status.success());
+                reloads += 1;
+            }
+            5 => {
+                assert!(server.cli(&["reload", "-g"]).status.success());
+                reloads += 1;
+            }
+            _ => {
+                let pids = server.worker_pids();
+                if let Some(&pid) = pids.get(action % pids.len().max(1)) {
+                    let pid = nix::unistd::Pid::from_raw(pid as i32);
+                    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+                    kills += 1;
+                }
+            }
         }
     }
     stop.store(true, Ordering::SeqCst);
@@ -238,6 +257,6 @@ fn chaos_across_two_nodes_every_acked_publish_reaches_every_subscriber_once_in_o
     }
     println!(
         "chaos across two nodes: {n} publishes acked, {kills} workers killed, \
-         {reconnects} subscriber reconnects"
+         {reloads} reloads, {reconnects} subscriber reconnects"
     );
 }
