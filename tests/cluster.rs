@@ -329,3 +329,41 @@ fn retention_on_redis_is_history_size_and_ttl() {
         "a log left alone goes: {ttl}"
     );
 }
+
+#[test]
+fn a_long_resume_on_node_b_comes_in_pages_of_what_node_a_published() {
+    let redis = Redis::start();
+    let extra = format!(
+        "[storage]\nhistory_size = 10000\n{}",
+        cluster_toml(&redis, "n")
+    );
+    let a = Server::start(2, &extra);
+    let b = Server::start(2, &extra);
+    let mut first = b.tcp();
+    let epoch = first.sub("long")["epoch"].as_str().unwrap().to_string();
+    let mut publisher = a.tcp();
+    let total = 4500;
+    for i in 0..total {
+        publisher.send(&json!({"op":"pub","id":i,"channel":"long","data":i}));
+    }
+    let mut acked = 0;
+    while acked < total {
+        let reply = publisher.recv();
+        assert_eq!(reply["op"], "ok", "{reply}");
+        acked += 1;
+    }
+    let mut resumer = b.ws();
+    let reply = resumer.request(
+        json!({"op":"sub","id":1,"channel":"long","since":0,"epoch":epoch}),
+        &mut Vec::new(),
+    );
+    assert_eq!(reply["recovered"], true, "{reply}");
+    publish_http(&a, "long", json!("live"));
+    let got = collect(&mut resumer, "long", total + 1);
+    assert_eq!(seqs(&got), (1..=total as u64 + 1).collect::<Vec<_>>());
+    assert_eq!(got[total]["data"], "live");
+    assert_eq!(
+        seqs(&collect(&mut first, "long", total + 1)).len(),
+        total + 1
+    );
+}

@@ -211,7 +211,8 @@ impl OwnerCore {
             None => Vec::new(),
         };
         let version = m.state.as_ref().map(|s| s.version);
-        if let Some(write) = m.state {
+        if let Some(write) = m.state.filter(|_| !self.config.numbered_by_engine) {
+            // (A shared engine keeps the state: `get` and `state` read it.)
             self.keyed
                 .commit(&channel, &write.key, write.value, write.version);
         }
