@@ -1,8 +1,9 @@
 //! Chaos across two syncd nodes (2 workers each) on one real
 //! `redis-server`: backends publish over HTTP to either node with
 //! idempotency keys and retry every failure with the same key until it is
-//! acknowledged; TCP subscribers on both nodes reconnect (to either node)
-//! and resume with `since`/`epoch` whenever they lose their connection;
+//! acknowledged; WebSocket and TCP subscribers of two channels reconnect
+//! (to either node) and resume with `since`/`epoch` whenever they lose
+//! their connection;
 //! meanwhile workers of both nodes are killed with SIGKILL and the nodes
 //! reloaded, plainly and gracefully.
 //!
@@ -25,8 +26,9 @@ use serde_json::{json, Value};
 
 const CHAOS_FOR: Duration = Duration::from_secs(8);
 const PUBLISHERS: usize = 3;
-const SUBSCRIBERS: usize = 4;
-const CHANNEL: &str = "chaos";
+/// Half WebSocket, half TCP, spread over the channels.
+const SUBSCRIBERS: usize = 8;
+const CHANNELS: [&str; 2] = ["chaos-a", "chaos-b"];
 
 fn node(redis: &Redis, name: &str) -> Server {
     Server::start(
@@ -60,8 +62,8 @@ fn post(port: u16, body: &str) -> std::io::Result<(u16, String)> {
 }
 
 /// Publishes `data` with `key` until it is acknowledged; returns its seq.
-fn publish_until_acked(ports: [u16; 2], key: &str, n: usize) -> u64 {
-    let body = json!({"channel": CHANNEL, "data": {"k": key}, "idempotency_key": key}).to_string();
+fn publish_until_acked(ports: [u16; 2], channel: &str, key: &str, n: usize) -> u64 {
+    let body = json!({"channel": channel, "data": {"k": key}, "idempotency_key": key}).to_string();
     let started = Instant::now();
     for attempt in n.. {
         // Each attempt on either node: a retry may reach the other one.
@@ -85,53 +87,108 @@ struct Received {
     problems: Vec<String>,
 }
 
-/// A TCP subscriber that resumes on either node whenever its connection
-/// breaks, until it has `target` messages (once publishing has ended).
+/// One subscriber connection, TCP or WebSocket.
+enum Link {
+    Tcp(BufReader<TcpStream>, TcpStream),
+    Ws(Box<tungstenite::WebSocket<TcpStream>>),
+}
+
+enum Next {
+    Frame(String),
+    Idle,
+    Closed,
+}
+
+impl Link {
+    fn open(port: u16, ws: bool) -> Option<Link> {
+        let stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
+        stream
+            .set_read_timeout(Some(Duration::from_millis(300)))
+            .ok()?;
+        if ws {
+            let url = format!("ws://127.0.0.1:{port}/ws");
+            let (ws, _) = tungstenite::client(url, stream).ok()?;
+            return Some(Link::Ws(Box::new(ws)));
+        }
+        let writer = stream.try_clone().ok()?;
+        Some(Link::Tcp(BufReader::new(stream), writer))
+    }
+
+    fn send(&mut self, text: &str) -> bool {
+        match self {
+            Link::Tcp(_, w) => w.write_all(format!("{text}\n").as_bytes()).is_ok(),
+            Link::Ws(ws) => ws.send(tungstenite::Message::text(text)).is_ok(),
+        }
+    }
+
+    fn next(&mut self) -> Next {
+        let idle = |e: &std::io::Error| {
+            matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            )
+        };
+        match self {
+            Link::Tcp(r, _) => {
+                let mut line = String::new();
+                match r.read_line(&mut line) {
+                    Ok(0) => Next::Closed,
+                    Ok(_) => Next::Frame(line),
+                    Err(e) if idle(&e) => Next::Idle,
+                    Err(_) => Next::Closed,
+                }
+            }
+            Link::Ws(ws) => match ws.read() {
+                Ok(tungstenite::Message::Text(t)) => Next::Frame(t.to_string()),
+                Ok(tungstenite::Message::Close(_)) => Next::Closed,
+                Ok(_) => Next::Idle,
+                Err(tungstenite::Error::Io(e)) if idle(&e) => Next::Idle,
+                Err(_) => Next::Closed,
+            },
+        }
+    }
+}
+
+/// A subscriber of `channel` (WebSocket or TCP) that resumes on either
+/// node whenever its connection breaks, until it has `target` messages
+/// (once publishing has ended).
 fn subscriber(
     ports: [u16; 2],
+    ws: bool,
+    channel: String,
     first: usize,
     done: Arc<AtomicBool>,
     target: Arc<AtomicU64>,
 ) -> Received {
     let mut got = Received::default();
     let (mut last, mut epoch): (u64, Option<String>) = (0, None);
+    let finished = |last: u64| done.load(Ordering::SeqCst) && last >= target.load(Ordering::SeqCst);
     for attempt in first.. {
-        if done.load(Ordering::SeqCst) && last >= target.load(Ordering::SeqCst) {
+        if finished(last) {
             return got;
         }
-        let Ok(stream) = TcpStream::connect(("127.0.0.1", ports[attempt % 2])) else {
+        let Some(mut link) = Link::open(ports[attempt % 2], ws) else {
             std::thread::sleep(Duration::from_millis(20));
             continue;
         };
         got.reconnects += 1;
-        let _ = stream.set_read_timeout(Some(Duration::from_millis(300)));
-        let mut writer = stream.try_clone().unwrap();
-        let mut sub = json!({"op":"sub","id":"s","channel":CHANNEL});
+        let mut sub = json!({"op":"sub","id":"s","channel":channel});
         if let Some(e) = &epoch {
             sub["since"] = last.into();
             sub["epoch"] = e.as_str().into();
         }
-        if writer.write_all(format!("{sub}\n").as_bytes()).is_err() {
+        if !link.send(&sub.to_string()) {
             continue;
         }
-        let mut reader = BufReader::new(stream);
-        let mut line = String::new();
         loop {
-            line.clear();
-            match reader.read_line(&mut line) {
-                Ok(0) => break,
-                Ok(_) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                    if done.load(Ordering::SeqCst) && last >= target.load(Ordering::SeqCst) {
-                        return got;
-                    }
-                    continue;
-                }
-                Err(_) => break,
-            }
-            let frame: Value = match serde_json::from_str(&line) {
-                Ok(v) => v,
-                Err(_) => continue,
+            let frame = match link.next() {
+                Next::Frame(text) => text,
+                Next::Idle if finished(last) => return got,
+                Next::Idle => continue,
+                Next::Closed => break,
+            };
+            let Ok(frame) = serde_json::from_str::<Value>(&frame) else {
+                continue;
             };
             match frame["op"].as_str() {
                 Some("ok") => {
@@ -144,13 +201,13 @@ fn subscriber(
                     epoch = frame["epoch"].as_str().map(str::to_string);
                 }
                 Some("msg") => {
-                    let seq = frame["seq"].as_u64().unwrap();
+                    let seq = frame["seq"].as_u64().unwrap_or(0);
                     if seq != last + 1 {
                         got.problems.push(format!("seq {seq} after {last}"));
                     }
                     last = seq;
-                    got.msgs
-                        .push((seq, frame["data"]["k"].as_str().unwrap_or("").to_string()));
+                    let key = frame["data"]["k"].as_str().unwrap_or("").to_string();
+                    got.msgs.push((seq, key));
                 }
                 // A failed sub (the worker died), or a graceful reload's
                 // goodbye: reconnect and resume.
@@ -170,11 +227,18 @@ fn chaos_across_two_nodes_every_acked_publish_reaches_every_subscriber_once_in_o
     let ports = [a.ws_port, b.ws_port];
     let tcp = [a.tcp_port, b.tcp_port];
     let done = Arc::new(AtomicBool::new(false));
-    let target = Arc::new(AtomicU64::new(u64::MAX));
+    let targets: Vec<Arc<AtomicU64>> = CHANNELS
+        .iter()
+        .map(|_| Arc::new(AtomicU64::new(u64::MAX)))
+        .collect();
     let subs: Vec<_> = (0..SUBSCRIBERS)
         .map(|i| {
-            let (done, target) = (done.clone(), target.clone());
-            std::thread::spawn(move || subscriber(tcp, i, done, target))
+            let (ws, c) = (i % 2 == 0, (i / 2) % CHANNELS.len());
+            let (done, target) = (done.clone(), targets[c].clone());
+            let at = if ws { ports } else { tcp };
+            let channel = CHANNELS[c].to_string();
+            let thread = std::thread::spawn(move || subscriber(at, ws, channel, i, done, target));
+            (c, thread)
         })
         .collect();
     // Every subscriber has subscribed before the first publish.
@@ -192,8 +256,9 @@ fn chaos_across_two_nodes_every_acked_publish_reaches_every_subscriber_once_in_o
                     if stop.load(Ordering::SeqCst) {
                         break;
                     }
-                    let key = format!("p{p}-{n}");
-                    acked.push((publish_until_acked(ports, &key, p + n), key));
+                    let (c, key) = ((p + n) % CHANNELS.len(), format!("p{p}-{n}"));
+                    let seq = publish_until_acked(ports, CHANNELS[c], &key, p + n);
+                    acked.push((c, seq, key));
                 }
                 acked
             })
@@ -230,33 +295,41 @@ fn chaos_across_two_nodes_every_acked_publish_reaches_every_subscriber_once_in_o
         }
     }
     stop.store(true, Ordering::SeqCst);
-    let mut acked: Vec<(u64, String)> = publishers
+    let all: Vec<(usize, u64, String)> = publishers
         .into_iter()
         .flat_map(|p| p.join().unwrap())
         .collect();
-    acked.sort();
-    let n = acked.len() as u64;
-    assert!(n > 50, "only {n} publishes acked");
-    assert_eq!(
-        acked.iter().map(|(s, _)| *s).collect::<Vec<_>>(),
-        (1..=n).collect::<Vec<_>>(),
-        "one seq per acked publish, nothing else stored"
-    );
-    let stored = redis.cmd(&["GET", "syncd:{chaos}:seq"]);
-    assert_eq!(stored, n.to_string(), "redis stored no more than was acked");
-    target.store(n, Ordering::SeqCst);
+    let mut acked: Vec<Vec<(u64, String)>> = vec![Vec::new(); CHANNELS.len()];
+    for (c, seq, key) in all {
+        acked[c].push((seq, key));
+    }
+    let mut total = 0;
+    for (c, acked) in acked.iter_mut().enumerate() {
+        acked.sort();
+        let n = acked.len() as u64;
+        total += n;
+        assert!(n > 20, "only {n} publishes acked on {}", CHANNELS[c]);
+        assert_eq!(
+            acked.iter().map(|(s, _)| *s).collect::<Vec<_>>(),
+            (1..=n).collect::<Vec<_>>(),
+            "one seq per acked publish, nothing else stored"
+        );
+        let stored = redis.cmd(&["GET", &format!("syncd:{{{}}}:seq", CHANNELS[c])]);
+        assert_eq!(stored, n.to_string(), "redis stored no more than was acked");
+        targets[c].store(n, Ordering::SeqCst);
+    }
     done.store(true, Ordering::SeqCst);
     let mut reconnects = 0;
-    for s in subs {
+    for (c, s) in subs {
         let got = s.join().unwrap();
         reconnects += got.reconnects - 1;
         assert!(got.problems.is_empty(), "{:?}", got.problems);
-        assert_eq!(got.msgs, acked, "every acked publish once, in order");
+        assert_eq!(got.msgs, acked[c], "every acked publish once, in order");
         let keys: HashSet<&String> = got.msgs.iter().map(|(_, k)| k).collect();
-        assert_eq!(keys.len() as u64, n);
+        assert_eq!(keys.len(), acked[c].len());
     }
     println!(
-        "chaos across two nodes: {n} publishes acked, {kills} workers killed, \
+        "chaos across two nodes: {total} publishes acked, {kills} workers killed, \
          {reloads} reloads, {reconnects} subscriber reconnects"
     );
 }
