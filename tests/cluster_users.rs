@@ -13,11 +13,15 @@ use common::{token, Client, Server};
 use serde_json::{json, Value};
 
 fn node(redis: &Redis, name: &str) -> Server {
+    node_with(redis, name, "")
+}
+
+fn node_with(redis: &Redis, name: &str, extra: &str) -> Server {
     Server::start(
         2,
         &format!(
             "[presence]\nchannels = [\"room-\"]\n[cluster]\nengine = \"redis\"\n\
-             redis_url = \"{}\"\nnode = \"{name}\"\npresence_ttl = \"2s\"\n",
+             redis_url = \"{}\"\nnode = \"{name}\"\npresence_ttl = \"2s\"\n{extra}",
             redis.url()
         ),
     )
@@ -26,7 +30,7 @@ fn node(redis: &Redis, name: &str) -> Server {
 fn login(server: &Server, uid: &str) -> common::TcpClient {
     let mut c = server.tcp();
     let reply = c.request(
-        json!({"op":"auth","id":"a","token":token(uid, &[])}),
+        json!({"op":"auth","id":"a","token":token(uid, &["$expired"])}),
         &mut Vec::new(),
     );
     assert_eq!(reply["uid"], uid, "{reply}");
@@ -145,4 +149,58 @@ fn direct_messages_and_acks_hold_when_the_user_comes_back_on_the_other_node() {
     assert_eq!(direct(&mut bob, "bob"), Vec::<u64>::new(), "all acked");
     let fourth = send(&b, "bob", json!("four"));
     assert_eq!(direct(&mut bob, "bob"), [fourth]);
+}
+
+#[test]
+fn unacked_direct_messages_come_again_on_any_node_until_acked_on_any_node() {
+    let redis = Redis::start();
+    let delivery = "[delivery]\nack_timeout = \"1s\"\nmax_attempts = 3\n";
+    let a = node_with(&redis, "a", delivery);
+    let b = node_with(&redis, "b", delivery);
+    let mut bob = login(&a, "bob");
+    let mut bob_too = login(&b, "bob");
+    // Sent through B; bob's connections on both nodes get it.
+    let first = send(&b, "bob", json!("one"));
+    let got = |c: &mut common::TcpClient, n: usize| -> Vec<u64> {
+        (0..n)
+            .map(|_| loop {
+                let m = c
+                    .recv_timeout(Duration::from_secs(10))
+                    .expect("a direct message");
+                if m["op"] == "msg" && m["channel"] == "#bob" {
+                    break m["seq"].as_u64().unwrap();
+                }
+            })
+            .collect()
+    };
+    assert_eq!(got(&mut bob, 1), [first]);
+    assert_eq!(got(&mut bob_too, 1), [first]);
+    // Not acked: it comes again, with its seq, to both.
+    assert_eq!(got(&mut bob, 1), [first]);
+    assert_eq!(got(&mut bob_too, 1), [first]);
+    // Acked through A (not the node that sent it): no more resends.
+    let ack = json!({"op":"ack","id":"k","channel":"#bob","seq":first});
+    assert_eq!(bob.request(ack, &mut Vec::new())["op"], "ok");
+    assert_eq!(
+        direct(&mut bob_too, "bob").len(),
+        0,
+        "acked elsewhere: quiet"
+    );
+    // Never acked: resent, then a dead letter on $expired, once.
+    bob.sub("$expired");
+    let second = send(&a, "bob", json!("two"));
+    let report = loop {
+        let m = bob
+            .recv_timeout(Duration::from_secs(15))
+            .expect("a dead letter");
+        if m["channel"] == "$expired" {
+            break m;
+        }
+    };
+    assert_eq!(report["data"]["seq"], second, "{report}");
+    assert_eq!(report["data"]["reason"], "max_attempts", "{report}");
+    let more: Vec<Value> = std::iter::from_fn(|| bob.recv_timeout(Duration::from_millis(1500)))
+        .filter(|m| m["channel"] == "$expired")
+        .collect();
+    assert!(more.is_empty(), "one dead letter: {more:?}");
 }

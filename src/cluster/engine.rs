@@ -155,6 +155,7 @@ struct Shas {
     lookup: String,
     presence: String,
     ack: String,
+    redeliver: String,
 }
 
 impl Writer {
@@ -221,6 +222,7 @@ impl Writer {
             lookup: load(&mut con, scripts::LOOKUP)?,
             presence: load(&mut con, &scripts::presence())?,
             ack: load(&mut con, scripts::ACK)?,
+            redeliver: load(&mut con, &scripts::redeliver())?,
         };
         Ok(con)
     }
@@ -282,6 +284,32 @@ impl Writer {
                         true => self.members.insert(member),
                         false => self.members.remove(&member),
                     };
+                }
+                Request::Redeliver {
+                    channel,
+                    seq,
+                    line,
+                    give_up,
+                } => {
+                    let mode = if give_up.is_some() { "check" } else { "send" };
+                    // Inboxes have no stream at the edge: no epoch needed.
+                    let payload = [format!("- {seq} ").as_bytes(), &line].concat();
+                    let mut cmd = redis::cmd("EVALSHA");
+                    cmd.arg(&self.shas.redeliver).arg(2);
+                    cmd.arg(self.keys.ack(&channel))
+                        .arg(self.keys.presence(&channel));
+                    cmd.arg(seq)
+                        .arg(channel.get(1..).unwrap_or(""))
+                        .arg(now_ms())
+                        .arg(self.keys.topic(&channel))
+                        .arg(payload)
+                        .arg(mode);
+                    pipe.add_command(cmd);
+                    asked.push(Asked::Redeliver {
+                        channel,
+                        seq,
+                        give_up,
+                    });
                 }
                 Request::Ack {
                     tag, channel, seq, ..

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use redis::Value;
 
 use crate::store::shard_db::Stored;
-use crate::store::{Completion, Looked, Numbered, Outcome, Range};
+use crate::store::{Completion, Looked, Numbered, Outcome, Range, Redelivery};
 
 thread_local! {
     /// Presence changes failing while Redis is down are logged within this.
@@ -17,11 +17,25 @@ thread_local! {
 
 /// What each command of a pipeline answers.
 pub enum Asked {
-    Append { ticket: u64, state: bool },
-    Range { tag: u64 },
-    Lookup { tag: u64 },
-    Ack { tag: u64 },
+    Append {
+        ticket: u64,
+        state: bool,
+    },
+    Range {
+        tag: u64,
+    },
+    Lookup {
+        tag: u64,
+    },
+    Ack {
+        tag: u64,
+    },
     Presence,
+    Redeliver {
+        channel: String,
+        seq: u64,
+        give_up: Option<(&'static str, String)>,
+    },
 }
 
 /// Each request's completion from its reply; appends together as one
@@ -56,6 +70,19 @@ pub fn answers(
             Asked::Lookup { tag } => {
                 let result = value.and_then(|v| looked(&v).ok_or_else(|| "bad lookup".into()));
                 done.push(Completion::Looked { tag, result });
+            }
+            Asked::Redeliver {
+                channel,
+                seq,
+                give_up,
+            } => {
+                let outcome = value.ok().and_then(|v| redelivered(&v));
+                done.push(Completion::Redelivered {
+                    channel,
+                    seq,
+                    outcome: outcome.unwrap_or(Redelivery::Failed),
+                    give_up,
+                });
             }
             Asked::Presence => {
                 if let Err(e) = value {
@@ -123,6 +150,21 @@ fn written(v: &Value, state: bool) -> Option<Outcome> {
             value: parts.get(2).and_then(text),
             version: n,
         }),
+        _ => None,
+    }
+}
+
+/// The redeliver script's reply.
+fn redelivered(v: &Value) -> Option<Redelivery> {
+    let Value::Array(parts) = v else {
+        return None;
+    };
+    let acked = int(parts.get(1)?)?;
+    match text(parts.first()?)?.as_str() {
+        "acked" => Some(Redelivery::Acked(acked)),
+        "sent" => Some(Redelivery::Sent),
+        "offline" => Some(Redelivery::Offline),
+        "unacked" => Some(Redelivery::Unacked),
         _ => None,
     }
 }

@@ -176,3 +176,22 @@ return left
 "#
     )
 }
+
+/// An unacked direct message, again: sent (on the inbox's topic) only when
+/// the ack has not passed it and its user has a live member anywhere.
+/// KEYS: ack, presence. ARGV: 1 seq, 2 uid, 3 now (ms), 4 topic, 5 payload,
+/// 6 "send" or "check" (before a dead letter: the ack only).
+/// Returns {"acked" | "unacked" | "offline" | "sent", ack}.
+pub fn redeliver() -> String {
+    format!(
+        "{PRESENT}{}",
+        r#"
+local acked = tonumber(redis.call('GET', KEYS[1]) or '0')
+if acked >= tonumber(ARGV[1]) then return {'acked', acked} end
+if ARGV[6] == 'check' then return {'unacked', acked} end
+if not present(KEYS[2], ARGV[2], ARGV[3]) then return {'offline', acked} end
+redis.call('PUBLISH', ARGV[4], ARGV[5])
+return {'sent', acked}
+"#
+    )
+}

@@ -452,6 +452,12 @@ impl OwnerCore {
             Completion::Oldest { tag, result } => self.on_oldest(tag, result),
             Completion::Range { tag, result } => self.on_range(tag, result, now),
             Completion::Looked { tag, result } => self.on_looked(tag, result),
+            Completion::Redelivered {
+                channel,
+                seq,
+                outcome,
+                give_up,
+            } => self.on_redelivered(channel, seq, outcome, give_up, now),
             Completion::AcksStored { tags, error } => self.acks_stored(tags, error),
             Completion::Swept { expired, trimmed } => {
                 self.stats.expired += expired;

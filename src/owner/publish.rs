@@ -190,9 +190,8 @@ impl OwnerCore {
         let channel = m.channel;
         self.seqs.delivered(&channel, m.seq);
         let line = frames::msg_line(&channel, m.seq, &m.data);
-        if is_inbox(&channel) && !self.config.numbered_by_engine {
-            // Kept for redelivery and dead letters (on a shared engine,
-            // acks may reach another server: see docs/cluster.md).
+        if is_inbox(&channel) {
+            // Kept for redelivery and dead letters.
             self.inboxes
                 .delivered(&channel, m.seq, m.expires_ms, line.clone(), m.data, now.at);
         }

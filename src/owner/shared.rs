@@ -9,12 +9,13 @@ use std::collections::BTreeMap;
 
 use bytes::Bytes;
 
+use super::inbox::DeadLetter;
 use super::publish::{change_json, conflict, raw_or_null, Inflight};
 use super::query::DiskRead;
 use super::state::Entry;
 use super::{pages, Answer, Now, OwnerCore, Query, ReplyTo};
 use crate::proto::frames::{self, Acked, ErrorReply};
-use crate::store::{Looked, Outcome, Range, Request};
+use crate::store::{Looked, Outcome, Range, Redelivery, Request};
 
 /// A question waiting for the engine's `Range`.
 pub(super) struct SharedRead {
@@ -246,5 +247,60 @@ impl OwnerCore {
             cursor: None,
         };
         self.reply_answer(asked.to, Ok(answer));
+    }
+}
+
+impl OwnerCore {
+    /// Timed redelivery on a shared engine: the user may be connected to
+    /// any server and may have acked through any of them, so each due
+    /// message goes to the engine, which sends it only when it is still
+    /// unacked and its user is online somewhere, and checks the ack before
+    /// a message becomes a dead letter.
+    pub(super) fn redeliver_shared(&mut self, now: Now) {
+        let (resend, dead) = self.inboxes.due(now.at, now.ms, |_| true);
+        for (channel, seq, line) in resend {
+            let give_up = None;
+            self.store(Request::Redeliver {
+                channel,
+                seq,
+                line,
+                give_up,
+            });
+        }
+        for letter in dead {
+            self.store(Request::Redeliver {
+                channel: letter.channel,
+                seq: letter.seq,
+                line: Bytes::new(),
+                give_up: Some((letter.reason, letter.data)),
+            });
+        }
+    }
+
+    pub(super) fn on_redelivered(
+        &mut self,
+        channel: String,
+        seq: u64,
+        outcome: Redelivery,
+        give_up: Option<(&'static str, String)>,
+        now: Now,
+    ) {
+        match outcome {
+            Redelivery::Acked(upto) => {
+                self.inboxes.ack(&channel, upto);
+                return;
+            }
+            Redelivery::Offline => self.inboxes.park(&channel, seq),
+            Redelivery::Sent | Redelivery::Unacked | Redelivery::Failed => {}
+        }
+        if let Some((reason, data)) = give_up {
+            let letter = DeadLetter {
+                channel,
+                seq,
+                data,
+                reason,
+            };
+            self.dead_letter(letter, now);
+        }
     }
 }

@@ -42,6 +42,8 @@ pub struct MemEngine {
     pub unreachable: bool,
     /// When numbering: (channel, uid) present on this server, as told.
     pub members: std::collections::BTreeSet<(String, String)>,
+    /// When numbering: the redeliveries sent, as (inbox, seq).
+    pub redelivered: Vec<(String, u64)>,
 }
 
 impl Engine for MemEngine {
@@ -234,6 +236,30 @@ impl MemEngine {
                 self.done.push(Completion::Looked {
                     tag,
                     result: Ok(looked),
+                });
+            }
+            Request::Redeliver {
+                channel,
+                seq,
+                give_up,
+                ..
+            } => {
+                let acked = self.acks.get(&channel).copied().unwrap_or(0);
+                let online = self.members.iter().any(|(c, _)| *c == channel);
+                let outcome = match () {
+                    _ if acked >= seq => crate::store::Redelivery::Acked(acked),
+                    _ if give_up.is_some() => crate::store::Redelivery::Unacked,
+                    _ if !online => crate::store::Redelivery::Offline,
+                    _ => {
+                        self.redelivered.push((channel.clone(), seq));
+                        crate::store::Redelivery::Sent
+                    }
+                };
+                self.done.push(Completion::Redelivered {
+                    channel,
+                    seq,
+                    outcome,
+                    give_up,
                 });
             }
             Request::Presence {

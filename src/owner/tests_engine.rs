@@ -101,14 +101,58 @@ fn an_inbox_replays_from_the_ack_the_engine_holds() {
     let inbox = h.query("#u", super::Query::Inbox);
     h.settle();
     assert_eq!(seqs_of(&h.answer(inbox).unwrap()), [4, 5]);
-    h.presence(0, "#u", "u", 1);
-    h.advance(std::time::Duration::from_secs(11));
+}
+
+#[test]
+fn redelivery_asks_the_engine_which_knows_acks_and_presence_everywhere() {
+    use std::time::Duration;
+    let mut h = shared(Durability::Commit, "#u", 0);
+    h.publish("#u", "1");
+    h.publish("#u", "2");
+    h.settle();
+    // Offline everywhere: parked, no attempt spent.
+    h.advance(Duration::from_secs(11));
     h.tick();
+    h.settle();
+    assert!(h.engine.redelivered.is_empty());
+    assert_eq!(h.delivered_seqs("#u"), [1, 2], "never from the core itself");
+    // Online on some server: sent through the engine, with the same seq.
+    h.presence(0, "#u", "u", 1);
+    h.settle();
+    h.advance(Duration::from_secs(11));
+    h.tick();
+    h.settle();
     assert_eq!(
-        h.delivered_seqs("#u"),
-        [5],
-        "no timed redelivery here: the ack may come through another server"
+        h.engine.redelivered,
+        [("#u".to_string(), 1), ("#u".to_string(), 2)]
     );
+    // Acked through another server: no more sends, and no dead letter.
+    h.engine.acks.insert("#u".into(), 2);
+    for _ in 0..6 {
+        h.advance(Duration::from_secs(100));
+        h.tick();
+        h.settle();
+    }
+    assert_eq!(h.engine.redelivered.len(), 2);
+    assert!(h.dead.is_empty(), "{:?}", h.dead);
+}
+
+#[test]
+fn a_dead_letter_on_a_shared_engine_is_checked_against_the_ack_first() {
+    use std::time::Duration;
+    let mut h = shared(Durability::Commit, "#u", 0);
+    h.presence(0, "#u", "u", 1);
+    h.publish("#u", "1");
+    h.settle();
+    for _ in 0..8 {
+        h.advance(Duration::from_secs(100));
+        h.tick();
+        h.settle();
+    }
+    assert_eq!(h.engine.redelivered.len(), 2, "max_attempts 3: two resends");
+    assert_eq!(h.dead.len(), 1, "then a dead letter: {:?}", h.dead);
+    assert!(h.dead[0].contains("max_attempts"));
+    assert!(h.engine.dead_letters.is_empty(), "reported, not stored");
 }
 
 #[test]

@@ -106,6 +106,9 @@ impl OwnerCore {
     /// Sends unacked direct messages again to online users, and turns
     /// expired or exhausted ones into dead letters.
     pub(super) fn redeliver(&mut self, now: Now) {
+        if self.config.numbered_by_engine {
+            return self.redeliver_shared(now);
+        }
         let presence = &self.presence;
         let (resend, dead) = self.inboxes.due(now.at, now.ms, |channel| {
             presence.connections(channel, &channel[1..]) > 0
@@ -122,7 +125,7 @@ impl OwnerCore {
 
     /// Never lost silently: recorded in the shard, then handed on to be
     /// published on `$expired` and posted to the webhook.
-    fn dead_letter(&mut self, letter: DeadLetter, now: Now) {
+    pub(super) fn dead_letter(&mut self, letter: DeadLetter, now: Now) {
         log::info!(
             "dead letter {} seq {} ({})",
             letter.channel,
@@ -142,14 +145,16 @@ impl OwnerCore {
             "data": data,
         })
         .to_string();
-        self.store(Request::DeadLetter {
-            shard: self.shard_of(&letter.channel),
-            channel: letter.channel,
-            seq: letter.seq,
-            reason: letter.reason,
-            data: letter.data,
-            time_ms: now.ms,
-        });
+        if !self.config.numbered_by_engine {
+            self.store(Request::DeadLetter {
+                shard: self.shard_of(&letter.channel),
+                channel: letter.channel,
+                seq: letter.seq,
+                reason: letter.reason,
+                data: letter.data,
+                time_ms: now.ms,
+            });
+        }
         self.effects.push_back(Effect::DeadLetter { report });
     }
 }

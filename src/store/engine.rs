@@ -62,6 +62,17 @@ pub enum Request {
         uid: String,
         joined: bool,
     },
+    /// Only to an engine that `numbers_messages`: send message `seq` of
+    /// inbox `channel` again wherever its user is connected, unless it is
+    /// acked by now (acks may reach other servers) or the user is offline.
+    /// With `give_up` (reason, data) it is about to be a dead letter: only
+    /// the ack is checked. Answered with `Redelivered`.
+    Redeliver {
+        channel: String,
+        seq: u64,
+        line: bytes::Bytes,
+        give_up: Option<(&'static str, String)>,
+    },
     /// Record an inbox's cumulative ack; answered with `AcksStored`.
     Ack {
         tag: u64,
@@ -111,6 +122,12 @@ pub enum Completion {
         tag: u64,
         result: Result<Looked, String>,
     },
+    Redelivered {
+        channel: String,
+        seq: u64,
+        outcome: Redelivery,
+        give_up: Option<(&'static str, String)>,
+    },
     Swept {
         expired: u64,
         trimmed: u64,
@@ -146,6 +163,21 @@ pub enum Outcome {
     Conflict { value: Option<String>, version: u64 },
     /// Not stored: the engine cannot reach its storage now.
     Unavailable { error: String },
+}
+
+/// What became of a `Redeliver`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Redelivery {
+    /// The inbox is acked up to this seq (covering the message).
+    Acked(u64),
+    /// Sent to the user's connections, on whichever servers.
+    Sent,
+    /// The user has no connection anywhere: kept for their next one.
+    Offline,
+    /// Checked only (`give_up`): still not acked.
+    Unacked,
+    /// Storage unreachable: nothing known.
+    Failed,
 }
 
 /// A channel's state and presence as a shared engine holds them.
@@ -226,6 +258,17 @@ impl Request {
             Request::Ack { tag, .. } => Some(Completion::AcksStored {
                 tags: vec![tag],
                 error: Some(error),
+            }),
+            Request::Redeliver {
+                channel,
+                seq,
+                give_up,
+                ..
+            } => Some(Completion::Redelivered {
+                channel,
+                seq,
+                outcome: Redelivery::Failed,
+                give_up,
             }),
             Request::DeadLetter { .. }
             | Request::Presence { .. }

@@ -282,7 +282,7 @@ impl Writer {
                     let result = Err("lookups are for a shared engine".to_string());
                     let _ = self.outbox.send(Completion::Looked { tag, result });
                 }
-                Request::Presence { .. } => {}
+                Request::Presence { .. } | Request::Redeliver { .. } => {}
                 Request::Close => closing = true,
                 Request::Append { .. } => {}
             }
