@@ -61,8 +61,6 @@ impl Subscriber {
         let mut listener = Listener {
             client,
             sweeper: None,
-            sweep: redis::Script::new(&super::scripts::sweep()),
-            trim: redis::Script::new(super::scripts::TRIM),
             next_sweep: Instant::now(),
             bad_log: crate::logging::LogLimit::new(2),
             keys,
@@ -110,12 +108,9 @@ impl Drop for Subscriber {
 
 struct Listener {
     client: redis::Client,
-    /// A second connection, for the presence sweep (the first one is in
-    /// subscribe mode).
-    sweeper: Option<redis::Connection>,
-    sweep: redis::Script,
-    /// Deletes expired messages at the head of a channel's log.
-    trim: redis::Script,
+    /// A second connection, for the sweeps (the first one is in subscribe
+    /// mode), with the SHA1s of the trim and presence sweep scripts.
+    sweeper: Option<Sweeper>,
     next_sweep: Instant,
     /// Malformed messages (another program on our prefix) are logged
     /// within this.
@@ -126,6 +121,12 @@ struct Listener {
     inbox: Receiver<Order>,
     outbox: Sender<Heard>,
     waker: Arc<Waker>,
+}
+
+struct Sweeper {
+    con: redis::Connection,
+    trim: String,
+    sweep: String,
 }
 
 /// Why a subscribed session ended.
@@ -186,46 +187,66 @@ impl Listener {
     /// leave is published once, by whichever server removed them.
     fn sweep_presence(&mut self) {
         self.next_sweep = Instant::now() + SWEEP_EVERY;
-        if self.sweeper.is_none() {
-            self.sweeper = super::connect(&self.client).ok();
+        if self.topics.is_empty() {
+            return;
         }
-        let Some(con) = self.sweeper.as_mut() else {
+        if self.sweeper.is_none() {
+            self.sweeper = self.open_sweeper().ok();
+        }
+        let Some(Sweeper { con, trim, sweep }) = self.sweeper.as_mut() else {
             return;
         };
+        // One pipeline for every channel heard here: trim, then sweep.
         let now = crate::store::open::now_ms();
-        for channel in &self.topics {
-            let trimmed: redis::RedisResult<u64> =
-                self.trim.key(self.keys.log(channel)).arg(now).invoke(con);
-            if let Err(e) = trimmed {
-                log::warn!("redis expiry sweep: {e}");
+        let channels: Vec<&String> = self.topics.iter().collect();
+        let mut pipe = redis::pipe();
+        for channel in &channels {
+            pipe.cmd("EVALSHA")
+                .arg(trim.as_str())
+                .arg(1)
+                .arg(self.keys.log(channel))
+                .arg(now)
+                .ignore();
+            pipe.cmd("EVALSHA")
+                .arg(sweep.as_str())
+                .arg(1)
+                .arg(self.keys.presence(channel))
+                .arg(now);
+        }
+        let left: Vec<Vec<String>> = match pipe.query(con) {
+            Ok(left) => left,
+            Err(e) => {
+                log::warn!("redis sweep: {e}");
                 self.sweeper = None;
                 return;
             }
-            let left: Vec<String> = match self
-                .sweep
-                .key(self.keys.presence(channel))
-                .arg(now)
-                .invoke(con)
-            {
-                Ok(left) => left,
-                Err(e) => {
-                    log::warn!("redis presence sweep: {e}");
-                    self.sweeper = None;
-                    return;
-                }
-            };
-            for uid in left {
+        };
+        let mut leaves = redis::pipe();
+        for (channel, uids) in channels.iter().zip(left) {
+            for uid in uids {
                 let line = crate::proto::frames::event_line("leave", channel, &uid);
                 let payload = [b"event ".as_slice(), &line].concat();
-                let topic = self.keys.topic(channel);
-                let sent: redis::RedisResult<i64> =
-                    redis::cmd("PUBLISH").arg(topic).arg(payload).query(con);
-                if sent.is_err() {
-                    self.sweeper = None;
-                    return;
-                }
+                leaves
+                    .cmd("PUBLISH")
+                    .arg(self.keys.topic(channel))
+                    .arg(payload)
+                    .ignore();
             }
         }
+        if !leaves.is_empty() && leaves.exec(con).is_err() {
+            self.sweeper = None;
+        }
+    }
+
+    /// The sweeps' connection, with their scripts loaded.
+    fn open_sweeper(&self) -> redis::RedisResult<Sweeper> {
+        let mut con = super::connect(&self.client)?;
+        let mut load = |src: &str| -> redis::RedisResult<String> {
+            redis::cmd("SCRIPT").arg("LOAD").arg(src).query(&mut con)
+        };
+        let trim = load(super::scripts::TRIM)?;
+        let sweep = load(&super::scripts::sweep())?;
+        Ok(Sweeper { con, trim, sweep })
     }
 
     fn session(&mut self, con: &mut redis::Connection) -> End {
