@@ -181,10 +181,15 @@ fn unacked_direct_messages_come_again_on_any_node_until_acked_on_any_node() {
     // Acked through A (not the node that sent it): no more resends.
     let ack = json!({"op":"ack","id":"k","channel":"#bob","seq":first});
     assert_eq!(bob.request(ack, &mut Vec::new())["op"], "ok");
-    assert_eq!(
-        direct(&mut bob_too, "bob").len(),
-        0,
-        "acked elsewhere: quiet"
+    // A resend already on its way when the ack was stored may still come;
+    // none after it (the backoff would bring the next within 2 s).
+    let after_ack: Vec<u64> = std::iter::from_fn(|| bob_too.recv_timeout(Duration::from_secs(3)))
+        .filter(|m| m["channel"] == "#bob")
+        .map(|m| m["seq"].as_u64().unwrap_or(0))
+        .collect();
+    assert!(
+        after_ack.len() <= 1,
+        "acked elsewhere: quiet, got {after_ack:?}"
     );
     // Never acked: resent, then a dead letter on $expired, once.
     bob.sub("$expired");
