@@ -157,6 +157,21 @@ fn a_cas_race_of_20_clients_across_both_nodes_has_exactly_one_winner() {
         watcher.recv_timeout(Duration::from_millis(300)).is_none(),
         "one change only"
     );
+    // Both nodes read the winner's value.
+    for node in [&a, &b] {
+        let (status, body) = node.http("GET", "/api/state?channel=seats", "");
+        assert_eq!(status, 200, "{body}");
+        let state: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(state["keys"]["F7"]["value"], won_value(&replies), "{state}");
+        assert_eq!(state["keys"]["F7"]["version"], 1, "{state}");
+        let mut c = node.tcp();
+        let got = c.request(
+            json!({"op":"get","id":1,"channel":"seats","key":"F7"}),
+            &mut Vec::new(),
+        );
+        assert_eq!(got["version"], 1, "{got}");
+        assert_eq!(got["value"], won_value(&replies), "{got}");
+    }
 }
 
 /// The value the winner of the race wrote.
