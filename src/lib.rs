@@ -3,6 +3,7 @@
 pub mod auth;
 pub mod bus;
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod control;
 pub mod exposure;

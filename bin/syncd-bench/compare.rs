@@ -173,6 +173,7 @@ pub fn run(args: &CompareArgs) -> anyhow::Result<()> {
                 channel: format!("bench-{scenario}-{}", now_micros()),
                 threads: args.threads,
                 drain: Duration::from_secs(15),
+                publish_to: None,
             };
             let outcome = Running::start(kind, &syncd_bin, &base_config)
                 .and_then(|server| load::run(&server.target, &spec, Some(server.proc())));

@@ -32,6 +32,9 @@ pub struct LoadSpec {
     pub threads: usize,
     /// Longest wait for deliveries and answers after publishing stops.
     pub drain: Duration,
+    /// Where the publishers connect, when not where the subscribers do
+    /// (another node of a cluster: docs/cluster.md).
+    pub publish_to: Option<Target>,
 }
 
 impl From<&LoadSpec> for PubSpec {
@@ -158,7 +161,8 @@ pub fn run(
 
     let window = Window::open(server);
     let started = Instant::now();
-    let publishing = publisher::start_spec(target, &PubSpec::from(spec), stop.clone())?;
+    let publish_to = spec.publish_to.as_ref().unwrap_or(target);
+    let publishing = publisher::start_spec(publish_to, &PubSpec::from(spec), stop.clone())?;
     // Publishers stop offering after `duration`, then wait for answers until
     // `stop`.
     std::thread::sleep(spec.duration);

@@ -92,6 +92,13 @@ struct LoadArgs {
     /// Channel (a fresh one per run by default)
     #[arg(long)]
     channel: Option<String>,
+    /// Publishers connect to this WebSocket address instead: another node
+    /// of a cluster, for a cross-node fanout
+    #[arg(long)]
+    publish_ws: Option<SocketAddr>,
+    /// Publishers connect to this TCP address instead (with --transport tcp)
+    #[arg(long)]
+    publish_tcp: Option<SocketAddr>,
 }
 
 impl LoadArgs {
@@ -110,6 +117,11 @@ impl LoadArgs {
                 .unwrap_or_else(|| format!("bench-{}", now_micros())),
             threads: self.threads,
             drain: Duration::from_secs(15),
+            publish_to: self.publish_ws.map(|ws| Target {
+                ws,
+                ws_path: "/ws".into(),
+                tcp: self.publish_tcp,
+            }),
         }
     }
 }

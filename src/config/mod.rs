@@ -7,9 +7,11 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+mod cluster;
 mod sections;
 mod units;
 
+pub use cluster::{Cluster, ClusterEngine};
 pub use sections::*;
 
 /// The default configuration, compiled in so `syncd start` works from any folder.
@@ -52,6 +54,8 @@ pub struct Config {
     pub log: Log,
     #[serde(default)]
     pub debug: Debug,
+    #[serde(default)]
+    pub cluster: Cluster,
     /// The file this configuration came from (or `<embedded>`), for messages.
     #[serde(skip)]
     pub source: PathBuf,
@@ -101,6 +105,7 @@ impl Config {
         config.warnings = warnings;
         let base = std::path::absolute(base).map_err(|e| invalid(e.to_string()))?;
         config.paths.resolve(&base);
+        config.cluster.resolve(config.listen.ws.port());
         if let Some(key) = config.auth.jwt_public_key.as_mut() {
             *key = normalize(&base.join(&*key));
             config.auth.jwt_public_pem = std::fs::read(&*key)
@@ -150,6 +155,7 @@ impl Config {
         if self.listen.ws == self.listen.tcp {
             return Err("listen.ws and listen.tcp must differ".into());
         }
+        self.cluster.check()?;
         if self.log.level.parse::<log::LevelFilter>().is_err() {
             return Err(format!(
                 "log.level: unknown level `{}` (use error, warn, info, debug or trace)",

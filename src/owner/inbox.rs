@@ -135,6 +135,18 @@ impl Inboxes {
         self.compact();
     }
 
+    /// Message `seq` came due but its user is offline (as someone else
+    /// knows: a shared engine): parked until `reconnected`, the attempt
+    /// not counted.
+    pub fn park(&mut self, channel: &str, seq: u64) {
+        let Some(entry) = self.unacked.get_mut(channel).and_then(|p| p.get_mut(&seq)) else {
+            return;
+        };
+        entry.attempts = entry.attempts.saturating_sub(1);
+        // Its heap item no longer matches, so it is skipped.
+        entry.due += Duration::from_nanos(1);
+    }
+
     /// What to send again now (only to online users), and what to give up:
     /// only the messages due by `now` (or expired by `now_ms`) are looked at.
     pub fn due(&mut self, now: Instant, now_ms: i64, online: impl Fn(&str) -> bool) -> Due {

@@ -21,6 +21,7 @@ pub mod state;
 mod pages;
 mod publish;
 mod query;
+mod shared;
 mod users;
 
 #[cfg(test)]
@@ -290,6 +291,8 @@ pub struct OwnerCore {
     next_ticket: u64,
     /// Queries waiting for a disk read, by store tag.
     disk_reads: HashMap<u64, query::DiskRead>,
+    /// Queries waiting for a shared engine's `Range`, by store tag.
+    shared_reads: HashMap<u64, shared::SharedRead>,
     /// Who waits for each ack sent to storage, by store tag.
     ack_replies: HashMap<u64, ReplyTo>,
     next_tag: u64,
@@ -340,6 +343,7 @@ impl OwnerCore {
             inflight: VecDeque::new(),
             next_ticket: 0,
             disk_reads: HashMap::new(),
+            shared_reads: HashMap::new(),
             ack_replies: HashMap::new(),
             next_tag: 0,
             inboxes,
@@ -426,12 +430,12 @@ impl OwnerCore {
                 self.stats.stored += count;
                 let mut numbered = numbered.into_iter().peekable();
                 while self.inflight.front().is_some_and(|m| m.ticket <= upto) {
-                    if let Some(mut m) = self.inflight.pop_front() {
+                    if let Some(m) = self.inflight.pop_front() {
                         while numbered.next_if(|n| n.ticket < m.ticket).is_some() {}
-                        if let Some(n) = numbered.next_if(|n| n.ticket == m.ticket) {
-                            m.seq = n.seq;
+                        match numbered.next_if(|n| n.ticket == m.ticket) {
+                            Some(n) => self.settle(m, n.outcome, now),
+                            None => self.release(m, now),
                         }
-                        self.release(m, now);
                     }
                 }
             }
@@ -446,6 +450,14 @@ impl OwnerCore {
             }
             Completion::Read { tag, result } => self.on_disk_read(tag, result, now),
             Completion::Oldest { tag, result } => self.on_oldest(tag, result),
+            Completion::Range { tag, result } => self.on_range(tag, result, now),
+            Completion::Looked { tag, result } => self.on_looked(tag, result),
+            Completion::Redelivered {
+                channel,
+                seq,
+                outcome,
+                give_up,
+            } => self.on_redelivered(channel, seq, outcome, give_up, now),
             Completion::AcksStored { tags, error } => self.acks_stored(tags, error),
             Completion::Swept { expired, trimmed } => {
                 self.stats.expired += expired;

@@ -20,11 +20,13 @@ thread_local! {
 /// A message numbered and sent to storage, not yet released.
 pub(super) struct Inflight {
     pub(super) ticket: u64,
-    state: Option<StateWrite>,
+    /// With an engine that numbers messages, `version` is the one the
+    /// writer expects until the engine has decided (`shared::settle`).
+    pub(super) state: Option<StateWrite>,
     idempotency_key: Option<String>,
     /// The line is made at release, when the seq is final (an engine that
     /// numbers messages itself may give another one).
-    data: String,
+    pub(super) data: String,
     channel: String,
     pub(super) seq: u64,
     expires_ms: i64,
@@ -50,7 +52,10 @@ impl OwnerCore {
         if let Some(e) = self.refuse_new_channel(&to, channel, now) {
             return self.reply_published(to, Err(e));
         }
+        let shared = self.config.numbered_by_engine;
         let to = match &options.idempotency_key {
+            // A shared engine decides, since a retry may reach another server.
+            _ if shared => to,
             None => to,
             Some(key) => match self.idempotency.check(channel, key, to, now.at) {
                 Check::Publish(to) => to,
@@ -98,6 +103,7 @@ impl OwnerCore {
                     .state
                     .as_ref()
                     .map(|w| (w.key.clone(), w.value.clone(), w.version)),
+                expected: message.state.as_ref().filter(|_| shared).map(|w| w.version),
             },
         };
         self.store(request);
@@ -125,24 +131,28 @@ impl OwnerCore {
         if let Some(e) = self.refuse_new_channel(&to, channel, now) {
             return self.reply_published(to, Err(e));
         }
+        if self.config.numbered_by_engine {
+            // Other servers write this key too: the engine compares and
+            // sets, and its answer names the version (`shared::settle`).
+            let write = StateWrite {
+                key: key.to_string(),
+                value,
+                version: expected,
+            };
+            let options = PublishOptions {
+                state: Some(write),
+                ..PublishOptions::default()
+            };
+            return self.publish(to, channel, "null", options, now);
+        }
         let version = match self.keyed.cas(channel, key, expected, value.clone()) {
             Ok(version) => version,
             Err(current) => {
-                let value_json = raw_or_null(current.value.as_deref());
-                let detail = serde_json::json!({"key": key, "value": value_json, "version": current.version});
-                let mut e = ErrorReply::new(
-                    "conflict",
-                    format!("`{key}` is at version {}, not {expected}", current.version),
-                );
-                e.current = Some(detail.to_string());
+                let e = conflict(key, current.value.as_deref(), current.version, expected);
                 return self.reply_published(to, Err(e));
             }
         };
-        let change = serde_json::json!({
-            "key": key,
-            "version": version,
-            "value": raw_or_null(value.as_deref()),
-        });
+        let change = change_json(key, value.as_deref(), version);
         let options = PublishOptions {
             state: Some(StateWrite {
                 key: key.to_string(),
@@ -151,7 +161,7 @@ impl OwnerCore {
             }),
             ..PublishOptions::default()
         };
-        self.publish(to, channel, &change.to_string(), options, now);
+        self.publish(to, channel, &change, options, now);
     }
 
     /// `max_channels`: a publish that would create a channel past it is
@@ -190,13 +200,18 @@ impl OwnerCore {
             expires_ms: m.expires_ms,
             line: line.clone(),
         };
-        self.cache.push(&channel, cached);
+        if !self.config.numbered_by_engine {
+            // A shared engine answers resumes itself: other servers'
+            // messages are not in this cache.
+            self.cache.push(&channel, cached);
+        }
         let retries = match &m.idempotency_key {
             Some(key) => self.idempotency.done(&channel, key, m.seq, now.at),
             None => Vec::new(),
         };
         let version = m.state.as_ref().map(|s| s.version);
-        if let Some(write) = m.state {
+        if let Some(write) = m.state.filter(|_| !self.config.numbered_by_engine) {
+            // (A shared engine keeps the state: `get` and `state` read it.)
             self.keyed
                 .commit(&channel, &write.key, write.value, write.version);
         }
@@ -218,6 +233,27 @@ impl OwnerCore {
         };
         self.reply_published(m.to, Ok(acked));
     }
+}
+
+/// The message that records a keyed-state change.
+pub(super) fn change_json(key: &str, value: Option<&str>, version: u64) -> String {
+    serde_json::json!({
+        "key": key,
+        "version": version,
+        "value": raw_or_null(value),
+    })
+    .to_string()
+}
+
+/// A compare-and-set that lost: the key's current value and version.
+pub(super) fn conflict(key: &str, value: Option<&str>, version: u64, expected: u64) -> ErrorReply {
+    let detail = serde_json::json!({"key": key, "value": raw_or_null(value), "version": version});
+    let mut e = ErrorReply::new(
+        "conflict",
+        format!("`{key}` is at version {version}, not {expected}"),
+    );
+    e.current = Some(detail.to_string());
+    e
 }
 
 /// Stored JSON text as a value to embed, `null` when absent.

@@ -16,17 +16,17 @@ use crate::store::Request;
 
 /// A query waiting for storage to read the disk.
 pub(super) struct DiskRead {
-    to: ReplyTo,
-    channel: String,
-    query: Query,
-    seq: u64,
-    epoch: String,
+    pub(super) to: ReplyTo,
+    pub(super) channel: String,
+    pub(super) query: Query,
+    pub(super) seq: u64,
+    pub(super) epoch: String,
     /// The last `seq` this read covers.
-    upto: u64,
+    pub(super) upto: u64,
     /// Where the whole answer ends (the channel's `seq`, or a replay's
     /// target): a page that stops before it has a cursor.
-    end: u64,
-    budget: usize,
+    pub(super) end: u64,
+    pub(super) budget: usize,
 }
 
 impl OwnerCore {
@@ -41,6 +41,16 @@ impl OwnerCore {
             );
             return self.reply_answer(to, Err(e));
         }
+        let shared = self.config.numbered_by_engine;
+        if shared
+            && matches!(
+                query,
+                Query::Presence | Query::User { .. } | Query::Get { .. } | Query::State { .. }
+            )
+        {
+            return self.look_up(channel, query, to);
+        }
+        let inbox = query == Query::Inbox;
         // An inbox replays every unacked message at once (its client
         // acks them); everything else a client asks for comes in pages.
         let (query, budget) = match query {
@@ -85,6 +95,9 @@ impl OwnerCore {
             }
             query => (query, self.config.replay_page_bytes),
         };
+        if self.config.numbered_by_engine {
+            return self.ask_shared(channel, query, to, budget, inbox);
+        }
         let (seq, epoch) = self.seqs.current(channel, &self.genesis_of(channel));
         let (after, upto, end, limit) = match &query {
             Query::Resume { since: None, .. } => {
@@ -176,7 +189,7 @@ impl OwnerCore {
 
     /// Answers `read` with `lines` (their `seqs` alongside): as many as fit
     /// in its budget, with a cursor when more follows.
-    fn reply_page(&mut self, read: DiskRead, mut lines: Vec<Bytes>, seqs: Vec<u64>) {
+    pub(super) fn reply_page(&mut self, read: DiskRead, mut lines: Vec<Bytes>, seqs: Vec<u64>) {
         let cut = pages::cut(&mut lines, read.budget);
         // Where this page ends: its last message if cut short, else the
         // end of the range read (messages expired in it are skipped).

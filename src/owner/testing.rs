@@ -15,7 +15,7 @@ use crate::config::{Durability, Storage};
 use crate::proto::frames::{Acked, ErrorReply};
 use crate::store::open::Loaded;
 use crate::store::shard_db::Stored;
-use crate::store::{Completion, Engine, Gone, Numbered, Request};
+use crate::store::{Completion, Engine, Gone, Numbered, Outcome, Range, Request};
 
 /// Storage in memory, answering requests only when told to.
 #[derive(Default)]
@@ -34,6 +34,16 @@ pub struct MemEngine {
     /// Numbers messages itself, as an engine shared by several servers does:
     /// each append gets the channel's last stored seq + 1.
     pub numbers: bool,
+    /// When numbering: idempotency keys (channel, key) → first seq, and
+    /// keyed-state versions, decided here as a shared engine does.
+    pub keys: HashMap<(String, String), u64>,
+    pub versions: HashMap<(String, String), u64>,
+    /// When numbering: appends fail as when Redis cannot be reached.
+    pub unreachable: bool,
+    /// When numbering: (channel, uid) present on this server, as told.
+    pub members: std::collections::BTreeSet<(String, String)>,
+    /// When numbering: the redeliveries sent, as (inbox, seq).
+    pub redelivered: Vec<(String, u64)>,
 }
 
 impl Engine for MemEngine {
@@ -81,13 +91,28 @@ impl MemEngine {
                         self.queue.clear();
                         return;
                     }
-                    let rows = self.rows.entry(msg.channel).or_default();
+                    if self.numbers {
+                        if let Some(outcome) = self.decide(&msg) {
+                            numbered.push(Numbered { ticket, outcome });
+                            upto = Some(ticket);
+                            continue;
+                        }
+                    }
+                    let rows = self.rows.entry(msg.channel.clone()).or_default();
                     let seq = match self.numbers {
                         true => rows.last_key_value().map_or(0, |(s, _)| *s) + 1,
                         false => msg.seq,
                     };
                     if self.numbers {
-                        numbered.push(Numbered { ticket, seq });
+                        let version = msg.expected.map(|v| v + 1);
+                        if let (Some(v), Some((key, _, _))) = (version, &msg.state) {
+                            self.versions.insert((msg.channel.clone(), key.clone()), v);
+                        }
+                        if let Some((key, _)) = &msg.idempotency {
+                            self.keys.insert((msg.channel.clone(), key.clone()), seq);
+                        }
+                        let outcome = Outcome::Stored { seq, version };
+                        numbered.push(Numbered { ticket, outcome });
                     }
                     let stored = Stored {
                         seq,
@@ -118,6 +143,27 @@ impl MemEngine {
         }
     }
 
+    /// A shared engine's refusal of an append: a used idempotency key, or a
+    /// compare-and-set that lost.
+    fn decide(&self, msg: &crate::store::shard_db::Append) -> Option<Outcome> {
+        if self.unreachable {
+            let error = "connection refused".into();
+            return Some(Outcome::Unavailable { error });
+        }
+        if let Some((key, _)) = &msg.idempotency {
+            if let Some(&seq) = self.keys.get(&(msg.channel.clone(), key.clone())) {
+                return Some(Outcome::Duplicate { seq });
+            }
+        }
+        let (expected, (key, _, _)) = (msg.expected?, msg.state.as_ref()?);
+        let version = self.versions.get(&(msg.channel.clone(), key.clone()));
+        let version = version.copied().unwrap_or(0);
+        (version != expected).then_some(Outcome::Conflict {
+            value: None,
+            version,
+        })
+    }
+
     fn answer(&mut self, request: Request) {
         let empty = BTreeMap::new();
         match request {
@@ -141,6 +187,90 @@ impl MemEngine {
                     tag,
                     result: Ok((found, None)),
                 });
+            }
+            Request::Range {
+                tag,
+                channel,
+                after,
+                limit,
+                from_ack,
+            } => {
+                let rows = self.rows.get(&channel).unwrap_or(&empty);
+                let acked = self.acks.get(&channel).copied().filter(|_| from_ack);
+                let after = after.max(acked.unwrap_or(0));
+                let range = Range {
+                    seq: rows.last_key_value().map_or(0, |(s, _)| *s),
+                    epoch: "g0".into(),
+                    rows: rows
+                        .range(after + 1..)
+                        .take(limit)
+                        .map(|(_, m)| m.clone())
+                        .collect(),
+                    oldest: rows.first_key_value().map(|(s, _)| *s),
+                };
+                self.done.push(Completion::Range {
+                    tag,
+                    result: Ok(range),
+                });
+            }
+            Request::Lookup { tag, channel } => {
+                let rows = self.rows.get(&channel).unwrap_or(&empty);
+                let state = self
+                    .versions
+                    .iter()
+                    .filter(|((c, _), _)| *c == channel)
+                    .map(|((_, k), v)| (k.clone(), Some("true".to_string()), *v))
+                    .collect();
+                let members = self
+                    .members
+                    .iter()
+                    .filter(|(c, _)| *c == channel)
+                    .map(|(_, uid)| uid.clone())
+                    .collect();
+                let looked = crate::store::Looked {
+                    seq: rows.last_key_value().map_or(0, |(s, _)| *s),
+                    epoch: "g0".into(),
+                    state,
+                    members,
+                };
+                self.done.push(Completion::Looked {
+                    tag,
+                    result: Ok(looked),
+                });
+            }
+            Request::Redeliver {
+                channel,
+                seq,
+                give_up,
+                ..
+            } => {
+                let acked = self.acks.get(&channel).copied().unwrap_or(0);
+                let online = self.members.iter().any(|(c, _)| *c == channel);
+                let outcome = match () {
+                    _ if acked >= seq => crate::store::Redelivery::Acked(acked),
+                    _ if give_up.is_some() => crate::store::Redelivery::Unacked,
+                    _ if !online => crate::store::Redelivery::Offline,
+                    _ => {
+                        self.redelivered.push((channel.clone(), seq));
+                        crate::store::Redelivery::Sent
+                    }
+                };
+                self.done.push(Completion::Redelivered {
+                    channel,
+                    seq,
+                    outcome,
+                    give_up,
+                });
+            }
+            Request::Presence {
+                channel,
+                uid,
+                joined,
+            } => {
+                match joined {
+                    true => self.members.insert((channel, uid)),
+                    false => self.members.remove(&(channel, uid)),
+                };
             }
             Request::Oldest {
                 tag,

@@ -20,6 +20,17 @@ impl OwnerCore {
         now: Now,
     ) {
         let change = self.presence.report(channel, uid, slot, count);
+        if self.config.numbered_by_engine && change != Change::Same {
+            // This server's change: the engine tells every server's
+            // subscribers when the user's presence across all changes.
+            let (channel, uid) = (channel.to_string(), uid.to_string());
+            let joined = change == Change::Joined;
+            self.store(Request::Presence {
+                channel,
+                uid,
+                joined,
+            });
+        }
         if is_inbox(channel) {
             if change == Change::Joined {
                 self.inboxes.reconnected(channel, now.at);
@@ -27,6 +38,7 @@ impl OwnerCore {
             return;
         }
         match change {
+            _ if self.config.numbered_by_engine => {}
             Change::Joined => self.emit_event(channel, "join", uid),
             Change::Left => self.emit_event(channel, "leave", uid),
             Change::Same => {}
@@ -36,7 +48,14 @@ impl OwnerCore {
     /// Worker `slot` is gone, and so are its users.
     pub(super) fn slot_down(&mut self, slot: usize) {
         for (channel, uid) in self.presence.drop_slot(slot) {
-            if !is_inbox(&channel) {
+            if self.config.numbered_by_engine {
+                let joined = false;
+                self.store(Request::Presence {
+                    channel,
+                    uid,
+                    joined,
+                });
+            } else if !is_inbox(&channel) {
                 self.emit_event(&channel, "leave", &uid);
             }
         }
@@ -87,6 +106,9 @@ impl OwnerCore {
     /// Sends unacked direct messages again to online users, and turns
     /// expired or exhausted ones into dead letters.
     pub(super) fn redeliver(&mut self, now: Now) {
+        if self.config.numbered_by_engine {
+            return self.redeliver_shared(now);
+        }
         let presence = &self.presence;
         let (resend, dead) = self.inboxes.due(now.at, now.ms, |channel| {
             presence.connections(channel, &channel[1..]) > 0
@@ -103,7 +125,7 @@ impl OwnerCore {
 
     /// Never lost silently: recorded in the shard, then handed on to be
     /// published on `$expired` and posted to the webhook.
-    fn dead_letter(&mut self, letter: DeadLetter, now: Now) {
+    pub(super) fn dead_letter(&mut self, letter: DeadLetter, now: Now) {
         log::info!(
             "dead letter {} seq {} ({})",
             letter.channel,
@@ -123,14 +145,16 @@ impl OwnerCore {
             "data": data,
         })
         .to_string();
-        self.store(Request::DeadLetter {
-            shard: self.shard_of(&letter.channel),
-            channel: letter.channel,
-            seq: letter.seq,
-            reason: letter.reason,
-            data: letter.data,
-            time_ms: now.ms,
-        });
+        if !self.config.numbered_by_engine {
+            self.store(Request::DeadLetter {
+                shard: self.shard_of(&letter.channel),
+                channel: letter.channel,
+                seq: letter.seq,
+                reason: letter.reason,
+                data: letter.data,
+                time_ms: now.ms,
+            });
+        }
         self.effects.push_back(Effect::DeadLetter { report });
     }
 }

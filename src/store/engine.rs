@@ -39,6 +39,40 @@ pub enum Request {
         after: u64,
         now_ms: i64,
     },
+    /// Only to an engine that `numbers_messages`: the channel's seq and
+    /// epoch (the epoch made now if it has none), and up to `limit`
+    /// retained messages after `after`, read together. Answered with `Range`.
+    Range {
+        tag: u64,
+        channel: String,
+        after: u64,
+        limit: usize,
+        /// From the inbox's stored ack instead, when that is further on.
+        from_ack: bool,
+    },
+    /// Only to an engine that `numbers_messages`: the channel's seq, epoch,
+    /// keyed state and live presence members, read together. Answered
+    /// with `Looked`.
+    Lookup { tag: u64, channel: String },
+    /// Only to an engine that `numbers_messages`: `uid` is now in `channel`
+    /// on this server (`joined`), or no longer. The engine keeps it there
+    /// (refreshed, expiring) and tells every server's subscribers.
+    Presence {
+        channel: String,
+        uid: String,
+        joined: bool,
+    },
+    /// Only to an engine that `numbers_messages`: send message `seq` of
+    /// inbox `channel` again wherever its user is connected, unless it is
+    /// acked by now (acks may reach other servers) or the user is offline.
+    /// With `give_up` (reason, data) it is about to be a dead letter: only
+    /// the ack is checked. Answered with `Redelivered`.
+    Redeliver {
+        channel: String,
+        seq: u64,
+        line: bytes::Bytes,
+        give_up: Option<(&'static str, String)>,
+    },
     /// Record an inbox's cumulative ack; answered with `AcksStored`.
     Ack {
         tag: u64,
@@ -80,6 +114,20 @@ pub enum Completion {
         tag: u64,
         result: Result<(Vec<Stored>, Option<u64>), String>,
     },
+    Range {
+        tag: u64,
+        result: Result<Range, String>,
+    },
+    Looked {
+        tag: u64,
+        result: Result<Looked, String>,
+    },
+    Redelivered {
+        channel: String,
+        seq: u64,
+        outcome: Redelivery,
+        give_up: Option<(&'static str, String)>,
+    },
     Swept {
         expired: u64,
         trimmed: u64,
@@ -95,11 +143,62 @@ pub enum Completion {
     },
 }
 
-/// The seq an engine gave the append with this ticket.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// What an engine that numbers messages made of the append with this
+/// ticket: it decides idempotency and compare-and-set itself, since other
+/// servers write the same channels.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Numbered {
     pub ticket: u64,
+    pub outcome: Outcome,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Stored as `seq`; a compare-and-set's key is now at `version`.
+    Stored { seq: u64, version: Option<u64> },
+    /// Its idempotency key was used already, by the publish stored as `seq`:
+    /// nothing was stored now.
+    Duplicate { seq: u64 },
+    /// The compare-and-set lost: the key is at `version` with `value`.
+    Conflict { value: Option<String>, version: u64 },
+    /// Not stored: the engine cannot reach its storage now.
+    Unavailable { error: String },
+}
+
+/// What became of a `Redeliver`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Redelivery {
+    /// The inbox is acked up to this seq (covering the message).
+    Acked(u64),
+    /// Sent to the user's connections, on whichever servers.
+    Sent,
+    /// The user has no connection anywhere: kept for their next one.
+    Offline,
+    /// Checked only (`give_up`): still not acked.
+    Unacked,
+    /// Storage unreachable: nothing known.
+    Failed,
+}
+
+/// A channel's state and presence as a shared engine holds them.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Looked {
     pub seq: u64,
+    pub epoch: String,
+    /// (key, value JSON or `None` when deleted, version).
+    pub state: Vec<(String, Option<String>, u64)>,
+    /// The uid of each live member, once per server it is connected to.
+    pub members: Vec<String>,
+}
+
+/// A channel as a shared engine holds it: its last seq, epoch, the
+/// retained messages asked for, and the oldest retained seq.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Range {
+    pub seq: u64,
+    pub epoch: String,
+    pub rows: Vec<Stored>,
+    pub oldest: Option<u64>,
 }
 
 /// The engine cannot take requests any more (its thread ended); the
@@ -148,11 +247,33 @@ impl Request {
                 tag,
                 result: Err(error),
             }),
+            Request::Range { tag, .. } => Some(Completion::Range {
+                tag,
+                result: Err(error),
+            }),
+            Request::Lookup { tag, .. } => Some(Completion::Looked {
+                tag,
+                result: Err(error),
+            }),
             Request::Ack { tag, .. } => Some(Completion::AcksStored {
                 tags: vec![tag],
                 error: Some(error),
             }),
-            Request::DeadLetter { .. } | Request::Sweep { .. } | Request::Close => None,
+            Request::Redeliver {
+                channel,
+                seq,
+                give_up,
+                ..
+            } => Some(Completion::Redelivered {
+                channel,
+                seq,
+                outcome: Redelivery::Failed,
+                give_up,
+            }),
+            Request::DeadLetter { .. }
+            | Request::Presence { .. }
+            | Request::Sweep { .. }
+            | Request::Close => None,
         }
     }
 }

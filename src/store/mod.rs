@@ -10,4 +10,4 @@ pub mod open;
 pub mod shard_db;
 pub mod thread;
 
-pub use engine::{Completion, Engine, Gone, Numbered, Request};
+pub use engine::{Completion, Engine, Gone, Looked, Numbered, Outcome, Range, Redelivery, Request};

@@ -68,6 +68,10 @@ pub struct Append {
     /// A keyed-state change this message records: (key, value JSON or
     /// `None` when deleted, version), stored in the same transaction.
     pub state: Option<(String, Option<String>, u64)>,
+    /// With `state`, to an engine that numbers messages: the version the
+    /// writer expects, for the engine to compare and set (the version in
+    /// `state` is then unknown until it answers).
+    pub expected: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -420,6 +424,7 @@ mod tests {
             epoch: "e1".into(),
             idempotency: None,
             state: None,
+            expected: None,
         }
     }
 

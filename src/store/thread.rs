@@ -274,6 +274,15 @@ impl Writer {
                         log::error!("store: recording a dead letter of {channel} failed: {e}");
                     }
                 }
+                Request::Range { tag, .. } => {
+                    let result = Err("ranges are for a shared engine".to_string());
+                    let _ = self.outbox.send(Completion::Range { tag, result });
+                }
+                Request::Lookup { tag, .. } => {
+                    let result = Err("lookups are for a shared engine".to_string());
+                    let _ = self.outbox.send(Completion::Looked { tag, result });
+                }
+                Request::Presence { .. } | Request::Redeliver { .. } => {}
                 Request::Close => closing = true,
                 Request::Append { .. } => {}
             }
@@ -380,6 +389,7 @@ mod tests {
                 epoch: "e".into(),
                 idempotency: None,
                 state: None,
+                expected: None,
             },
         }
     }

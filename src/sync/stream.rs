@@ -98,6 +98,15 @@ impl Stream {
         self.ahead.iter().any(|&(c, s)| c == conn && s >= seq)
     }
 
+    pub fn epoch(&self) -> &str {
+        &self.epoch
+    }
+
+    /// Held, with no fetch asked (the last one failed).
+    pub fn is_stalled(&self) -> bool {
+        self.state == State::Stalled
+    }
+
     pub fn is_live(&self) -> bool {
         self.state == State::Live
     }

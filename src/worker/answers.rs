@@ -53,11 +53,15 @@ impl Worker {
         let answer = match answer {
             Ok(answer) => answer,
             Err(e) if quiet => {
+                if let Some(cluster) = &mut self.cluster {
+                    // Redis was down: the inbox is asked for again soon.
+                    cluster.retry_inbox(key, conn_id, &channel);
+                }
                 return log::warn!(
                     "worker {}: inbox {channel} unavailable: {}",
                     self.slot,
                     e.message
-                )
+                );
             }
             Err(e) => return self.conns.reply(key, frames::error(id.as_deref(), &e)),
         };
@@ -132,11 +136,17 @@ impl Worker {
         }
         if self.subs.add(key, &channel) {
             self.track_presence(key, &channel, true);
-            if self.tracks_stream(&channel) {
-                self.subs.track(key, &channel, upto, &answer.epoch);
-            }
+            self.track_stream(key, &channel, upto, &answer.epoch);
         }
         self.conns.mark_dirty(key);
+    }
+
+    /// The connection has every message of `channel` up to `upto`: its
+    /// stream goes on from there.
+    fn track_stream(&mut self, key: usize, channel: &str, upto: u64, epoch: &str) {
+        if self.tracks_stream(channel) {
+            self.subs.track(key, channel, upto, epoch);
+        }
     }
 
     /// Written out what it could: a connection replaying pages whose queue
@@ -244,9 +254,7 @@ impl Worker {
         }
         if self.subs.add(key, channel) {
             self.track_presence(key, channel, true);
-            if self.tracks_stream(channel) {
-                self.subs.track(key, channel, upto, &replay.epoch);
-            }
+            self.track_stream(key, channel, upto, &replay.epoch);
         }
         self.conns.mark_dirty(key);
     }

@@ -14,6 +14,7 @@ use bytes::Bytes;
 use serde_json::value::RawValue;
 
 pub use super::pending::Origin;
+use super::pending::WAITS_FOR_REDIS;
 use super::pending::{sub_buffer_cap, unavailable, Awaiting, HistoryFor, WaitingSub};
 use super::request_limits;
 use super::users::EXPIRED_CHANNEL;
@@ -330,18 +331,44 @@ impl Worker {
     /// Records what waits for the answer, then asks the owner: this worker's
     /// core directly, or another worker over its link.
     pub(super) fn ask_owner(&mut self, channel: &str, query: Query, what: Awaiting) {
-        let owner = self.owner_of(channel);
-        if owner == self.slot {
-            let to = ReplyTo::Local(self.pending.insert(owner, what));
-            let channel = channel.to_string();
-            return self.tell_owner(Command::Query { to, channel, query });
+        if let (Some(cluster), Query::Resume { .. } | Query::Inbox) = (&mut self.cluster, &query) {
+            // Messages and events come from Redis pub/sub, whoever
+            // published them; the question waits until the topic is
+            // subscribed, so nothing after its answer can be missed. It
+            // times out as a question to another worker does.
+            cluster.want(channel);
+            if !cluster.is_confirmed(channel) {
+                // A user's own inbox waits for Redis however long it is
+                // down; a client's question fails at once then.
+                let fail = !cluster.is_up() && !what.is_quiet();
+                let tag = self.pending.insert(WAITS_FOR_REDIS, what);
+                cluster.defer(channel, tag, query);
+                if fail {
+                    let e = ErrorReply::new("unavailable", "redis is unreachable; retry shortly");
+                    self.finish(tag, Reply::Answer(Err(e)));
+                }
+                return;
+            }
         }
-        if matches!(query, Query::Resume { .. } | Query::Inbox) {
+        let owner = self.owner_of(channel);
+        if owner != self.slot && matches!(query, Query::Resume { .. } | Query::Inbox) {
             // From the owner's answer on, its messages come here.
             self.interest.watching.note(channel);
         }
+        let tag = self.pending.insert(owner, what);
+        self.route_query(owner, channel, tag, query);
+    }
+
+    /// Sends the question with `tag` to the owner at `owner`; a broken
+    /// link fails it at once.
+    pub(super) fn route_query(&mut self, owner: usize, channel: &str, tag: u64, query: Query) {
+        if owner == self.slot {
+            let to = ReplyTo::Local(tag);
+            let channel = channel.to_string();
+            return self.tell_owner(Command::Query { to, channel, query });
+        }
         let channel = channel.to_string();
-        let msg = move |tag| match query {
+        let msg = match query {
             Query::Inbox => BusMsg::SubQuery {
                 tag,
                 channel,
@@ -382,7 +409,9 @@ impl Worker {
             },
             Query::Ack { seq } => BusMsg::Ack { tag, channel, seq },
         };
-        self.send_to_owner(owner, what, Bytes::new(), msg);
+        if self.links.send(owner, &msg, Bytes::new()).is_err() {
+            self.finish(tag, Reply::Answer(Err(unavailable(owner))));
+        }
     }
 
     /// Hands a command to this worker's owner core and carries out what it
@@ -400,6 +429,8 @@ impl Worker {
             Effect::Store(_) => {}
             // Messages and presence events go to the workers that want the
             // channel (`sync::interest`), then to our own subscribers.
+            // On Redis, every worker hears messages from pub/sub instead.
+            Effect::Deliver { .. } if self.cluster.is_some() => {}
             Effect::Deliver { channel, seq, line } => {
                 self.send_to_watchers(&channel, &line, |channel| BusMsg::Deliver { channel, seq });
                 self.deliver_local(&channel, seq, &line);
@@ -488,7 +519,8 @@ impl Worker {
     /// for channels another worker owns, but not inboxes, whose owner resends
     /// unacked messages with their old seq.
     pub(super) fn tracks_stream(&self, channel: &str) -> bool {
-        !channel::is_inbox(channel) && self.owner_of(channel) != self.slot
+        !channel::is_inbox(channel)
+            && (self.cluster.is_some() || self.owner_of(channel) != self.slot)
     }
 
     /// Queues message `seq` of `channel` to each local subscriber that does

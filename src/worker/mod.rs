@@ -51,7 +51,8 @@ const WS_LISTENER: Token = Token(0);
 const TCP_LISTENER: Token = Token(1);
 const MASTER: Token = Token(2);
 const SIGNALS: Token = Token(3);
-/// The store thread has events for us.
+/// The store thread (or, on Redis, the subscriber thread) has events for
+/// us: one `Waker` per `Poll` is all mio allows.
 const STORE: Token = Token(4);
 const CONN_BASE: usize = 1 << 20;
 const TICK: Duration = Duration::from_millis(100);
@@ -107,6 +108,8 @@ pub struct Worker {
     /// Our own connections per (channel, uid), as reported to owners.
     local_presence: LocalPresence,
     webhook: Option<crossbeam_channel::Sender<String>>,
+    /// With `[cluster] engine = "redis"`: the topics heard from Redis.
+    cluster: Option<crate::cluster::ClusterEdge>,
 }
 
 /// Runs a worker until it is told to stop; returns the process exit code.
@@ -152,7 +155,10 @@ impl Worker {
                             return code;
                         }
                     }
-                    STORE => self.on_store_events(),
+                    STORE => {
+                        self.on_store_events();
+                        self.on_cluster_events();
+                    }
                     SIGNALS => {
                         for signal in self.process.signals.drain() {
                             if signal == libc::SIGTERM {
@@ -244,6 +250,7 @@ impl Worker {
     fn tick(&mut self, now: Instant) {
         self.links.tick(now);
         self.tell_owner(Command::Tick);
+        self.retry_stalled_streams(now);
         let timeout = self.config.limits.request_timeout;
         for tag in self.pending.overdue(self.slot, now, timeout) {
             self.finish(tag, Reply::Answer(Err(pending::timed_out(timeout))));

@@ -88,6 +88,11 @@ impl Awaiting {
     /// The client connection waiting and whether this is its `sub`, for
     /// `max_inflight_per_conn` and `max_subs_per_conn`. HTTP waits one
     /// request at a time, and the server's own requests are not counted.
+    /// A user's automatic inbox subscription (no client waits for it).
+    pub fn is_quiet(&self) -> bool {
+        matches!(self, Awaiting::Sub(s) if s.quiet)
+    }
+
     fn client(&self) -> Option<(u64, bool)> {
         match self {
             Awaiting::Publish(Origin::Client { conn_id, .. }) => Some((*conn_id, false)),
@@ -259,13 +264,28 @@ impl PendingTable {
     /// Tags of the requests waiting on the link to `slot`.
     /// Requests to other workers than `local` asked `timeout` or more ago.
     pub fn overdue(&self, local: usize, now: Instant, timeout: Duration) -> Vec<u64> {
-        let late =
-            |p: &Pending| p.slot != local && now.saturating_duration_since(p.since) >= timeout;
+        // A user's inbox waiting for Redis starts whenever Redis is back.
+        let patient = |p: &Pending| p.slot == WAITS_FOR_REDIS && p.what.is_quiet();
+        let late = |p: &Pending| {
+            p.slot != local && !patient(p) && now.saturating_duration_since(p.since) >= timeout
+        };
         self.entries
             .iter()
             .filter(|(_, p)| late(p))
             .map(|(&t, _)| t)
             .collect()
+    }
+
+    /// The question with `tag` now waits for worker `slot`; false when it
+    /// is no longer waiting (answered, timed out).
+    pub fn retarget(&mut self, tag: u64, slot: usize) -> bool {
+        match self.entries.get_mut(&tag) {
+            Some(pending) => {
+                pending.slot = slot;
+                true
+            }
+            None => false,
+        }
     }
 
     pub fn tags_on(&self, slot: usize) -> Vec<u64> {
@@ -292,6 +312,10 @@ pub(super) fn sub_buffer_cap() -> usize {
 /// A request whose owner did not answer within `request_timeout` (it may
 /// be hung, or stopped): like a broken link, the request may or may not
 /// have been carried out.
+/// The pending table's slot of a question held until its Redis topic is
+/// subscribed (no worker answers it yet; `[cluster] engine = "redis"`).
+pub const WAITS_FOR_REDIS: usize = usize::MAX;
+
 pub fn timed_out(timeout: Duration) -> ErrorReply {
     ErrorReply::new(
         "unavailable",

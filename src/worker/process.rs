@@ -16,10 +16,11 @@ use super::pending::PendingTable;
 use super::users::LocalPresence;
 use super::{Port, Worker, WorkerContext, MASTER, SIGNALS, STORE, TCP_LISTENER, WS_LISTENER};
 use crate::bus::{peers, Peers};
+use crate::cluster::{ClusterEdge, RedisEngine};
 use crate::control::{FromWorker, LineChannel, ToWorker};
 use crate::owner::{OwnerConfig, OwnerCore};
 use crate::signals::SignalSet;
-use crate::store::open::open_shards;
+use crate::store::open::{open_shards, Loaded};
 use crate::store::thread::StoreThread;
 use crate::store::Engine;
 use crate::sync::subscriptions::Subscriptions;
@@ -39,20 +40,29 @@ pub fn start(ctx: WorkerContext) -> io::Result<Worker> {
     let master = LineChannel::new(UnixStream::from_std(ctx.master));
     let process = Process::new(listeners, master, poll.registry())?;
     let instance = crate::random_u64();
-    let (shards, loaded) = open_shards(&ctx.config, ctx.slot)?;
     let webhook = match ctx.config.delivery.webhook_url.as_str() {
         "" => None,
         url => Some(crate::webhook::spawn(url.to_string())?),
     };
     let waker = Arc::new(Waker::new(poll.registry(), STORE)?);
-    let queue = ctx.config.limits.store_queue;
-    let engine = StoreThread::spawn(shards, ctx.config.storage.clone(), waker, queue)?;
+    let (engine, loaded, cluster): (Box<dyn Engine>, _, _) = if ctx.config.cluster.is_redis() {
+        let c = &ctx.config;
+        let window = c.delivery.idempotency_window;
+        let edge = ClusterEdge::start(&c.cluster, waker.clone())?;
+        let engine = RedisEngine::spawn(&c.cluster, c.storage.clone(), window, waker)?;
+        (Box::new(engine), Loaded::default(), Some(edge))
+    } else {
+        let (shards, loaded) = open_shards(&ctx.config, ctx.slot)?;
+        let queue = ctx.config.limits.store_queue;
+        let engine = StoreThread::spawn(shards, ctx.config.storage.clone(), waker, queue)?;
+        (Box::new(engine), loaded, None)
+    };
     let owner_config = OwnerConfig {
         numbered_by_engine: engine.numbers_messages(),
         ..OwnerConfig::new(&ctx.config, ctx.slot)
     };
     let core = OwnerCore::new(owner_config, loaded, owner_side::now());
-    let owner = OwnerSide::new(core, Box::new(engine));
+    let owner = OwnerSide::new(core, engine);
     let sockets = (0..ctx.config.workers)
         .map(|s| ctx.config.bus_socket(s))
         .collect();
@@ -78,6 +88,7 @@ pub fn start(ctx: WorkerContext) -> io::Result<Worker> {
         pending: PendingTable::default(),
         local_presence: LocalPresence::default(),
         webhook,
+        cluster,
         config: ctx.config,
     })
 }

@@ -1,0 +1,456 @@
+//! `RedisEngine`: the owner core's storage on Redis, run by one thread per
+//! worker. What the core submits in a loop turn goes to the thread as one
+//! batch on `flush`, and the thread sends the batch as one pipeline: each
+//! append is one run of the publish script, each read one run of the range
+//! script. Completions come back through a channel and wake the loop.
+//!
+//! When Redis cannot be reached, the batch fails at once (`Outcome::
+//! Unavailable`, read errors), the thread reconnects with backoff, and the
+//! next batch goes through when Redis is back: nothing waits on a dead
+//! Redis longer than `IO_TIMEOUT`.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Sender, TrySendError};
+use mio::Waker;
+use redis::Value;
+
+use super::keys::Keys;
+use super::replies::{answers, Asked};
+use super::scripts;
+use crate::config::{Cluster, Storage};
+use crate::proto::compact::{compact_text, has_line_break};
+use crate::proto::frames;
+use crate::store::open::now_ms;
+use crate::store::shard_db::Append;
+use crate::store::{Completion, Engine, Gone, Request};
+use crate::sync::channel::is_inbox;
+
+/// Most requests in one pipeline.
+const MAX_BATCH: usize = 4096;
+/// Batches waiting for the thread before the worker stops reading clients.
+const QUEUE: usize = 64;
+
+pub struct RedisEngine {
+    held: Vec<Request>,
+    batches: Option<Sender<Vec<Request>>>,
+    done: Receiver<Completion>,
+    /// Requests the thread can no longer take, answered as failures.
+    refused: Vec<Completion>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl RedisEngine {
+    pub fn spawn(
+        cluster: &Cluster,
+        storage: Storage,
+        idempotency_window: std::time::Duration,
+        waker: Arc<Waker>,
+    ) -> std::io::Result<RedisEngine> {
+        let client = redis::Client::open(cluster.redis_url.as_str())
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
+        let (batches, inbox) = crossbeam_channel::bounded(QUEUE);
+        let (outbox, done) = crossbeam_channel::unbounded();
+        let mut writer = Writer {
+            client,
+            con: None,
+            next_try: Instant::now(),
+            backoff: super::MIN_BACKOFF,
+            keys: Keys::new(&cluster.prefix),
+            storage,
+            window_secs: idempotency_window.as_secs().max(1),
+            shas: Shas::default(),
+            node: cluster.node.clone(),
+            presence_ttl: cluster.presence_ttl,
+            members: HashSet::new(),
+            next_refresh: Instant::now(),
+        };
+        let thread = std::thread::Builder::new()
+            .name("redis".into())
+            .spawn(move || writer.run(inbox, outbox, waker))?;
+        Ok(RedisEngine {
+            held: Vec::new(),
+            batches: Some(batches),
+            done,
+            refused: Vec::new(),
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Engine for RedisEngine {
+    fn submit(&mut self, request: Request) -> Result<(), Gone> {
+        if self.batches.is_none() {
+            return Err(Gone(Box::new(request)));
+        }
+        self.held.push(request);
+        Ok(())
+    }
+
+    fn flush(&mut self) {
+        let Some(batches) = &self.batches else {
+            return;
+        };
+        if self.held.is_empty() {
+            return;
+        }
+        match batches.try_send(std::mem::take(&mut self.held)) {
+            Ok(()) => {}
+            // The thread is behind: keep them for the next turn (`is_busy`).
+            Err(TrySendError::Full(batch)) => self.held = batch,
+            Err(TrySendError::Disconnected(batch)) => {
+                self.refused
+                    .extend(batch.into_iter().filter_map(Request::gone));
+            }
+        }
+    }
+
+    fn is_busy(&self) -> bool {
+        self.held.len() >= MAX_BATCH
+    }
+
+    fn completions(&mut self, out: &mut Vec<Completion>) {
+        out.append(&mut self.refused);
+        out.extend(self.done.try_iter());
+    }
+
+    fn close(&mut self) {
+        self.flush();
+        self.batches = None;
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+
+    fn numbers_messages(&self) -> bool {
+        true
+    }
+}
+
+struct Writer {
+    client: redis::Client,
+    con: Option<redis::Connection>,
+    next_try: Instant,
+    backoff: std::time::Duration,
+    keys: Keys,
+    storage: Storage,
+    window_secs: u64,
+    shas: Shas,
+    /// This server's name in presence members.
+    node: String,
+    presence_ttl: Duration,
+    /// (channel, uid) present here through this worker's owner core:
+    /// refreshed every third of `presence_ttl` while this server lives.
+    members: HashSet<(String, String)>,
+    next_refresh: Instant,
+}
+
+/// SHA1s of the scripts, loaded at each connect.
+#[derive(Default)]
+struct Shas {
+    publish: String,
+    range: String,
+    lookup: String,
+    presence: String,
+    ack: String,
+    redeliver: String,
+}
+
+impl Writer {
+    fn run(
+        &mut self,
+        inbox: Receiver<Vec<Request>>,
+        outbox: Sender<Completion>,
+        waker: Arc<Waker>,
+    ) {
+        loop {
+            let wait = self.next_refresh.saturating_duration_since(Instant::now());
+            let mut batch = match inbox.recv_timeout(wait) {
+                Ok(batch) => batch,
+                Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
+                    self.refresh_presence();
+                    continue;
+                }
+                Err(crossbeam_channel::RecvTimeoutError::Disconnected) => return,
+            };
+            while batch.len() < MAX_BATCH {
+                match inbox.try_recv() {
+                    Ok(more) => batch.extend(more),
+                    Err(_) => break,
+                }
+            }
+            for completion in self.execute(batch) {
+                let _ = outbox.send(completion);
+            }
+            let _ = waker.wake();
+        }
+    }
+
+    /// The connection, made if there is none and the backoff allows.
+    fn connection(&mut self) -> Result<&mut redis::Connection, String> {
+        if self.con.is_none() {
+            let now = Instant::now();
+            if now < self.next_try {
+                return Err("redis is unreachable (reconnecting)".into());
+            }
+            match self.open() {
+                Ok(con) => {
+                    log::info!("redis: connected");
+                    self.backoff = super::MIN_BACKOFF;
+                    self.con = Some(con);
+                }
+                Err(e) => {
+                    self.next_try = now + self.backoff;
+                    self.backoff = (self.backoff * 2).min(super::MAX_BACKOFF);
+                    return Err(format!("redis is unreachable: {e}"));
+                }
+            }
+        }
+        self.con.as_mut().ok_or_else(|| "no connection".into())
+    }
+
+    fn open(&mut self) -> redis::RedisResult<redis::Connection> {
+        let mut con = super::connect(&self.client)?;
+        let load = |con: &mut redis::Connection, src: &str| -> redis::RedisResult<String> {
+            redis::cmd("SCRIPT").arg("LOAD").arg(src).query(con)
+        };
+        self.shas = Shas {
+            publish: load(&mut con, scripts::PUBLISH)?,
+            range: load(&mut con, scripts::RANGE)?,
+            lookup: load(&mut con, scripts::LOOKUP)?,
+            presence: load(&mut con, &scripts::presence())?,
+            ack: load(&mut con, scripts::ACK)?,
+            redeliver: load(&mut con, &scripts::redeliver())?,
+        };
+        Ok(con)
+    }
+
+    fn execute(&mut self, batch: Vec<Request>) -> Vec<Completion> {
+        // Connected first: the commands name the scripts loaded at connect.
+        let ready = self.connection().map(|_| ());
+        let mut pipe = redis::pipe();
+        pipe.ignore_errors();
+        let mut asked = Vec::new();
+        let mut at_once = Vec::new();
+        for request in batch {
+            match request {
+                Request::Append { ticket, msg, .. } => {
+                    let state = msg.state.is_some();
+                    pipe.add_command(self.publish(msg));
+                    asked.push(Asked::Append { ticket, state });
+                }
+                Request::Range {
+                    tag,
+                    channel,
+                    after,
+                    limit,
+                    from_ack,
+                } => {
+                    let mut cmd = redis::cmd("EVALSHA");
+                    cmd.arg(&self.shas.range).arg(4);
+                    cmd.arg(self.keys.seq(&channel))
+                        .arg(self.keys.epoch(&channel))
+                        .arg(self.keys.log(&channel))
+                        .arg(self.keys.ack(&channel));
+                    cmd.arg(crate::store::open::fresh_epoch())
+                        .arg(after)
+                        .arg(limit)
+                        .arg(if from_ack { 1 } else { 0 });
+                    pipe.add_command(cmd);
+                    asked.push(Asked::Range { tag });
+                }
+                Request::Lookup { tag, channel } => {
+                    let mut cmd = redis::cmd("EVALSHA");
+                    cmd.arg(&self.shas.lookup).arg(4);
+                    cmd.arg(self.keys.seq(&channel))
+                        .arg(self.keys.epoch(&channel))
+                        .arg(self.keys.state(&channel))
+                        .arg(self.keys.presence(&channel));
+                    cmd.arg(crate::store::open::fresh_epoch()).arg(now_ms());
+                    pipe.add_command(cmd);
+                    asked.push(Asked::Lookup { tag });
+                }
+                Request::Presence {
+                    channel,
+                    uid,
+                    joined,
+                } => {
+                    pipe.add_command(self.presence(&channel, &uid, joined));
+                    asked.push(Asked::Presence);
+                    let member = (channel, uid);
+                    match joined {
+                        true => self.members.insert(member),
+                        false => self.members.remove(&member),
+                    };
+                }
+                Request::Redeliver {
+                    channel,
+                    seq,
+                    line,
+                    give_up,
+                } => {
+                    let mode = if give_up.is_some() { "check" } else { "send" };
+                    // Inboxes have no stream at the edge: no epoch needed.
+                    let payload = [format!("- {seq} ").as_bytes(), &line].concat();
+                    let mut cmd = redis::cmd("EVALSHA");
+                    cmd.arg(&self.shas.redeliver).arg(2);
+                    cmd.arg(self.keys.ack(&channel))
+                        .arg(self.keys.presence(&channel));
+                    cmd.arg(seq)
+                        .arg(channel.get(1..).unwrap_or(""))
+                        .arg(now_ms())
+                        .arg(self.keys.topic(&channel))
+                        .arg(payload)
+                        .arg(mode);
+                    pipe.add_command(cmd);
+                    asked.push(Asked::Redeliver {
+                        channel,
+                        seq,
+                        give_up,
+                    });
+                }
+                Request::Ack {
+                    tag, channel, seq, ..
+                } => {
+                    let mut cmd = redis::cmd("EVALSHA");
+                    cmd.arg(&self.shas.ack).arg(1);
+                    cmd.arg(self.keys.ack(&channel)).arg(seq);
+                    pipe.add_command(cmd);
+                    asked.push(Asked::Ack { tag });
+                }
+                // Retention is MAXLEN at each publish and expiry at reads;
+                // dead letters are reported, not stored, on Redis.
+                Request::Oldest { tag, .. } => at_once.push(Completion::Oldest {
+                    tag,
+                    result: Err("not asked of a shared engine".into()),
+                }),
+                Request::Read { tag, .. } => at_once.push(Completion::Read {
+                    tag,
+                    result: Err("not asked of a shared engine".into()),
+                }),
+                Request::Sweep { .. } | Request::DeadLetter { .. } | Request::Close => {}
+            }
+        }
+        if asked.is_empty() {
+            return at_once;
+        }
+        let result = match (ready, self.con.as_mut()) {
+            (Ok(()), Some(con)) => pipe.query::<Vec<Value>>(con).map_err(|e| e.to_string()),
+            (Err(e), _) => Err(e),
+            (Ok(()), None) => Err("no connection".into()),
+        };
+        let mut done = match result {
+            Ok(values) if values.len() == pipe.len() => {
+                let noscript = values
+                    .iter()
+                    .any(|v| matches!(v, Value::ServerError(e) if e.code() == "NOSCRIPT"));
+                if noscript {
+                    // Scripts flushed: load them again with a new connection.
+                    self.con = None;
+                }
+                answers(asked, values.into_iter().map(Ok))
+            }
+            Ok(_) => answers(asked, std::iter::repeat(Err("short reply".to_string()))),
+            Err(e) => {
+                if self.con.take().is_some() {
+                    log::error!("redis: {e}; reconnecting");
+                }
+                answers(asked, std::iter::repeat(Err(e)))
+            }
+        };
+        done.append(&mut at_once);
+        done
+    }
+
+    fn presence(&self, channel: &str, uid: &str, joined: bool) -> redis::Cmd {
+        let now = now_ms();
+        let deadline = now + self.presence_ttl.as_millis() as i64;
+        let event = |op| {
+            let line = frames::event_line(op, channel, uid);
+            [b"event ".as_slice(), &line].concat()
+        };
+        // An inbox's presence says who is online; it has no events.
+        let topic = match is_inbox(channel) {
+            true => String::new(),
+            false => self.keys.topic(channel),
+        };
+        let mut cmd = redis::cmd("EVALSHA");
+        cmd.arg(&self.shas.presence).arg(1);
+        cmd.arg(self.keys.presence(channel));
+        cmd.arg(uid)
+            .arg(&self.node)
+            .arg(deadline)
+            .arg(now)
+            .arg(if joined { 1 } else { 0 })
+            .arg(topic)
+            .arg(event("join"))
+            .arg(event("leave"));
+        cmd
+    }
+
+    /// Pushes the deadline of this server's members forward; a server that
+    /// stops doing so (killed) sees its members vanish after `presence_ttl`.
+    fn refresh_presence(&mut self) {
+        self.next_refresh = Instant::now() + self.presence_ttl / 3;
+        if self.members.is_empty() || self.connection().is_err() {
+            return;
+        }
+        let deadline = now_ms() + self.presence_ttl.as_millis() as i64;
+        let mut pipe = redis::pipe();
+        for (channel, uid) in &self.members {
+            let member = format!("{}\n{uid}", self.node);
+            pipe.cmd("ZADD")
+                .arg(self.keys.presence(channel))
+                .arg(deadline)
+                .arg(member)
+                .ignore();
+        }
+        if let Some(con) = self.con.as_mut() {
+            if let Err(e) = pipe.exec(con) {
+                log::error!("redis: refreshing presence: {e}; reconnecting");
+                self.con = None;
+            }
+        }
+    }
+
+    fn publish(&self, msg: Append) -> redis::Cmd {
+        let channel = msg.channel.as_str();
+        let data = match has_line_break(&msg.data) {
+            true => compact_text(&msg.data).into_owned(),
+            false => msg.data,
+        };
+        let mut cmd = redis::cmd("EVALSHA");
+        cmd.arg(&self.shas.publish).arg(5);
+        let idempotency = msg.idempotency.as_ref().map(|(key, _)| key.as_str());
+        cmd.arg(self.keys.seq(channel))
+            .arg(self.keys.epoch(channel))
+            .arg(self.keys.log(channel))
+            .arg(self.keys.state(channel))
+            .arg(self.keys.idempotency(channel, idempotency.unwrap_or("")));
+        let window = idempotency.map_or(0, |_| self.window_secs);
+        cmd.arg(crate::store::open::fresh_epoch())
+            .arg(data)
+            .arg(msg.expires_ms)
+            .arg(self.storage.retention_for(channel).0)
+            .arg(self.keys.topic(channel))
+            .arg(serde_json::to_string(channel).unwrap_or_default())
+            .arg(window);
+        match (&msg.state, msg.expected) {
+            (Some((key, value, _)), Some(expected)) => {
+                let mode = if value.is_some() { "set" } else { "del" };
+                cmd.arg(mode)
+                    .arg(key)
+                    .arg(serde_json::to_string(key).unwrap_or_default())
+                    .arg(value.as_deref().unwrap_or("null"))
+                    .arg(expected);
+            }
+            _ => {
+                cmd.arg("").arg("").arg("").arg("").arg(0);
+            }
+        }
+        cmd.arg(self.storage.retention_for(channel).1.as_millis() as u64);
+        cmd
+    }
+}

@@ -1,0 +1,387 @@
+//! Two syncd nodes (2 workers each) sharing one real `redis-server`
+//! (`[cluster] engine = "redis"`): messages, resume, compare-and-set and
+//! idempotency hold across nodes as on one. Counted: sent = acked =
+//! received, in seq order, nothing lost, nothing twice.
+
+mod common;
+
+use std::time::Duration;
+
+use common::brokers::Redis;
+use common::{Client, Server};
+use serde_json::{json, Value};
+
+fn cluster_toml(redis: &Redis, node: &str) -> String {
+    format!("[cluster]\nengine = \"redis\"\nredis_url = \"{}\"\nnode = \"{node}\"\npresence_ttl = \"2s\"\n", redis.url())
+}
+
+fn two_nodes(redis: &Redis) -> (Server, Server) {
+    let a = Server::start(2, &cluster_toml(redis, "a"));
+    let b = Server::start(2, &cluster_toml(redis, "b"));
+    (a, b)
+}
+
+/// Reads `msg` frames of `channel` until `n` have come; panics on a
+/// timeout. Other frames are skipped.
+fn collect(c: &mut dyn Client, channel: &str, n: usize) -> Vec<Value> {
+    let mut got = Vec::new();
+    while got.len() < n {
+        let frame = c
+            .recv_timeout(Duration::from_secs(10))
+            .unwrap_or_else(|| panic!("only {} of {n} messages of {channel}", got.len()));
+        if frame["op"] == "msg" && frame["channel"] == channel {
+            got.push(frame);
+        }
+    }
+    got
+}
+
+fn seqs(frames: &[Value]) -> Vec<u64> {
+    frames.iter().map(|f| f["seq"].as_u64().unwrap()).collect()
+}
+
+fn publish_http(server: &Server, channel: &str, data: Value) -> u64 {
+    let body = json!({"channel": channel, "data": data}).to_string();
+    let (status, reply) = server.http("POST", "/api/publish", &body);
+    assert_eq!(status, 200, "{reply}");
+    let reply: Value = serde_json::from_str(&reply).unwrap();
+    reply["seq"].as_u64().unwrap()
+}
+
+#[test]
+fn publishes_on_node_a_reach_ws_and_tcp_subscribers_on_node_b_in_order() {
+    let redis = Redis::start();
+    let (a, b) = two_nodes(&redis);
+    let mut ws = b.clients_on_every_worker(2, || b.ws());
+    let mut tcp = b.clients_on_every_worker(2, || b.tcp());
+    for c in ws.iter_mut() {
+        c.sub("news");
+    }
+    for c in tcp.iter_mut() {
+        c.sub("news");
+    }
+    let mut publisher = a.ws();
+    let mut acked = Vec::new();
+    for i in 0..50 {
+        acked.push(publish_http(&a, "news", json!({"http": i})));
+        let reply = publisher.request(
+            json!({"op":"pub","id":i,"channel":"news","data":{"ws":i}}),
+            &mut Vec::new(),
+        );
+        assert_eq!(reply["op"], "ok", "{reply}");
+        acked.push(reply["seq"].as_u64().unwrap());
+    }
+    assert_eq!(acked, (1..=100).collect::<Vec<_>>(), "one seq per publish");
+    for c in ws.iter_mut() {
+        assert_eq!(seqs(&collect(c, "news", 100)), acked);
+    }
+    for c in tcp.iter_mut() {
+        let got = collect(c, "news", 100);
+        assert_eq!(seqs(&got), acked);
+        assert_eq!(got[0]["data"], json!({"http": 0}));
+        assert_eq!(got[1]["data"], json!({"ws": 0}));
+    }
+    for c in ws.iter_mut().map(|c| c as &mut dyn Client) {
+        assert!(
+            c.recv_timeout(Duration::from_millis(300)).is_none(),
+            "nothing twice"
+        );
+    }
+}
+
+#[test]
+fn a_client_resumes_on_node_b_from_a_seq_published_through_node_a() {
+    let redis = Redis::start();
+    let (a, b) = two_nodes(&redis);
+    let mut first = a.ws();
+    let reply = first.sub("feed");
+    let epoch = reply["epoch"].as_str().unwrap().to_string();
+    for i in 1..=10 {
+        assert_eq!(publish_http(&a, "feed", json!(i)), i);
+    }
+    assert_eq!(seqs(&collect(&mut first, "feed", 4)), [1, 2, 3, 4]);
+    drop(first);
+    // The client comes back on node B after seq 4.
+    let mut again = b.tcp();
+    let reply = again.request(
+        json!({"op":"sub","id":1,"channel":"feed","since":4,"epoch":epoch}),
+        &mut Vec::new(),
+    );
+    assert_eq!(reply["recovered"], true, "{reply}");
+    assert_eq!(reply["epoch"], epoch.as_str());
+    let got = collect(&mut again, "feed", 6);
+    assert_eq!(seqs(&got), [5, 6, 7, 8, 9, 10]);
+    publish_http(&a, "feed", json!(11));
+    assert_eq!(seqs(&collect(&mut again, "feed", 1)), [11]);
+}
+
+#[test]
+fn a_cas_race_of_20_clients_across_both_nodes_has_exactly_one_winner() {
+    let redis = Redis::start();
+    let (a, b) = two_nodes(&redis);
+    let mut watcher = b.tcp();
+    watcher.sub("seats");
+    let mut clients: Vec<Box<dyn Client + Send>> = Vec::new();
+    for i in 0..20 {
+        let node = if i % 2 == 0 { &a } else { &b };
+        match i % 4 {
+            0 | 1 => clients.push(Box::new(node.ws())),
+            _ => clients.push(Box::new(node.tcp())),
+        }
+    }
+    let start = std::sync::Arc::new(std::sync::Barrier::new(20));
+    let threads: Vec<_> = clients
+        .into_iter()
+        .enumerate()
+        .map(|(i, mut c)| {
+            let start = start.clone();
+            std::thread::spawn(move || {
+                start.wait();
+                let set = json!({"op":"set","id":i,"channel":"seats","key":"F7","value":{"by":i},"version":0});
+                c.request(set, &mut Vec::new())
+            })
+        })
+        .collect();
+    let replies: Vec<Value> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+    let won: Vec<&Value> = replies.iter().filter(|r| r["op"] == "ok").collect();
+    assert_eq!(won.len(), 1, "exactly one winner: {replies:?}");
+    assert_eq!(won[0]["version"], 1);
+    for lost in replies.iter().filter(|r| r["op"] != "ok") {
+        assert_eq!(lost["code"], "conflict", "{lost}");
+        assert_eq!(lost["current"]["version"], 1, "{lost}");
+    }
+    let change = collect(&mut watcher, "seats", 1);
+    assert_eq!(change[0]["data"]["version"], 1);
+    assert_eq!(change[0]["data"]["value"], won_value(&replies));
+    assert!(
+        watcher.recv_timeout(Duration::from_millis(300)).is_none(),
+        "one change only"
+    );
+    // Both nodes read the winner's value.
+    for node in [&a, &b] {
+        let (status, body) = node.http("GET", "/api/state?channel=seats", "");
+        assert_eq!(status, 200, "{body}");
+        let state: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(state["keys"]["F7"]["value"], won_value(&replies), "{state}");
+        assert_eq!(state["keys"]["F7"]["version"], 1, "{state}");
+        let mut c = node.tcp();
+        let got = c.request(
+            json!({"op":"get","id":1,"channel":"seats","key":"F7"}),
+            &mut Vec::new(),
+        );
+        assert_eq!(got["version"], 1, "{got}");
+        assert_eq!(got["value"], won_value(&replies), "{got}");
+    }
+}
+
+/// The value the winner of the race wrote.
+fn won_value(replies: &[Value]) -> Value {
+    let i = replies.iter().position(|r| r["op"] == "ok").unwrap();
+    json!({"by": i})
+}
+
+#[test]
+fn an_idempotent_publish_retried_on_the_other_node_is_stored_once() {
+    let redis = Redis::start();
+    let (a, b) = two_nodes(&redis);
+    let mut watcher = a.ws();
+    watcher.sub("orders");
+    let body =
+        json!({"channel":"orders","data":{"order":1},"idempotency_key":"order-1"}).to_string();
+    let first = a.http("POST", "/api/publish", &body);
+    assert_eq!(first.0, 200, "{}", first.1);
+    // Retries through both nodes, some at once.
+    let retries: Vec<_> = (0..10)
+        .map(|i| {
+            let (port, body) = (if i % 2 == 0 { b.ws_port } else { a.ws_port }, body.clone());
+            std::thread::spawn(move || {
+                let raw = format!(
+                    "POST /api/publish HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer test-key\r\n\
+                     Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                common::http_raw(port, raw.as_bytes())
+            })
+        })
+        .collect();
+    for retry in retries {
+        let (status, reply) = retry.join().unwrap();
+        assert_eq!((status, reply.as_str()), (200, first.1.as_str()));
+    }
+    let reply: Value = serde_json::from_str(&first.1).unwrap();
+    assert_eq!(reply["seq"], 1, "{reply}");
+    let got = collect(&mut watcher, "orders", 1);
+    assert_eq!(seqs(&got), [1]);
+    assert!(
+        watcher.recv_timeout(Duration::from_millis(300)).is_none(),
+        "published once"
+    );
+}
+
+#[test]
+fn redis_restarted_without_data_fails_requests_fast_then_clients_carry_on_in_a_new_epoch() {
+    let mut redis = Redis::start();
+    let (a, b) = two_nodes(&redis);
+    let mut live = b.ws();
+    let reply = live.sub("ticker");
+    let old_epoch = reply["epoch"].as_str().unwrap().to_string();
+    for i in 1..=5 {
+        publish_http(&a, "ticker", json!(i));
+    }
+    assert_eq!(seqs(&collect(&mut live, "ticker", 5)), [1, 2, 3, 4, 5]);
+
+    let _ = redis.try_cmd(&["SHUTDOWN", "NOSAVE"]);
+    redis.wait_exit();
+    // Down: requests fail fast with `unavailable`; clients stay connected.
+    let (status, body) = a.http(
+        "POST",
+        "/api/publish",
+        &json!({"channel":"ticker","data":0}).to_string(),
+    );
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("unavailable"), "{body}");
+    let mut publisher = a.tcp();
+    let reply = publisher.request(
+        json!({"op":"pub","id":1,"channel":"ticker","data":0}),
+        &mut Vec::new(),
+    );
+    assert_eq!(reply["code"], "unavailable", "{reply}");
+    let pong = live.request(json!({"op":"ping","id":"p"}), &mut Vec::new());
+    assert_eq!(pong["op"], "pong", "still connected: {pong}");
+    // A new `sub` is refused, not left hanging.
+    let mut late = b.ws();
+    let reply = late.request(
+        json!({"op":"sub","id":"s","channel":"elsewhere"}),
+        &mut Vec::new(),
+    );
+    assert_eq!(reply["code"], "unavailable", "{reply}");
+    // A user who logs in meanwhile hears their inbox once Redis is back.
+    let mut carol = b.tcp();
+    let auth = json!({"op":"auth","id":"a","token":common::token("carol", &[])});
+    assert_eq!(carol.request(auth, &mut Vec::new())["uid"], "carol");
+
+    redis.launch();
+    // Back: publishes go through again, in a new epoch.
+    let mut first = None;
+    common::eventually("publishes work again", || {
+        let (status, body) = a.http(
+            "POST",
+            "/api/publish",
+            &json!({"channel":"ticker","data":"after"}).to_string(),
+        );
+        first = (status == 200).then_some(body);
+        first.is_some()
+    });
+    // The connected subscriber is told what it missed, then goes on.
+    let resync = loop {
+        let frame = live.recv();
+        if frame["op"] == "resync" {
+            break frame;
+        }
+        assert_ne!(frame["op"], "msg", "no message before the resync: {frame}");
+    };
+    assert_eq!(resync["after"], 5, "{resync}");
+    let new_epoch = resync["epoch"].as_str().unwrap().to_string();
+    assert_ne!(new_epoch, old_epoch);
+    // Then every message of the new epoch after the resync's seq, in order
+    // (the first publish after the restart may come before or after it).
+    let next = publish_http(&a, "ticker", json!("next"));
+    let from = resync["seq"].as_u64().unwrap();
+    let got = collect(&mut live, "ticker", (next - from) as usize);
+    assert_eq!(seqs(&got), (from + 1..=next).collect::<Vec<_>>());
+    let body = json!({"uid":"carol","data":"welcome back"}).to_string();
+    let (status, reply) = a.http("POST", "/api/send", &body);
+    assert_eq!(status, 200, "{reply}");
+    let dm = collect(&mut carol, "#carol", 1);
+    assert_eq!(dm[0]["data"], "welcome back");
+    // A client resuming from the old epoch is told it was not recovered.
+    let mut resumer = b.tcp();
+    let reply = resumer.request(
+        json!({"op":"sub","id":1,"channel":"ticker","since":5,"epoch":old_epoch}),
+        &mut Vec::new(),
+    );
+    assert_eq!(reply["recovered"], false, "{reply}");
+    assert_eq!(reply["epoch"], new_epoch.as_str(), "{reply}");
+    let last = publish_http(&b, "ticker", json!("last"));
+    assert_eq!(seqs(&collect(&mut resumer, "ticker", 1)), [last]);
+    assert_eq!(seqs(&collect(&mut live, "ticker", 1)), [last]);
+}
+
+#[test]
+fn retention_on_redis_is_history_size_and_ttl() {
+    let redis = Redis::start();
+    let a = Server::start(
+        2,
+        &format!("[storage]\nhistory_size = 5\n{}", cluster_toml(&redis, "a")),
+    );
+    let mut watcher = a.tcp();
+    watcher.sub("short");
+    for i in 1..=8 {
+        publish_http(&a, "short", json!(i));
+    }
+    assert_eq!(redis.cmd(&["XLEN", "syncd:{short}:log"]), ":5", "MAXLEN");
+    let (_, body) = a.http("GET", "/api/history?channel=short&since=0", "");
+    let body: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(seqs(body["messages"].as_array().unwrap()), [4, 5, 6, 7, 8]);
+    // Messages with a ttl leave the log once expired (swept for channels
+    // some node hears), and reads skip them meanwhile.
+    let mut brief = a.tcp();
+    brief.sub("brief");
+    for i in 0..3 {
+        let body = json!({"channel":"brief","data":i,"ttl":1}).to_string();
+        assert_eq!(a.http("POST", "/api/publish", &body).0, 200);
+    }
+    assert_eq!(redis.cmd(&["XLEN", "syncd:{brief}:log"]), ":3");
+    common::eventually("expired messages deleted", || {
+        redis.cmd(&["XLEN", "syncd:{brief}:log"]) == ":0"
+    });
+    let reply = brief.request(
+        json!({"op":"history","id":2,"channel":"brief","since":0}),
+        &mut Vec::new(),
+    );
+    assert_eq!(reply["messages"], json!([]), "{reply}");
+    assert_eq!(reply["seq"], 3, "{reply}");
+    let ttl = redis.cmd(&["PTTL", "syncd:{short}:log"]);
+    assert!(
+        ttl.starts_with(':') && ttl != ":-1",
+        "a log left alone goes: {ttl}"
+    );
+}
+
+#[test]
+fn a_long_resume_on_node_b_comes_in_pages_of_what_node_a_published() {
+    let redis = Redis::start();
+    let extra = format!(
+        "[storage]\nhistory_size = 10000\n{}",
+        cluster_toml(&redis, "n")
+    );
+    let a = Server::start(2, &extra);
+    let b = Server::start(2, &extra);
+    let mut first = b.tcp();
+    let epoch = first.sub("long")["epoch"].as_str().unwrap().to_string();
+    let mut publisher = a.tcp();
+    let total = 4500;
+    for i in 0..total {
+        publisher.send(&json!({"op":"pub","id":i,"channel":"long","data":i}));
+    }
+    let mut acked = 0;
+    while acked < total {
+        let reply = publisher.recv();
+        assert_eq!(reply["op"], "ok", "{reply}");
+        acked += 1;
+    }
+    let mut resumer = b.ws();
+    let reply = resumer.request(
+        json!({"op":"sub","id":1,"channel":"long","since":0,"epoch":epoch}),
+        &mut Vec::new(),
+    );
+    assert_eq!(reply["recovered"], true, "{reply}");
+    publish_http(&a, "long", json!("live"));
+    let got = collect(&mut resumer, "long", total + 1);
+    assert_eq!(seqs(&got), (1..=total as u64 + 1).collect::<Vec<_>>());
+    assert_eq!(got[total]["data"], "live");
+    assert_eq!(
+        seqs(&collect(&mut first, "long", total + 1)).len(),
+        total + 1
+    );
+}
