@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+pub mod queues;
 mod sections;
 mod units;
 
@@ -52,6 +53,11 @@ pub struct Config {
     pub log: Log,
     #[serde(default)]
     pub debug: Debug,
+    /// `[[ingest]]` and `[[egress]]`: queue connectors (config/queues.rs).
+    #[serde(default)]
+    pub ingest: Vec<queues::Ingest>,
+    #[serde(default)]
+    pub egress: Vec<queues::Egress>,
     /// The file this configuration came from (or `<embedded>`), for messages.
     #[serde(skip)]
     pub source: PathBuf,
@@ -150,6 +156,7 @@ impl Config {
         if self.listen.ws == self.listen.tcp {
             return Err("listen.ws and listen.tcp must differ".into());
         }
+        queues::check(&self.ingest, &self.egress)?;
         if self.log.level.parse::<log::LevelFilter>().is_err() {
             return Err(format!(
                 "log.level: unknown level `{}` (use error, warn, info, debug or trace)",
