@@ -4,6 +4,7 @@ pub mod auth;
 pub mod bus;
 pub mod cli;
 pub mod config;
+pub mod connectors;
 pub mod control;
 pub mod exposure;
 pub mod logging;

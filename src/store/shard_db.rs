@@ -35,6 +35,12 @@ CREATE TABLE IF NOT EXISTS idempotency (
     expires_at INTEGER NOT NULL,
     PRIMARY KEY (channel, key)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS ingested (
+    channel    TEXT NOT NULL,
+    seq        INTEGER NOT NULL,
+    expires_at INTEGER NOT NULL,
+    PRIMARY KEY (channel, seq)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS state_keys (
     channel TEXT NOT NULL,
     key     TEXT NOT NULL,
@@ -68,6 +74,8 @@ pub struct Append {
     /// A keyed-state change this message records: (key, value JSON or
     /// `None` when deleted, version), stored in the same transaction.
     pub state: Option<(String, Option<String>, u64)>,
+    /// It came from a queue ingest: egress does not send it back out.
+    pub ingested: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -207,7 +215,13 @@ impl ShardDb {
         let mut remember = self.conn.prepare_cached(
             "INSERT OR REPLACE INTO idempotency (channel, key, seq, expires_at) VALUES (?1, ?2, ?3, ?4)",
         )?;
+        let mut ingested = self.conn.prepare_cached(
+            "INSERT OR REPLACE INTO ingested (channel, seq, expires_at) VALUES (?1, ?2, ?3)",
+        )?;
         for m in batch {
+            if m.ingested {
+                ingested.execute(params![m.channel, m.seq as i64, m.expires_ms])?;
+            }
             if let Some((key, until)) = &m.idempotency {
                 remember.execute(params![m.channel, key, m.seq as i64, until])?;
             }
@@ -291,6 +305,11 @@ impl ShardDb {
         self.conn.execute(
             "DELETE FROM idempotency WHERE (channel, key) IN
                (SELECT channel, key FROM idempotency WHERE expires_at <= ?1 LIMIT ?2)",
+            params![now_ms, limit as i64],
+        )?;
+        self.conn.execute(
+            "DELETE FROM ingested WHERE (channel, seq) IN
+               (SELECT channel, seq FROM ingested WHERE expires_at <= ?1 LIMIT ?2)",
             params![now_ms, limit as i64],
         )?;
         let n = self.conn.execute(
@@ -420,6 +439,7 @@ mod tests {
             epoch: "e1".into(),
             idempotency: None,
             state: None,
+            ingested: false,
         }
     }
 

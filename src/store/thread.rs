@@ -380,6 +380,7 @@ mod tests {
                 epoch: "e".into(),
                 idempotency: None,
                 state: None,
+                ingested: false,
             },
         }
     }

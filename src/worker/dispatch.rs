@@ -226,6 +226,7 @@ impl Worker {
                 channel,
                 ttl: options.ttl,
                 idempotency_key: options.idempotency_key,
+                ingest_window_ms: options.ingest.map(|d| d.as_millis() as u64),
             }
         });
     }
@@ -397,6 +398,7 @@ impl Worker {
             // Messages and presence events go to the workers that want the
             // channel (`sync::interest`), then to our own subscribers.
             Effect::Deliver { channel, seq, line } => {
+                self.connectors.delivered(&channel, seq);
                 self.send_to_watchers(&channel, &line, |channel| BusMsg::Deliver { channel, seq });
                 self.deliver_local(&channel, seq, &line);
             }

@@ -19,7 +19,7 @@ use crate::owner::{Answer, Command, Query, Reply, ReplyTo};
 use crate::proto::frames::{self, Acked, ErrorReply};
 use bytes::Bytes;
 use std::cell::RefCell;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 impl Worker {
     pub(super) fn read_conn(&mut self, key: usize) {
@@ -52,6 +52,24 @@ impl Worker {
         }
         self.conns.note_input(key, before);
         self.forget_closed();
+    }
+
+    /// Messages from the queue ingest threads, published as `POST
+    /// /api/publish` would be (the threads checked them with the same
+    /// rules); each answer goes back to its thread, which then acks the
+    /// broker. Like client reads, they wait while the store queue is full.
+    pub(super) fn on_ingest(&mut self) {
+        if self.owner.is_busy() {
+            return;
+        }
+        for request in self.connectors.take_requests() {
+            self.conns.stats.msgs_in += 1;
+            let origin = Origin::Ingest {
+                ingest: request.ingest,
+                id: request.id,
+            };
+            self.publish(origin, &request.channel, &request.data, request.options);
+        }
     }
 
     fn read_ws(&mut self, key: usize) {
@@ -199,6 +217,7 @@ impl Worker {
                 channel,
                 ttl,
                 idempotency_key,
+                ingest_window_ms,
             } => {
                 let origin = Origin::Peer { slot: from, tag };
                 match std::str::from_utf8(&payload) {
@@ -207,6 +226,7 @@ impl Worker {
                             ttl,
                             idempotency_key,
                             state: None,
+                            ingest: ingest_window_ms.map(Duration::from_millis),
                         };
                         self.tell_owner(Command::Publish {
                             to: ReplyTo::Peer { slot: from, tag },
@@ -226,10 +246,15 @@ impl Worker {
                 tag,
                 seq,
                 version,
+                duplicate,
                 error,
             } => {
                 let result = match (seq, error) {
-                    (Some(seq), _) => Ok(Acked { seq, version }),
+                    (Some(seq), _) => Ok(Acked {
+                        seq,
+                        version,
+                        duplicate,
+                    }),
                     (None, Some((code, message, current))) => Err(ErrorReply {
                         code: frames::known_code(&code),
                         message,

@@ -104,6 +104,8 @@ pub struct Worker {
     /// Our own connections per (channel, uid), as reported to owners.
     local_presence: LocalPresence,
     webhook: Option<crossbeam_channel::Sender<String>>,
+    /// Queue ingest and egress threads (started once serving).
+    connectors: crate::connectors::Connectors,
 }
 
 /// Runs a worker until it is told to stop; returns the process exit code.
@@ -174,6 +176,11 @@ impl Worker {
                 }
             }
             self.on_bus_events();
+            // Ingest threads wake the loop with the store's waker (mio
+            // allows one per poll).
+            if self.connectors.has_requests() {
+                self.on_ingest();
+            }
             self.resume_paused();
             for key in self.conns.take_pending_reads() {
                 if self.conns.resume_read(key) {
@@ -217,6 +224,7 @@ impl Worker {
         }
         self.process.start_serving(self.poll.registry(), self.slot);
         log::info!("worker {} serving (pid {})", self.slot, std::process::id());
+        self.connectors.start(&self.config, self.slot);
         // Connections that queued while this slot was being replaced.
         self.accept(Port::Ws);
         self.accept(Port::Tcp);
@@ -288,10 +296,11 @@ impl Worker {
                     self.conns.say_goodbye_now(why);
                     return Some(0);
                 }
-                ToWorker::Stats { tag } => FromWorker::Stats {
-                    tag,
-                    stats: self.conns.snapshot(&self.subs, &self.owner),
-                },
+                ToWorker::Stats { tag } => {
+                    let mut stats = self.conns.snapshot(&self.subs, &self.owner);
+                    stats.connectors = self.connectors.status();
+                    FromWorker::Stats { tag, stats }
+                }
                 ToWorker::Connections { tag } => FromWorker::Connections {
                     tag,
                     list: self.conns.connection_list(self.slot, &self.subs),

@@ -46,6 +46,7 @@ pub fn start(ctx: WorkerContext) -> io::Result<Worker> {
     };
     let waker = Arc::new(Waker::new(poll.registry(), STORE)?);
     let queue = ctx.config.limits.store_queue;
+    let waker_for_connectors = waker.clone();
     let engine = StoreThread::spawn(shards, ctx.config.storage.clone(), waker, queue)?;
     let owner_config = OwnerConfig {
         numbered_by_engine: engine.numbers_messages(),
@@ -77,6 +78,7 @@ pub fn start(ctx: WorkerContext) -> io::Result<Worker> {
         pending: PendingTable::default(),
         local_presence: LocalPresence::default(),
         webhook,
+        connectors: crate::connectors::Connectors::new(waker_for_connectors),
         config: ctx.config,
     })
 }
