@@ -2,6 +2,8 @@
 //! they get, and the connectors' status.
 #![allow(dead_code)]
 
+pub mod amqp;
+
 use std::time::Duration;
 
 use serde_json::Value;
