@@ -153,3 +153,62 @@ fn pubsub_plain_and_laravel_payloads_reach_subscribers() {
         assert_eq!(msg["data"]["data"]["id"], 981, "{msg}");
     }
 }
+
+/// `XRANGE stream - +` as (message_id, body) pairs.
+fn stream_entries(redis: &Redis, stream: &str) -> Vec<(String, serde_json::Value)> {
+    let text = redis.cmd(&["XRANGE", stream, "-", "+"]);
+    let lines: Vec<&str> = text.lines().collect();
+    // Each entry flattens to: id, "message_id", id, "body", JSON.
+    lines
+        .chunks(5)
+        .filter(|c| c.len() == 5)
+        .map(|c| {
+            assert_eq!((c[1], c[3]), ("message_id", "body"), "{text}");
+            (c[2].to_string(), serde_json::from_str(c[4]).unwrap())
+        })
+        .collect()
+}
+
+fn publish_http(server: &Server, channel: &str, range: std::ops::Range<u64>) {
+    for n in range {
+        let body = serde_json::json!({"channel": channel, "data": {"n": n}}).to_string();
+        let (status, answer) = server.http("POST", "/api/publish", &body);
+        assert_eq!(status, 200, "{answer}");
+    }
+}
+
+#[test]
+fn stream_egress_has_the_set_order_and_ids_across_a_kill_9() {
+    let redis = Redis::start();
+    let config = format!(
+        "[[egress]]\nkind = \"redis-stream\"\nurl = \"{}\"\nstream = \"out:{{channel}}\"\nchannels = [\"orders*\"]\n",
+        redis.url()
+    );
+    let mut server = Server::start(2, &config);
+    publish_http(&server, "orders.7", 0..100);
+    publish_http(&server, "other", 0..5);
+    publish_http(&server, "orders.7", 100..150);
+    server.stop_now();
+    server.launch();
+    publish_http(&server, "orders.7", 150..200);
+    eventually("every message is in the stream", || {
+        let ids: std::collections::HashSet<String> = stream_entries(&redis, "out:orders.7")
+            .into_iter()
+            .map(|e| e.0)
+            .collect();
+        ids.len() == 200
+    });
+    let mut seen = std::collections::HashSet::new();
+    let firsts: Vec<_> = stream_entries(&redis, "out:orders.7")
+        .into_iter()
+        .filter(|(id, _)| seen.insert(id.clone()))
+        .collect();
+    let epoch = firsts[0].1["epoch"].as_str().unwrap().to_string();
+    for (i, (id, body)) in firsts.iter().enumerate() {
+        let seq = i as u64 + 1;
+        assert_eq!(body["seq"], seq, "{body}");
+        assert_eq!(body["data"]["n"], i as u64, "{body}");
+        assert_eq!(id, &format!("orders.7:{epoch}:{seq}"));
+    }
+    assert_eq!(redis.cmd(&["EXISTS", "out:other"]), ":0");
+}

@@ -241,15 +241,26 @@ pub fn check(ingest: &[Ingest], egress: &[Egress]) -> Result<(), String> {
 }
 
 /// `*` matches any run of characters, `?` one; the rest must be equal.
+/// Called for every stored message while egress is on, so it allocates
+/// nothing: it walks the bytes, and `?` takes a whole UTF-8 character.
 pub fn pattern_matches(pattern: &str, name: &str) -> bool {
-    let (p, n): (Vec<char>, Vec<char>) = (pattern.chars().collect(), name.chars().collect());
-    // Classic two-pointer glob with one backtrack point for the last `*`.
+    let (p, n) = (pattern.as_bytes(), name.as_bytes());
+    let char_len = |at: usize| {
+        1 + n[at + 1..]
+            .iter()
+            .take_while(|&&b| b & 0xC0 == 0x80)
+            .count()
+    };
+    // Two pointers with one backtrack point, the last `*`.
     let (mut pi, mut ni, mut star, mut mark) = (0, 0, None, 0);
     while ni < n.len() {
-        if pi < p.len() && (p[pi] == '?' || p[pi] == n[ni]) {
+        if pi < p.len() && p[pi] == b'?' {
+            pi += 1;
+            ni += char_len(ni);
+        } else if pi < p.len() && p[pi] == n[ni] {
             pi += 1;
             ni += 1;
-        } else if pi < p.len() && p[pi] == '*' {
+        } else if pi < p.len() && p[pi] == b'*' {
             star = Some(pi);
             mark = ni;
             pi += 1;
@@ -261,7 +272,7 @@ pub fn pattern_matches(pattern: &str, name: &str) -> bool {
             return false;
         }
     }
-    p[pi..].iter().all(|&c| c == '*')
+    p[pi..].iter().all(|&c| c == b'*')
 }
 
 #[cfg(test)]
@@ -320,5 +331,7 @@ mod tests {
         assert!(pattern_matches("a?c*z", "abcxyz"));
         assert!(!pattern_matches("a?c", "ac"));
         assert!(pattern_matches("exact", "exact"));
+        assert!(pattern_matches("caf?", "café"));
+        assert!(pattern_matches("*é", "café"));
     }
 }
