@@ -51,6 +51,10 @@ fn a_list_reaches_ws_and_tcp_subscribers_in_order_once_and_bad_ones_go_to_the_de
         (N + 2, N, 2)
     );
     assert_eq!(status.state, "connected");
+    let text = common::output_text(&server.cli(&["status"]));
+    let line = "ingest redis-list jobs (worker 0): connected  received 1002  published 1000  \
+                duplicates 0  dead_lettered 2";
+    assert!(text.contains(line), "{text}");
 }
 
 fn add_stream(redis: &Redis, stream: &str, channel: &str, range: std::ops::Range<u64>) {
