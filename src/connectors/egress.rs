@@ -39,6 +39,10 @@ pub struct Handle {
 }
 
 impl Handle {
+    pub fn wake(&self) {
+        let _ = self.wake.try_send(());
+    }
+
     pub fn notify(&self, channel: &str, _seq: u64) {
         if !self.patterns.iter().any(|p| pattern_matches(p, channel)) {
             return;
@@ -55,6 +59,7 @@ pub fn start(
     index: usize,
     section: Egress,
     status: Shared,
+    stop: super::Stop,
 ) -> std::io::Result<Handle> {
     let (wake, woken) = bounded(1);
     let dirty = Arc::new(Mutex::new(HashSet::new()));
@@ -81,6 +86,7 @@ pub fn start(
         status,
         dirty,
         woken,
+        stop,
     };
     std::thread::Builder::new()
         .name(format!("egress-{index}"))
@@ -97,6 +103,7 @@ struct Thread {
     status: Shared,
     dirty: Arc<Mutex<HashSet<String>>>,
     woken: Receiver<()>,
+    stop: super::Stop,
 }
 
 impl Thread {
@@ -109,12 +116,13 @@ impl Thread {
             Ok(rt) => rt,
             Err(e) => return log::error!("egress: no tokio runtime: {e}"),
         };
-        with_retries(&status, || {
+        let stop = self.stop.clone();
+        with_retries(&status, &stop, || {
             let mut sink = Sink::connect(&self.section, &runtime)?;
             status::update(&self.status, |s| s.state = "connected".into());
             // First round: every channel, to resume where the last run was.
             let mut scan = true;
-            loop {
+            while !super::stopping(&self.stop) {
                 let channels = self.channels_to_send(scan)?;
                 for (channel, epoch, last) in channels {
                     self.send_channel(&mut sink, &channel, &epoch, last)?;
@@ -124,6 +132,7 @@ impl Thread {
                     Err(crossbeam_channel::RecvTimeoutError::Timeout)
                 );
             }
+            Ok(())
         });
     }
 

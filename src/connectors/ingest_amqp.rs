@@ -35,8 +35,8 @@ pub fn run(ingest: Ingest, max_frame: usize, mut link: Link) {
         Ok(rt) => rt,
         Err(e) => return log::error!("ingest {}: no tokio runtime: {e}", ingest.source()),
     };
-    let status = link.status.clone();
-    with_retries(&status, || {
+    let (status, stop) = (link.status.clone(), link.stop.clone());
+    with_retries(&status, &stop, || {
         runtime.block_on(async {
             let conn = Connection::connect(&ingest.url, ConnectionProperties::default())
                 .await
@@ -99,8 +99,15 @@ async fn consume(
         .map_err(err)?;
     link.set_state("connected");
     let mut inflight: HashMap<u64, Acker> = HashMap::new();
+    let mut check_stop = tokio::time::interval(std::time::Duration::from_millis(200));
     loop {
+        let stopping = link.stopping();
+        if stopping && inflight.is_empty() {
+            // What was prefetched and not taken goes back with the close.
+            return Ok(());
+        }
         tokio::select! {
+            _ = check_stop.tick() => {}
             answer = link.answers.recv() => {
                 let Some(answer) = answer else {
                     return Err("the worker is stopping".into());
@@ -123,7 +130,7 @@ async fn consume(
                     }
                 }
             }
-            delivery = consumer.next() => {
+            delivery = consumer.next(), if !stopping => {
                 let delivery = match delivery {
                     Some(Ok(d)) => d,
                     Some(Err(e)) => return Err(err(e)),

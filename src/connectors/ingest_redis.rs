@@ -28,8 +28,8 @@ fn err(e: redis::RedisError) -> String {
 }
 
 pub fn run(ingest: Ingest, max_frame: usize, mut link: Link) {
-    let status = link.status.clone();
-    with_retries(&status, || session(&ingest, max_frame, &mut link));
+    let (status, stop) = (link.status.clone(), link.stop.clone());
+    with_retries(&status, &stop, || session(&ingest, max_frame, &mut link));
 }
 
 fn session(ingest: &Ingest, max_frame: usize, link: &mut Link) -> Result<()> {
@@ -118,7 +118,7 @@ fn list(ingest: &Ingest, max_frame: usize, link: &mut Link, con: &mut Connection
     // Left over by an earlier run (or session): the oldest is at the right.
     let mut leftover: Vec<Vec<u8>> = con.lrange(&processing, 0, -1).map_err(err)?;
     leftover.reverse();
-    loop {
+    while !link.stopping() {
         let batch = if leftover.is_empty() {
             take_from_list(con, key, &processing, ingest.prefetch)?
         } else {
@@ -143,6 +143,7 @@ fn list(ingest: &Ingest, max_frame: usize, link: &mut Link, con: &mut Connection
         }
         pipe.atomic().query::<()>(con).map_err(err)?;
     }
+    Ok(())
 }
 
 /// Up to `prefetch` messages moved into the processing list: the first
@@ -197,7 +198,7 @@ fn stream(ingest: &Ingest, max_frame: usize, link: &mut Link, con: &mut Connecti
     link.set_state("connected");
     // Our pending entries (read, never acknowledged) come first.
     let mut from_pending = true;
-    loop {
+    while !link.stopping() {
         let mut options = StreamReadOptions::default()
             .group(group, &consumer)
             .count(usize::from(ingest.prefetch));
@@ -252,6 +253,7 @@ fn stream(ingest: &Ingest, max_frame: usize, link: &mut Link, con: &mut Connecti
         }
         pipe.atomic().query::<()>(con).map_err(err)?;
     }
+    Ok(())
 }
 
 /// The same name across restarts of this host's syncd, so the pending
@@ -271,7 +273,7 @@ fn pubsub(ingest: &Ingest, max_frame: usize, link: &mut Link, con: &mut Connecti
         .map_err(err)?;
     link.set_state("connected");
     let mut inflight = 0usize;
-    loop {
+    while !link.stopping() {
         // At most `prefetch` publishes waiting: the rest of Redis's
         // output waits in the socket.
         while inflight >= usize::from(ingest.prefetch) {
@@ -303,6 +305,7 @@ fn pubsub(ingest: &Ingest, max_frame: usize, link: &mut Link, con: &mut Connecti
             Err(e) => link.count_dead(&e.message),
         }
     }
+    Ok(())
 }
 
 /// Pub/sub answers are only counted: there is nothing to acknowledge.

@@ -17,6 +17,7 @@ mod ingest_redis;
 mod status;
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -64,6 +65,16 @@ pub struct Connectors {
     answers: HashMap<usize, UnboundedSender<Answer>>,
     statuses: Vec<Shared>,
     egress: Vec<egress::Handle>,
+    /// Set when the worker begins a graceful stop: connectors take nothing
+    /// more from their brokers.
+    stop: Arc<AtomicBool>,
+}
+
+/// Whether the connectors should wind down.
+pub type Stop = Arc<AtomicBool>;
+
+pub fn stopping(stop: &AtomicBool) -> bool {
+    stop.load(Ordering::Relaxed)
 }
 
 impl Connectors {
@@ -74,6 +85,16 @@ impl Connectors {
             answers: HashMap::new(),
             statuses: Vec::new(),
             egress: Vec::new(),
+            stop: Stop::default(),
+        }
+    }
+
+    /// A graceful stop: each connector finishes what it took (or leaves it
+    /// unacknowledged, for the broker to redeliver) and takes no more.
+    pub fn stop(&self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for handle in &self.egress {
+            handle.wake();
         }
     }
 
@@ -102,6 +123,7 @@ impl Connectors {
                     status: status.clone(),
                     next_id: 0,
                     dedupe_window: ingest.dedupe_window,
+                    stop: connectors.stop.clone(),
                 };
                 connectors.answers.insert(index, answer_tx);
                 connectors.statuses.push(status);
@@ -120,7 +142,8 @@ impl Connectors {
         for (index, section) in config.egress.iter().enumerate() {
             let status = status::shared("egress", section.target(), slot);
             connectors.statuses.push(status.clone());
-            match egress::start(config, slot, index, section.clone(), status) {
+            let stop = connectors.stop.clone();
+            match egress::start(config, slot, index, section.clone(), status, stop) {
                 Ok(handle) => connectors.egress.push(handle),
                 Err(e) => log::error!("worker {slot}: cannot start egress {index}: {e}"),
             }
@@ -169,9 +192,15 @@ pub struct Link {
     pub status: Shared,
     next_id: u64,
     dedupe_window: Duration,
+    pub stop: Stop,
 }
 
 impl Link {
+    /// The worker is stopping: take nothing more from the broker.
+    pub fn stopping(&self) -> bool {
+        stopping(&self.stop)
+    }
+
     /// Hands a parsed message to the worker; returns its request id.
     pub fn submit(&mut self, parsed: body::Parsed) -> u64 {
         self.next_id += 1;
@@ -225,14 +254,19 @@ impl Link {
 
 /// Runs `session` again and again with a growing pause while it fails (the
 /// broker is down, the answer was `unavailable`); the state shows
-/// `retrying`, the error and the count of outages.
-pub fn with_retries(status: &Shared, mut session: impl FnMut() -> Result<(), String>) {
+/// `retrying`, the error and the count of outages. Ends when the session
+/// does (`Ok`: the worker is stopping) or once `stop` is set.
+pub fn with_retries(
+    status: &Shared,
+    stop: &AtomicBool,
+    mut session: impl FnMut() -> Result<(), String>,
+) {
     let mut backoff = Duration::from_millis(100);
-    loop {
+    while !stopping(stop) {
         let started = Instant::now();
         status::update(status, |s| s.state = "connecting".into());
         let error = match session() {
-            Ok(()) => return,
+            Ok(()) => break,
             Err(e) => e,
         };
         status::update(status, |s| {
@@ -247,6 +281,7 @@ pub fn with_retries(status: &Shared, mut session: impl FnMut() -> Result<(), Str
         std::thread::sleep(backoff);
         backoff = (backoff * 2).min(Duration::from_secs(5));
     }
+    status::update(status, |s| s.state = "stopped".into());
 }
 
 /// Shared by the ingest kinds: a `Mutex` that a panicking holder poisoned

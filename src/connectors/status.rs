@@ -15,8 +15,9 @@ pub struct ConnectorStatus {
     /// What it reads or writes (`amqp queue orders`, …).
     pub name: String,
     pub worker: usize,
-    /// `connecting`, `connected` or `retrying` (the broker is down or
-    /// refused us; the last error says why).
+    /// `connecting`, `connected`, `retrying` (the broker is down or
+    /// refused us; the last error says why), or `stopped` (the worker is
+    /// stopping gracefully).
     pub state: String,
     /// Messages taken from the broker.
     pub received: u64,

@@ -237,6 +237,7 @@ impl Worker {
             return;
         }
         log::info!("worker {}: stopping gracefully", self.slot);
+        self.connectors.stop();
         self.conns.close_all(why, deadline);
     }
 
