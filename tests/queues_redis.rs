@@ -216,3 +216,23 @@ fn stream_egress_has_the_set_order_and_ids_across_a_kill_9() {
     }
     assert_eq!(redis.cmd(&["EXISTS", "out:other"]), ":0");
 }
+
+#[test]
+fn a_reload_during_stream_ingest_loses_and_duplicates_nothing() {
+    let redis = Redis::start();
+    let config = format!(
+        "[[ingest]]\nkind = \"redis-stream\"\nurl = \"{}\"\nstream = \"r\"\ngroup = \"g\"\nprefetch = 8\n",
+        redis.url()
+    );
+    let server = Server::start(2, &config);
+    add_stream(&redis, "r", "reloaded", 0..N);
+    eventually("some are published", || ingest(&server).published >= 50);
+    let out = server.cli(&["reload"]);
+    assert!(out.status.success(), "{}", common::output_text(&out));
+    eventually("the whole stream is published", || {
+        history(&server, "reloaded").len() as u64 >= N
+    });
+    let all = history(&server, "reloaded");
+    assert_in_order(&all, 1, 0);
+    assert_eq!(all.len() as u64, N, "no duplicate");
+}
