@@ -320,3 +320,21 @@ impl Cursors {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cursors_survive_a_restart_and_restart_with_a_new_epoch() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("egress-0-0.json");
+        let mut cursors = Cursors::load(path.clone());
+        assert_eq!(cursors.after("orders", "e1"), 0);
+        cursors.set("orders", "e1", 42);
+        let again = Cursors::load(path);
+        assert_eq!(again.after("orders", "e1"), 42);
+        assert_eq!(again.after("orders", "e2"), 0, "a new epoch starts over");
+        assert_eq!(again.after("other", "e1"), 0);
+    }
+}

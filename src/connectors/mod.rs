@@ -67,10 +67,10 @@ pub struct Connectors {
     egress: Vec<egress::Handle>,
     /// Set when the worker begins a graceful stop: connectors take nothing
     /// more from their brokers.
-    stop: Arc<AtomicBool>,
+    stop: Stop,
 }
 
-/// Whether the connectors should wind down.
+/// Set when the connectors should wind down.
 pub type Stop = Arc<AtomicBool>;
 
 pub fn stopping(stop: &AtomicBool) -> bool {
@@ -101,7 +101,6 @@ impl Connectors {
     /// Starts this worker's connectors: ingest `i` when `i % workers ==
     /// slot`, and one thread per `[[egress]]` for this slot's channels.
     pub fn start(&mut self, config: &Config, slot: usize) {
-        let connectors = self;
         let mine: Vec<(usize, &Ingest)> = config
             .ingest
             .iter()
@@ -109,9 +108,9 @@ impl Connectors {
             .filter(|(i, _)| i % config.workers == slot)
             .collect();
         if !mine.is_empty() {
-            let waker = connectors.waker.clone();
+            let waker = self.waker.clone();
             let (tx, rx) = crossbeam_channel::unbounded();
-            connectors.requests = Some(rx);
+            self.requests = Some(rx);
             for (index, ingest) in mine {
                 let (answer_tx, answer_rx) = unbounded_channel();
                 let status = status::shared("ingest", ingest.source(), slot);
@@ -123,10 +122,10 @@ impl Connectors {
                     status: status.clone(),
                     next_id: 0,
                     dedupe_window: ingest.dedupe_window,
-                    stop: connectors.stop.clone(),
+                    stop: self.stop.clone(),
                 };
-                connectors.answers.insert(index, answer_tx);
-                connectors.statuses.push(status);
+                self.answers.insert(index, answer_tx);
+                self.statuses.push(status);
                 let (ingest, max_frame) = (ingest.clone(), config.limits.max_frame);
                 let spawned = std::thread::Builder::new()
                     .name(format!("ingest-{index}"))
@@ -141,10 +140,10 @@ impl Connectors {
         }
         for (index, section) in config.egress.iter().enumerate() {
             let status = status::shared("egress", section.target(), slot);
-            connectors.statuses.push(status.clone());
-            let stop = connectors.stop.clone();
+            self.statuses.push(status.clone());
+            let stop = self.stop.clone();
             match egress::start(config, slot, index, section.clone(), status, stop) {
-                Ok(handle) => connectors.egress.push(handle),
+                Ok(handle) => self.egress.push(handle),
                 Err(e) => log::error!("worker {slot}: cannot start egress {index}: {e}"),
             }
         }
@@ -284,8 +283,8 @@ pub fn with_retries(
     status::update(status, |s| s.state = "stopped".into());
 }
 
-/// Shared by the ingest kinds: a `Mutex` that a panicking holder poisoned
-/// is still used (the data is counters).
+/// A `Mutex` that a panicking holder poisoned is still used: what it guards
+/// is counters and names of dirty channels.
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }

@@ -103,3 +103,26 @@ pub fn format_status<'a>(workers: impl Iterator<Item = &'a crate::control::Worke
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_lines_name_each_connector_and_its_last_error() {
+        let shared = shared("ingest", "amqp queue q".into(), 1);
+        update(&shared, |s| {
+            s.state = "retrying".into();
+            s.received = 3;
+            s.last_error = Some("amqp: refused".into());
+        });
+        let stats = crate::control::WorkerStats {
+            connectors: vec![read(&shared)],
+            ..Default::default()
+        };
+        let text = format_status(std::iter::once(&stats));
+        assert!(text.contains("ingest amqp queue q (worker 1): retrying  received 3"));
+        assert!(text.ends_with("last error: amqp: refused\n"), "{text}");
+        assert_eq!(format_status(std::iter::empty()), "");
+    }
+}
