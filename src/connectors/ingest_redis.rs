@@ -61,11 +61,13 @@ fn source<'a>(ingest: &'a Ingest, max_frame: usize, id: Option<&'a str>) -> Sour
 enum Outcome {
     Stored,
     Dead(String),
+    /// Refused for now (the owner is restarting): left with the broker.
+    Later(String),
 }
 
-/// Publishes a batch and waits for every answer. A transient refusal (the
-/// owner is restarting) fails the whole session, leaving the messages with
-/// the broker to be read again.
+/// Publishes a batch and waits for every answer. The caller acknowledges
+/// what is settled (stored or dead), then fails the session if anything
+/// was refused for now, so that is read again from the broker.
 fn publish_batch(
     link: &mut Link,
     parsed: Vec<std::result::Result<Parsed, ErrorReply>>,
@@ -81,7 +83,6 @@ fn publish_batch(
             Err(e) => outcomes.push(Some(Outcome::Dead(e.message))),
         }
     }
-    let mut transient = None;
     while !waiting.is_empty() {
         let Some(Answer { id, result }) = link.answers.blocking_recv() else {
             return Err("the worker is stopping".into());
@@ -94,19 +95,13 @@ fn publish_batch(
                 link.count_stored(&acked);
                 Some(Outcome::Stored)
             }
-            Err(e) if is_transient(&e) => {
-                transient = Some(e.message);
-                None
-            }
+            Err(e) if is_transient(&e) => Some(Outcome::Later(e.message)),
             Err(e) => Some(Outcome::Dead(e.message)),
         };
     }
-    if let Some(message) = transient {
-        return Err(format!("publish refused for now: {message}"));
-    }
     Ok(outcomes
         .into_iter()
-        .map(|o| o.unwrap_or(Outcome::Stored))
+        .map(|o| o.unwrap_or_else(|| Outcome::Later("no answer".into())))
         .collect())
 }
 
@@ -134,14 +129,24 @@ fn list(ingest: &Ingest, max_frame: usize, link: &mut Link, con: &mut Connection
             .collect();
         let outcomes = publish_batch(link, parsed)?;
         let mut pipe = redis::pipe();
+        let mut later = None;
         for (item, outcome) in batch.iter().zip(outcomes) {
-            if let Outcome::Dead(why) = outcome {
-                link.count_dead(&why);
-                pipe.lpush(&dead, item).ignore();
+            match outcome {
+                Outcome::Later(why) => later = Some(why),
+                Outcome::Dead(why) => {
+                    link.count_dead(&why);
+                    pipe.lpush(&dead, item).ignore();
+                    pipe.lrem(&processing, 1, item).ignore();
+                }
+                Outcome::Stored => {
+                    pipe.lrem(&processing, 1, item).ignore();
+                }
             }
-            pipe.lrem(&processing, 1, item).ignore();
         }
         pipe.atomic().query::<()>(con).map_err(err)?;
+        if let Some(why) = later {
+            return Err(format!("publish refused for now: {why}"));
+        }
     }
     Ok(())
 }
@@ -238,7 +243,12 @@ fn stream(ingest: &Ingest, max_frame: usize, link: &mut Link, con: &mut Connecti
             .collect();
         let outcomes = publish_batch(link, parsed)?;
         let mut pipe = redis::pipe();
+        let mut later = None;
         for ((entry, body), outcome) in entries.iter().zip(&bodies).zip(outcomes) {
+            if let Outcome::Later(why) = outcome {
+                later = Some(why);
+                continue;
+            }
             if let Outcome::Dead(why) = outcome {
                 link.count_dead(&why);
                 let body = body.clone().unwrap_or_default();
@@ -252,6 +262,10 @@ fn stream(ingest: &Ingest, max_frame: usize, link: &mut Link, con: &mut Connecti
             pipe.xack(stream, group, &[&entry.id]).ignore();
         }
         pipe.atomic().query::<()>(con).map_err(err)?;
+        if let Some(why) = later {
+            // The session starts over with the pending entries.
+            return Err(format!("publish refused for now: {why}"));
+        }
     }
     Ok(())
 }
