@@ -297,11 +297,10 @@ impl Worker {
                     self.conns.say_goodbye_now(why);
                     return Some(0);
                 }
-                ToWorker::Stats { tag } => {
-                    let mut stats = self.conns.snapshot(&self.subs, &self.owner);
-                    stats.connectors = self.connectors.status();
-                    FromWorker::Stats { tag, stats }
-                }
+                ToWorker::Stats { tag } => FromWorker::Stats {
+                    tag,
+                    stats: self.stats(),
+                },
                 ToWorker::Connections { tag } => FromWorker::Connections {
                     tag,
                     list: self.conns.connection_list(self.slot, &self.subs),
@@ -315,6 +314,14 @@ impl Worker {
         }
         let _ = self.process.master.flush();
         None
+    }
+
+    /// The counters for `status` and `/api/stats`: the edge's, the
+    /// owner's, and the queue connectors'.
+    fn stats(&self) -> crate::control::WorkerStats {
+        let mut stats = self.conns.snapshot(&self.subs, &self.owner);
+        stats.connectors = self.connectors.status();
+        stats
     }
 
     /// Writes what is queued. Writing can make more output (a connection
@@ -401,8 +408,7 @@ impl Worker {
                     .respond_json(key, 200, OK_BODY.into(), keep_alive);
             }
             Call::Stats { keep_alive } => {
-                let mut stats = serde_json::to_value(self.conns.snapshot(&self.subs, &self.owner))
-                    .unwrap_or_default();
+                let mut stats = serde_json::to_value(self.stats()).unwrap_or_default();
                 stats["worker"] = self.slot.into();
                 self.conns
                     .respond_json(key, 200, stats.to_string(), keep_alive);
