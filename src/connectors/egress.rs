@@ -127,13 +127,26 @@ impl Thread {
                 for (channel, epoch, last) in channels {
                     self.send_channel(&mut sink, &channel, &epoch, last)?;
                 }
-                scan = matches!(
-                    self.woken.recv_timeout(SCAN_EVERY),
-                    Err(crossbeam_channel::RecvTimeoutError::Timeout)
-                );
+                scan = !self.wait(&runtime);
             }
             Ok(())
         });
+    }
+
+    /// Waits up to `SCAN_EVERY` for the worker's wake-up (`true`), driving
+    /// the runtime meanwhile: lapin's heartbeats run on it, and an AMQP
+    /// connection left undriven while idle would be dropped by the broker.
+    fn wait(&self, runtime: &tokio::runtime::Runtime) -> bool {
+        let started = std::time::Instant::now();
+        runtime.block_on(async {
+            while started.elapsed() < SCAN_EVERY {
+                if self.woken.try_recv().is_ok() {
+                    return true;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            false
+        })
     }
 
     /// Matching channels with messages past their cursor: the ones the
