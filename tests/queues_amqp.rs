@@ -65,8 +65,10 @@ fn amqp_ingest_in_order_once_dead_letters_kill_9_and_broker_restart() {
     });
     let mut ws = server.ws();
     ws.sub("ledger");
-    amqp.publish("ledger-in", &bodies("ledger", 0..N));
+    amqp.publish("ledger-in", &bodies("ledger", 0..N / 2));
     let first = take_msgs(&mut ws, (N / 2) as usize);
+    // The second half is in the broker (confirmed) as syncd is killed.
+    amqp.publish("ledger-in", &bodies("ledger", N / 2..N));
     server.stop_now();
     server.launch();
     let last = first.last().unwrap()["seq"].as_u64().unwrap();
@@ -81,6 +83,17 @@ fn amqp_ingest_in_order_once_dead_letters_kill_9_and_broker_restart() {
     assert_in_order(&all, 1, 0);
     no_more_msgs(&mut ws);
     assert_eq!(history(&server, "ledger").len() as u64, N, "none twice");
+    // A redelivery of messages stored before the kill (same message_id) is
+    // acknowledged, counted as a duplicate and not published again: the
+    // keys survived kill -9.
+    let before = ingest(&server).duplicates;
+    amqp.publish("ledger-in", &bodies("ledger", 0..3));
+    eventually("the redeliveries are counted as duplicates", || {
+        ingest(&server).duplicates == before + 3
+    });
+    no_more_msgs(&mut ws);
+    assert_eq!(history(&server, "ledger").len() as u64, N, "none twice");
+    assert_eq!(amqp.count("ledger-in"), 0);
     drop(server);
 
     // The broker is killed and restarted during ingest: nothing lost, none

@@ -72,10 +72,12 @@ fn a_stream_survives_kill_9_of_syncd_halfway_with_every_message_once() {
         redis.url()
     );
     let mut server = Server::start(2, &config);
-    add_stream(&redis, "events", "ledger", 0..N);
+    add_stream(&redis, "events", "ledger", 0..N / 2);
     eventually("half the stream is published", || {
         ingest(&server).published >= N / 2
     });
+    // Killed while the second half is being added and ingested.
+    add_stream(&redis, "events", "ledger", N / 2..N);
     server.stop_now();
     server.launch();
     eventually("the whole stream is published", || {
