@@ -472,6 +472,27 @@ mod tests {
         );
     }
 
+    /// Messages from a queue ingest are marked in the same transaction, and
+    /// the marks expire with the messages.
+    #[test]
+    fn ingested_messages_are_marked_until_they_expire() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut db = ShardDb::open(&shard_path(dir.path(), 0), Durability::Commit).unwrap();
+        let ingested = Append {
+            ingested: true,
+            ..msg("a", 2, 100)
+        };
+        db.append(&[msg("a", 1, 100), ingested]).unwrap();
+        let marked = |db: &ShardDb| -> Vec<i64> {
+            let mut stmt = db.conn.prepare("SELECT seq FROM ingested").unwrap();
+            let rows = stmt.query_map([], |r| r.get(0)).unwrap();
+            rows.collect::<Result<_, _>>().unwrap()
+        };
+        assert_eq!(marked(&db), vec![2]);
+        db.delete_expired(100, 10).unwrap();
+        assert!(marked(&db).is_empty());
+    }
+
     /// A failed batch stores none of its rows and leaves the file usable.
     #[test]
     fn a_failed_batch_is_rolled_back() {
