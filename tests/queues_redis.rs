@@ -238,3 +238,33 @@ fn a_reload_during_stream_ingest_loses_and_duplicates_nothing() {
     assert_in_order(&all, 1, 0);
     assert_eq!(all.len() as u64, N, "no duplicate");
 }
+
+#[test]
+fn the_channels_owner_killed_during_ingest_loses_and_duplicates_nothing() {
+    let redis = Redis::start();
+    // Ingest 0 runs on worker 0; the channel is owned by worker 1, whose
+    // death makes its publishes `unavailable` until it is back.
+    let channel = (0..)
+        .map(|i| format!("owned-{i}"))
+        .find(|c| syncd::sync::shard::owner_of(c, 16, 2) == 1)
+        .unwrap();
+    let config = format!(
+        "[[ingest]]\nkind = \"redis-stream\"\nurl = \"{}\"\nstream = \"o\"\ngroup = \"g\"\nprefetch = 8\n",
+        redis.url()
+    );
+    let server = Server::start(2, &config);
+    add_stream(&redis, "o", &channel, 0..N / 2);
+    eventually("some are published", || ingest(&server).published >= 100);
+    let owner = server.status().workers[1].pid.unwrap();
+    unsafe { libc::kill(owner as i32, libc::SIGKILL) };
+    add_stream(&redis, "o", &channel, N / 2..N);
+    eventually("the whole stream is published", || {
+        server
+            .try_status()
+            .is_ok_and(|s| s.workers.iter().all(|w| w.stats.is_some()))
+            && history(&server, &channel).len() as u64 >= N
+    });
+    let all = history(&server, &channel);
+    assert_in_order(&all, 1, 0);
+    assert_eq!(all.len() as u64, N, "no duplicate");
+}
