@@ -316,6 +316,7 @@ pub fn format_status(s: &StatusReply) -> String {
         }
     }
     out += &limits_hit(s);
+    out += &crate::connectors::format_status(s.workers.iter().filter_map(|w| w.stats.as_ref()));
     out
 }
 

@@ -120,6 +120,9 @@ pub struct WorkerStats {
     pub link_msgs_out: u64,
     #[serde(default)]
     pub link_msgs_in: u64,
+    /// This worker's queue connectors (`[[ingest]]`, `[[egress]]`).
+    #[serde(default)]
+    pub connectors: Vec<crate::connectors::ConnectorStatus>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

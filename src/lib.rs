@@ -5,6 +5,7 @@ pub mod bus;
 pub mod cli;
 pub mod cluster;
 pub mod config;
+pub mod connectors;
 pub mod control;
 pub mod exposure;
 pub mod logging;

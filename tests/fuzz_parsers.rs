@@ -811,13 +811,17 @@ fn bus_msg() -> impl Strategy<Value = BusMsg> {
             any::<u64>(),
             name,
             proptest::option::of(any::<u64>()),
-            proptest::option::of("[a-z]{0,10}")
+            proptest::option::of("[a-z]{0,10}"),
+            proptest::option::of(any::<u64>())
         )
-            .prop_map(|(tag, channel, ttl, idempotency_key)| BusMsg::Publish {
-                tag,
-                channel,
-                ttl,
-                idempotency_key
+            .prop_map(|(tag, channel, ttl, idempotency_key, ingest_window_ms)| {
+                BusMsg::Publish {
+                    tag,
+                    channel,
+                    ttl,
+                    idempotency_key,
+                    ingest_window_ms,
+                }
             }),
         (any::<u64>(), name, any::<u64>()).prop_map(|(tag, channel, seq)| BusMsg::Ack {
             tag,

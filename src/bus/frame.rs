@@ -29,6 +29,9 @@ pub enum BusMsg {
         channel: String,
         ttl: Option<u64>,
         idempotency_key: Option<String>,
+        /// From a queue ingest: its `dedupe_window`, in ms.
+        #[serde(default)]
+        ingest_window_ms: Option<u64>,
     },
     /// The owner's answer to `Publish`: the `seq`, or an error message.
     Published {
@@ -36,6 +39,9 @@ pub enum BusMsg {
         seq: Option<u64>,
         /// For state writes: the key's new version.
         version: Option<u64>,
+        /// A repeated `idempotency_key` (the first publish's `seq`).
+        #[serde(default)]
+        duplicate: bool,
         /// `(code, message, current)` of an error reply.
         error: Option<(String, String, Option<String>)>,
     },

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 mod cluster;
+pub mod queues;
 mod sections;
 mod units;
 
@@ -56,6 +57,11 @@ pub struct Config {
     pub debug: Debug,
     #[serde(default)]
     pub cluster: Cluster,
+    /// `[[ingest]]` and `[[egress]]`: queue connectors (config/queues.rs).
+    #[serde(default)]
+    pub ingest: Vec<queues::Ingest>,
+    #[serde(default)]
+    pub egress: Vec<queues::Egress>,
     /// The file this configuration came from (or `<embedded>`), for messages.
     #[serde(skip)]
     pub source: PathBuf,
@@ -156,6 +162,11 @@ impl Config {
             return Err("listen.ws and listen.tcp must differ".into());
         }
         self.cluster.check()?;
+        queues::check(&self.ingest, &self.egress)?;
+        if self.cluster.is_redis() && !self.egress.is_empty() {
+            // Egress reads the local SQLite shards; on Redis there are none.
+            return Err("[[egress]] needs [cluster] engine = \"local\" (it reads the local store)".into());
+        }
         if self.log.level.parse::<log::LevelFilter>().is_err() {
             return Err(format!(
                 "log.level: unknown level `{}` (use error, warn, info, debug or trace)",

@@ -4,7 +4,7 @@
 //! while the first is still being stored waits for it.
 
 use std::collections::HashMap;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 enum Entry<W> {
     Done { seq: u64, until: Instant },
@@ -22,14 +22,18 @@ pub enum Check<W> {
 
 pub struct Idempotency<W> {
     entries: HashMap<(String, String), Entry<W>>,
-    window: Duration,
+}
+
+impl<W> Default for Idempotency<W> {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl<W> Idempotency<W> {
-    pub fn new(window: Duration) -> Self {
+    pub fn new() -> Self {
         Idempotency {
             entries: HashMap::new(),
-            window,
         }
     }
 
@@ -48,9 +52,10 @@ impl<W> Idempotency<W> {
         }
     }
 
-    /// The publish with this key got `seq`; returns the retries to answer.
-    pub fn done(&mut self, channel: &str, key: &str, seq: u64, now: Instant) -> Vec<W> {
-        let until = now + self.window;
+    /// The publish with this key got `seq`, kept until `until` (its
+    /// window may differ from the default: a queue ingest's
+    /// `dedupe_window`); returns the retries to answer.
+    pub fn done(&mut self, channel: &str, key: &str, seq: u64, until: Instant) -> Vec<W> {
         match self.entries.insert(
             (channel.to_string(), key.to_string()),
             Entry::Done { seq, until },
@@ -77,14 +82,16 @@ impl<W> Idempotency<W> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     #[test]
     fn a_retry_gets_the_first_result() {
         let t0 = Instant::now();
-        let mut idem = Idempotency::new(Duration::from_secs(60));
+        let mut idem = Idempotency::new();
+        let window = Duration::from_secs(60);
         assert!(matches!(idem.check("c", "k", 1, t0), Check::Publish(1)));
         assert!(matches!(idem.check("c", "k", 2, t0), Check::Queued));
-        assert_eq!(idem.done("c", "k", 7, t0), vec![2]);
+        assert_eq!(idem.done("c", "k", 7, t0 + window), vec![2]);
         assert!(matches!(idem.check("c", "k", 3, t0), Check::Done(7, 3)));
         assert!(matches!(idem.check("other", "k", 4, t0), Check::Publish(4)));
         idem.purge(t0 + Duration::from_secs(61));

@@ -142,6 +142,10 @@ pub struct PublishOptions {
     pub idempotency_key: Option<String>,
     /// Set when the message records a keyed-state change.
     pub state: Option<StateWrite>,
+    /// Set for a queue ingest's message, to its `dedupe_window`: its
+    /// `idempotency_key` is kept that long (not `idempotency_window`), and
+    /// it is stored marked as ingested, so egress never sends it back out.
+    pub ingest: Option<std::time::Duration>,
 }
 
 impl PublishOptions {
@@ -313,7 +317,7 @@ impl OwnerCore {
     /// An owner with what its shards held at start-up.
     pub fn new(config: OwnerConfig, loaded: Loaded, now: Now) -> OwnerCore {
         let mut inboxes = Inboxes::new(config.ack_timeout, config.max_attempts);
-        let mut idempotency = Idempotency::new(config.idempotency_window);
+        let mut idempotency = Idempotency::new();
         for (channel, key, seq, until_ms) in loaded.idempotency {
             let left = Duration::from_millis(until_ms.saturating_sub(now.ms).max(0) as u64);
             idempotency.load(&channel, &key, seq, now.at + left);

@@ -24,6 +24,7 @@ pub(super) struct Inflight {
     /// writer expects until the engine has decided (`shared::settle`).
     pub(super) state: Option<StateWrite>,
     idempotency_key: Option<String>,
+    dedupe_window: std::time::Duration,
     /// The line is made at release, when the seq is final (an engine that
     /// numbers messages itself may give another one).
     pub(super) data: String,
@@ -60,7 +61,12 @@ impl OwnerCore {
             Some(key) => match self.idempotency.check(channel, key, to, now.at) {
                 Check::Publish(to) => to,
                 Check::Done(seq, to) => {
-                    return self.reply_published(to, Ok(Acked { seq, version: None }))
+                    let acked = Acked {
+                        seq,
+                        version: None,
+                        duplicate: true,
+                    };
+                    return self.reply_published(to, Ok(acked));
                 }
                 Check::Queued => return,
             },
@@ -73,7 +79,8 @@ impl OwnerCore {
             .ttl
             .map_or(keep, |t| keep.min(t.saturating_mul(1000) as i64));
         let expires_ms = now.ms.saturating_add(keep);
-        let window = self.config.idempotency_window.as_millis() as i64;
+        let dedupe_window = options.ingest.unwrap_or(self.config.idempotency_window);
+        let window = dedupe_window.as_millis() as i64;
         self.next_ticket += 1;
         let message = Inflight {
             ticket: self.next_ticket,
@@ -83,6 +90,7 @@ impl OwnerCore {
             expires_ms,
             to,
             idempotency_key: options.idempotency_key,
+            dedupe_window,
             state: options.state,
         };
         let request = Request::Append {
@@ -104,6 +112,7 @@ impl OwnerCore {
                     .as_ref()
                     .map(|w| (w.key.clone(), w.value.clone(), w.version)),
                 expected: message.state.as_ref().filter(|_| shared).map(|w| w.version),
+                ingested: options.ingest.is_some(),
             },
         };
         self.store(request);
@@ -206,7 +215,9 @@ impl OwnerCore {
             self.cache.push(&channel, cached);
         }
         let retries = match &m.idempotency_key {
-            Some(key) => self.idempotency.done(&channel, key, m.seq, now.at),
+            Some(key) => self
+                .idempotency
+                .done(&channel, key, m.seq, now.at + m.dedupe_window),
             None => Vec::new(),
         };
         let version = m.state.as_ref().map(|s| s.version);
@@ -224,12 +235,14 @@ impl OwnerCore {
             let acked = Acked {
                 seq: m.seq,
                 version: None,
+                duplicate: true,
             };
             self.reply_published(retry, Ok(acked));
         }
         let acked = Acked {
             seq: m.seq,
             version,
+            duplicate: false,
         };
         self.reply_published(m.to, Ok(acked));
     }

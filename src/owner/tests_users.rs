@@ -201,6 +201,31 @@ fn an_idempotency_key_is_forgotten_after_its_window() {
 }
 
 #[test]
+fn a_queue_ingest_keeps_its_keys_for_its_own_dedupe_window() {
+    let mut h = Harness::commit();
+    let ingested = |key: &str| PublishOptions {
+        ingest: Some(Duration::from_secs(2 * 3600)),
+        ..keyed(key)
+    };
+    let first = h.publish_with("a", "1", ingested("m-1"));
+    h.settle();
+    assert!(!h.acked(first).unwrap().duplicate);
+    h.tick();
+    // Past `idempotency_window` (60 s here), within the ingest's window.
+    h.advance(Duration::from_secs(61));
+    h.tick();
+    let redelivered = h.publish_with("a", "1", ingested("m-1"));
+    h.settle();
+    let acked = h.acked(redelivered).unwrap();
+    assert_eq!((acked.seq, acked.duplicate), (1, true));
+    h.advance(Duration::from_secs(2 * 3600));
+    h.tick();
+    let late = h.publish_with("a", "1", ingested("m-1"));
+    h.settle();
+    assert_eq!(h.acked(late).unwrap().seq, 2, "published again");
+}
+
+#[test]
 fn idempotency_keys_loaded_from_disk_still_answer() {
     let loaded = Loaded {
         channels: vec![("a".into(), "g0".into(), 4)],

@@ -148,6 +148,8 @@ pub fn error(id: Option<&RawValue>, e: &ErrorReply) -> String {
 pub struct Acked {
     pub seq: u64,
     pub version: Option<u64>,
+    /// A repeated `idempotency_key`: this is the first publish's `seq`.
+    pub duplicate: bool,
 }
 
 pub fn ok_acked(id: Option<&RawValue>, acked: Acked) -> String {

@@ -35,6 +35,12 @@ CREATE TABLE IF NOT EXISTS idempotency (
     expires_at INTEGER NOT NULL,
     PRIMARY KEY (channel, key)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS ingested (
+    channel    TEXT NOT NULL,
+    seq        INTEGER NOT NULL,
+    expires_at INTEGER NOT NULL,
+    PRIMARY KEY (channel, seq)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS state_keys (
     channel TEXT NOT NULL,
     key     TEXT NOT NULL,
@@ -72,6 +78,8 @@ pub struct Append {
     /// writer expects, for the engine to compare and set (the version in
     /// `state` is then unknown until it answers).
     pub expected: Option<u64>,
+    /// It came from a queue ingest: egress does not send it back out.
+    pub ingested: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -211,7 +219,13 @@ impl ShardDb {
         let mut remember = self.conn.prepare_cached(
             "INSERT OR REPLACE INTO idempotency (channel, key, seq, expires_at) VALUES (?1, ?2, ?3, ?4)",
         )?;
+        let mut ingested = self.conn.prepare_cached(
+            "INSERT OR REPLACE INTO ingested (channel, seq, expires_at) VALUES (?1, ?2, ?3)",
+        )?;
         for m in batch {
+            if m.ingested {
+                ingested.execute(params![m.channel, m.seq as i64, m.expires_ms])?;
+            }
             if let Some((key, until)) = &m.idempotency {
                 remember.execute(params![m.channel, key, m.seq as i64, until])?;
             }
@@ -295,6 +309,11 @@ impl ShardDb {
         self.conn.execute(
             "DELETE FROM idempotency WHERE (channel, key) IN
                (SELECT channel, key FROM idempotency WHERE expires_at <= ?1 LIMIT ?2)",
+            params![now_ms, limit as i64],
+        )?;
+        self.conn.execute(
+            "DELETE FROM ingested WHERE (channel, seq) IN
+               (SELECT channel, seq FROM ingested WHERE expires_at <= ?1 LIMIT ?2)",
             params![now_ms, limit as i64],
         )?;
         let n = self.conn.execute(
@@ -425,6 +444,7 @@ mod tests {
             idempotency: None,
             state: None,
             expected: None,
+            ingested: false,
         }
     }
 
@@ -455,6 +475,27 @@ mod tests {
             channels,
             vec![("a".into(), "e1".into(), n), ("b".into(), "e1".into(), n)]
         );
+    }
+
+    /// Messages from a queue ingest are marked in the same transaction, and
+    /// the marks expire with the messages.
+    #[test]
+    fn ingested_messages_are_marked_until_they_expire() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut db = ShardDb::open(&shard_path(dir.path(), 0), Durability::Commit).unwrap();
+        let ingested = Append {
+            ingested: true,
+            ..msg("a", 2, 100)
+        };
+        db.append(&[msg("a", 1, 100), ingested]).unwrap();
+        let marked = |db: &ShardDb| -> Vec<i64> {
+            let mut stmt = db.conn.prepare("SELECT seq FROM ingested").unwrap();
+            let rows = stmt.query_map([], |r| r.get(0)).unwrap();
+            rows.collect::<Result<_, _>>().unwrap()
+        };
+        assert_eq!(marked(&db), vec![2]);
+        db.delete_expired(100, 10).unwrap();
+        assert!(marked(&db).is_empty());
     }
 
     /// A failed batch stores none of its rows and leaves the file usable.

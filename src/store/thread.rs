@@ -390,6 +390,7 @@ mod tests {
                 idempotency: None,
                 state: None,
                 expected: None,
+                ingested: false,
             },
         }
     }

@@ -501,6 +501,7 @@ impl Worker {
                 });
                 self.conns.answer_http(key, conn_id, keep_alive, body);
             }
+            Origin::Ingest { ingest, id } => self.connectors.answer(ingest, id, result),
             Origin::Internal => {
                 if let Err(e) = result {
                     log::error!(
@@ -516,12 +517,14 @@ impl Worker {
                         tag,
                         seq: Some(a.seq),
                         version: a.version,
+                        duplicate: a.duplicate,
                         error: None,
                     },
                     Err(e) => BusMsg::Published {
                         tag,
                         seq: None,
                         version: None,
+                        duplicate: false,
                         error: Some((e.code.to_string(), e.message, e.current)),
                     },
                 };

@@ -231,6 +231,7 @@ impl Worker {
                 channel,
                 ttl: options.ttl,
                 idempotency_key: options.idempotency_key,
+                ingest_window_ms: options.ingest.map(|d| d.as_millis() as u64),
             }
         });
     }
@@ -432,6 +433,7 @@ impl Worker {
             // On Redis, every worker hears messages from pub/sub instead.
             Effect::Deliver { .. } if self.cluster.is_some() => {}
             Effect::Deliver { channel, seq, line } => {
+                self.connectors.delivered(&channel, seq);
                 self.send_to_watchers(&channel, &line, |channel| BusMsg::Deliver { channel, seq });
                 self.deliver_local(&channel, seq, &line);
             }

@@ -375,7 +375,7 @@ impl Connections {
         let options = PublishOptions {
             ttl: ttl.filter(|&t| t > 0),
             idempotency_key,
-            state: None,
+            ..PublishOptions::default()
         };
         Some(Call::Publish {
             origin,

@@ -22,7 +22,7 @@ use crate::proto::frames::{self, Acked, ErrorReply};
 use crate::sync::pressure::News;
 use bytes::Bytes;
 use std::cell::RefCell;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 impl Worker {
     pub(super) fn read_conn(&mut self, key: usize) {
@@ -55,6 +55,24 @@ impl Worker {
         }
         self.conns.note_input(key, before);
         self.forget_closed();
+    }
+
+    /// Messages from the queue ingest threads, published as `POST
+    /// /api/publish` would be (the threads checked them with the same
+    /// rules); each answer goes back to its thread, which then acks the
+    /// broker. Like client reads, they wait while the store queue is full.
+    pub(super) fn on_ingest(&mut self) {
+        if self.owner.is_busy() {
+            return;
+        }
+        for request in self.connectors.take_requests() {
+            self.conns.stats.msgs_in += 1;
+            let origin = Origin::Ingest {
+                ingest: request.ingest,
+                id: request.id,
+            };
+            self.publish(origin, &request.channel, &request.data, request.options);
+        }
     }
 
     fn read_ws(&mut self, key: usize) {
@@ -209,6 +227,7 @@ impl Worker {
                 channel,
                 ttl,
                 idempotency_key,
+                ingest_window_ms,
             } => {
                 let origin = Origin::Peer { slot: from, tag };
                 match std::str::from_utf8(&payload) {
@@ -217,6 +236,7 @@ impl Worker {
                             ttl,
                             idempotency_key,
                             state: None,
+                            ingest: ingest_window_ms.map(Duration::from_millis),
                         };
                         self.tell_owner(Command::Publish {
                             to: ReplyTo::Peer { slot: from, tag },
@@ -236,10 +256,15 @@ impl Worker {
                 tag,
                 seq,
                 version,
+                duplicate,
                 error,
             } => {
                 let result = match (seq, error) {
-                    (Some(seq), _) => Ok(Acked { seq, version }),
+                    (Some(seq), _) => Ok(Acked {
+                        seq,
+                        version,
+                        duplicate,
+                    }),
                     (None, Some((code, message, current))) => Err(ErrorReply {
                         code: frames::known_code(&code),
                         message,

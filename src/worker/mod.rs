@@ -110,6 +110,8 @@ pub struct Worker {
     webhook: Option<crossbeam_channel::Sender<String>>,
     /// With `[cluster] engine = "redis"`: the topics heard from Redis.
     cluster: Option<crate::cluster::ClusterEdge>,
+    /// Queue ingest and egress threads (started once serving).
+    connectors: crate::connectors::Connectors,
 }
 
 /// Runs a worker until it is told to stop; returns the process exit code.
@@ -183,6 +185,11 @@ impl Worker {
                 }
             }
             self.on_bus_events();
+            // Ingest threads wake the loop with the store's waker (mio
+            // allows one per poll).
+            if self.connectors.has_requests() {
+                self.on_ingest();
+            }
             self.resume_paused();
             for key in self.conns.take_pending_reads() {
                 if self.conns.resume_read(key) {
@@ -226,6 +233,7 @@ impl Worker {
         }
         self.process.start_serving(self.poll.registry(), self.slot);
         log::info!("worker {} serving (pid {})", self.slot, std::process::id());
+        self.connectors.start(&self.config, self.slot);
         // Connections that queued while this slot was being replaced.
         self.accept(Port::Ws);
         self.accept(Port::Tcp);
@@ -238,6 +246,7 @@ impl Worker {
             return;
         }
         log::info!("worker {}: stopping gracefully", self.slot);
+        self.connectors.stop();
         self.conns.close_all(why, deadline);
     }
 
@@ -301,7 +310,7 @@ impl Worker {
                 }
                 ToWorker::Stats { tag } => FromWorker::Stats {
                     tag,
-                    stats: self.conns.snapshot(&self.subs, &self.owner),
+                    stats: self.stats(),
                 },
                 ToWorker::Connections { tag } => FromWorker::Connections {
                     tag,
@@ -316,6 +325,14 @@ impl Worker {
         }
         let _ = self.process.master.flush();
         None
+    }
+
+    /// The counters for `status` and `/api/stats`: the edge's, the
+    /// owner's, and the queue connectors'.
+    fn stats(&self) -> crate::control::WorkerStats {
+        let mut stats = self.conns.snapshot(&self.subs, &self.owner);
+        stats.connectors = self.connectors.status();
+        stats
     }
 
     /// Writes what is queued. Writing can make more output (a connection
@@ -406,8 +423,7 @@ impl Worker {
                     .respond_json(key, 200, OK_BODY.into(), keep_alive);
             }
             Call::Stats { keep_alive } => {
-                let mut stats = serde_json::to_value(self.conns.snapshot(&self.subs, &self.owner))
-                    .unwrap_or_default();
+                let mut stats = serde_json::to_value(self.stats()).unwrap_or_default();
                 stats["worker"] = self.slot.into();
                 self.conns
                     .respond_json(key, 200, stats.to_string(), keep_alive);

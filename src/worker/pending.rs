@@ -30,6 +30,8 @@ pub enum Origin {
     Peer { slot: usize, tag: u64 },
     /// The server itself (dead letters on `$expired`): nobody to answer.
     Internal,
+    /// A queue ingest's message (`crate::connectors`), request `id`.
+    Ingest { ingest: usize, id: u64 },
 }
 
 /// Where a history or JSON answer goes.

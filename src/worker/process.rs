@@ -45,6 +45,7 @@ pub fn start(ctx: WorkerContext) -> io::Result<Worker> {
         url => Some(crate::webhook::spawn(url.to_string())?),
     };
     let waker = Arc::new(Waker::new(poll.registry(), STORE)?);
+    let waker_for_connectors = waker.clone();
     let (engine, loaded, cluster): (Box<dyn Engine>, _, _) = if ctx.config.cluster.is_redis() {
         let c = &ctx.config;
         let window = c.delivery.idempotency_window;
@@ -89,6 +90,7 @@ pub fn start(ctx: WorkerContext) -> io::Result<Worker> {
         local_presence: LocalPresence::default(),
         webhook,
         cluster,
+        connectors: crate::connectors::Connectors::new(waker_for_connectors),
         config: ctx.config,
     })
 }
