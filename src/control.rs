@@ -46,9 +46,10 @@ pub enum Retire {
 pub enum FromWorker {
     /// Linked to its peers and accepting clients.
     Ready,
+    /// Boxed: the counters outweigh every other message.
     Stats {
         tag: u64,
-        stats: WorkerStats,
+        stats: Box<WorkerStats>,
     },
     Connections {
         tag: u64,

@@ -165,7 +165,9 @@ impl Config {
         queues::check(&self.ingest, &self.egress)?;
         if self.cluster.is_redis() && !self.egress.is_empty() {
             // Egress reads the local SQLite shards; on Redis there are none.
-            return Err("[[egress]] needs [cluster] engine = \"local\" (it reads the local store)".into());
+            return Err(
+                "[[egress]] needs [cluster] engine = \"local\" (it reads the local store)".into(),
+            );
         }
         if self.log.level.parse::<log::LevelFilter>().is_err() {
             return Err(format!(

@@ -16,7 +16,7 @@ use crate::control::{
 const QUERY_TIMEOUT: Duration = Duration::from_secs(2);
 
 pub enum Answer {
-    Stats(WorkerStats),
+    Stats(Box<WorkerStats>),
     Connections(Vec<ConnInfo>),
 }
 
@@ -116,7 +116,7 @@ impl Master {
         };
         query.waiting.retain(|&i| i != index);
         match answer {
-            Answer::Stats(stats) => query.stats[index] = Some(stats),
+            Answer::Stats(stats) => query.stats[index] = Some(*stats),
             Answer::Connections(list) => query.connections.extend(list),
         }
         self.finish_if_done(tag);

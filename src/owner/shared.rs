@@ -42,16 +42,14 @@ impl OwnerCore {
                 }
                 self.release(m, now);
             }
-            Outcome::Duplicate { seq } => {
-                self.reply_published(
+            Outcome::Duplicate { seq } => self.reply_published(
                 m.to,
                 Ok(Acked {
                     seq,
                     version: None,
                     duplicate: true,
                 }),
-            )
-            }
+            ),
             Outcome::Conflict { value, version } => {
                 let (key, expected) = m
                     .state

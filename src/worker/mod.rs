@@ -310,7 +310,7 @@ impl Worker {
                 }
                 ToWorker::Stats { tag } => FromWorker::Stats {
                     tag,
-                    stats: self.stats(),
+                    stats: Box::new(self.stats()),
                 },
                 ToWorker::Connections { tag } => FromWorker::Connections {
                     tag,
