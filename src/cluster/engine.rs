@@ -46,7 +46,6 @@ impl RedisEngine {
     pub fn spawn(
         cluster: &Cluster,
         storage: Storage,
-        idempotency_window: std::time::Duration,
         waker: Arc<Waker>,
     ) -> std::io::Result<RedisEngine> {
         let client = redis::Client::open(cluster.redis_url.as_str())
@@ -60,7 +59,6 @@ impl RedisEngine {
             backoff: super::MIN_BACKOFF,
             keys: Keys::new(&cluster.prefix),
             storage,
-            window_secs: idempotency_window.as_secs().max(1),
             shas: Shas::default(),
             node: cluster.node.clone(),
             presence_ttl: cluster.presence_ttl,
@@ -136,7 +134,6 @@ struct Writer {
     backoff: std::time::Duration,
     keys: Keys,
     storage: Storage,
-    window_secs: u64,
     shas: Shas,
     /// This server's name in presence members.
     node: String,
@@ -429,7 +426,11 @@ impl Writer {
             .arg(self.keys.log(channel))
             .arg(self.keys.state(channel))
             .arg(self.keys.idempotency(channel, idempotency.unwrap_or("")));
-        let window = idempotency.map_or(0, |_| self.window_secs);
+        // The key lives as long as the core asked: `idempotency_window`,
+        // or a queue ingest's `dedupe_window`.
+        let window = msg.idempotency.as_ref().map_or(0, |(_, until)| {
+            (until.saturating_sub(msg.time_ms).max(1000) as u64).div_ceil(1000)
+        });
         cmd.arg(crate::store::open::fresh_epoch())
             .arg(data)
             .arg(msg.expires_ms)

@@ -48,9 +48,8 @@ pub fn start(ctx: WorkerContext) -> io::Result<Worker> {
     let waker_for_connectors = waker.clone();
     let (engine, loaded, cluster): (Box<dyn Engine>, _, _) = if ctx.config.cluster.is_redis() {
         let c = &ctx.config;
-        let window = c.delivery.idempotency_window;
         let edge = ClusterEdge::start(&c.cluster, waker.clone())?;
-        let engine = RedisEngine::spawn(&c.cluster, c.storage.clone(), window, waker)?;
+        let engine = RedisEngine::spawn(&c.cluster, c.storage.clone(), waker)?;
         (Box::new(engine), Loaded::default(), Some(edge))
     } else {
         let (shards, loaded) = open_shards(&ctx.config, ctx.slot)?;
