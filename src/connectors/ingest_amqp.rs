@@ -3,10 +3,11 @@
 //! durable with no arguments when missing. At most `prefetch` deliveries
 //! are unacknowledged; each is `basic.ack`ed once the owner answered it
 //! stored, or rejected without requeue (the queue's dead-letter policy)
-//! when it can never be published. A transient refusal closes the
-//! connection, so the broker redelivers everything unacknowledged, in
-//! order; the `message_id` (idempotency key) keeps redeliveries of stored
-//! messages from being published twice.
+//! when it can never be published. After a transient refusal the ingest
+//! takes nothing more, settles what is in flight, and closes the
+//! connection, so the broker redelivers the refused messages (and the
+//! prefetched rest) in order; the `message_id` (idempotency key) keeps any
+//! redelivery of a stored message from being published twice.
 
 use std::collections::HashMap;
 
@@ -36,12 +37,14 @@ pub fn run(ingest: Ingest, max_frame: usize, mut link: Link) {
         Err(e) => return log::error!("ingest {}: no tokio runtime: {e}", ingest.source()),
     };
     let (status, stop) = (link.status.clone(), link.stop.clone());
+    // Once the queue has been seen, it is never declared again (below).
+    let mut seen_queue = false;
     with_retries(&status, &stop, || {
         runtime.block_on(async {
             let conn = Connection::connect(&ingest.url, ConnectionProperties::default())
                 .await
                 .map_err(err)?;
-            let result = consume(&conn, &ingest, max_frame, &mut link).await;
+            let result = consume(&conn, &ingest, max_frame, &mut link, &mut seen_queue).await;
             // Whatever is unacknowledged goes back to the queue, in order.
             let _ = conn.close(200, "syncd ingest restarting".into()).await;
             result
@@ -51,7 +54,12 @@ pub fn run(ingest: Ingest, max_frame: usize, mut link: Link) {
 
 /// The queue as it is, or a durable one with no arguments when missing.
 /// A failed passive declare closes the channel, so a new one declares.
-pub async fn declare_queue(conn: &Connection, queue: &str) -> Result<Channel> {
+///
+/// Only while `may_create`: a queue that existed and is missing after a
+/// reconnect is most likely still being recovered by a restarting broker,
+/// and declaring it then would replace it, and its messages, with an empty
+/// one. So that is an error, retried with backoff.
+async fn declare_queue(conn: &Connection, queue: &str, may_create: bool) -> Result<Channel> {
     let channel = conn.create_channel().await.map_err(err)?;
     let passive = QueueDeclareOptions {
         passive: true,
@@ -63,6 +71,12 @@ pub async fn declare_queue(conn: &Connection, queue: &str) -> Result<Channel> {
         .is_ok()
     {
         return Ok(channel);
+    }
+    if !may_create {
+        return Err(format!(
+            "queue {queue} is missing (the broker may still be recovering it); \
+             syncd declares a queue only the first time"
+        ));
     }
     let channel = conn.create_channel().await.map_err(err)?;
     let durable = QueueDeclareOptions {
@@ -81,9 +95,11 @@ async fn consume(
     ingest: &Ingest,
     max_frame: usize,
     link: &mut Link,
+    seen_queue: &mut bool,
 ) -> Result<()> {
     let queue = ingest.queue.as_deref().unwrap_or_default();
-    let channel = declare_queue(conn, queue).await?;
+    let channel = declare_queue(conn, queue, !*seen_queue).await?;
+    *seen_queue = true;
     channel
         .basic_qos(ingest.prefetch, BasicQosOptions::default())
         .await
@@ -100,11 +116,15 @@ async fn consume(
     link.set_state("connected");
     let mut inflight: HashMap<u64, Acker> = HashMap::new();
     let mut check_stop = tokio::time::interval(std::time::Duration::from_millis(200));
+    // Set by a refusal for now: take nothing more, settle what is in
+    // flight (so stored messages are not redelivered), then start over.
+    let mut failing: Option<String> = None;
     loop {
-        let stopping = link.stopping();
-        if stopping && inflight.is_empty() {
-            // What was prefetched and not taken goes back with the close.
-            return Ok(());
+        let winding_down = link.stopping() || failing.is_some();
+        if winding_down && inflight.is_empty() {
+            // What was prefetched and not taken, and the refused ones, go
+            // back to the queue with the close.
+            return failing.map_or(Ok(()), Err);
         }
         tokio::select! {
             _ = check_stop.tick() => {}
@@ -122,7 +142,7 @@ async fn consume(
                         link.count_stored(&acked);
                     }
                     Err(e) if is_transient(&e) => {
-                        return Err(format!("publish refused for now: {}", e.message));
+                        failing.get_or_insert(format!("publish refused for now: {}", e.message));
                     }
                     Err(e) => {
                         link.count_dead(&e.message);
@@ -130,7 +150,7 @@ async fn consume(
                     }
                 }
             }
-            delivery = consumer.next(), if !stopping => {
+            delivery = consumer.next(), if !winding_down => {
                 let delivery = match delivery {
                     Some(Ok(d)) => d,
                     Some(Err(e)) => return Err(err(e)),

@@ -44,7 +44,7 @@ pub fn subscribers(server: &Server, channel: &str) -> Vec<Box<dyn Client>> {
     all
 }
 
-/// The next `n` `msg` frames (10 s without one fails the test).
+/// The next `n` `msg` frames (20 s without one fails the test).
 pub fn take_msgs(client: &mut dyn Client, n: usize) -> Vec<Value> {
     let mut got = Vec::new();
     while got.len() < n {
