@@ -2,6 +2,7 @@
 //! routes and writes. Nothing in it blocks.
 
 mod answers;
+mod cluster_inputs;
 mod conn;
 mod connections;
 mod dirty;
