@@ -316,7 +316,12 @@ pub fn format_status(s: &StatusReply) -> String {
         }
     }
     out += &limits_hit(s);
-    out += &crate::connectors::format_status(s.workers.iter().filter_map(|w| w.stats.as_ref()));
+    out += &crate::connectors::format_status(
+        s.workers
+            .iter()
+            .filter_map(|w| w.stats.as_ref())
+            .map(|w| w.connectors.as_slice()),
+    );
     out
 }
 

@@ -75,10 +75,11 @@ pub fn log_limited(shared: &Shared, message: &str) {
     }
 }
 
-/// The `syncd status` lines of every worker's connectors (none without any).
-pub fn format_status<'a>(workers: impl Iterator<Item = &'a crate::control::WorkerStats>) -> String {
+/// The `syncd status` lines of every worker's connectors (none without any),
+/// given each worker's list.
+pub fn format_status<'a>(workers: impl Iterator<Item = &'a [ConnectorStatus]>) -> String {
     let mut out = String::new();
-    for c in workers.flat_map(|w| &w.connectors) {
+    for c in workers.flatten() {
         if out.is_empty() {
             out += "\nqueues:\n";
         }
@@ -116,11 +117,8 @@ mod tests {
             s.received = 3;
             s.last_error = Some("amqp: refused".into());
         });
-        let stats = crate::control::WorkerStats {
-            connectors: vec![read(&shared)],
-            ..Default::default()
-        };
-        let text = format_status(std::iter::once(&stats));
+        let list = vec![read(&shared)];
+        let text = format_status(std::iter::once(list.as_slice()));
         assert!(text.contains("ingest amqp queue q (worker 1): retrying  received 3"));
         assert!(text.ends_with("last error: amqp: refused\n"), "{text}");
         assert_eq!(format_status(std::iter::empty()), "");
