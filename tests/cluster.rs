@@ -328,7 +328,7 @@ fn retention_on_redis_is_history_size_and_ttl() {
     let mut brief = a.tcp();
     brief.sub("brief");
     for i in 0..3 {
-        let body = json!({"channel":"brief","data":i,"ttl":1}).to_string();
+        let body = json!({"channel":"brief","data":i,"ttl":3}).to_string();
         assert_eq!(a.http("POST", "/api/publish", &body).0, 200);
     }
     assert_eq!(redis.cmd(&["XLEN", "syncd:{brief}:log"]), ":3");

@@ -80,6 +80,15 @@ fn publish_until_acked(ports: [u16; 2], channel: &str, key: &str, n: usize) -> u
     unreachable!()
 }
 
+/// A subscriber that has not caught up a minute after the publishers
+/// stopped reports what it is missing instead of hanging the run.
+fn given_up(done: &AtomicBool, since: &mut Option<Instant>) -> bool {
+    if !done.load(Ordering::SeqCst) {
+        return false;
+    }
+    since.get_or_insert_with(Instant::now).elapsed() > Duration::from_secs(60)
+}
+
 #[derive(Default)]
 struct Received {
     msgs: Vec<(u64, String)>,
@@ -163,8 +172,14 @@ fn subscriber(
     let mut got = Received::default();
     let (mut last, mut epoch): (u64, Option<String>) = (0, None);
     let finished = |last: u64| done.load(Ordering::SeqCst) && last >= target.load(Ordering::SeqCst);
+    let mut done_since = None;
     for attempt in first.. {
         if finished(last) {
+            return got;
+        }
+        if given_up(&done, &mut done_since) {
+            got.problems
+                .push(format!("still at seq {last} a minute after the end"));
             return got;
         }
         let Some(mut link) = Link::open(ports[attempt % 2], ws) else {
@@ -184,6 +199,11 @@ fn subscriber(
             let frame = match link.next() {
                 Next::Frame(text) => text,
                 Next::Idle if finished(last) => return got,
+                Next::Idle if given_up(&done, &mut done_since) => {
+                    got.problems
+                        .push(format!("still at seq {last} a minute after the end"));
+                    return got;
+                }
                 Next::Idle => continue,
                 Next::Closed => break,
             };

@@ -182,6 +182,12 @@ impl Writer {
                 let _ = outbox.send(completion);
             }
             let _ = waker.wake();
+            // Under steady load a batch is always waiting, so the timeout
+            // above never fires: refresh here too, or this node's members
+            // would expire while they are connected.
+            if Instant::now() >= self.next_refresh {
+                self.refresh_presence();
+            }
         }
     }
 

@@ -256,12 +256,14 @@ impl Listener {
         }
         self.tell(Heard::Up);
         let all: Vec<String> = self.topics.iter().cloned().collect();
-        if !all.is_empty() {
-            let topics: Vec<String> = all.iter().map(|c| self.keys.topic(c)).collect();
-            if let Err(e) = pubsub.subscribe(&topics) {
+        // In chunks: one SUBSCRIBE of every topic (each user's inbox is one)
+        // could take longer than a reply may.
+        for chunk in all.chunks(RESUBSCRIBE_CHUNK) {
+            let topics: Vec<String> = chunk.iter().map(|c| self.keys.topic(c)).collect();
+            if let Err(e) = patiently(&mut pubsub, |p| p.subscribe(&topics)) {
                 return End::Dropped(e.to_string());
             }
-            self.tell(Heard::Subscribed(all));
+            self.tell(Heard::Subscribed(chunk.to_vec()));
         }
         loop {
             loop {
@@ -272,13 +274,17 @@ impl Listener {
                 };
                 let result = match self.note(order) {
                     Some((true, channel)) => {
-                        let done = pubsub.subscribe(self.keys.topic(&channel));
+                        let topic = self.keys.topic(&channel);
+                        let done = patiently(&mut pubsub, |p| p.subscribe(&topic));
                         if done.is_ok() {
                             self.tell(Heard::Subscribed(vec![channel]));
                         }
                         done
                     }
-                    Some((false, channel)) => pubsub.unsubscribe(self.keys.topic(&channel)),
+                    Some((false, channel)) => {
+                        let topic = self.keys.topic(&channel);
+                        patiently(&mut pubsub, |p| p.unsubscribe(&topic))
+                    }
                     None => Ok(()),
                 };
                 if let Err(e) = result {
@@ -322,4 +328,21 @@ impl Listener {
             }
         }
     }
+}
+
+/// Topics per SUBSCRIBE when a session (re)subscribes everything.
+const RESUBSCRIBE_CHUNK: usize = 1000;
+
+/// A SUBSCRIBE or UNSUBSCRIBE waits for its reply on the pub/sub socket,
+/// whose read timeout is the short `ORDERS_EVERY` between messages: Redis
+/// gets `IO_TIMEOUT` to answer it (an fsync or a fork may stall it), not
+/// the 20 ms that would drop the session.
+fn patiently<T>(
+    pubsub: &mut redis::PubSub<'_>,
+    order: impl FnOnce(&mut redis::PubSub<'_>) -> redis::RedisResult<T>,
+) -> redis::RedisResult<T> {
+    pubsub.set_read_timeout(Some(super::IO_TIMEOUT))?;
+    let result = order(pubsub);
+    pubsub.set_read_timeout(Some(ORDERS_EVERY))?;
+    result
 }

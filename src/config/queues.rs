@@ -172,6 +172,11 @@ impl Ingest {
         if self.channel.as_deref().is_some_and(str::is_empty) {
             return Err(format!("{at}: `channel` must not be empty"));
         }
+        if let Some(channel) = &self.channel {
+            // Caught here, not as every message dead-lettered at run time.
+            crate::proto::frames::check_channel(channel)
+                .map_err(|e| format!("{at}: channel: {}", e.message))?;
+        }
         if self.format == IngestFormat::Laravel && self.kind != IngestKind::RedisPubsub {
             return Err(format!("{at}: format = \"laravel\" is for redis-pubsub"));
         }
@@ -312,6 +317,8 @@ mod tests {
         assert!(parse(&typo).unwrap_err().contains("prefech"));
         let both = format!("{amqp}queue = \"q\"\nchannel = \"a\"\nchannel_from = \"body\"\n");
         assert!(parse(&both).unwrap_err().contains("not both"));
+        let spaced = format!("{amqp}queue = \"q\"\nchannel = \"orders new\"\n");
+        assert!(parse(&spaced).unwrap_err().contains("channel"));
         let bad_url = "[[ingest]]\nkind = \"redis-list\"\nurl = \"amqp://h\"\nkey = \"k\"\n";
         assert!(parse(bad_url).unwrap_err().contains("redis://"));
         let bad_kind = "[[ingest]]\nkind = \"kafka\"\nurl = \"x\"\n";

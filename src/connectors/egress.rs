@@ -120,14 +120,22 @@ impl Thread {
         with_retries(&status, &stop, || {
             let mut sink = Sink::connect(&self.section, &runtime)?;
             status::update(&self.status, |s| s.state = "connected".into());
-            // First round: every channel, to resume where the last run was.
+            // First round: every channel, to resume where the last run was;
+            // then a scan every `SCAN_EVERY` even while wake-ups keep
+            // coming (a message released before its commit, in `memory`
+            // durability, is found by the scan, not by its wake-up).
             let mut scan = true;
+            let mut scanned = std::time::Instant::now();
             while !super::stopping(&self.stop) {
                 let channels = self.channels_to_send(scan)?;
                 for (channel, epoch, last) in channels {
                     self.send_channel(&mut sink, &channel, &epoch, last)?;
                 }
-                scan = !self.wait(&runtime);
+                if scan {
+                    scanned = std::time::Instant::now();
+                }
+                let woken = self.wait(&runtime);
+                scan = !woken || scanned.elapsed() >= SCAN_EVERY;
             }
             Ok(())
         });

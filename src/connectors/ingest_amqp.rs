@@ -157,7 +157,13 @@ async fn consume(
                     None => return Err("the broker cancelled the consumer".into()),
                 };
                 link.count_received(1);
-                let id = delivery.properties.message_id().as_ref().map(|s| s.as_str());
+                // An empty message_id is no id (not a bad key).
+                let id = delivery
+                    .properties
+                    .message_id()
+                    .as_ref()
+                    .map(|s| s.as_str())
+                    .filter(|s| !s.is_empty());
                 let source = Source {
                     format: ingest.format,
                     fixed_channel: ingest.channel.as_deref(),
