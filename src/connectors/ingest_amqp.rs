@@ -40,6 +40,7 @@ pub fn run(ingest: Ingest, max_frame: usize, mut link: Link) {
     // Once the queue has been seen, it is never declared again (below).
     let mut seen_queue = false;
     with_retries(&status, &stop, || {
+        link.begin_session();
         runtime.block_on(async {
             let conn = Connection::connect(&ingest.url, ConnectionProperties::default())
                 .await

@@ -33,6 +33,7 @@ pub fn run(ingest: Ingest, max_frame: usize, mut link: Link) {
 }
 
 fn session(ingest: &Ingest, max_frame: usize, link: &mut Link) -> Result<()> {
+    link.begin_session();
     let client = redis::Client::open(ingest.url.as_str()).map_err(err)?;
     let mut con = client
         .get_connection_with_timeout(Duration::from_secs(5))

@@ -35,6 +35,8 @@ pub use status::{format_status, ConnectorStatus};
 pub struct IngestRequest {
     pub ingest: usize,
     pub id: u64,
+    /// The thread's broker session (see `Connectors::fences`).
+    pub session: u64,
     pub channel: String,
     pub data: String,
     pub options: PublishOptions,
@@ -63,6 +65,15 @@ pub struct Connectors {
     waker: Arc<Waker>,
     requests: Option<crossbeam_channel::Receiver<IngestRequest>>,
     answers: HashMap<usize, UnboundedSender<Answer>>,
+    /// Per ingest, the session in which a publish was refused for now
+    /// (`is_transient`): its later requests are refused too, unpublished,
+    /// until the thread starts a new session and the broker redelivers
+    /// from the refused one on. Otherwise a later message could be stored
+    /// before the refused one comes again, out of the queue's order.
+    fences: HashMap<usize, u64>,
+    /// The ingests whose broker redelivers (all but `redis-pubsub`, which
+    /// goes on in the same session after a refusal: no fence for it).
+    fenced_kinds: std::collections::HashSet<usize>,
     statuses: Vec<Shared>,
     egress: Vec<egress::Handle>,
     /// Set when the worker begins a graceful stop: connectors take nothing
@@ -83,6 +94,8 @@ impl Connectors {
             waker,
             requests: None,
             answers: HashMap::new(),
+            fences: HashMap::new(),
+            fenced_kinds: Default::default(),
             statuses: Vec::new(),
             egress: Vec::new(),
             stop: Stop::default(),
@@ -121,10 +134,14 @@ impl Connectors {
                     answers: answer_rx,
                     status: status.clone(),
                     next_id: 0,
+                    session: 0,
                     dedupe_window: ingest.dedupe_window,
                     stop: self.stop.clone(),
                 };
                 self.answers.insert(index, answer_tx);
+                if ingest.kind != IngestKind::RedisPubsub {
+                    self.fenced_kinds.insert(index);
+                }
                 self.statuses.push(status);
                 let (ingest, max_frame) = (ingest.clone(), config.limits.max_frame);
                 let spawned = std::thread::Builder::new()
@@ -149,12 +166,28 @@ impl Connectors {
         }
     }
 
-    /// What the ingest threads asked since the last turn (a bounded share).
-    pub fn take_requests(&self) -> Vec<IngestRequest> {
-        match &self.requests {
+    /// What the ingest threads asked since the last turn (a bounded
+    /// share); requests behind a fence are answered here, unpublished.
+    pub fn take_requests(&mut self) -> Vec<IngestRequest> {
+        let taken: Vec<IngestRequest> = match &self.requests {
             Some(rx) => rx.try_iter().take(REQUESTS_PER_TURN).collect(),
-            None => Vec::new(),
+            None => return Vec::new(),
+        };
+        let mut go = Vec::with_capacity(taken.len());
+        for request in taken {
+            match self.fences.get(&request.ingest) {
+                Some(&fenced) if fenced == request.session => {
+                    let e = ErrorReply::new(
+                        "unavailable",
+                        "an earlier message of this ingest was refused for now; \
+                         it is taken again in order",
+                    );
+                    self.reply(request.ingest, request.id, Err(e));
+                }
+                _ => go.push(request),
+            }
         }
+        go
     }
 
     /// Whether requests are left for the next turn.
@@ -162,7 +195,20 @@ impl Connectors {
         self.requests.as_ref().is_some_and(|rx| !rx.is_empty())
     }
 
-    pub fn answer(&self, ingest: usize, id: u64, result: Result<Acked, ErrorReply>) {
+    pub fn answer(
+        &mut self,
+        ingest: usize,
+        id: u64,
+        session: u64,
+        result: Result<Acked, ErrorReply>,
+    ) {
+        if result.as_ref().is_err_and(is_transient) && self.fenced_kinds.contains(&ingest) {
+            self.fences.insert(ingest, session);
+        }
+        self.reply(ingest, id, result);
+    }
+
+    fn reply(&self, ingest: usize, id: u64, result: Result<Acked, ErrorReply>) {
         if let Some(tx) = self.answers.get(&ingest) {
             // A thread that is gone has nothing left to acknowledge.
             let _ = tx.send(Answer { id, result });
@@ -190,6 +236,7 @@ pub struct Link {
     pub answers: UnboundedReceiver<Answer>,
     pub status: Shared,
     next_id: u64,
+    session: u64,
     dedupe_window: Duration,
     pub stop: Stop,
 }
@@ -200,12 +247,19 @@ impl Link {
         stopping(&self.stop)
     }
 
+    /// A new connection to the broker: what it redelivers is published
+    /// again, past a fence the previous session left.
+    pub fn begin_session(&mut self) {
+        self.session += 1;
+    }
+
     /// Hands a parsed message to the worker; returns its request id.
     pub fn submit(&mut self, parsed: body::Parsed) -> u64 {
         self.next_id += 1;
         let request = IngestRequest {
             ingest: self.ingest,
             id: self.next_id,
+            session: self.session,
             channel: parsed.channel,
             data: parsed.data,
             options: PublishOptions {
@@ -287,4 +341,58 @@ pub fn with_retries(
 /// is counters and names of dirty channels.
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(id: u64, session: u64) -> IngestRequest {
+        IngestRequest {
+            ingest: 0,
+            id,
+            session,
+            channel: "orders".into(),
+            data: "1".into(),
+            options: PublishOptions::default(),
+        }
+    }
+
+    #[test]
+    fn a_refusal_fences_the_rest_of_its_session_until_the_next() {
+        let poll = mio::Poll::new().unwrap();
+        let waker = Arc::new(Waker::new(poll.registry(), mio::Token(0)).unwrap());
+        let mut c = Connectors::new(waker);
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let (answer_tx, mut answers) = unbounded_channel();
+        c.requests = Some(rx);
+        c.answers.insert(0, answer_tx);
+        c.fenced_kinds.insert(0);
+        for id in [1, 2] {
+            tx.send(request(id, 1)).unwrap();
+        }
+        assert_eq!(c.take_requests().len(), 2);
+        let refused = ErrorReply::new("unavailable", "owner restarting");
+        c.answer(0, 1, 1, Err(refused));
+        let stored = Acked {
+            seq: 1,
+            version: None,
+            duplicate: false,
+        };
+        c.answer(0, 2, 1, Ok(stored));
+        // Taken after the refusal, in the same session: refused, unpublished.
+        tx.send(request(3, 1)).unwrap();
+        assert!(c.take_requests().is_empty());
+        let ids: Vec<(u64, bool)> = std::iter::from_fn(|| answers.try_recv().ok())
+            .map(|a| (a.id, a.result.is_ok()))
+            .collect();
+        assert_eq!(ids, [(1, false), (2, true), (3, false)]);
+        // The next session (the broker redelivers from 1) goes through.
+        tx.send(request(4, 2)).unwrap();
+        assert_eq!(c.take_requests().len(), 1);
+        // A message that is wrong for good fences nothing.
+        c.answer(0, 4, 2, Err(ErrorReply::new("bad_request", "no")));
+        tx.send(request(5, 2)).unwrap();
+        assert_eq!(c.take_requests().len(), 1);
+    }
 }

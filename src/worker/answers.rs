@@ -501,7 +501,11 @@ impl Worker {
                 });
                 self.conns.answer_http(key, conn_id, keep_alive, body);
             }
-            Origin::Ingest { ingest, id } => self.connectors.answer(ingest, id, result),
+            Origin::Ingest {
+                ingest,
+                id,
+                session,
+            } => self.connectors.answer(ingest, id, session, result),
             Origin::Internal => {
                 if let Err(e) = result {
                     log::error!(

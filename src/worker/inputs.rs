@@ -69,6 +69,7 @@ impl Worker {
             let origin = Origin::Ingest {
                 ingest: request.ingest,
                 id: request.id,
+                session: request.session,
             };
             self.publish(origin, &request.channel, &request.data, request.options);
         }

@@ -30,8 +30,13 @@ pub enum Origin {
     Peer { slot: usize, tag: u64 },
     /// The server itself (dead letters on `$expired`): nobody to answer.
     Internal,
-    /// A queue ingest's message (`crate::connectors`), request `id`.
-    Ingest { ingest: usize, id: u64 },
+    /// A queue ingest's message (`crate::connectors`), request `id` of
+    /// the thread's broker `session`.
+    Ingest {
+        ingest: usize,
+        id: u64,
+        session: u64,
+    },
 }
 
 /// Where a history or JSON answer goes.
