@@ -81,11 +81,12 @@ fn publishes_on_node_a_reach_ws_and_tcp_subscribers_on_node_b_in_order() {
         assert_eq!(got[0]["data"], json!({"http": 0}));
         assert_eq!(got[1]["data"], json!({"ws": 0}));
     }
-    for c in ws.iter_mut().map(|c| c as &mut dyn Client) {
-        assert!(
-            c.recv_timeout(Duration::from_millis(300)).is_none(),
-            "nothing twice"
-        );
+    // Nothing twice: the next message each one gets is a marker published
+    // after all of them (one channel's order holds).
+    let marker = publish_http(&a, "news", json!("end"));
+    let clients = ws.iter_mut().map(|c| c as &mut dyn Client);
+    for c in clients.chain(tcp.iter_mut().map(|c| c as &mut dyn Client)) {
+        assert_eq!(seqs(&collect(c, "news", 1)), [marker], "nothing twice");
     }
 }
 
@@ -153,10 +154,11 @@ fn a_cas_race_of_20_clients_across_both_nodes_has_exactly_one_winner() {
     let change = collect(&mut watcher, "seats", 1);
     assert_eq!(change[0]["data"]["version"], 1);
     assert_eq!(change[0]["data"]["value"], won_value(&replies));
-    assert!(
-        watcher.recv_timeout(Duration::from_millis(300)).is_none(),
-        "one change only"
-    );
+    // One change only: the next message is a marker published after it.
+    let marker = publish_http(&a, "seats", json!("end"));
+    let next = collect(&mut watcher, "seats", 1);
+    assert_eq!(next[0]["data"], "end", "one change only: {next:?}");
+    assert_eq!(seqs(&next), [marker]);
     // Both nodes read the winner's value.
     for node in [&a, &b] {
         let (status, body) = node.http("GET", "/api/state?channel=seats", "");
@@ -212,10 +214,14 @@ fn an_idempotent_publish_retried_on_the_other_node_is_stored_once() {
     assert_eq!(reply["seq"], 1, "{reply}");
     let got = collect(&mut watcher, "orders", 1);
     assert_eq!(seqs(&got), [1]);
-    assert!(
-        watcher.recv_timeout(Duration::from_millis(300)).is_none(),
-        "published once"
+    // Published once: the next message is a marker published after it.
+    let marker = publish_http(&a, "orders", json!("end"));
+    let next = collect(&mut watcher, "orders", 1);
+    assert_eq!(
+        (seqs(&next), next[0]["data"].clone()),
+        (vec![2], json!("end"))
     );
+    assert_eq!(marker, 2, "published once");
 }
 
 #[test]
