@@ -295,6 +295,14 @@ impl Listener {
                 self.sweep_presence();
             }
             match pubsub.get_message() {
+                Ok(_) if self.outbox.len() >= HEARD_BOUND => {
+                    // The worker fans out slower than Redis brings: hear
+                    // again from scratch; the streams fetch what is missed
+                    // once resubscribed, as after any reconnect.
+                    return End::Dropped(format!(
+                        "the worker is {HEARD_BOUND} messages behind; resubscribing"
+                    ));
+                }
                 Ok(msg) => {
                     let topic = msg.get_channel_name();
                     let Some(channel) = self.keys.channel_of(topic) else {
@@ -329,6 +337,10 @@ impl Listener {
         }
     }
 }
+
+/// Most messages heard and not yet taken by the worker: past it the session
+/// is dropped (and made again) instead of growing memory without bound.
+const HEARD_BOUND: usize = 65_536;
 
 /// Topics per SUBSCRIBE when a session (re)subscribes everything.
 const RESUBSCRIBE_CHUNK: usize = 1000;
