@@ -34,6 +34,10 @@ thread_local! {
     /// freed (readers catching up, the store thread's batch), so trim again
     /// next second, until a trim finds nothing to give back.
     static LAST_RELEASED: Cell<bool> = const { Cell::new(false) };
+    /// A large queue was just freed: the next trim does not wait out the
+    /// once-a-second pace (one that ran just before would leave the queue's
+    /// memory held for up to a second more, per round of freeing).
+    static TRIM_NOW: Cell<bool> = const { Cell::new(false) };
 }
 
 /// How long after a cut-off the worker keeps returning freed memory: the
@@ -46,6 +50,7 @@ const TRIM_AFTER_WRITING: u64 = 16 << 20;
 /// A large queue was (or is about to be) freed.
 pub fn trim_soon(now: Instant) {
     TRIM_UNTIL.with(|t| t.set(Some(now + TRIM_FOR)));
+    TRIM_NOW.with(|t| t.set(true));
 }
 
 /// Counts bytes written to clients (their queues' memory is freed).
@@ -68,7 +73,8 @@ pub fn maybe_trim(now: Instant) {
     let recent = LAST_TRIM
         .with(|t| t.get())
         .is_some_and(|last| now.duration_since(last) < Duration::from_secs(1));
-    if !wanted || recent {
+    let now_wanted = TRIM_NOW.with(|t| t.replace(false));
+    if !wanted || (recent && !now_wanted) {
         return;
     }
     LAST_TRIM.with(|t| t.set(Some(now)));
