@@ -220,9 +220,9 @@ impl Writer {
             redis::cmd("SCRIPT").arg("LOAD").arg(src).query(con)
         };
         self.shas = Shas {
-            publish: load(&mut con, scripts::PUBLISH)?,
-            range: load(&mut con, scripts::RANGE)?,
-            lookup: load(&mut con, scripts::LOOKUP)?,
+            publish: load(&mut con, &scripts::publish())?,
+            range: load(&mut con, &scripts::range())?,
+            lookup: load(&mut con, &scripts::lookup())?,
             presence: load(&mut con, &scripts::presence())?,
             ack: load(&mut con, scripts::ACK)?,
             redeliver: load(&mut con, &scripts::redeliver())?,

@@ -3,6 +3,17 @@
 //! compare-and-set with its message, can never be seen half done, by any
 //! server.
 
+/// A channel's epoch, made if none (the one rule every script that may
+/// be a channel's first touch follows). KEYS[2]: epoch. ARGV[1]: the epoch
+/// to make. Leaves `epoch` set.
+const EPOCH: &str = r#"
+local epoch = redis.call('GET', KEYS[2])
+if not epoch then
+  redis.call('SET', KEYS[2], ARGV[1])
+  epoch = ARGV[1]
+end
+"#;
+
 /// Publish (also `set`/`del`). KEYS: seq, epoch, log, state, idempotency.
 /// ARGV: 1 epoch to make if none, 2 data, 3 expires (ms), 4 MAXLEN,
 /// 5 topic, 6 channel as JSON, 7 idempotency window in s ("0": no key),
@@ -10,12 +21,10 @@
 /// 12 expected version, 13 the channel's history_ttl (ms): a log left
 /// alone that long holds nothing live and goes.
 /// Returns {"ok", seq, version} | {"dup", seq} | {"conflict", version, value}.
-pub const PUBLISH: &str = r#"
-local epoch = redis.call('GET', KEYS[2])
-if not epoch then
-  redis.call('SET', KEYS[2], ARGV[1])
-  epoch = ARGV[1]
-end
+pub fn publish() -> String {
+    format!(
+        "{EPOCH}{}",
+        r#"
 if ARGV[7] ~= '0' then
   local first = redis.call('GET', KEYS[5])
   if first then return {'dup', tonumber(first)} end
@@ -48,7 +57,9 @@ end
 local line = '{"op":"msg","channel":' .. ARGV[6] .. ',"seq":' .. seq .. ',"data":' .. data .. '}\n'
 redis.call('PUBLISH', ARGV[5], epoch .. ' ' .. seq .. ' ' .. line)
 return {'ok', seq, version}
-"#;
+"#
+    )
+}
 
 /// A channel's seq and epoch (made if none: a `sub` to a channel never
 /// published to learns the epoch it will keep), up to ARGV[3] messages
@@ -56,12 +67,10 @@ return {'ok', seq, version}
 /// An inbox's replay (ARGV[4] = "1") starts after its stored ack.
 /// KEYS: seq, epoch, log, ack. ARGV: 1 epoch to make if none, 2 after,
 /// 3 count, 4 from the ack.
-pub const RANGE: &str = r#"
-local epoch = redis.call('GET', KEYS[2])
-if not epoch then
-  redis.call('SET', KEYS[2], ARGV[1])
-  epoch = ARGV[1]
-end
+pub fn range() -> String {
+    format!(
+        "{EPOCH}{}",
+        r#"
 local seq = redis.call('GET', KEYS[1]) or '0'
 local after = tonumber(ARGV[2])
 if ARGV[4] == '1' then
@@ -73,7 +82,9 @@ if tonumber(ARGV[3]) > 0 then
 end
 local first = redis.call('XRANGE', KEYS[3], '-', '+', 'COUNT', 1)
 return {seq, epoch, rows, first}
-"#;
+"#
+    )
+}
 
 /// An inbox's cumulative ack, kept at its highest (acks from connections
 /// on several servers may arrive out of order). KEYS: ack. ARGV: 1 seq.
@@ -87,16 +98,16 @@ return 1
 /// A channel's seq, epoch (made if none), keyed state and live presence
 /// members. KEYS: seq, epoch, state, presence. ARGV: 1 epoch to make if
 /// none, 2 now (ms).
-pub const LOOKUP: &str = r#"
-local epoch = redis.call('GET', KEYS[2])
-if not epoch then
-  redis.call('SET', KEYS[2], ARGV[1])
-  epoch = ARGV[1]
-end
+pub fn lookup() -> String {
+    format!(
+        "{EPOCH}{}",
+        r#"
 local seq = redis.call('GET', KEYS[1]) or '0'
 return {seq, epoch, redis.call('HGETALL', KEYS[3]),
         redis.call('ZRANGEBYSCORE', KEYS[4], ARGV[2], '+inf')}
-"#;
+"#
+    )
+}
 
 /// Whether `uid` has a live member (any server) in presence set `key`.
 const PRESENT: &str = r#"
