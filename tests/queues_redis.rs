@@ -80,12 +80,7 @@ fn a_stream_survives_kill_9_of_syncd_halfway_with_every_message_once() {
     add_stream(&redis, "events", "ledger", N / 2..N);
     server.stop_now();
     server.launch();
-    eventually("the whole stream is published", || {
-        history(&server, "ledger").len() as u64 >= N
-    });
-    let all = history(&server, "ledger");
-    assert_in_order(&all, 1, 0);
-    assert_eq!(all.len() as u64, N, "no duplicate");
+    every_message_stored_once(&server, "ledger", N);
     eventually("every entry is acknowledged", || {
         redis.cmd(&["XPENDING", "events", "syncd"]).lines().next() == Some(":0")
     });
@@ -231,12 +226,7 @@ fn a_reload_during_stream_ingest_loses_and_duplicates_nothing() {
     eventually("some are published", || ingest(&server).published >= 50);
     let out = server.cli(&["reload"]);
     assert!(out.status.success(), "{}", common::output_text(&out));
-    eventually("the whole stream is published", || {
-        history(&server, "reloaded").len() as u64 >= N
-    });
-    let all = history(&server, "reloaded");
-    assert_in_order(&all, 1, 0);
-    assert_eq!(all.len() as u64, N, "no duplicate");
+    every_message_stored_once(&server, "reloaded", N);
 }
 
 #[test]
@@ -258,13 +248,5 @@ fn the_channels_owner_killed_during_ingest_loses_and_duplicates_nothing() {
     let owner = server.status().workers[1].pid.unwrap();
     unsafe { libc::kill(owner as i32, libc::SIGKILL) };
     add_stream(&redis, "o", &channel, N / 2..N);
-    eventually("the whole stream is published", || {
-        server
-            .try_status()
-            .is_ok_and(|s| s.workers.iter().all(|w| w.stats.is_some()))
-            && history(&server, &channel).len() as u64 >= N
-    });
-    let all = history(&server, &channel);
-    assert_in_order(&all, 1, 0);
-    assert_eq!(all.len() as u64, N, "no duplicate");
+    every_message_stored_once(&server, &channel, N);
 }

@@ -73,6 +73,21 @@ pub fn assert_in_order(msgs: &[Value], first_seq: u64, first_n: u64) {
     }
 }
 
+/// Waits until every worker answers again (one may have been killed) and
+/// `channel` holds `n` messages, then checks they are the queue's `n`
+/// messages once each, in order (seqs 1..=n carrying `n` 0..).
+pub fn every_message_stored_once(server: &Server, channel: &str, n: u64) {
+    crate::common::eventually("every message is published", || {
+        server
+            .try_status()
+            .is_ok_and(|s| s.workers.iter().all(|w| w.stats.is_some()))
+            && history(server, channel).len() as u64 >= n
+    });
+    let all = history(server, channel);
+    assert_in_order(&all, 1, 0);
+    assert_eq!(all.len() as u64, n, "no duplicate");
+}
+
 /// Every message of `channel` kept by the server, by `GET /api/history`.
 pub fn history(server: &Server, channel: &str) -> Vec<Value> {
     let mut out = Vec::new();
