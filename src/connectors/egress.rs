@@ -331,11 +331,9 @@ impl Cursors {
     fn set(&mut self, channel: &str, epoch: &str, seq: u64) {
         self.at
             .insert(channel.to_string(), (epoch.to_string(), seq));
-        let tmp = self.path.with_extension("json.tmp");
         let written = serde_json::to_vec(&self.at)
             .map_err(std::io::Error::other)
-            .and_then(|bytes| std::fs::write(&tmp, bytes))
-            .and_then(|()| std::fs::rename(&tmp, &self.path));
+            .and_then(|bytes| crate::store::meta::write_atomically(&self.path, bytes));
         if let Err(e) = written {
             log::error!("egress: cannot write {}: {e}", self.path.display());
         }

@@ -83,8 +83,10 @@ pub fn recorded_shards(dir: &Path) -> anyhow::Result<u32> {
     Ok(meta.shards)
 }
 
-fn write_atomically(path: &Path, text: &str) -> std::io::Result<()> {
+/// Writes a file whole or not at all (a crash leaves the old one): beside
+/// it, then renamed over it.
+pub fn write_atomically(path: &Path, contents: impl AsRef<[u8]>) -> std::io::Result<()> {
     let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, text)?;
+    std::fs::write(&tmp, contents)?;
     std::fs::rename(tmp, path)
 }
