@@ -1,6 +1,13 @@
 //! Key and topic names. Every key of a channel carries the channel as its
 //! hash tag (`syncd:{news}:seq`), so each script touches one slot and
 //! Redis Cluster works; the prefix keeps deployments sharing one Redis apart.
+//!
+//! Inside the tag the channel name is escaped (`%` → `%25`, `{` → `%7B`,
+//! `}` → `%7D`): a `}` in a name would otherwise end the tag early, and
+//! channel `a}:idem:x` could then write channel `a`'s keys. The escape is
+//! injective, so distinct channels always have distinct keys.
+
+use std::borrow::Cow;
 
 #[derive(Debug, Clone)]
 pub struct Keys {
@@ -15,7 +22,7 @@ impl Keys {
     }
 
     fn key(&self, channel: &str, what: &str) -> String {
-        format!("{}{{{channel}}}:{what}", self.prefix)
+        format!("{}{{{}}}:{what}", self.prefix, escape(channel))
     }
 
     /// The last seq given (INCR).
@@ -59,12 +66,55 @@ impl Keys {
     }
 
     /// The channel a topic belongs to.
-    pub fn channel_of<'a>(&self, topic: &'a str) -> Option<&'a str> {
-        topic
+    pub fn channel_of<'a>(&self, topic: &'a str) -> Option<Cow<'a, str>> {
+        let escaped = topic
             .strip_prefix(self.prefix.as_str())?
             .strip_prefix('{')?
-            .strip_suffix("}:msgs")
+            .strip_suffix("}:msgs")?;
+        unescape(escaped)
     }
+}
+
+/// The channel name as it appears inside a hash tag.
+fn escape(channel: &str) -> Cow<'_, str> {
+    if !channel.contains(['%', '{', '}']) {
+        return Cow::Borrowed(channel);
+    }
+    let mut out = String::with_capacity(channel.len() + 8);
+    for c in channel.chars() {
+        match c {
+            '%' => out.push_str("%25"),
+            '{' => out.push_str("%7B"),
+            '}' => out.push_str("%7D"),
+            c => out.push(c),
+        }
+    }
+    Cow::Owned(out)
+}
+
+/// The inverse of `escape`; `None` for what `escape` never makes.
+fn unescape(tagged: &str) -> Option<Cow<'_, str>> {
+    if tagged.contains(['{', '}']) {
+        return None;
+    }
+    if !tagged.contains('%') {
+        return Some(Cow::Borrowed(tagged));
+    }
+    let mut out = String::with_capacity(tagged.len());
+    let mut rest = tagged;
+    while let Some(at) = rest.find('%') {
+        out.push_str(&rest[..at]);
+        let code = rest.get(at + 1..at + 3)?;
+        out.push(match code {
+            "25" => '%',
+            "7B" => '{',
+            "7D" => '}',
+            _ => return None,
+        });
+        rest = &rest[at + 3..];
+    }
+    out.push_str(rest);
+    Some(Cow::Owned(out))
 }
 
 /// A message as published on a topic: `epoch seq line`.
@@ -87,10 +137,28 @@ mod tests {
         assert_eq!(k.seq("news"), "syncd:{news}:seq");
         assert_eq!(k.idempotency("news", "a b"), "syncd:{news}:idem:a b");
         assert_eq!(k.topic("news"), "syncd:{news}:msgs");
-        assert_eq!(k.channel_of("syncd:{news}:msgs"), Some("news"));
-        assert_eq!(k.channel_of("syncd:{a}:b}:msgs"), Some("a}:b"));
+        assert_eq!(k.channel_of("syncd:{news}:msgs").as_deref(), Some("news"));
         assert_eq!(k.channel_of("other:{news}:msgs"), None);
         assert_eq!(k.channel_of("syncd:{news}:seq"), None);
+    }
+
+    #[test]
+    fn braces_in_a_channel_name_stay_inside_its_hash_tag() {
+        let k = Keys::new("syncd:");
+        // Without the escape, channel `a}:idem:x` would write channel `a`'s
+        // idempotency key `x`.
+        assert_eq!(k.seq("a}:idem:x"), "syncd:{a%7D:idem:x}:seq");
+        assert_ne!(k.seq("a}:idem:x"), k.idempotency("a", "x}:seq"));
+        assert_eq!(k.seq("%7D"), "syncd:{%257D}:seq");
+        assert_ne!(k.seq("%7D"), k.seq("}"));
+        for name in ["a}:b", "{x}", "%", "%7B", "50%", "#bob", "ünï{}"] {
+            let topic = k.topic(name);
+            assert_eq!(topic.matches('{').count(), 1, "{topic}");
+            assert_eq!(k.channel_of(&topic).as_deref(), Some(name), "{topic}");
+        }
+        assert_eq!(k.channel_of("syncd:{a}:b}:msgs"), None, "never made");
+        assert_eq!(k.channel_of("syncd:{a%7}:msgs"), None, "cut escape");
+        assert_eq!(k.channel_of("syncd:{a%41}:msgs"), None, "unknown escape");
     }
 
     #[test]
