@@ -235,7 +235,13 @@ fn stream(ingest: &Ingest, max_frame: usize, link: &mut Link, con: &mut Connecti
             .iter()
             .zip(&bodies)
             .map(|(e, b)| match b {
-                Some(b) => body::parse(b, &source(ingest, max_frame, Some(&e.id))),
+                Some(b) => {
+                    // Entry ids repeat across streams (`1-0` in each), so the
+                    // key names the stream: two streams feeding one channel
+                    // never drop each other's entries as duplicates.
+                    let id = format!("{stream}:{}", e.id);
+                    body::parse(b, &source(ingest, max_frame, Some(&id)))
+                }
                 None => Err(ErrorReply::new(
                     "bad_request",
                     "a stream entry needs a `body` field",
