@@ -108,6 +108,17 @@ fn bad_http_gets_400_unknown_path_404() {
     assert_eq!(server.http("POST", "/api/publish", "not json").0, 400);
     let big = format!(r#"{{"channel":"a","data":"{}"}}"#, "x".repeat(8192));
     assert_eq!(server.http("POST", "/api/publish", &big).0, 413);
+    // An idempotency key is 1 to 256 bytes, as for queue ingest.
+    for key in [String::new(), "k".repeat(257)] {
+        let body = json!({"channel":"a","data":1,"idempotency_key":key}).to_string();
+        let (status, reply) = server.http("POST", "/api/publish", &body);
+        assert_eq!(status, 400, "{reply}");
+        assert!(reply.contains("idempotency_key"), "{reply}");
+        let body = json!({"uid":"u","data":1,"idempotency_key":key}).to_string();
+        assert_eq!(server.http("POST", "/api/send", &body).0, 400);
+    }
+    let body = json!({"channel":"a","data":1,"idempotency_key":"k".repeat(256)}).to_string();
+    assert_eq!(server.http("POST", "/api/publish", &body).0, 200);
     // /ws without the upgrade headers.
     assert_eq!(server.http("GET", "/ws", "").0, 400);
     // /echo is off unless [debug] echo = true.

@@ -78,11 +78,7 @@ pub fn parse(body: &[u8], source: &Source) -> Result<Parsed, ErrorReply> {
         IngestFormat::Json => parse_json(text, source)?,
         IngestFormat::Laravel => parse_laravel(text, source)?,
     };
-    if let Some(key) = &parsed.idempotency_key {
-        if key.is_empty() || key.len() > 256 {
-            return Err(bad("`idempotency_key` must be 1 to 256 bytes"));
-        }
-    }
+    frames::check_idempotency_key(parsed.idempotency_key.as_deref())?;
     frames::check_channel(&parsed.channel)?;
     Ok(parsed)
 }

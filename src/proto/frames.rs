@@ -306,6 +306,21 @@ pub fn check_key(key: Option<Cow<'_, str>>) -> Result<Cow<'_, str>, ErrorReply> 
     Ok(key)
 }
 
+/// Longest `idempotency_key`: it is stored beside every message that has one.
+pub const MAX_IDEMPOTENCY_KEY_LEN: usize = 256;
+
+/// An idempotency key, when given: 1 to 256 bytes. The same rule for the
+/// HTTP API and queue ingest.
+pub fn check_idempotency_key(key: Option<&str>) -> Result<(), ErrorReply> {
+    match key {
+        Some(k) if k.is_empty() || k.len() > MAX_IDEMPOTENCY_KEY_LEN => Err(ErrorReply::new(
+            "bad_request",
+            format!("`idempotency_key` must be 1 to {MAX_IDEMPOTENCY_KEY_LEN} bytes"),
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// A user id: 1 to 128 bytes, no whitespace or control characters.
 pub fn check_uid(uid: Option<Cow<'_, str>>) -> Result<Cow<'_, str>, ErrorReply> {
     let uid = uid.ok_or_else(|| ErrorReply::new("bad_request", "`uid` is required"))?;

@@ -370,6 +370,9 @@ impl Connections {
         ttl: Option<u64>,
         idempotency_key: Option<String>,
     ) -> Option<Call> {
+        if let Err(e) = frames::check_idempotency_key(idempotency_key.as_deref()) {
+            return self.bad(key, http::json_error(400, e.code, &e.message));
+        }
         let origin = self.http_origin(key, request)?;
         self.stats.msgs_in += 1;
         let options = PublishOptions {
