@@ -15,9 +15,9 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 use mio::Waker;
-use redis::Value;
 
 use super::keys::Keys;
+use super::nodes::{self, Nodes};
 use super::replies::{answers, Asked};
 use super::scripts;
 use crate::config::{Cluster, Storage};
@@ -129,7 +129,7 @@ impl Engine for RedisEngine {
 
 struct Writer {
     client: redis::Client,
-    con: Option<redis::Connection>,
+    con: Option<Nodes>,
     next_try: Instant,
     backoff: std::time::Duration,
     keys: Keys,
@@ -192,7 +192,7 @@ impl Writer {
     }
 
     /// The connection, made if there is none and the backoff allows.
-    fn connection(&mut self) -> Result<&mut redis::Connection, String> {
+    fn connection(&mut self) -> Result<&mut Nodes, String> {
         if self.con.is_none() {
             let now = Instant::now();
             if now < self.next_try {
@@ -214,18 +214,15 @@ impl Writer {
         self.con.as_mut().ok_or_else(|| "no connection".into())
     }
 
-    fn open(&mut self) -> redis::RedisResult<redis::Connection> {
-        let mut con = super::connect(&self.client)?;
-        let load = |con: &mut redis::Connection, src: &str| -> redis::RedisResult<String> {
-            redis::cmd("SCRIPT").arg("LOAD").arg(src).query(con)
-        };
+    fn open(&mut self) -> redis::RedisResult<Nodes> {
+        let mut con = Nodes::open(&self.client)?;
         self.shas = Shas {
-            publish: load(&mut con, &scripts::publish())?,
-            range: load(&mut con, &scripts::range())?,
-            lookup: load(&mut con, &scripts::lookup())?,
-            presence: load(&mut con, &scripts::presence())?,
-            ack: load(&mut con, scripts::ACK)?,
-            redeliver: load(&mut con, &scripts::redeliver())?,
+            publish: con.load(&scripts::publish())?,
+            range: con.load(&scripts::range())?,
+            lookup: con.load(&scripts::lookup())?,
+            presence: con.load(&scripts::presence())?,
+            ack: con.load(scripts::ACK)?,
+            redeliver: con.load(&scripts::redeliver())?,
         };
         Ok(con)
     }
@@ -233,15 +230,14 @@ impl Writer {
     fn execute(&mut self, batch: Vec<Request>) -> Vec<Completion> {
         // Connected first: the commands name the scripts loaded at connect.
         let ready = self.connection().map(|_| ());
-        let mut pipe = redis::pipe();
-        pipe.ignore_errors();
+        let mut pipe: Vec<redis::Cmd> = Vec::new();
         let mut asked = Vec::new();
         let mut at_once = Vec::new();
         for request in batch {
             match request {
                 Request::Append { ticket, msg, .. } => {
                     let state = msg.state.is_some();
-                    pipe.add_command(self.publish(msg));
+                    pipe.push(self.publish(msg));
                     asked.push(Asked::Append { ticket, state });
                 }
                 Request::Range {
@@ -261,7 +257,7 @@ impl Writer {
                         .arg(after)
                         .arg(limit)
                         .arg(if from_ack { 1 } else { 0 });
-                    pipe.add_command(cmd);
+                    pipe.push(cmd);
                     asked.push(Asked::Range { tag });
                 }
                 Request::Lookup { tag, channel } => {
@@ -272,7 +268,7 @@ impl Writer {
                         .arg(self.keys.state(&channel))
                         .arg(self.keys.presence(&channel));
                     cmd.arg(crate::store::open::fresh_epoch()).arg(now_ms());
-                    pipe.add_command(cmd);
+                    pipe.push(cmd);
                     asked.push(Asked::Lookup { tag });
                 }
                 Request::Presence {
@@ -280,7 +276,7 @@ impl Writer {
                     uid,
                     joined,
                 } => {
-                    pipe.add_command(self.presence(&channel, &uid, joined));
+                    pipe.push(self.presence(&channel, &uid, joined));
                     asked.push(Asked::Presence);
                     let member = (channel, uid);
                     match joined {
@@ -307,7 +303,7 @@ impl Writer {
                         .arg(self.keys.topic(&channel))
                         .arg(payload)
                         .arg(mode);
-                    pipe.add_command(cmd);
+                    pipe.push(cmd);
                     asked.push(Asked::Redeliver {
                         channel,
                         seq,
@@ -320,7 +316,7 @@ impl Writer {
                     let mut cmd = redis::cmd("EVALSHA");
                     cmd.arg(&self.shas.ack).arg(1);
                     cmd.arg(self.keys.ack(&channel)).arg(seq);
-                    pipe.add_command(cmd);
+                    pipe.push(cmd);
                     asked.push(Asked::Ack { tag });
                 }
                 // Retention is MAXLEN at each publish and expiry at reads;
@@ -340,22 +336,19 @@ impl Writer {
             return at_once;
         }
         let result = match (ready, self.con.as_mut()) {
-            (Ok(()), Some(con)) => pipe.query::<Vec<Value>>(con).map_err(|e| e.to_string()),
+            (Ok(()), Some(con)) => con.run(pipe).map_err(|e| e.to_string()),
             (Err(e), _) => Err(e),
             (Ok(()), None) => Err("no connection".into()),
         };
         let mut done = match result {
-            Ok(values) if values.len() == pipe.len() => {
-                let noscript = values
-                    .iter()
-                    .any(|v| matches!(v, Value::ServerError(e) if e.code() == "NOSCRIPT"));
-                if noscript {
-                    // Scripts flushed: load them again with a new connection.
+            Ok(values) => {
+                if nodes::needs_reopen(&values) {
+                    // Scripts flushed or slots moved: load the scripts and
+                    // the slot map again with a new connection.
                     self.con = None;
                 }
                 answers(asked, values.into_iter().map(Ok))
             }
-            Ok(_) => answers(asked, std::iter::repeat(Err("short reply".to_string()))),
             Err(e) => {
                 if self.con.take().is_some() {
                     log::error!("redis: {e}; reconnecting");
@@ -401,17 +394,17 @@ impl Writer {
             return;
         }
         let deadline = now_ms() + self.presence_ttl.as_millis() as i64;
-        let mut pipe = redis::pipe();
+        let mut pipe = Vec::with_capacity(self.members.len());
         for (channel, uid) in &self.members {
             let member = format!("{}\n{uid}", self.node);
-            pipe.cmd("ZADD")
-                .arg(self.keys.presence(channel))
+            let mut zadd = redis::cmd("ZADD");
+            zadd.arg(self.keys.presence(channel))
                 .arg(deadline)
-                .arg(member)
-                .ignore();
+                .arg(member);
+            pipe.push(zadd);
         }
         if let Some(con) = self.con.as_mut() {
-            if let Err(e) = pipe.exec(con) {
+            if let Err(e) = con.run(pipe) {
                 log::error!("redis: refreshing presence: {e}; reconnecting");
                 self.con = None;
             }

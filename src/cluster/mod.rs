@@ -9,6 +9,7 @@
 pub mod edge;
 pub mod engine;
 pub mod keys;
+mod nodes;
 mod replies;
 pub mod scripts;
 pub mod subscriber;

@@ -124,7 +124,7 @@ struct Listener {
 }
 
 struct Sweeper {
-    con: redis::Connection,
+    con: super::nodes::Nodes,
     trim: String,
     sweep: String,
 }
@@ -199,53 +199,59 @@ impl Listener {
         // One pipeline for every channel heard here: trim, then sweep.
         let now = crate::store::open::now_ms();
         let channels: Vec<&String> = self.topics.iter().collect();
-        let mut pipe = redis::pipe();
+        let mut pipe = Vec::with_capacity(channels.len() * 2);
         for channel in &channels {
-            pipe.cmd("EVALSHA")
-                .arg(trim.as_str())
+            let mut cmd = redis::cmd("EVALSHA");
+            cmd.arg(trim.as_str())
                 .arg(1)
                 .arg(self.keys.log(channel))
-                .arg(now)
-                .ignore();
-            pipe.cmd("EVALSHA")
-                .arg(sweep.as_str())
+                .arg(now);
+            pipe.push(cmd);
+            let mut cmd = redis::cmd("EVALSHA");
+            cmd.arg(sweep.as_str())
                 .arg(1)
                 .arg(self.keys.presence(channel))
                 .arg(now);
+            pipe.push(cmd);
         }
-        let left: Vec<Vec<String>> = match pipe.query(con) {
-            Ok(left) => left,
+        let replies = match con.run(pipe) {
+            Ok(replies) => replies,
             Err(e) => {
                 log::warn!("redis sweep: {e}");
                 self.sweeper = None;
                 return;
             }
         };
-        let mut leaves = redis::pipe();
-        for (channel, uids) in channels.iter().zip(left) {
+        if super::nodes::needs_reopen(&replies) {
+            self.sweeper = None;
+        }
+        let mut leaves = Vec::new();
+        // Each channel's second reply: the uids its sweep removed.
+        for (channel, left) in channels.iter().zip(replies.chunks(2)) {
+            let uids: Vec<String> = left
+                .get(1)
+                .and_then(|v| redis::from_redis_value_ref(v).ok())
+                .unwrap_or_default();
             for uid in uids {
                 let line = crate::proto::frames::event_line("leave", channel, &uid);
                 let payload = [b"event ".as_slice(), &line].concat();
-                leaves
-                    .cmd("PUBLISH")
-                    .arg(self.keys.topic(channel))
-                    .arg(payload)
-                    .ignore();
+                let mut cmd = redis::cmd("PUBLISH");
+                cmd.arg(self.keys.topic(channel)).arg(payload);
+                leaves.push(cmd);
             }
         }
-        if !leaves.is_empty() && leaves.exec(con).is_err() {
-            self.sweeper = None;
+        if let Some(Sweeper { con, .. }) = self.sweeper.as_mut() {
+            if !leaves.is_empty() && con.run(leaves).is_err() {
+                self.sweeper = None;
+            }
         }
     }
 
     /// The sweeps' connection, with their scripts loaded.
     fn open_sweeper(&self) -> redis::RedisResult<Sweeper> {
-        let mut con = super::connect(&self.client)?;
-        let mut load = |src: &str| -> redis::RedisResult<String> {
-            redis::cmd("SCRIPT").arg("LOAD").arg(src).query(&mut con)
-        };
-        let trim = load(super::scripts::TRIM)?;
-        let sweep = load(&super::scripts::sweep())?;
+        let mut con = super::nodes::Nodes::open(&self.client)?;
+        let trim = con.load(super::scripts::TRIM)?;
+        let sweep = con.load(&super::scripts::sweep())?;
         Ok(Sweeper { con, trim, sweep })
     }
 
