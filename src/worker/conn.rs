@@ -27,6 +27,9 @@ pub struct Transport {
     /// Set when bytes were refused because the queue would have passed
     /// `send_buffer_hard` even after writing what the socket took.
     pub overflowed: bool,
+    /// The poll said the peer shut its side or the socket failed: read to
+    /// the end of input, which no later event will announce.
+    pub read_closed: bool,
     /// `send_buffer_soft`: replays refill the queue up to here, and a queue
     /// that stays above it for `send_buffer_soft_for` is cut off.
     soft: usize,
@@ -42,6 +45,7 @@ impl Transport {
             bytes_in: 0,
             bytes_out: 0,
             overflowed: false,
+            read_closed: false,
             soft: soft.min(hard),
         }
     }

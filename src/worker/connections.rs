@@ -153,6 +153,13 @@ impl Connections {
         self.dirty.push(key);
     }
 
+    /// The poll said the peer is done sending (see `read::read_chunks`).
+    pub fn note_read_closed(&mut self, key: usize) {
+        if let Some(conn) = self.slab.get_mut(key) {
+            conn.t.read_closed = true;
+        }
+    }
+
     /// Output to write or input to read right away: the loop must not wait.
     pub fn has_work(&self) -> bool {
         !self.pending_reads.is_empty() || !self.dirty.is_empty()
@@ -299,10 +306,8 @@ impl Connections {
                 let _ = stream.write(&answer);
                 continue;
             }
-            let _ = stream.set_nodelay(true);
-            // Dead peers the heartbeat does not cover (TCP without tcp_ping)
-            // are found by the kernel, eventually.
-            let _ = socket2::SockRef::from(&stream).set_keepalive(true);
+            // TCP_NODELAY and SO_KEEPALIVE come from the listener
+            // (master/listeners.rs).
             let entry = self.slab.vacant_entry();
             let token = Token(CONN_BASE + entry.key());
             if let Err(e) =
@@ -480,9 +485,10 @@ impl Connections {
         if !self.slab.contains(key) {
             return;
         }
-        let mut conn = self.slab.remove(key);
+        let conn = self.slab.remove(key);
         self.hold_changes.retain(|&(k, _)| k != key);
-        let _ = self.registry.deregister(&mut conn.t.stream);
+        // Closing the socket (dropping `conn`) takes it out of the poll: no
+        // other process or descriptor shares it, so no EPOLL_CTL_DEL.
         self.open_per_ip.close(conn.peer.ip());
         let uid = conn.user.map(|user| user.uid);
         self.closed.push(Closed { key, uid });

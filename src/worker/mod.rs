@@ -179,6 +179,9 @@ impl Worker {
                         if event.is_writable() {
                             self.conns.mark_dirty(key);
                         }
+                        if event.is_read_closed() || event.is_error() {
+                            self.conns.note_read_closed(key);
+                        }
                         if event.is_readable() || event.is_read_closed() || event.is_error() {
                             self.read_conn(key);
                         }

@@ -5,11 +5,12 @@
 //! (`Worker::read_conn`).
 
 use std::io::{self, Read};
+
 use std::time::Instant;
 
 use tungstenite::protocol::frame::coding::{Data, OpCode};
 
-use super::conn::{Protocol, Session};
+use super::conn::{Protocol, Session, Transport};
 use super::connections::Connections;
 use super::CLOSE_GRACE;
 use crate::proto::ws_codec::{self, Event, Violation};
@@ -73,20 +74,29 @@ pub struct WsRead {
 /// Reads what the socket has into `scratch`, up to the budget, handing
 /// each chunk to `take`, which says whether to go on. Stopped by `take`,
 /// it answers `Drained`: the caller knows why it stopped.
+///
+/// A read shorter than `scratch` emptied the socket's receive queue, and
+/// the edge-triggered poll announces whatever arrives after it, so it ends
+/// the pass without a last read that would only say `WouldBlock` (one
+/// system call per readable event, as uSockets and tokio do). Once the poll
+/// said the peer shut its side (`read_closed`), its end of input will not
+/// be announced again, so then reading goes on until it is met.
 fn read_chunks(
-    stream: &mut impl Read,
+    t: &mut Transport,
     scratch: &mut [u8],
-    counter: &mut u64,
     mut take: impl FnMut(&[u8]) -> bool,
 ) -> Filled {
     let mut got = 0;
     while got < READ_BUDGET {
-        match stream.read(scratch) {
+        match t.stream.read(scratch) {
             Ok(0) => return Filled::Closed,
             Ok(n) => {
                 got += n;
-                *counter += n as u64;
+                t.bytes_in += n as u64;
                 if !take(&scratch[..n]) {
+                    return Filled::Drained;
+                }
+                if n < scratch.len() && !t.read_closed {
                     return Filled::Drained;
                 }
             }
@@ -99,16 +109,16 @@ fn read_chunks(
 }
 
 /// Appends what the socket has to `buf`, up to the budget.
-fn fill(stream: &mut impl Read, buf: &mut Vec<u8>, counter: &mut u64) -> Filled {
-    read_chunks(stream, &mut [0u8; 16 * 1024], counter, |chunk| {
+fn fill(t: &mut Transport, buf: &mut Vec<u8>) -> Filled {
+    read_chunks(t, &mut [0u8; 16 * 1024], |chunk| {
         buf.extend_from_slice(chunk);
         true
     })
 }
 
 /// Reads and throws away what the socket has, up to the budget.
-fn discard(stream: &mut impl Read, counter: &mut u64) -> Filled {
-    read_chunks(stream, &mut [0u8; 16 * 1024], counter, |_| true)
+fn discard(t: &mut Transport) -> Filled {
+    read_chunks(t, &mut [0u8; 16 * 1024], |_| true)
 }
 
 impl Connections {
@@ -118,7 +128,7 @@ impl Connections {
         let Some(conn) = self.get_mut(key) else {
             return;
         };
-        match discard(&mut conn.t.stream, &mut conn.t.bytes_in) {
+        match discard(&mut conn.t) {
             Filled::Closed => {
                 conn.input_done = true;
                 if conn.timers.linger_until.is_some() {
@@ -188,7 +198,7 @@ impl Connections {
         let room = room.max(1);
         parse_lines(buf, start, max, room, &mut read, &mut pong);
         if !read.more && !read.too_long {
-            read.filled = fill(&mut conn.t.stream, buf, &mut conn.t.bytes_in);
+            read.filled = fill(&mut conn.t, buf);
             parse_lines(buf, start, max, room, &mut read, &mut pong);
         }
         buf.drain(..*start);
@@ -256,8 +266,7 @@ impl Connections {
         let filled = if violation.is_some() || events.len() >= room {
             Filled::Drained
         } else {
-            let (stream, counter) = (&mut conn.t.stream, &mut conn.t.bytes_in);
-            read_chunks(stream, &mut self.scratch, counter, |chunk| {
+            read_chunks(&mut conn.t, &mut self.scratch, |chunk| {
                 violation = decoder.feed_upto(chunk, max, &mut events, room).err();
                 violation.is_none() && events.len() < room
             })
@@ -370,7 +379,7 @@ impl Connections {
             return None;
         };
         let filled = if buf.len() < most {
-            fill(&mut conn.t.stream, buf, &mut conn.t.bytes_in)
+            fill(&mut conn.t, buf)
         } else {
             Filled::Budget
         };
