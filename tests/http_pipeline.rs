@@ -37,8 +37,15 @@ fn read_response(r: &mut impl BufRead) -> Option<(u16, String)> {
 
 /// Sends `n` history requests in one write and checks every answer, in order.
 fn pipeline(server: &Server, n: usize) {
-    let stream = TcpStream::connect(("127.0.0.1", server.ws_port)).expect("connect");
+    let mut stream = TcpStream::connect(("127.0.0.1", server.ws_port)).expect("connect");
     stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+    // A worker takes the connection once it has sent something (the ws
+    // port defers accepting until then): one request, answered, first.
+    stream
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: a\r\n\r\n")
+        .unwrap();
+    let first = read_response(&mut BufReader::new(&stream)).expect("healthz");
+    assert_eq!(first.0, 200);
     let worker = server.worker_of(stream.local_addr().unwrap());
     // Mostly channels this worker owns (answered at once, which used to
     // recurse), and now and then one of the other worker's, answered later:
