@@ -176,6 +176,50 @@ fn a_cas_race_of_20_clients_across_both_nodes_has_exactly_one_winner() {
     }
 }
 
+/// The same compare-and-set steps on one node and on two nodes sharing
+/// Redis get the same answers: a deleted key is made again from version 0
+/// (or its last version), deleting a key that is not there is a conflict.
+#[test]
+fn compare_and_set_of_absent_and_deleted_keys_answers_as_on_one_node() {
+    let redis = Redis::start();
+    let (a, b) = two_nodes(&redis);
+    let local = Server::start(2, "");
+    let steps = [
+        json!({"op":"set","key":"k","value":"v1","version":0}),
+        json!({"op":"del","key":"k","version":1}),
+        json!({"op":"del","key":"k","version":2}),
+        json!({"op":"set","key":"k","value":"v2","version":0}),
+        json!({"op":"set","key":"k","value":"v3","version":0}),
+        json!({"op":"del","key":"never","version":0}),
+        json!({"op":"del","key":"k","version":3}),
+        json!({"op":"set","key":"k","value":"v4","version":4}),
+    ];
+    let answers = |clients: &mut [common::TcpClient]| -> Vec<Value> {
+        steps
+            .iter()
+            .enumerate()
+            .map(|(i, step)| {
+                let mut request = step.clone();
+                request["id"] = json!(i);
+                request["channel"] = json!("cas-rules");
+                let reply = clients[i % clients.len()].request(request, &mut Vec::new());
+                json!({"op": reply["op"], "version": reply["version"], "code": reply["code"]})
+            })
+            .collect()
+    };
+    let on_one = answers(&mut [local.tcp()]);
+    let on_redis = answers(&mut [a.tcp(), b.tcp()]);
+    assert_eq!(on_redis, on_one);
+    let ok = |v: u64| json!({"op":"ok","version":v,"code":null});
+    assert_eq!(on_one[0], ok(1));
+    assert_eq!(on_one[1], ok(2));
+    assert_eq!(on_one[2]["code"], "conflict", "deleting a deleted key");
+    assert_eq!(on_one[3], ok(3), "made again from version 0");
+    assert_eq!(on_one[4]["code"], "conflict", "it exists again");
+    assert_eq!(on_one[5]["code"], "conflict", "deleting what never was");
+    assert_eq!(on_one[7], ok(5), "made again from its last version");
+}
+
 /// The value the winner of the race wrote.
 fn won_value(replies: &[Value]) -> Value {
     let i = replies.iter().position(|r| r["op"] == "ok").unwrap();

@@ -205,7 +205,10 @@ impl Writer {
                     self.con = Some(con);
                 }
                 Err(e) => {
-                    self.next_try = now + self.backoff;
+                    // From now, not from before the attempt: a Redis that
+                    // hangs spends IO_TIMEOUT in `open`, and the batches
+                    // meanwhile must then fail at once, not each wait again.
+                    self.next_try = Instant::now() + self.backoff;
                     self.backoff = (self.backoff * 2).min(super::MAX_BACKOFF);
                     return Err(format!("redis is unreachable: {e}"));
                 }
@@ -352,6 +355,9 @@ impl Writer {
             Err(e) => {
                 if self.con.take().is_some() {
                     log::error!("redis: {e}; reconnecting");
+                    // A connection that broke or hung: the next batches
+                    // fail at once until the backoff allows a new one.
+                    self.next_try = Instant::now() + self.backoff;
                 }
                 answers(asked, std::iter::repeat(Err(e)))
             }

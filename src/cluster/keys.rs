@@ -55,7 +55,7 @@ impl Keys {
         self.key(channel, "ack")
     }
 
-    /// Presence: members `uid` + NUL + node, scored by their deadline (ms).
+    /// Presence: members node + `\n` + `uid`, scored by their deadline (ms).
     pub fn presence(&self, channel: &str) -> String {
         self.key(channel, "presence")
     }

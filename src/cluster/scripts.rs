@@ -34,7 +34,12 @@ local version = 0
 if ARGV[8] ~= '' then
   local k = ARGV[9]
   local current = tonumber(redis.call('HGET', KEYS[4], 'v:' .. k) or '0')
-  if current ~= tonumber(ARGV[12]) then
+  local expected = tonumber(ARGV[12])
+  -- As on one node (owner/state.rs): an absent key (never set, or
+  -- deleted) takes version 0 too, and deleting it is a conflict.
+  local absent = redis.call('HEXISTS', KEYS[4], 'd:' .. k) == 0
+  local matches = current == expected or (absent and expected == 0)
+  if not matches or (absent and ARGV[8] == 'del') then
     return {'conflict', current, redis.call('HGET', KEYS[4], 'd:' .. k)}
   end
   version = current + 1
