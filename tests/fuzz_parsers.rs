@@ -812,17 +812,21 @@ fn bus_msg() -> impl Strategy<Value = BusMsg> {
             name,
             proptest::option::of(any::<u64>()),
             proptest::option::of("[a-z]{0,10}"),
-            proptest::option::of(any::<u64>())
+            proptest::option::of(any::<u64>()),
+            any::<bool>()
         )
-            .prop_map(|(tag, channel, ttl, idempotency_key, ingest_window_ms)| {
-                BusMsg::Publish {
-                    tag,
-                    channel,
-                    ttl,
-                    idempotency_key,
-                    ingest_window_ms,
+            .prop_map(
+                |(tag, channel, ttl, idempotency_key, ingest_window_ms, mirrored)| {
+                    BusMsg::Publish {
+                        tag,
+                        channel,
+                        ttl,
+                        idempotency_key,
+                        ingest_window_ms,
+                        mirrored,
+                    }
                 }
-            }),
+            ),
         (any::<u64>(), name, any::<u64>()).prop_map(|(tag, channel, seq)| BusMsg::Ack {
             tag,
             channel,

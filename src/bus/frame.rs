@@ -32,6 +32,9 @@ pub enum BusMsg {
         /// From a queue ingest: its `dedupe_window`, in ms.
         #[serde(default)]
         ingest_window_ms: Option<u64>,
+        /// From another syncd's egress (`PublishOptions::mirrored`).
+        #[serde(default)]
+        mirrored: bool,
     },
     /// The owner's answer to `Publish`: the `seq`, or an error message.
     Published {

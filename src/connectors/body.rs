@@ -17,6 +17,9 @@ pub struct Parsed {
     pub data: String,
     pub ttl: Option<u64>,
     pub idempotency_key: Option<String>,
+    /// Another syncd's egress sent it (its body carries `epoch` and `seq`):
+    /// stored marked, so egress never sends it on again (no loops).
+    pub mirrored: bool,
 }
 
 /// Where a message came from, besides its body.
@@ -46,6 +49,12 @@ struct Body<'a> {
     ttl: Option<u64>,
     #[serde(default)]
     idempotency_key: Option<String>,
+    /// Set by egress (`{"channel","seq","epoch","data"}`), never by the
+    /// API's shape: together they mark a mirrored message.
+    #[serde(borrow, default)]
+    epoch: Option<std::borrow::Cow<'a, str>>,
+    #[serde(default)]
+    seq: Option<u64>,
 }
 
 /// Laravel's Redis broadcaster payload.
@@ -95,6 +104,8 @@ fn parse_json(text: &str, source: &Source) -> Result<Parsed, ErrorReply> {
             data: None,
             ttl: None,
             idempotency_key: None,
+            epoch: None,
+            seq: None,
         }
     };
     let Some(data) = body.data else {
@@ -109,6 +120,7 @@ fn parse_json(text: &str, source: &Source) -> Result<Parsed, ErrorReply> {
             data: compact(raw).into_owned(),
             ttl: None,
             idempotency_key: source.broker_id.map(str::to_string),
+            mirrored: false,
         });
     };
     let channel = match (source.fixed_channel, body.channel, body.uid) {
@@ -127,6 +139,7 @@ fn parse_json(text: &str, source: &Source) -> Result<Parsed, ErrorReply> {
         idempotency_key: body
             .idempotency_key
             .or_else(|| source.broker_id.map(str::to_string)),
+        mirrored: body.epoch.is_some() && body.seq.is_some(),
     })
 }
 
@@ -149,6 +162,7 @@ fn parse_laravel(text: &str, source: &Source) -> Result<Parsed, ErrorReply> {
         data,
         ttl: None,
         idempotency_key: source.broker_id.map(str::to_string),
+        mirrored: false,
     })
 }
 
@@ -183,6 +197,29 @@ mod tests {
         assert_eq!((p.ttl, p.idempotency_key.as_deref()), (Some(5), Some("k")));
         let p = parse(br#"{"uid":"bob","data":1}"#, &source()).unwrap();
         assert_eq!(p.channel, "#bob");
+        assert!(!p.mirrored, "a backend's message goes out through egress");
+    }
+
+    #[test]
+    fn what_another_syncds_egress_sent_is_mirrored() {
+        let egressed = br#"{"channel":"orders","seq":7,"epoch":"e1","data":{"n":1}}"#;
+        let p = parse(egressed, &source()).unwrap();
+        assert!(p.mirrored);
+        assert_eq!(
+            (p.channel.as_str(), p.data.as_str()),
+            ("orders", r#"{"n":1}"#)
+        );
+        for body in [
+            br#"{"channel":"orders","seq":7,"data":1}"#.as_slice(),
+            br#"{"channel":"orders","epoch":"e1","data":1}"#,
+            br#"{"seq":7,"epoch":"e1"}"#,
+        ] {
+            let fixed = Source {
+                fixed_channel: Some("f"),
+                ..source()
+            };
+            assert!(!parse(body, &fixed).unwrap().mirrored, "{body:?}");
+        }
     }
 
     #[test]

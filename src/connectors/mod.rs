@@ -267,6 +267,7 @@ impl Link {
                 idempotency_key: parsed.idempotency_key,
                 state: None,
                 ingest: Some(self.dedupe_window),
+                mirrored: parsed.mirrored,
             },
         };
         // The worker outlives its threads; a send fails only as it exits.

@@ -143,9 +143,11 @@ pub struct PublishOptions {
     /// Set when the message records a keyed-state change.
     pub state: Option<StateWrite>,
     /// Set for a queue ingest's message, to its `dedupe_window`: its
-    /// `idempotency_key` is kept that long (not `idempotency_window`), and
-    /// it is stored marked as ingested, so egress never sends it back out.
+    /// `idempotency_key` is kept that long (not `idempotency_window`).
     pub ingest: Option<std::time::Duration>,
+    /// Ingested from another syncd's egress: stored marked, so egress
+    /// never sends it on again (two data centres mirror without loops).
+    pub mirrored: bool,
 }
 
 impl PublishOptions {

@@ -112,7 +112,7 @@ impl OwnerCore {
                     .as_ref()
                     .map(|w| (w.key.clone(), w.value.clone(), w.version)),
                 expected: message.state.as_ref().filter(|_| shared).map(|w| w.version),
-                ingested: options.ingest.is_some(),
+                ingested: options.mirrored,
             },
         };
         self.store(request);

@@ -78,7 +78,8 @@ pub struct Append {
     /// writer expects, for the engine to compare and set (the version in
     /// `state` is then unknown until it answers).
     pub expected: Option<u64>,
-    /// It came from a queue ingest: egress does not send it back out.
+    /// Another syncd's egress sent it (ingested with its `epoch` and
+    /// `seq`): egress does not send it on.
     pub ingested: bool,
 }
 

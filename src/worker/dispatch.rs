@@ -232,6 +232,7 @@ impl Worker {
                 ttl: options.ttl,
                 idempotency_key: options.idempotency_key,
                 ingest_window_ms: options.ingest.map(|d| d.as_millis() as u64),
+                mirrored: options.mirrored,
             }
         });
     }

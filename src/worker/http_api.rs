@@ -42,8 +42,9 @@ pub enum Next {
     Wait,
     /// Answered here.
     Done,
-    /// Answered by the worker: it needs routing or several parts.
-    Call(Call),
+    /// Answered by the worker: it needs routing or several parts (boxed:
+    /// a publish's options make it far larger than the other answers).
+    Call(Box<Call>),
 }
 
 /// An HTTP request the connection table cannot answer alone.
@@ -137,7 +138,7 @@ impl Connections {
                 buf.drain(..used);
                 conn.active = Instant::now();
                 match self.route(key, *request, config) {
-                    Some(call) => Next::Call(call),
+                    Some(call) => Next::Call(Box::new(call)),
                     None => Next::Done,
                 }
             }

@@ -228,6 +228,7 @@ impl Worker {
                 ttl,
                 idempotency_key,
                 ingest_window_ms,
+                mirrored,
             } => {
                 let origin = Origin::Peer { slot: from, tag };
                 match std::str::from_utf8(&payload) {
@@ -237,6 +238,7 @@ impl Worker {
                             idempotency_key,
                             state: None,
                             ingest: ingest_window_ms.map(Duration::from_millis),
+                            mirrored,
                         };
                         self.tell_owner(Command::Publish {
                             to: ReplyTo::Peer { slot: from, tag },

@@ -382,7 +382,7 @@ impl Worker {
             match self.conns.next_http(key, &self.config) {
                 Next::Wait => return,
                 Next::Done => {}
-                Next::Call(call) => self.http_call(key, call),
+                Next::Call(call) => self.http_call(key, *call),
             }
         }
         // The cap for this turn: the rest of the buffer waits for the next.
