@@ -57,6 +57,24 @@ fn a_list_reaches_ws_and_tcp_subscribers_in_order_once_and_bad_ones_go_to_the_de
     assert!(text.contains(line), "{text}");
 }
 
+#[test]
+fn a_processing_list_left_by_an_earlier_run_goes_first_in_pages_of_prefetch() {
+    let redis = Redis::start();
+    // An earlier run took 0..600 and died before storing them (the oldest
+    // at the right); 600..N still wait in the list itself.
+    push_list(&redis, "jobs:processing", "orders", 0..600);
+    push_list(&redis, "jobs", "orders", 600..N);
+    let config = format!(
+        "[[ingest]]\nkind = \"redis-list\"\nurl = \"{}\"\nkey = \"jobs\"\nprefetch = 100\n",
+        redis.url()
+    );
+    let server = Server::start(2, &config);
+    every_message_stored_once(&server, "orders", N);
+    eventually("both lists are empty", || {
+        redis.cmd(&["LLEN", "jobs:processing"]) == ":0" && redis.cmd(&["LLEN", "jobs"]) == ":0"
+    });
+}
+
 fn add_stream(redis: &Redis, stream: &str, channel: &str, range: std::ops::Range<u64>) {
     for n in range {
         let body = format!(r#"{{"channel":"{channel}","data":{{"n":{n}}}}}"#);

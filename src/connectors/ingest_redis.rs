@@ -111,14 +111,20 @@ fn list(ingest: &Ingest, max_frame: usize, link: &mut Link, con: &mut Connection
     let processing = format!("{key}:processing");
     let dead = format!("{key}:dead");
     link.set_state("connected");
-    // Left over by an earlier run (or session): the oldest is at the right.
-    let mut leftover: Vec<Vec<u8>> = con.lrange(&processing, 0, -1).map_err(err)?;
-    leftover.reverse();
+    // Left over by an earlier run (or session), the oldest at the right:
+    // taken in pages of `prefetch` from there (each page leaves the list
+    // before the next is read), so memory stays bounded however many.
+    let mut leftover: usize = con.llen(&processing).map_err(err)?;
     while !link.stopping() {
-        let batch = if leftover.is_empty() {
+        let batch = if leftover == 0 {
             take_from_list(con, key, &processing, ingest.prefetch)?
         } else {
-            std::mem::take(&mut leftover)
+            let n = leftover.min(usize::from(ingest.prefetch).max(1));
+            leftover -= n;
+            let from = -isize::try_from(n).unwrap_or(isize::MAX);
+            let mut page: Vec<Vec<u8>> = con.lrange(&processing, from, -1).map_err(err)?;
+            page.reverse();
+            page
         };
         if batch.is_empty() {
             continue;
