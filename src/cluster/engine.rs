@@ -338,28 +338,28 @@ impl Writer {
         if asked.is_empty() {
             return at_once;
         }
-        let result = match (ready, self.con.as_mut()) {
-            (Ok(()), Some(con)) => con.run(pipe).map_err(|e| e.to_string()),
-            (Err(e), _) => Err(e),
-            (Ok(()), None) => Err("no connection".into()),
+        let (replies, broken) = match (ready, self.con.as_mut()) {
+            (Ok(()), Some(con)) => con.run_each(pipe),
+            (Err(e), _) => (Vec::new(), Some(e)),
+            (Ok(()), None) => (Vec::new(), Some("no connection".into())),
         };
-        let mut done = match result {
-            Ok(values) => {
-                if nodes::needs_reopen(&values) {
-                    // Scripts flushed or slots moved: load the scripts and
-                    // the slot map again with a new connection.
-                    self.con = None;
-                }
-                answers(asked, values.into_iter().map(Ok))
-            }
-            Err(e) => {
+        if replies.iter().flatten().any(nodes::is_stale) {
+            // Scripts flushed or slots moved: load the scripts and the slot
+            // map again with a new connection.
+            self.con = None;
+        }
+        let mut done = match broken {
+            None => answers(asked, replies.into_iter()),
+            Some(e) => {
                 if self.con.take().is_some() {
                     log::error!("redis: {e}; reconnecting");
                     // A connection that broke or hung: the next batches
                     // fail at once until the backoff allows a new one.
                     self.next_try = Instant::now() + self.backoff;
                 }
-                answers(asked, std::iter::repeat(Err(e)))
+                // What one primary answered stands; the rest failed.
+                let failed = std::iter::repeat(Err(e));
+                answers(asked, replies.into_iter().chain(failed))
             }
         };
         done.append(&mut at_once);

@@ -79,40 +79,59 @@ impl Nodes {
     }
 
     /// Runs `cmds`, each on the primary of its key's slot, as one pipeline
-    /// per primary. The replies come in the order of `cmds`; a command's own
-    /// error is its reply (`Value::ServerError`), a broken connection the
-    /// `Err` of the whole.
-    pub fn run(&mut self, cmds: Vec<Cmd>) -> RedisResult<Vec<Value>> {
-        if self.cons.len() == 1 {
-            let mut pipe = redis::pipe();
-            pipe.ignore_errors();
-            let count = cmds.len();
-            for cmd in cmds {
-                pipe.add_command(cmd);
-            }
-            return checked(pipe.query(&mut self.cons[0])?, count);
-        }
+    /// per primary; the replies come in the order of `cmds`. A command's
+    /// own error is its reply (`Value::ServerError`). A primary whose
+    /// connection broke fails only the commands sent to it (those sent to
+    /// the others ran and keep their answers), and the first such error
+    /// comes back beside the replies: the caller then reconnects.
+    pub fn run_each(&mut self, cmds: Vec<Cmd>) -> (Vec<Result<Value, String>>, Option<String>) {
+        let count = cmds.len();
         let mut pipes: Vec<(redis::Pipeline, Vec<usize>)> = (0..self.cons.len())
             .map(|_| (redis::pipe(), Vec::new()))
             .collect();
-        let count = cmds.len();
         for (at, cmd) in cmds.into_iter().enumerate() {
-            let node = self.node_of(slot(route_key(&cmd)));
+            let node = match self.cons.len() {
+                1 => 0,
+                _ => self.node_of(slot(route_key(&cmd))),
+            };
             pipes[node].0.add_command(cmd);
             pipes[node].1.push(at);
         }
-        let mut replies = vec![Value::Nil; count];
+        let mut replies = vec![Ok(Value::Nil); count];
+        let mut broken = None;
         for (node, (mut pipe, order)) in pipes.into_iter().enumerate() {
             if order.is_empty() {
                 continue;
             }
             pipe.ignore_errors();
-            let values = checked(pipe.query(&mut self.cons[node])?, order.len())?;
-            for (at, value) in order.into_iter().zip(values) {
-                replies[at] = value;
+            let values = pipe
+                .query(&mut self.cons[node])
+                .map_err(|e| e.to_string())
+                .and_then(|values| checked(values, order.len()));
+            match values {
+                Ok(values) => {
+                    for (at, value) in order.into_iter().zip(values) {
+                        replies[at] = Ok(value);
+                    }
+                }
+                Err(e) => {
+                    for at in order {
+                        replies[at] = Err(e.clone());
+                    }
+                    broken.get_or_insert(e);
+                }
             }
         }
-        Ok(replies)
+        (replies, broken)
+    }
+
+    /// `run_each` for work that goes on only when every primary answered.
+    pub fn run(&mut self, cmds: Vec<Cmd>) -> Result<Vec<Value>, String> {
+        let (replies, broken) = self.run_each(cmds);
+        match broken {
+            Some(e) => Err(e),
+            None => replies.into_iter().collect(),
+        }
     }
 
     fn node_of(&self, slot: u16) -> usize {
@@ -125,23 +144,17 @@ impl Nodes {
     }
 }
 
-/// Whether replies say this connection is out of date: the scripts were
+/// Whether a reply says this connection is out of date: the scripts were
 /// flushed, or the cluster's slots moved.
-pub fn needs_reopen(values: &[Value]) -> bool {
-    values.iter().any(|v| {
-        matches!(v, Value::ServerError(e)
-            if matches!(e.code(), "NOSCRIPT" | "MOVED" | "ASK"))
-    })
+pub fn is_stale(reply: &Value) -> bool {
+    matches!(reply, Value::ServerError(e)
+        if matches!(e.code(), "NOSCRIPT" | "MOVED" | "ASK"))
 }
 
-fn checked(values: Vec<Value>, count: usize) -> RedisResult<Vec<Value>> {
+fn checked(values: Vec<Value>, count: usize) -> Result<Vec<Value>, String> {
     match values.len() == count {
         true => Ok(values),
-        false => Err(redis::RedisError::from((
-            redis::ErrorKind::Parse,
-            "a pipeline's replies",
-            format!("{} replies to {count} commands", values.len()),
-        ))),
+        false => Err(format!("{} replies to {count} commands", values.len())),
     }
 }
 

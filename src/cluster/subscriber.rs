@@ -222,7 +222,7 @@ impl Listener {
                 return;
             }
         };
-        if super::nodes::needs_reopen(&replies) {
+        if replies.iter().any(super::nodes::is_stale) {
             self.sweeper = None;
         }
         let mut leaves = Vec::new();
