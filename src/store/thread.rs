@@ -32,6 +32,11 @@ pub struct StoreThread {
     /// already read bring (see docs/architecture.md, "Storage").
     overflow: VecDeque<Request>,
     events: Receiver<Completion>,
+    /// Appends the thread has written, handed back to be freed here, on
+    /// the loop's thread that allocated them: glibc makes a free from
+    /// another thread wait for the allocating arena's lock, and under load
+    /// the loop and this thread slept on it (docs/benchmarks.md).
+    spent: Receiver<Vec<Append>>,
     handle: Option<std::thread::JoinHandle<()>>,
     /// Kept here too: when the thread ends (a failed write ends it) its
     /// waker must stay open, or closing the eventfd takes the wake-up that
@@ -50,6 +55,7 @@ impl StoreThread {
     ) -> std::io::Result<StoreThread> {
         let (requests, inbox) = crossbeam_channel::bounded(queue.max(1));
         let (outbox, events) = crossbeam_channel::unbounded();
+        let (spent_out, spent) = crossbeam_channel::unbounded();
         let kept = waker.clone();
         let handle = std::thread::Builder::new()
             .name("store".into())
@@ -60,6 +66,7 @@ impl StoreThread {
                     touched: HashMap::new(),
                     failed: false,
                     outbox,
+                    spent: spent_out,
                     waker,
                 };
                 worker.run(inbox);
@@ -69,6 +76,7 @@ impl StoreThread {
             held: Vec::new(),
             overflow: VecDeque::new(),
             events,
+            spent,
             handle: Some(handle),
             _waker: kept,
         })
@@ -124,6 +132,7 @@ impl Engine for StoreThread {
     /// the overflow moves on first.
     fn completions(&mut self, out: &mut Vec<Completion>) {
         out.extend(self.events.try_iter());
+        self.spent.try_iter().for_each(drop);
         while let Err(Gone(request)) = self.drain_overflow() {
             out.extend(request.gone());
         }
@@ -153,6 +162,8 @@ struct Writer {
     /// so they must not be marked as closed cleanly.
     failed: bool,
     outbox: Sender<Completion>,
+    /// Written appends, back to `StoreThread::spent`.
+    spent: Sender<Vec<Append>>,
     waker: Arc<Waker>,
 }
 
@@ -214,6 +225,9 @@ impl Writer {
                 count,
                 numbered: Vec::new(),
             });
+        }
+        for (_, msgs) in appends {
+            let _ = self.spent.send(msgs);
         }
         let mut acks: HashMap<u32, Vec<(u64, String, u64)>> = HashMap::new();
         let mut closing = false;
