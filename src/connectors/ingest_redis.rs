@@ -159,7 +159,8 @@ fn list(ingest: &Ingest, max_frame: usize, link: &mut Link, con: &mut Connection
 }
 
 /// Up to `prefetch` messages moved into the processing list: the first
-/// waits up to a second, the rest are taken only if already there.
+/// waits up to a second, the rest are taken only if already there, with
+/// one pipeline of `LMOVE`s (one round trip, not one per message).
 fn take_from_list(
     con: &mut Connection,
     key: &str,
@@ -177,20 +178,23 @@ fn take_from_list(
     let Some(first) = first else {
         return Ok(Vec::new());
     };
-    let mut batch = vec![first];
-    while batch.len() < usize::from(prefetch) {
-        let next: Option<Vec<u8>> = redis::cmd("LMOVE")
+    let waiting: usize = con.llen(key).map_err(err)?;
+    let more = waiting.min(usize::from(prefetch).saturating_sub(1));
+    let mut pipe = redis::pipe();
+    for _ in 0..more {
+        pipe.cmd("LMOVE")
             .arg(key)
             .arg(processing)
             .arg("RIGHT")
-            .arg("LEFT")
-            .query(con)
-            .map_err(err)?;
-        match next {
-            Some(item) => batch.push(item),
-            None => break,
-        }
+            .arg("LEFT");
     }
+    // Another consumer of the key may have emptied it meanwhile: nil.
+    let rest: Vec<Option<Vec<u8>>> = match more {
+        0 => Vec::new(),
+        _ => pipe.query(con).map_err(err)?,
+    };
+    let mut batch = vec![first];
+    batch.extend(rest.into_iter().flatten());
     Ok(batch)
 }
 
