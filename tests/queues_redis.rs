@@ -104,6 +104,45 @@ fn a_stream_survives_kill_9_of_syncd_halfway_with_every_message_once() {
     });
 }
 
+/// A consumer of the group that read entries and died (or came back under
+/// another hostname) leaves them pending under its name: after
+/// `claim_after` they are taken over and published, each once.
+#[test]
+fn entries_another_consumer_left_pending_are_taken_over_and_published_once() {
+    let redis = Redis::start();
+    redis.cmd(&["XGROUP", "CREATE", "events", "syncd", "0", "MKSTREAM"]);
+    add_stream(&redis, "events", "stranded", 0..50);
+    // An earlier server on another host read the first 30 and was lost.
+    redis.cmd(&[
+        "XREADGROUP",
+        "GROUP",
+        "syncd",
+        "gone-host",
+        "COUNT",
+        "30",
+        "STREAMS",
+        "events",
+        ">",
+    ]);
+    let config = format!(
+        "[[ingest]]\nkind = \"redis-stream\"\nurl = \"{}\"\nstream = \"events\"\ngroup = \"syncd\"\nclaim_after = \"1s\"\n",
+        redis.url()
+    );
+    let server = Server::start(2, &config);
+    eventually("all 50 are published", || {
+        history(&server, "stranded").len() >= 50
+    });
+    let mut ns: Vec<u64> = history(&server, "stranded")
+        .iter()
+        .map(|m| m["data"]["n"].as_u64().unwrap())
+        .collect();
+    ns.sort_unstable();
+    assert_eq!(ns, (0..50).collect::<Vec<_>>(), "each once");
+    eventually("nothing is left pending", || {
+        redis.cmd(&["XPENDING", "events", "syncd"]).lines().next() == Some(":0")
+    });
+}
+
 #[test]
 fn a_redis_restart_during_ingest_loses_nothing_and_status_shows_the_outage() {
     let mut redis = Redis::start();

@@ -84,6 +84,11 @@ pub struct Ingest {
     /// Most messages taken from the broker and not yet acknowledged.
     #[serde(default = "default_prefetch")]
     pub prefetch: u16,
+    /// `redis-stream`: entries another consumer of the group read and left
+    /// unacknowledged this long (a server that died, or came back under
+    /// another hostname) are taken over (`XAUTOCLAIM`).
+    #[serde(default = "default_claim_after", deserialize_with = "duration")]
+    pub claim_after: Duration,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
@@ -118,6 +123,10 @@ fn default_dedupe_window() -> Duration {
 
 fn default_prefetch() -> u16 {
     256
+}
+
+fn default_claim_after() -> Duration {
+    Duration::from_secs(60)
 }
 
 fn default_routing_key() -> String {
@@ -185,6 +194,9 @@ impl Ingest {
         }
         if self.dedupe_window.is_zero() {
             return Err(format!("{at}: dedupe_window must be more than 0s"));
+        }
+        if self.claim_after.is_zero() {
+            return Err(format!("{at}: claim_after must be more than 0s"));
         }
         Ok(())
     }

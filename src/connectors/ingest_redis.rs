@@ -11,7 +11,7 @@
 //!   nothing for a subscriber that is away).
 
 use std::collections::HashMap;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use redis::streams::{StreamReadOptions, StreamReadReply};
 use redis::{Commands, Connection, Value};
@@ -212,9 +212,18 @@ fn stream(ingest: &Ingest, max_frame: usize, link: &mut Link, con: &mut Connecti
     }
     let consumer = consumer_name();
     link.set_state("connected");
-    // Our pending entries (read, never acknowledged) come first.
+    // Our pending entries (read, never acknowledged) come first, with what
+    // other consumers left stranded.
     let mut from_pending = true;
+    let mut next_claim = Instant::now();
     while !link.stopping() {
+        if Instant::now() >= next_claim {
+            next_claim = Instant::now() + ingest.claim_after;
+            let idle = ingest.claim_after;
+            if claim_stranded(con, stream, group, &consumer, idle, ingest.prefetch)? > 0 {
+                from_pending = true;
+            }
+        }
         let mut options = StreamReadOptions::default()
             .group(group, &consumer)
             .count(usize::from(ingest.prefetch));
@@ -285,6 +294,56 @@ fn stream(ingest: &Ingest, max_frame: usize, link: &mut Link, con: &mut Connecti
         }
     }
     Ok(())
+}
+
+/// Takes over the entries other consumers of `group` read and left
+/// unacknowledged for `idle` or more (a server that died, or came back
+/// under another name), so they are published rather than stranded. They
+/// become ours to read as pending entries; each one's key is its entry id,
+/// so one the other consumer did publish is a duplicate, not a second
+/// message. How many were taken.
+fn claim_stranded(
+    con: &mut Connection,
+    stream: &str,
+    group: &str,
+    consumer: &str,
+    idle: Duration,
+    count: u16,
+) -> Result<usize> {
+    let mut cursor = "0-0".to_string();
+    let mut claimed = 0;
+    loop {
+        let reply: Value = redis::cmd("XAUTOCLAIM")
+            .arg(stream)
+            .arg(group)
+            .arg(consumer)
+            .arg(u64::try_from(idle.as_millis()).unwrap_or(u64::MAX))
+            .arg(&cursor)
+            .arg("COUNT")
+            .arg(count.max(1))
+            .arg("JUSTID")
+            .query(con)
+            .map_err(err)?;
+        // [next cursor, [ids], (Redis 7: [ids deleted meanwhile])]
+        let Value::Array(parts) = reply else {
+            return Err("XAUTOCLAIM: an unreadable reply".into());
+        };
+        let next: String = parts
+            .first()
+            .and_then(|v| redis::from_redis_value_ref(v).ok())
+            .unwrap_or_else(|| "0-0".into());
+        if let Some(Value::Array(ids)) = parts.get(1) {
+            claimed += ids.len();
+        }
+        if next == "0-0" || next == cursor {
+            break;
+        }
+        cursor = next;
+    }
+    if claimed > 0 {
+        log::warn!("ingest redis-stream {stream}: took over {claimed} entries other consumers of {group} left unacknowledged");
+    }
+    Ok(claimed)
 }
 
 /// The same name across restarts of this host's syncd, so the pending
