@@ -40,14 +40,6 @@ fn seqs(frames: &[Value]) -> Vec<u64> {
     frames.iter().map(|f| f["seq"].as_u64().unwrap()).collect()
 }
 
-fn publish_http(server: &Server, channel: &str, data: Value) -> u64 {
-    let body = json!({"channel": channel, "data": data}).to_string();
-    let (status, reply) = server.http("POST", "/api/publish", &body);
-    assert_eq!(status, 200, "{reply}");
-    let reply: Value = serde_json::from_str(&reply).unwrap();
-    reply["seq"].as_u64().unwrap()
-}
-
 #[test]
 fn publishes_on_node_a_reach_ws_and_tcp_subscribers_on_node_b_in_order() {
     let redis = Redis::start();
@@ -63,7 +55,7 @@ fn publishes_on_node_a_reach_ws_and_tcp_subscribers_on_node_b_in_order() {
     let mut publisher = a.ws();
     let mut acked = Vec::new();
     for i in 0..50 {
-        acked.push(publish_http(&a, "news", json!({"http": i})));
+        acked.push(a.publish("news", json!({"http": i})));
         let reply = publisher.request(
             json!({"op":"pub","id":i,"channel":"news","data":{"ws":i}}),
             &mut Vec::new(),
@@ -83,7 +75,7 @@ fn publishes_on_node_a_reach_ws_and_tcp_subscribers_on_node_b_in_order() {
     }
     // Nothing twice: the next message each one gets is a marker published
     // after all of them (one channel's order holds).
-    let marker = publish_http(&a, "news", json!("end"));
+    let marker = a.publish("news", json!("end"));
     let clients = ws.iter_mut().map(|c| c as &mut dyn Client);
     for c in clients.chain(tcp.iter_mut().map(|c| c as &mut dyn Client)) {
         assert_eq!(seqs(&collect(c, "news", 1)), [marker], "nothing twice");
@@ -100,16 +92,7 @@ fn publishes_on_node_a_reach_ws_and_tcp_subscribers_on_node_b_in_order() {
 fn messages_missed_while_pubsub_is_down_are_fetched_from_the_stream_in_order() {
     let redis = Redis::start();
     let (a, b) = two_nodes(&redis);
-    let mut subs: Vec<Box<dyn Client>> = Vec::new();
-    for c in b.clients_on_every_worker(2, || b.ws()) {
-        subs.push(Box::new(c));
-    }
-    for c in b.clients_on_every_worker(2, || b.tcp()) {
-        subs.push(Box::new(c));
-    }
-    for c in subs.iter_mut() {
-        c.sub("gaps");
-    }
+    let mut subs = b.subscribers("gaps");
     let listeners = || {
         let reply = redis.cmd(&["PUBSUB", "NUMSUB", "syncd:{gaps}:msgs"]);
         reply
@@ -123,13 +106,13 @@ fn messages_missed_while_pubsub_is_down_are_fetched_from_the_stream_in_order() {
         redis.cmd(&["CLIENT", "KILL", "TYPE", "pubsub"]);
         // Publish until B listens again; count the publishes nobody heard.
         while listeners() == Some(0) {
-            published = publish_http(&a, "gaps", json!(published + 1));
+            published = a.publish("gaps", json!(published + 1));
             if listeners() == Some(0) {
                 gaps += 1;
             }
         }
         for _ in 0..5 {
-            published = publish_http(&a, "gaps", json!(published + 1));
+            published = a.publish("gaps", json!(published + 1));
         }
         if gaps >= 5 {
             break;
@@ -138,7 +121,7 @@ fn messages_missed_while_pubsub_is_down_are_fetched_from_the_stream_in_order() {
     eprintln!("{gaps} of {published} publishes made while B was not listening");
     assert!(gaps >= 5, "only {gaps} publishes while B was not listening");
     let all: Vec<u64> = (1..=published).collect();
-    let marker = publish_http(&a, "gaps", json!("end"));
+    let marker = a.publish("gaps", json!("end"));
     for c in subs.iter_mut() {
         let got = collect(c.as_mut(), "gaps", all.len() + 1);
         let (messages, last) = got.split_at(all.len());
@@ -155,7 +138,7 @@ fn a_client_resumes_on_node_b_from_a_seq_published_through_node_a() {
     let reply = first.sub("feed");
     let epoch = reply["epoch"].as_str().unwrap().to_string();
     for i in 1..=10 {
-        assert_eq!(publish_http(&a, "feed", json!(i)), i);
+        assert_eq!(a.publish("feed", json!(i)), i);
     }
     assert_eq!(seqs(&collect(&mut first, "feed", 4)), [1, 2, 3, 4]);
     drop(first);
@@ -169,7 +152,7 @@ fn a_client_resumes_on_node_b_from_a_seq_published_through_node_a() {
     assert_eq!(reply["epoch"], epoch.as_str());
     let got = collect(&mut again, "feed", 6);
     assert_eq!(seqs(&got), [5, 6, 7, 8, 9, 10]);
-    publish_http(&a, "feed", json!(11));
+    a.publish("feed", json!(11));
     assert_eq!(seqs(&collect(&mut again, "feed", 1)), [11]);
 }
 
@@ -212,7 +195,7 @@ fn a_cas_race_of_20_clients_across_both_nodes_has_exactly_one_winner() {
     assert_eq!(change[0]["data"]["version"], 1);
     assert_eq!(change[0]["data"]["value"], won_value(&replies));
     // One change only: the next message is a marker published after it.
-    let marker = publish_http(&a, "seats", json!("end"));
+    let marker = a.publish("seats", json!("end"));
     let next = collect(&mut watcher, "seats", 1);
     assert_eq!(next[0]["data"], "end", "one change only: {next:?}");
     assert_eq!(seqs(&next), [marker]);
@@ -316,7 +299,7 @@ fn an_idempotent_publish_retried_on_the_other_node_is_stored_once() {
     let got = collect(&mut watcher, "orders", 1);
     assert_eq!(seqs(&got), [1]);
     // Published once: the next message is a marker published after it.
-    let marker = publish_http(&a, "orders", json!("end"));
+    let marker = a.publish("orders", json!("end"));
     let next = collect(&mut watcher, "orders", 1);
     assert_eq!(
         (seqs(&next), next[0]["data"].clone()),
@@ -333,7 +316,7 @@ fn redis_restarted_without_data_fails_requests_fast_then_clients_carry_on_in_a_n
     let reply = live.sub("ticker");
     let old_epoch = reply["epoch"].as_str().unwrap().to_string();
     for i in 1..=5 {
-        publish_http(&a, "ticker", json!(i));
+        a.publish("ticker", json!(i));
     }
     assert_eq!(seqs(&collect(&mut live, "ticker", 5)), [1, 2, 3, 4, 5]);
 
@@ -392,7 +375,7 @@ fn redis_restarted_without_data_fails_requests_fast_then_clients_carry_on_in_a_n
     assert_ne!(new_epoch, old_epoch);
     // Then every message of the new epoch after the resync's seq, in order
     // (the first publish after the restart may come before or after it).
-    let next = publish_http(&a, "ticker", json!("next"));
+    let next = a.publish("ticker", json!("next"));
     let from = resync["seq"].as_u64().unwrap();
     let got = collect(&mut live, "ticker", (next - from) as usize);
     assert_eq!(seqs(&got), (from + 1..=next).collect::<Vec<_>>());
@@ -443,7 +426,7 @@ fn retention_on_redis_is_history_size_and_ttl() {
     let mut watcher = a.tcp();
     watcher.sub("short");
     for i in 1..=8 {
-        publish_http(&a, "short", json!(i));
+        a.publish("short", json!(i));
     }
     assert_eq!(redis.cmd(&["XLEN", "syncd:{short}:log"]), ":5", "MAXLEN");
     let (_, body) = a.http("GET", "/api/history?channel=short&since=0", "");
@@ -502,7 +485,7 @@ fn a_long_resume_on_node_b_comes_in_pages_of_what_node_a_published() {
         &mut Vec::new(),
     );
     assert_eq!(reply["recovered"], true, "{reply}");
-    publish_http(&a, "long", json!("live"));
+    a.publish("long", json!("live"));
     let got = collect(&mut resumer, "long", total + 1);
     assert_eq!(seqs(&got), (1..=total as u64 + 1).collect::<Vec<_>>());
     assert_eq!(got[total]["data"], "live");

@@ -42,7 +42,7 @@ fn amqp_ingest_in_order_once_dead_letters_kill_9_and_broker_restart() {
     amqp.queue("orders-in", Some("orders-dead"));
     amqp.queue("orders-dead", None);
     let server = Server::start(2, &ingest_config(&rabbit.url(), "orders-in", ""));
-    let mut subs = subscribers(&server, "orders");
+    let mut subs = server.subscribers("orders");
     amqp.publish("orders-in", &bodies("orders", 0..N / 2));
     amqp.publish("orders-in", &[(None, "{not json".into())]);
     amqp.publish("orders-in", &bodies("orders", N / 2..N));
@@ -108,7 +108,7 @@ fn amqp_ingest_in_order_once_dead_letters_kill_9_and_broker_restart() {
         2,
         &ingest_config(&rabbit.url(), "feed-in", "prefetch = 16\n"),
     );
-    let mut subs = subscribers(&server, "feed");
+    let mut subs = server.subscribers("feed");
     amqp.publish("feed-in", &bodies("feed", 0..N));
     eventually("some are published", || ingest(&server).published >= 100);
     rabbit.kill();

@@ -31,7 +31,7 @@ fn a_list_reaches_ws_and_tcp_subscribers_in_order_once_and_bad_ones_go_to_the_de
         redis.url()
     );
     let server = Server::start(2, &config);
-    let mut subs = subscribers(&server, "orders");
+    let mut subs = server.subscribers("orders");
     push_list(&redis, "jobs", "orders", 0..N / 2);
     redis.cmd(&["LPUSH", "jobs", "{not json"]);
     redis.cmd(&["LPUSH", "jobs", r#"{"data":1}"#]);
@@ -151,7 +151,7 @@ fn a_redis_restart_during_ingest_loses_nothing_and_status_shows_the_outage() {
         redis.url()
     );
     let server = Server::start(2, &config);
-    let mut subs = subscribers(&server, "feed");
+    let mut subs = server.subscribers("feed");
     add_stream(&redis, "s", "feed", 0..N);
     eventually("some are published", || ingest(&server).published >= 100);
     // Saved to disk and stopped: what was read but not acknowledged stays
@@ -181,8 +181,8 @@ fn pubsub_plain_and_laravel_payloads_reach_subscribers() {
         url = redis.url()
     );
     let server = Server::start(2, &config);
-    let mut news = subscribers(&server, "news.sport");
-    let mut orders = subscribers(&server, "orders.981");
+    let mut news = server.subscribers("news.sport");
+    let mut orders = server.subscribers("orders.981");
     eventually("both ingests are subscribed", || {
         let c = connectors(&server);
         c.len() == 2 && c.iter().all(|c| c.state == "connected")

@@ -21,14 +21,6 @@ fn node(redis: &RedisCluster, name: &str) -> Server {
     Server::start(2, &toml)
 }
 
-fn publish(server: &Server, channel: &str, data: Value) -> u64 {
-    let body = json!({"channel": channel, "data": data}).to_string();
-    let (status, reply) = server.http("POST", "/api/publish", &body);
-    assert_eq!(status, 200, "{reply}");
-    let reply: Value = serde_json::from_str(&reply).unwrap();
-    reply["seq"].as_u64().unwrap()
-}
-
 /// Reads until every channel's marker (`"end"`) has come, and hands back
 /// the seqs of each channel's other messages, in arrival order.
 fn read_until_markers(c: &mut dyn Client, channels: &[String]) -> Vec<Vec<u64>> {
@@ -75,13 +67,7 @@ fn two_nodes_share_channels_spread_over_every_primary_of_a_redis_cluster() {
     }
     assert_eq!(primaries.len(), 3, "channels on every primary");
 
-    let mut subscribers: Vec<Box<dyn Client>> = Vec::new();
-    for c in b.clients_on_every_worker(2, || b.ws()) {
-        subscribers.push(Box::new(c));
-    }
-    for c in b.clients_on_every_worker(2, || b.tcp()) {
-        subscribers.push(Box::new(c));
-    }
+    let mut subscribers = b.ws_and_tcp_on_every_worker(2);
     let mut epochs = Vec::new();
     for (i, s) in subscribers.iter_mut().enumerate() {
         for channel in &channels {
@@ -94,11 +80,11 @@ fn two_nodes_share_channels_spread_over_every_primary_of_a_redis_cluster() {
     const N: u64 = 50;
     for n in 1..=N {
         for channel in &channels {
-            assert_eq!(publish(&a, channel, json!(n)), n, "{channel}");
+            assert_eq!(a.publish(channel, json!(n)), n, "{channel}");
         }
     }
     for channel in &channels {
-        publish(&a, channel, json!("end"));
+        a.publish(channel, json!("end"));
     }
     let all: Vec<u64> = (1..=N).collect();
     for s in subscribers.iter_mut() {

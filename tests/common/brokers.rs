@@ -37,15 +37,7 @@ impl Redis {
     /// Starts the server again on the same port and folder (after `kill`
     /// or `SHUTDOWN NOSAVE`).
     pub fn launch(&mut self) {
-        let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string()])
-            .args(["--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .args(["--dir", &self.dir.path().display().to_string()])
-            .args(["--protected-mode", "no"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .process_group(0)
+        let child = redis_server(self.port, self.dir.path())
             .spawn()
             .expect("redis-server (run scripts/setup-tests.sh)");
         self.child = Some(child);
@@ -134,6 +126,22 @@ fn read_reply(reader: &mut impl BufRead) -> Option<String> {
         }
         _ => Some(line),
     }
+}
+
+/// Debian's `redis-server` on loopback `port`, without persistence, its
+/// files in `dir`, in a process group of its own; add arguments, then spawn.
+pub fn redis_server(port: u16, dir: &std::path::Path) -> Command {
+    let mut command = Command::new("redis-server");
+    command
+        .args(["--port", &port.to_string()])
+        .args(["--bind", "127.0.0.1"])
+        .args(["--save", "", "--appendonly", "no"])
+        .args(["--dir", &dir.display().to_string()])
+        .args(["--protected-mode", "no"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .process_group(0);
+    command
 }
 
 /// One RabbitMQ node, through Debian's wrapper (which, run as root, switches

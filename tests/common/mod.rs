@@ -231,6 +231,36 @@ impl Server {
         panic!("could not reach every worker");
     }
 
+    /// A WebSocket and a TCP client on each of `workers` workers.
+    pub fn ws_and_tcp_on_every_worker(&self, workers: usize) -> Vec<Box<dyn Client>> {
+        let mut all: Vec<Box<dyn Client>> = Vec::new();
+        for c in self.clients_on_every_worker(workers, || self.ws()) {
+            all.push(Box::new(c));
+        }
+        for c in self.clients_on_every_worker(workers, || self.tcp()) {
+            all.push(Box::new(c));
+        }
+        all
+    }
+
+    /// A WebSocket and a TCP subscriber of `channel` on each of 2 workers.
+    pub fn subscribers(&self, channel: &str) -> Vec<Box<dyn Client>> {
+        let mut all = self.ws_and_tcp_on_every_worker(2);
+        for c in all.iter_mut() {
+            c.sub(channel);
+        }
+        all
+    }
+
+    /// `POST /api/publish` of `data` on `channel`, which must succeed; its seq.
+    pub fn publish(&self, channel: &str, data: Value) -> u64 {
+        let body = json!({"channel": channel, "data": data}).to_string();
+        let (status, reply) = self.http("POST", "/api/publish", &body);
+        assert_eq!(status, 200, "{reply}");
+        let reply: Value = serde_json::from_str(&reply).expect("JSON");
+        reply["seq"].as_u64().expect("a seq")
+    }
+
     /// An HTTP request with the test API key.
     pub fn http(&self, method: &str, path: &str, body: &str) -> (u16, String) {
         self.http_with(method, path, body, "Authorization: Bearer test-key\r\n")

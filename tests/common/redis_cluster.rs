@@ -2,7 +2,6 @@
 //! (cluster mode, no persistence) on free ports, each in its own temp
 //! folder, joined by `redis-cli --cluster create`; killed when dropped.
 
-use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -25,18 +24,10 @@ impl RedisCluster {
         for _ in 0..primaries {
             let (port, bus) = (free_port(), free_port());
             let dir = tempfile::tempdir().expect("temp dir");
-            let child = Command::new("redis-server")
-                .args(["--port", &port.to_string()])
+            let child = super::brokers::redis_server(port, dir.path())
                 .args(["--cluster-port", &bus.to_string()])
-                .args(["--bind", "127.0.0.1"])
                 .args(["--cluster-enabled", "yes"])
                 .args(["--cluster-config-file", "nodes.conf"])
-                .args(["--save", "", "--appendonly", "no"])
-                .args(["--dir", &dir.path().display().to_string()])
-                .args(["--protected-mode", "no"])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .process_group(0)
                 .spawn()
                 .expect("redis-server (run scripts/setup-tests.sh)");
             cluster.children.push(child);

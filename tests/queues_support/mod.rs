@@ -29,21 +29,6 @@ pub fn ingest(server: &Server) -> ConnectorStatus {
         .expect("an ingest in status")
 }
 
-/// A WebSocket and a TCP subscriber of `channel` on every worker.
-pub fn subscribers(server: &Server, channel: &str) -> Vec<Box<dyn Client>> {
-    let mut all: Vec<Box<dyn Client>> = Vec::new();
-    for c in server.clients_on_every_worker(2, || server.ws()) {
-        all.push(Box::new(c));
-    }
-    for c in server.clients_on_every_worker(2, || server.tcp()) {
-        all.push(Box::new(c));
-    }
-    for c in all.iter_mut() {
-        c.sub(channel);
-    }
-    all
-}
-
 /// The next `n` `msg` frames (20 s without one fails the test).
 pub fn take_msgs(client: &mut dyn Client, n: usize) -> Vec<Value> {
     let mut got = Vec::new();
