@@ -222,9 +222,9 @@ impl Listener {
                 return;
             }
         };
-        if replies.iter().any(super::nodes::is_stale) {
-            self.sweeper = None;
-        }
+        // Scripts flushed or slots moved: a new connection next time, but
+        // the leaves of the sweeps that did run still go out first.
+        let stale = replies.iter().any(super::nodes::is_stale);
         let mut leaves = Vec::new();
         // Each channel's second reply: the uids its sweep removed.
         for (channel, left) in channels.iter().zip(replies.chunks(2)) {
@@ -240,10 +240,9 @@ impl Listener {
                 leaves.push(cmd);
             }
         }
-        if let Some(Sweeper { con, .. }) = self.sweeper.as_mut() {
-            if !leaves.is_empty() && con.run(leaves).is_err() {
-                self.sweeper = None;
-            }
+        let sent = leaves.is_empty() || con.run(leaves).is_ok();
+        if stale || !sent {
+            self.sweeper = None;
         }
     }
 
