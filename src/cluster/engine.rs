@@ -351,12 +351,7 @@ impl Writer {
         let mut done = match broken {
             None => answers(asked, replies.into_iter()),
             Some(e) => {
-                if self.con.take().is_some() {
-                    log::error!("redis: {e}; reconnecting");
-                    // A connection that broke or hung: the next batches
-                    // fail at once until the backoff allows a new one.
-                    self.next_try = Instant::now() + self.backoff;
-                }
+                self.broke(&e);
                 // What one primary answered stands; the rest failed.
                 let failed = std::iter::repeat(Err(e));
                 answers(asked, replies.into_iter().chain(failed))
@@ -411,9 +406,18 @@ impl Writer {
         }
         if let Some(con) = self.con.as_mut() {
             if let Err(e) = con.run(pipe) {
-                log::error!("redis: refreshing presence: {e}; reconnecting");
-                self.con = None;
+                self.broke(&format!("refreshing presence: {e}"));
             }
+        }
+    }
+
+    /// The connection broke or hung: dropped, and the next batches fail at
+    /// once until the backoff allows a new one (a hung Redis would make
+    /// each wait `IO_TIMEOUT` again).
+    fn broke(&mut self, why: &str) {
+        if self.con.take().is_some() {
+            log::error!("redis: {why}; reconnecting");
+            self.next_try = Instant::now() + self.backoff;
         }
     }
 
