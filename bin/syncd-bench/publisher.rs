@@ -209,6 +209,7 @@ fn publish(
         }
         flushed = conn.flush().context("publisher")?;
         let before = out.acked;
+        let before_answered = out.acked + out.errors;
         let read = conn.read_ready(|frame| {
             if !frame.starts_with(br#"{"op":"ok""#) && !frame.starts_with(br#"{"op":"error""#) {
                 return;
@@ -230,7 +231,12 @@ fn publish(
         if let Err(ended) = read {
             anyhow::bail!("publisher {p}: {}", ended.0);
         }
-        let wait = if !offering || rate <= 0.0 {
+        let wait = if offering && rate <= 0.0 && out.acked + out.errors > before_answered {
+            // Answers freed room in the window: refill it now, not at the
+            // next wake-up (with edge-triggered readiness that can be the
+            // 1 ms timeout, which left the server idle between waves).
+            Duration::ZERO
+        } else if !offering || rate <= 0.0 {
             Duration::from_millis(if offering { 1 } else { 20 })
         } else {
             // Until the next one is due.
