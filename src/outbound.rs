@@ -48,6 +48,19 @@ impl OutboundQueue {
         Ok(())
     }
 
+    /// As `push`, taking the segments: a clone of `Bytes` made from a
+    /// `Vec` (a link frame's header) allocates to share it.
+    pub fn push_owned<const N: usize>(&mut self, parts: [Bytes; N]) -> Result<(), Overflow> {
+        let size: usize = parts.iter().map(Bytes::len).sum();
+        if self.queued + size > self.limit {
+            return Err(Overflow);
+        }
+        self.segments
+            .extend(parts.into_iter().filter(|b| !b.is_empty()));
+        self.queued += size;
+        Ok(())
+    }
+
     /// Queues bytes past the limit: for the few bytes of a closing frame.
     pub fn push_unbounded(&mut self, bytes: Bytes) {
         self.queued += bytes.len();

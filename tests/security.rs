@@ -13,16 +13,22 @@ use std::process::Command;
 
 use common::{Client, Server};
 use serde_json::{json, Value};
+use syncd::bus::frame::{self, BusMsg};
 
-/// A worker-link frame as the wire format says:
-/// `u32 length | u32 meta length | meta JSON | payload`, big-endian.
-fn link_frame(meta: &Value, payload: &[u8]) -> Vec<u8> {
+/// A worker-link frame: `u32 length | u32 meta length | meta | payload`,
+/// big-endian, the meta in syncd's own encoding.
+fn link_frame(meta: Value, payload: &[u8]) -> Vec<u8> {
+    let msg: BusMsg = serde_json::from_value(meta).expect("a BusMsg");
+    [&frame::encode_header(&msg, payload.len())[..], payload].concat()
+}
+
+/// A frame whose meta is JSON text: not a frame of ours at all.
+fn json_frame(meta: &Value) -> Vec<u8> {
     let meta = meta.to_string().into_bytes();
     let mut out = Vec::new();
-    out.extend_from_slice(&((4 + meta.len() + payload.len()) as u32).to_be_bytes());
+    out.extend_from_slice(&((4 + meta.len()) as u32).to_be_bytes());
     out.extend_from_slice(&(meta.len() as u32).to_be_bytes());
     out.extend_from_slice(&meta);
-    out.extend_from_slice(payload);
     out
 }
 
@@ -67,25 +73,30 @@ fn a_forged_hello_and_deliver_reach_no_subscriber() {
         s.sub("news");
     }
     let forged_line = b"{\"op\":\"msg\",\"channel\":\"news\",\"seq\":1,\"data\":\"forged\"}\n";
-    let deliver = json!({"t":"Deliver","channel":"news","seq":1});
+    let deliver = || {
+        link_frame(
+            json!({"Deliver": {"channel": "news", "seq": 1}}),
+            forged_line,
+        )
+    };
     let attempts: Vec<Vec<u8>> = vec![
         // A well-formed Hello with a guessed secret.
         [
             link_frame(
-                &json!({"t":"Hello","slot":1,"instance":7,"secret":"0".repeat(32)}),
+                json!({"Hello": {"slot": 1, "instance": 7, "secret": "0".repeat(32)}}),
                 b"",
             ),
-            link_frame(&deliver, forged_line),
+            deliver(),
         ]
         .concat(),
-        // A Hello without any secret, as an older worker would send.
+        // A Hello in a form that is not ours (JSON, without any secret).
         [
-            link_frame(&json!({"t":"Hello","slot":0,"instance":7}), b""),
-            link_frame(&deliver, forged_line),
+            json_frame(&json!({"t": "Hello", "slot": 0, "instance": 7})),
+            deliver(),
         ]
         .concat(),
         // No Hello at all.
-        link_frame(&deliver, forged_line),
+        deliver(),
     ];
     for (i, bytes) in attempts.iter().enumerate() {
         for slot in 0..2 {

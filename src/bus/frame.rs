@@ -1,14 +1,19 @@
-//! Frames between workers: `u32 length | u32 meta length | meta (JSON) | payload`.
-//! The payload is raw bytes (a message line, or a publish's `data`) so the owner's
-//! serialized message crosses the link without being parsed or copied again.
+//! Frames between workers: `u32 length | u32 meta length | meta | payload`.
+//! The meta is the `BusMsg` in postcard's compact binary form (both ends are
+//! forks of one binary, so there is no other version to talk to); JSON here
+//! cost a publish that crossed a link about a sixth of its loop CPU
+//! (docs/benchmarks.md). The payload is raw bytes (a message line, or a
+//! publish's `data`) so the owner's serialized message crosses the link
+//! without being parsed or copied again.
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use serde::{Deserialize, Serialize};
 
 use super::secret::LinkSecret;
 
+/// Every field is always written: postcard, like any format that is not
+/// self-describing, cannot skip one.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(tag = "t")]
 pub enum BusMsg {
     /// First frame on a new link, from the dialing worker, with the proof
     /// that it was forked by our master.
@@ -30,10 +35,8 @@ pub enum BusMsg {
         ttl: Option<u64>,
         idempotency_key: Option<String>,
         /// From a queue ingest: its `dedupe_window`, in ms.
-        #[serde(default)]
         ingest_window_ms: Option<u64>,
         /// From another syncd's egress (`PublishOptions::mirrored`).
-        #[serde(default)]
         mirrored: bool,
     },
     /// The owner's answer to `Publish`: the `seq`, or an error message.
@@ -43,7 +46,6 @@ pub enum BusMsg {
         /// For state writes: the key's new version.
         version: Option<u64>,
         /// A repeated `idempotency_key` (the first publish's `seq`).
-        #[serde(default)]
         duplicate: bool,
         /// `(code, message, current)` of an error reply.
         error: Option<(String, String, Option<String>)>,
@@ -63,9 +65,7 @@ pub enum BusMsg {
         tag: u64,
         channel: String,
         key: Option<String>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
         after: Option<String>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
         limit: Option<usize>,
     },
     /// A numbered message: `payload` is its `msg` line, ready for subscribers.
@@ -84,7 +84,6 @@ pub enum BusMsg {
         /// A user's inbox: replay everything after its ack instead.
         inbox: bool,
         /// The next page of a replay up to this `seq`.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
         upto: Option<u64>,
     },
     /// `history`: asks the owner for retained messages.
@@ -126,10 +125,8 @@ pub enum BusMsg {
         recovered: Option<bool>,
         error: Option<String>,
         /// With `recovered: false`: the oldest `seq` still retained.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
         oldest: Option<u64>,
         /// A page stopped short: the `seq` to go on after.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
         cursor: Option<u64>,
     },
 }
@@ -144,12 +141,15 @@ pub enum FrameError {
 
 /// The header of a frame (lengths and meta); the payload follows as its own segment.
 pub fn encode_header(msg: &BusMsg, payload_len: usize) -> Bytes {
-    let meta = serde_json::to_vec(msg).unwrap_or_default();
-    let mut out = BytesMut::with_capacity(8 + meta.len());
-    out.put_u32((4 + meta.len() + payload_len) as u32);
-    out.put_u32(meta.len() as u32);
-    out.put_slice(&meta);
-    out.freeze()
+    let mut out = Vec::with_capacity(64);
+    out.extend_from_slice(&[0; 8]);
+    // Only sequences of unknown length fail, and a `BusMsg` has none; an
+    // empty meta would make the peer drop the link, never a wrong message.
+    let mut out = postcard::to_extend(msg, out).unwrap_or_else(|_| vec![0; 8]);
+    let meta_len = out.len().saturating_sub(8);
+    out[..4].copy_from_slice(&((4 + meta_len + payload_len) as u32).to_be_bytes());
+    out[4..8].copy_from_slice(&(meta_len as u32).to_be_bytes());
+    Bytes::from(out)
 }
 
 /// Takes one whole frame off the front of `buf`, if there is one.
@@ -172,7 +172,7 @@ pub fn decode(buf: &mut BytesMut, max: usize) -> Result<Option<(BusMsg, Bytes)>,
     if meta_len > len - 4 {
         return Err(FrameError::Bad("meta longer than frame".into()));
     }
-    let msg = serde_json::from_slice(&frame[8..8 + meta_len])
+    let msg = postcard::from_bytes(&frame[8..8 + meta_len])
         .map_err(|e| FrameError::Bad(e.to_string()))?;
     Ok(Some((msg, frame.split_off(8 + meta_len))))
 }

@@ -53,7 +53,9 @@ impl Link {
 
     pub fn send(&mut self, msg: &BusMsg, payload: Bytes) -> Result<(), LinkError> {
         let header = frame::encode_header(msg, payload.len());
-        self.queue(&header, &payload)
+        self.out
+            .push_owned([header, payload])
+            .map_err(|_| LinkError::Stuck(self.out.len()))
     }
 
     /// Bytes queued and not yet written.

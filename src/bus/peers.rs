@@ -421,7 +421,11 @@ impl Peers {
                 log::info!("bus: link from worker {slot} closed: {e}");
                 events.push(BusEvent::Down { slot });
             }
-            None if matches!(e, LinkError::Refused(_)) => self.refused(&e.to_string()),
+            // A peer that never proved itself: a forged Hello, or bytes
+            // that are no frame of ours.
+            None if matches!(e, LinkError::Refused(_) | LinkError::Frame(_)) => {
+                self.refused(&e.to_string())
+            }
             None => {}
         }
     }
