@@ -422,10 +422,10 @@ impl Writer {
     }
 
     fn publish(&self, msg: Append) -> redis::Cmd {
-        let channel = msg.channel.as_str();
+        let channel = &*msg.channel;
         let data = match has_line_break(&msg.data) {
-            true => compact_text(&msg.data).into_owned(),
-            false => msg.data,
+            true => compact_text(&msg.data),
+            false => std::borrow::Cow::Borrowed(&*msg.data),
         };
         let mut cmd = redis::cmd("EVALSHA");
         cmd.arg(&self.shas.publish).arg(5);

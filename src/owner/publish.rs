@@ -1,6 +1,8 @@
 //! The write path: numbering a message, sending it to storage, and releasing
 //! it (cache, delivery, answers) once storage has it.
 
+use std::sync::Arc;
+
 use super::idempotency::Check;
 use super::{storage_failed, Effect, Now, OwnerCore, PublishOptions, ReplyTo, StateWrite};
 use crate::config::Durability;
@@ -27,7 +29,7 @@ pub(super) struct Inflight {
     dedupe_window: std::time::Duration,
     /// The line is made at release, when the seq is final (an engine that
     /// numbers messages itself may give another one).
-    pub(super) data: String,
+    pub(super) data: Arc<str>,
     channel: String,
     pub(super) seq: u64,
     expires_ms: i64,
@@ -71,8 +73,17 @@ impl OwnerCore {
                 Check::Queued => return,
             },
         };
-        let genesis = self.genesis_of(channel);
-        let (seq, epoch) = self.seqs.assign(channel, &genesis);
+        let shard = self.shard_of(channel);
+        let genesis = &self.genesis;
+        let assigned = self.seqs.assign(channel, || {
+            genesis
+                .get(&shard)
+                .map_or_else(|| "0".into(), |g| g.as_str().into())
+        });
+        let seq = assigned.seq;
+        // One copy of the data, shared by the store's row and the line made
+        // at release.
+        let data: Arc<str> = data.into();
         let storage = &self.config.storage;
         let keep = storage.retention_for(channel).1.as_millis() as i64;
         let keep = options
@@ -84,7 +95,7 @@ impl OwnerCore {
         self.next_ticket += 1;
         let message = Inflight {
             ticket: self.next_ticket,
-            data: data.to_string(),
+            data: data.clone(),
             channel: channel.to_string(),
             seq,
             expires_ms,
@@ -94,15 +105,15 @@ impl OwnerCore {
             state: options.state,
         };
         let request = Request::Append {
-            shard: self.shard_of(channel),
+            shard,
             ticket: message.ticket,
             msg: Append {
-                channel: channel.to_string(),
+                channel: assigned.name,
                 seq,
                 time_ms: now.ms,
                 expires_ms,
-                data: data.to_string(),
-                epoch,
+                data,
+                epoch: assigned.epoch,
                 idempotency: message
                     .idempotency_key
                     .clone()
@@ -201,8 +212,14 @@ impl OwnerCore {
         let line = frames::msg_line(&channel, m.seq, &m.data);
         if is_inbox(&channel) {
             // Kept for redelivery and dead letters.
-            self.inboxes
-                .delivered(&channel, m.seq, m.expires_ms, line.clone(), m.data, now.at);
+            self.inboxes.delivered(
+                &channel,
+                m.seq,
+                m.expires_ms,
+                line.clone(),
+                m.data.to_string(),
+                now.at,
+            );
         }
         let cached = Cached {
             seq: m.seq,

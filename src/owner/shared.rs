@@ -38,7 +38,7 @@ impl OwnerCore {
                 m.seq = seq;
                 if let (Some(write), Some(version)) = (m.state.as_mut(), version) {
                     write.version = version;
-                    m.data = change_json(&write.key, write.value.as_deref(), version);
+                    m.data = change_json(&write.key, write.value.as_deref(), version).into();
                 }
                 self.release(m, now);
             }

@@ -98,7 +98,7 @@ impl MemEngine {
                             continue;
                         }
                     }
-                    let rows = self.rows.entry(msg.channel.clone()).or_default();
+                    let rows = self.rows.entry(msg.channel.to_string()).or_default();
                     let seq = match self.numbers {
                         true => rows.last_key_value().map_or(0, |(s, _)| *s) + 1,
                         false => msg.seq,
@@ -106,10 +106,12 @@ impl MemEngine {
                     if self.numbers {
                         let version = msg.expected.map(|v| v + 1);
                         if let (Some(v), Some((key, _, _))) = (version, &msg.state) {
-                            self.versions.insert((msg.channel.clone(), key.clone()), v);
+                            self.versions
+                                .insert((msg.channel.to_string(), key.clone()), v);
                         }
                         if let Some((key, _)) = &msg.idempotency {
-                            self.keys.insert((msg.channel.clone(), key.clone()), seq);
+                            self.keys
+                                .insert((msg.channel.to_string(), key.clone()), seq);
                         }
                         let outcome = Outcome::Stored { seq, version };
                         numbered.push(Numbered { ticket, outcome });
@@ -117,7 +119,7 @@ impl MemEngine {
                     let stored = Stored {
                         seq,
                         expires_ms: msg.expires_ms,
-                        data: msg.data,
+                        data: msg.data.to_string(),
                     };
                     rows.insert(seq, stored);
                     if let Some(size) = self.history_size {
@@ -151,12 +153,12 @@ impl MemEngine {
             return Some(Outcome::Unavailable { error });
         }
         if let Some((key, _)) = &msg.idempotency {
-            if let Some(&seq) = self.keys.get(&(msg.channel.clone(), key.clone())) {
+            if let Some(&seq) = self.keys.get(&(msg.channel.to_string(), key.clone())) {
                 return Some(Outcome::Duplicate { seq });
             }
         }
         let (expected, (key, _, _)) = (msg.expected?, msg.state.as_ref()?);
-        let version = self.versions.get(&(msg.channel.clone(), key.clone()));
+        let version = self.versions.get(&(msg.channel.to_string(), key.clone()));
         let version = version.copied().unwrap_or(0);
         (version != expected).then_some(Outcome::Conflict {
             value: None,

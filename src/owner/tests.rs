@@ -445,10 +445,7 @@ fn appends_carry_the_epoch_and_increasing_tickets() {
     }
     let expected = [(1, "a", 1), (2, "b", 1), (3, "a", 2)];
     for ((ticket, channel, seq, epoch), (t, c, s)) in seen.into_iter().zip(expected) {
-        assert_eq!(
-            (ticket, channel.as_str(), seq, epoch.as_str()),
-            (t, c, s, "g0")
-        );
+        assert_eq!((ticket, &*channel, seq, &*epoch), (t, c, s, "g0"));
     }
 }
 

@@ -2,6 +2,7 @@
 //! last `seq`, and their retained messages.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
@@ -61,14 +62,17 @@ CREATE TABLE IF NOT EXISTS dead_letters (
 
 /// One message to append; times are Unix milliseconds.
 #[derive(Debug, Clone)]
+/// `channel`, `data` and `epoch` are shared with the owner's copies
+/// (`owner::seqs`, the message waiting for its commit), not copied per
+/// message.
 pub struct Append {
-    pub channel: String,
+    pub channel: Arc<str>,
     pub seq: u64,
     pub time_ms: i64,
     pub expires_ms: i64,
-    pub data: String,
+    pub data: Arc<str>,
     /// Set on a channel's first message: the epoch to record for it.
-    pub epoch: String,
+    pub epoch: Arc<str>,
     /// The backend's key for this publish, remembered until `idempotent_until_ms`.
     pub idempotency: Option<(String, i64)>,
     /// A keyed-state change this message records: (key, value JSON or
@@ -95,6 +99,19 @@ pub type StateRow = (String, String, Option<String>, u64);
 
 pub struct ShardDb {
     conn: Connection,
+}
+
+/// Deletes at most `limit` of a channel's oldest messages with `seq <= upto`.
+const TRIM_SQL: &str = "DELETE FROM messages WHERE channel = ?1 AND seq IN
+    (SELECT seq FROM messages WHERE channel = ?1 AND seq <= ?2 ORDER BY seq LIMIT ?3)";
+
+/// Old messages of one channel to delete with an append: those with
+/// `seq <= upto`, at most `limit` of them.
+#[derive(Debug, PartialEq)]
+pub struct Trim<'a> {
+    pub channel: &'a str,
+    pub upto: u64,
+    pub limit: usize,
 }
 
 /// Messages inserted by one statement when a batch has that many: fewer
@@ -126,11 +143,11 @@ fn insert_sql(rows: usize) -> String {
 fn bind_rows(stmt: &mut rusqlite::CachedStatement<'_>, rows: &[Append]) -> rusqlite::Result<()> {
     for (row, m) in rows.iter().enumerate() {
         let p = row * 5;
-        stmt.raw_bind_parameter(p + 1, m.channel.as_str())?;
+        stmt.raw_bind_parameter(p + 1, &*m.channel)?;
         stmt.raw_bind_parameter(p + 2, m.seq as i64)?;
         stmt.raw_bind_parameter(p + 3, m.time_ms)?;
         stmt.raw_bind_parameter(p + 4, m.expires_ms)?;
-        stmt.raw_bind_parameter(p + 5, m.data.as_str())?;
+        stmt.raw_bind_parameter(p + 5, &*m.data)?;
     }
     Ok(())
 }
@@ -142,7 +159,7 @@ fn last_of_each_channel(batch: &[Append]) -> Vec<&Append> {
     let mut index: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
     let mut last: Vec<&Append> = Vec::new();
     for m in batch {
-        match index.get(m.channel.as_str()) {
+        match index.get(&*m.channel) {
             Some(&i) => last[i] = m,
             None => {
                 index.insert(&m.channel, last.len());
@@ -185,16 +202,20 @@ impl ShardDb {
 
     /// Appends a batch in one transaction (group commit). Rows go in
     /// `ROWS_PER_INSERT` at a time, through cached statements: one statement
-    /// step per chunk instead of per row.
-    pub fn append(&mut self, batch: &[Append]) -> rusqlite::Result<()> {
+    /// step per chunk instead of per row. The same transaction deletes the
+    /// rows each `Trim` names, so a channel's history stays at its size
+    /// whatever the inflow. Returns how many rows were trimmed.
+    pub fn append(&mut self, batch: &[Append], trims: &[Trim<'_>]) -> rusqlite::Result<u64> {
         self.conn.prepare_cached("BEGIN")?.execute([])?;
-        let result = self
-            .append_rows(batch)
-            .and_then(|()| self.conn.prepare_cached("COMMIT")?.execute([]));
+        let result = self.append_rows(batch).and_then(|()| {
+            let trimmed = self.trim_rows(trims)?;
+            self.conn.prepare_cached("COMMIT")?.execute([])?;
+            Ok(trimmed)
+        });
         if result.is_err() && !self.conn.is_autocommit() {
             let _ = self.conn.execute_batch("ROLLBACK");
         }
-        result.map(|_| ())
+        result
     }
 
     fn append_rows(&self, batch: &[Append]) -> rusqlite::Result<()> {
@@ -225,13 +246,13 @@ impl ShardDb {
         )?;
         for m in batch {
             if m.ingested {
-                ingested.execute(params![m.channel, m.seq as i64, m.expires_ms])?;
+                ingested.execute(params![&*m.channel, m.seq as i64, m.expires_ms])?;
             }
             if let Some((key, until)) = &m.idempotency {
-                remember.execute(params![m.channel, key, m.seq as i64, until])?;
+                remember.execute(params![&*m.channel, key, m.seq as i64, until])?;
             }
             if let Some((key, value, version)) = &m.state {
-                keyed.execute(params![m.channel, key, value, *version as i64])?;
+                keyed.execute(params![&*m.channel, key, value, *version as i64])?;
             }
         }
         let mut channel = self.conn.prepare_cached(
@@ -239,9 +260,21 @@ impl ShardDb {
              ON CONFLICT (name) DO UPDATE SET last_seq = max(last_seq, excluded.last_seq)",
         )?;
         for m in last_of_each_channel(batch) {
-            channel.execute(params![m.channel, m.epoch, m.seq as i64])?;
+            channel.execute(params![&*m.channel, &*m.epoch, m.seq as i64])?;
         }
         Ok(())
+    }
+
+    fn trim_rows(&self, trims: &[Trim<'_>]) -> rusqlite::Result<u64> {
+        if trims.is_empty() {
+            return Ok(0);
+        }
+        let mut trim = self.conn.prepare_cached(TRIM_SQL)?;
+        let mut trimmed = 0;
+        for t in trims {
+            trimmed += trim.execute(params![t.channel, t.upto as i64, t.limit as i64])? as u64;
+        }
+        Ok(trimmed)
     }
 
     /// Retained messages of `channel` with `after < seq <= upto`, oldest first,
@@ -327,11 +360,11 @@ impl ShardDb {
 
     /// Deletes up to `limit` messages of `channel` with `seq <= upto`.
     pub fn trim(&mut self, channel: &str, upto: u64, limit: usize) -> rusqlite::Result<u64> {
-        let n = self.conn.execute(
-            "DELETE FROM messages WHERE channel = ?1 AND seq IN
-               (SELECT seq FROM messages WHERE channel = ?1 AND seq <= ?2 ORDER BY seq LIMIT ?3)",
-            params![channel, upto as i64, limit as i64],
-        )?;
+        let n = self.conn.prepare_cached(TRIM_SQL)?.execute(params![
+            channel,
+            upto as i64,
+            limit as i64
+        ])?;
         Ok(n as u64)
     }
 
@@ -440,7 +473,7 @@ mod tests {
             seq,
             time_ms: 0,
             expires_ms,
-            data: format!("{{\"n\":{seq}}}"),
+            data: format!("{{\"n\":{seq}}}").into(),
             epoch: "e1".into(),
             idempotency: None,
             state: None,
@@ -460,7 +493,7 @@ mod tests {
         let batch: Vec<Append> = (1..=n)
             .flat_map(|s| [msg("a", s, i64::MAX), msg("b", s, i64::MAX)])
             .collect();
-        db.append(&batch).unwrap();
+        db.append(&batch, &[]).unwrap();
         for channel in ["a", "b"] {
             let (got, first) = db.read(channel, 0, n, 1000).unwrap();
             assert_eq!(
@@ -488,7 +521,7 @@ mod tests {
             ingested: true,
             ..msg("a", 2, 100)
         };
-        db.append(&[msg("a", 1, 100), ingested]).unwrap();
+        db.append(&[msg("a", 1, 100), ingested], &[]).unwrap();
         let marked = |db: &ShardDb| -> Vec<i64> {
             let mut stmt = db.conn.prepare("SELECT seq FROM ingested").unwrap();
             let rows = stmt.query_map([], |r| r.get(0)).unwrap();
@@ -504,10 +537,10 @@ mod tests {
     fn a_failed_batch_is_rolled_back() {
         let dir = tempfile::tempdir().unwrap();
         let mut db = ShardDb::open(&shard_path(dir.path(), 0), Durability::Commit).unwrap();
-        db.append(&[msg("a", 1, i64::MAX)]).unwrap();
+        db.append(&[msg("a", 1, i64::MAX)], &[]).unwrap();
         let twice: Vec<Append> = [2, 3, 1].iter().map(|&s| msg("a", s, i64::MAX)).collect();
-        assert!(db.append(&twice).is_err(), "seq 1 is already stored");
-        db.append(&[msg("a", 2, i64::MAX)]).unwrap();
+        assert!(db.append(&twice, &[]).is_err(), "seq 1 is already stored");
+        db.append(&[msg("a", 2, i64::MAX)], &[]).unwrap();
         let (got, _) = db.read("a", 0, 10, 10).unwrap();
         assert_eq!(got.iter().map(|m| m.seq).collect::<Vec<_>>(), vec![1, 2]);
     }
@@ -522,7 +555,7 @@ mod tests {
         let batch = [msg("a", 1, 0), msg("b", 1, 0), msg("a", 2, 0)];
         let last: Vec<(&str, u64)> = last_of_each_channel(&batch)
             .iter()
-            .map(|m| (m.channel.as_str(), m.seq))
+            .map(|m| (&*m.channel, m.seq))
             .collect();
         assert_eq!(last, vec![("a", 2), ("b", 1)]);
     }
@@ -535,6 +568,7 @@ mod tests {
             &(1..=10)
                 .map(|s| msg("a", s, if s == 5 { 10 } else { i64::MAX }))
                 .collect::<Vec<_>>(),
+            &[],
         )
         .unwrap();
         assert_eq!(db.channels().unwrap(), vec![("a".into(), "e1".into(), 10)]);

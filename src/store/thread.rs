@@ -10,7 +10,7 @@ use crossbeam_channel::{Receiver, Sender, TrySendError};
 use mio::Waker;
 
 use super::engine::{Completion, Engine, Gone, Request};
-use super::shard_db::{Append, ShardDb};
+use super::shard_db::{Append, ShardDb, Trim};
 use crate::config::Storage;
 
 /// Rows deleted per shard per sweep, so a sweep never holds the thread long.
@@ -64,6 +64,7 @@ impl StoreThread {
                     shards,
                     retention,
                     touched: HashMap::new(),
+                    trimmed: 0,
                     failed: false,
                     outbox,
                     spent: spent_out,
@@ -152,12 +153,46 @@ impl Engine for StoreThread {
     }
 }
 
+/// With a batch of one shard, what each of its channels keeps
+/// (`history_size`) goes: at most twice as many rows as the batch adds, so
+/// the history stays at its size under any inflow, and a backlog (a size
+/// lowered by a restart, rows the sweep has not reached) shrinks without
+/// one long delete holding the thread.
+fn trims<'a>(batch: &'a [Append], retention: &Storage) -> Vec<Trim<'a>> {
+    let mut index: HashMap<&str, usize> = HashMap::new();
+    let mut trims: Vec<Trim<'a>> = Vec::new();
+    for m in batch {
+        match index.get(&*m.channel) {
+            Some(&i) => {
+                let t = &mut trims[i];
+                t.upto = t.upto.max(m.seq);
+                t.limit += 2;
+            }
+            None => {
+                index.insert(&m.channel, trims.len());
+                trims.push(Trim {
+                    channel: &m.channel,
+                    upto: m.seq,
+                    limit: 2,
+                });
+            }
+        }
+    }
+    for t in &mut trims {
+        t.upto = t.upto.saturating_sub(retention.retention_for(t.channel).0);
+    }
+    trims.retain(|t| t.upto > 0);
+    trims
+}
+
 struct Writer {
     shards: HashMap<u32, ShardDb>,
     /// Which `history_size` applies to which channel.
     retention: Storage,
     /// Channels appended to since their last trim, with their last `seq`.
     touched: HashMap<u32, HashMap<String, u64>>,
+    /// Rows the appends trimmed since the last sweep, counted with its own.
+    trimmed: u64,
     /// A write failed: the shards may lack something the worker counted on,
     /// so they must not be marked as closed cleanly.
     failed: bool,
@@ -209,14 +244,18 @@ impl Writer {
             }
         }
         for (shard, msgs) in &appends {
+            let trims = trims(msgs, &self.retention);
             let result = match self.shards.get_mut(shard) {
-                Some(db) => db.append(msgs).map_err(|e| e.to_string()),
+                Some(db) => db.append(msgs, &trims).map_err(|e| e.to_string()),
                 None => Err(format!("shard {shard} is not owned here")),
             };
-            if let Err(error) = result {
-                self.failed = true;
-                let _ = self.outbox.send(Completion::Failed { error });
-                return true;
+            match result {
+                Ok(trimmed) => self.trimmed += trimmed,
+                Err(error) => {
+                    self.failed = true;
+                    let _ = self.outbox.send(Completion::Failed { error });
+                    return true;
+                }
             }
         }
         if let Some(upto) = last_ticket {
@@ -309,10 +348,10 @@ impl Writer {
     /// is copied only the first time (once per channel, not per message).
     fn touch(&mut self, shard: u32, msg: &Append) {
         let channels = self.touched.entry(shard).or_default();
-        match channels.get_mut(msg.channel.as_str()) {
+        match channels.get_mut(&*msg.channel) {
             Some(last) => *last = msg.seq,
             None => {
-                channels.insert(msg.channel.clone(), msg.seq);
+                channels.insert(msg.channel.to_string(), msg.seq);
             }
         }
     }
@@ -351,7 +390,7 @@ impl Writer {
     }
 
     fn sweep(&mut self, now_ms: i64) {
-        let (mut expired, mut trimmed) = (0, 0);
+        let (mut expired, mut trimmed) = (0, std::mem::take(&mut self.trimmed));
         for db in self.shards.values_mut() {
             match db.delete_expired(now_ms, SWEEP_BATCH) {
                 Ok(n) => expired += n,
@@ -399,7 +438,7 @@ mod tests {
                 seq,
                 time_ms: 0,
                 expires_ms: i64::MAX,
-                data: seq.to_string(),
+                data: seq.to_string().into(),
                 epoch: "e".into(),
                 idempotency: None,
                 state: None,
@@ -407,6 +446,77 @@ mod tests {
                 ingested: false,
             },
         }
+    }
+
+    /// Appends trim as they go: 1000 messages in batches of 25 on a
+    /// channel that keeps 10 leave exactly the last 10, with no sweep; the
+    /// sweep alone trims 500 a second, which a faster channel outgrew.
+    #[test]
+    fn appends_keep_a_channel_at_its_history_size() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = ShardDb::open(&shard_path(dir.path(), 0), Durability::Commit).unwrap();
+        let mut poll = mio::Poll::new().unwrap();
+        let waker = Arc::new(Waker::new(poll.registry(), mio::Token(0)).unwrap());
+        let retention = Storage {
+            history_size: 10,
+            ..Storage::default()
+        };
+        let shards = HashMap::from([(0, db)]);
+        let mut store = StoreThread::spawn(shards, retention, waker, 64).unwrap();
+        let mut events = mio::Events::with_capacity(8);
+        let mut upto = 0;
+        for batch in (1..=1000u64).collect::<Vec<_>>().chunks(25) {
+            batch
+                .iter()
+                .for_each(|&seq| assert!(store.submit(append(seq)).is_ok()));
+            store.flush();
+            while upto < *batch.last().unwrap() {
+                poll.poll(&mut events, Some(std::time::Duration::from_secs(10)))
+                    .unwrap();
+                let mut done = Vec::new();
+                store.completions(&mut done);
+                for completion in done {
+                    match completion {
+                        Completion::Committed { upto: u, .. } => upto = u,
+                        Completion::Failed { error } => panic!("{error}"),
+                        _ => {}
+                    }
+                }
+            }
+        }
+        store.close();
+        let db = ShardDb::open(&shard_path(dir.path(), 0), Durability::Commit).unwrap();
+        let (rows, oldest) = db.read("a", 0, 1000, 1000).unwrap();
+        let seqs: Vec<u64> = rows.iter().map(|m| m.seq).collect();
+        assert_eq!(seqs, (991..=1000).collect::<Vec<_>>());
+        assert_eq!(oldest, Some(991));
+    }
+
+    /// A batch deletes at most twice the rows it adds per channel, so a
+    /// backlog shrinks without one long delete; channels under their size
+    /// delete nothing.
+    #[test]
+    fn a_batch_trims_at_most_twice_what_it_adds() {
+        let retention = Storage {
+            history_size: 10,
+            ..Storage::default()
+        };
+        let msg = |channel: &str, seq| Append {
+            channel: channel.into(),
+            ..match append(seq) {
+                Request::Append { msg, .. } => msg,
+                _ => unreachable!(),
+            }
+        };
+        let batch = vec![msg("a", 500), msg("b", 3), msg("a", 501), msg("a", 502)];
+        assert_eq!(
+            trims(&batch, &retention),
+            vec![Trim {
+                channel: "a",
+                upto: 492,
+                limit: 6
+            }]
+        );
     }
 
     /// A queue of 2 takes 1000 appends without the caller ever waiting: the
