@@ -102,8 +102,10 @@ pub struct ShardDb {
 }
 
 /// Deletes at most `limit` of a channel's oldest messages with `seq <= upto`.
-const TRIM_SQL: &str = "DELETE FROM messages WHERE channel = ?1 AND seq IN
-    (SELECT seq FROM messages WHERE channel = ?1 AND seq <= ?2 ORDER BY seq LIMIT ?3)";
+/// A range from the oldest row (one probe of the key), with no list of
+/// rows built first.
+const TRIM_SQL: &str = "DELETE FROM messages WHERE channel = ?1 AND seq <= ?2
+    AND seq < (SELECT min(seq) FROM messages WHERE channel = ?1) + ?3";
 
 /// Old messages of one channel to delete with an append: those with
 /// `seq <= upto`, at most `limit` of them.
