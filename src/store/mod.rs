@@ -4,6 +4,7 @@
 
 pub mod backup;
 pub mod cache;
+pub mod checkpoints;
 pub mod engine;
 pub mod meta;
 pub mod open;

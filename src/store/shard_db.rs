@@ -98,7 +98,8 @@ pub struct Stored {
 pub type StateRow = (String, String, Option<String>, u64);
 
 pub struct ShardDb {
-    conn: Connection,
+    /// Also reached by `checkpoints`, which hooks its commits.
+    pub(super) conn: Connection,
 }
 
 /// Deletes at most `limit` of a channel's oldest messages with `seq <= upto`.
