@@ -177,8 +177,31 @@ impl Rabbit {
     }
 
     /// Starts the node (again, after `kill`), and waits until the broker
-    /// says it has started.
+    /// says it has started. A port picked free can be taken before the
+    /// broker binds it (another test's connection, or after `kill` the old
+    /// VM not yet gone): on `eaddrinuse` it is tried again, on a new AMQP
+    /// port the first time (nobody knows the port yet), on the same one
+    /// once it can be bound after a restart.
     pub fn launch(&mut self) {
+        let fresh = self.child.is_none() && !self.dir.path().join("mnesia").exists();
+        for attempt in 1..=3 {
+            match self.boot() {
+                Ok(()) => return,
+                Err(log) if attempt < 3 && log.contains("eaddrinuse") => {
+                    if fresh {
+                        self.port = free_port();
+                    } else {
+                        wait_until_bindable(self.port);
+                    }
+                }
+                Err(log) => panic!("rabbitmq-server did not start:\n{log}"),
+            }
+        }
+    }
+
+    /// One start; `Err` holds the log of a node that exited or never
+    /// said it had started.
+    fn boot(&mut self) -> Result<(), String> {
         let root = self.dir.path();
         let _ = Command::new("chown")
             .args(["-R", "rabbitmq:rabbitmq"])
@@ -203,19 +226,21 @@ impl Rabbit {
         while Instant::now() < deadline {
             let log = std::fs::read_to_string(self.log_file()).unwrap_or_default();
             if log.contains("Starting broker... completed") {
-                return;
+                return Ok(());
             }
             if let Some(child) = self.child.as_mut() {
                 if let Ok(Some(status)) = child.try_wait() {
-                    panic!("rabbitmq-server exited with {status}:\n{log}");
+                    self.kill();
+                    return Err(format!("exited with {status}:\n{log}"));
                 }
             }
             std::thread::sleep(Duration::from_millis(100));
         }
-        panic!(
-            "rabbitmq-server did not start in 90 s:\n{}",
+        self.kill();
+        Err(format!(
+            "not started in 90 s:\n{}",
             std::fs::read_to_string(self.log_file()).unwrap_or_default()
-        );
+        ))
     }
 
     /// kill -9 of the node and everything it started (the Erlang VM runs in
@@ -234,6 +259,15 @@ impl Rabbit {
 impl Drop for Rabbit {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+/// Waits (at most 30 s) until nothing holds `port`, e.g. a killed broker's
+/// VM that is still exiting.
+fn wait_until_bindable(port: u16) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpListener::bind(("0.0.0.0", port)).is_err() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
     }
 }
 
