@@ -4,7 +4,6 @@
 
 pub mod backup;
 pub mod cache;
-pub mod checkpoints;
 pub mod engine;
 pub mod meta;
 pub mod open;

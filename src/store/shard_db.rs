@@ -98,8 +98,7 @@ pub struct Stored {
 pub type StateRow = (String, String, Option<String>, u64);
 
 pub struct ShardDb {
-    /// Also reached by `checkpoints`, which hooks its commits.
-    pub(super) conn: Connection,
+    conn: Connection,
 }
 
 /// Deletes at most `limit` of a channel's oldest messages with `seq <= upto`.

@@ -9,7 +9,6 @@ use std::sync::Arc;
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 use mio::Waker;
 
-use super::checkpoints::Checkpoints;
 use super::engine::{Completion, Engine, Gone, Request};
 use super::shard_db::{Append, ShardDb, Trim};
 use crate::config::Storage;
@@ -49,17 +48,11 @@ pub struct StoreThread {
 impl StoreThread {
     /// A store thread taking at most `queue` requests at a time.
     pub fn spawn(
-        mut shards: HashMap<u32, ShardDb>,
+        shards: HashMap<u32, ShardDb>,
         retention: Storage,
         waker: Arc<Waker>,
         queue: usize,
     ) -> std::io::Result<StoreThread> {
-        let checkpoints = Checkpoints::start(
-            &mut shards
-                .iter_mut()
-                .map(|(s, db)| (*s, db))
-                .collect::<Vec<_>>(),
-        )?;
         let (requests, inbox) = crossbeam_channel::bounded(queue.max(1));
         let (outbox, events) = crossbeam_channel::unbounded();
         let (spent_out, spent) = crossbeam_channel::unbounded();
@@ -78,10 +71,6 @@ impl StoreThread {
                     waker,
                 };
                 worker.run(inbox);
-                // The shards' connections first: the checkpoint thread's
-                // are then the last, and closing them checkpoints the rest.
-                drop(worker);
-                checkpoints.join();
             })?;
         Ok(StoreThread {
             requests,
