@@ -429,23 +429,45 @@ mod tests {
     use crate::config::Durability;
     use crate::store::shard_db::shard_path;
 
+    /// Message `seq` of `channel`.
+    fn row(channel: &str, seq: u64) -> Append {
+        Append {
+            channel: channel.into(),
+            seq,
+            time_ms: 0,
+            expires_ms: i64::MAX,
+            data: seq.to_string().into(),
+            epoch: "e".into(),
+            idempotency: None,
+            state: None,
+            expected: None,
+            ingested: false,
+        }
+    }
+
+    /// Message `seq` of channel `a`, ticket `seq`, to shard 0.
     fn append(seq: u64) -> Request {
         Request::Append {
             shard: 0,
             ticket: seq,
-            msg: Append {
-                channel: "a".into(),
-                seq,
-                time_ms: 0,
-                expires_ms: i64::MAX,
-                data: seq.to_string().into(),
-                epoch: "e".into(),
-                idempotency: None,
-                state: None,
-                expected: None,
-                ingested: false,
-            },
+            msg: row("a", seq),
         }
+    }
+
+    /// A store thread over shard 0 in a new folder (kept in the `TempDir`),
+    /// waking `Poll`, with a request queue of `queue`.
+    fn started(
+        durability: Durability,
+        retention: Storage,
+        queue: usize,
+    ) -> (tempfile::TempDir, mio::Poll, StoreThread) {
+        let dir = tempfile::tempdir().unwrap();
+        let db = ShardDb::open(&shard_path(dir.path(), 0), durability).unwrap();
+        let poll = mio::Poll::new().unwrap();
+        let waker = Arc::new(Waker::new(poll.registry(), mio::Token(0)).unwrap());
+        let shards = HashMap::from([(0, db)]);
+        let store = StoreThread::spawn(shards, retention, waker, queue).unwrap();
+        (dir, poll, store)
     }
 
     /// Appends trim as they go: 1000 messages in batches of 25 on a
@@ -453,16 +475,11 @@ mod tests {
     /// sweep alone trims 500 a second, which a faster channel outgrew.
     #[test]
     fn appends_keep_a_channel_at_its_history_size() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = ShardDb::open(&shard_path(dir.path(), 0), Durability::Commit).unwrap();
-        let mut poll = mio::Poll::new().unwrap();
-        let waker = Arc::new(Waker::new(poll.registry(), mio::Token(0)).unwrap());
         let retention = Storage {
             history_size: 10,
             ..Storage::default()
         };
-        let shards = HashMap::from([(0, db)]);
-        let mut store = StoreThread::spawn(shards, retention, waker, 64).unwrap();
+        let (dir, mut poll, mut store) = started(Durability::Commit, retention, 64);
         let mut events = mio::Events::with_capacity(8);
         let mut upto = 0;
         for batch in (1..=1000u64).collect::<Vec<_>>().chunks(25) {
@@ -501,14 +518,7 @@ mod tests {
             history_size: 10,
             ..Storage::default()
         };
-        let msg = |channel: &str, seq| Append {
-            channel: channel.into(),
-            ..match append(seq) {
-                Request::Append { msg, .. } => msg,
-                _ => unreachable!(),
-            }
-        };
-        let batch = vec![msg("a", 500), msg("b", 3), msg("a", 501), msg("a", 502)];
+        let batch = vec![row("a", 500), row("b", 3), row("a", 501), row("a", 502)];
         assert_eq!(
             trims(&batch, &retention),
             vec![Trim {
@@ -524,12 +534,7 @@ mod tests {
     /// each time the thread wakes the loop, until every append is stored.
     #[test]
     fn a_full_queue_overflows_in_order_and_is_busy_until_drained() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = ShardDb::open(&shard_path(dir.path(), 0), Durability::Memory).unwrap();
-        let mut poll = mio::Poll::new().unwrap();
-        let waker = Arc::new(Waker::new(poll.registry(), mio::Token(0)).unwrap());
-        let shards = HashMap::from([(0, db)]);
-        let mut store = StoreThread::spawn(shards, Storage::default(), waker, 2).unwrap();
+        let (dir, mut poll, mut store) = started(Durability::Memory, Storage::default(), 2);
         for seq in 1..=1000 {
             assert!(store.submit(append(seq)).is_ok());
         }
