@@ -496,13 +496,15 @@ impl OwnerCore {
     }
 
     /// The epoch of channels this worker's shard has never seen.
-    fn genesis_of(&self, channel: &str) -> String {
-        let shard = self.shard_of(channel);
-        self.genesis
-            .get(&shard)
-            .cloned()
-            .unwrap_or_else(|| "0".into())
+    fn genesis_of(&self, channel: &str) -> &str {
+        genesis_in(&self.genesis, self.shard_of(channel))
     }
+}
+
+/// `shard`'s epoch for channels it has never seen, from a core's `genesis`
+/// (a function, so `publish` can read it while it numbers in `seqs`).
+fn genesis_in(genesis: &HashMap<u32, String>, shard: u32) -> &str {
+    genesis.get(&shard).map_or("0", String::as_str)
 }
 
 pub fn storage_failed(message: &str) -> ErrorReply {

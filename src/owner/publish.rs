@@ -74,12 +74,8 @@ impl OwnerCore {
             },
         };
         let shard = self.shard_of(channel);
-        let genesis = &self.genesis;
-        let assigned = self.seqs.assign(channel, || {
-            genesis
-                .get(&shard)
-                .map_or_else(|| "0".into(), |g| g.as_str().into())
-        });
+        let genesis = super::genesis_in(&self.genesis, shard);
+        let assigned = self.seqs.assign(channel, || genesis.into());
         let seq = assigned.seq;
         // One copy of the data, shared by the store's row and the line made
         // at release.

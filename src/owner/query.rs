@@ -77,7 +77,7 @@ impl OwnerCore {
             Query::State { after, limit } => {
                 // Committed state and delivered seq move together (in
                 // `release`), so this page is consistent with `seq`.
-                let (seq, epoch) = self.seqs.current(channel, &self.genesis_of(channel));
+                let (seq, epoch) = self.seqs.current(channel, self.genesis_of(channel));
                 let keys = self.keyed.keys_after(channel, after.as_deref());
                 let limit = limit.min(frames::MAX_HISTORY_LIMIT);
                 let (keys, cursor) = pages::state_page(keys, limit, self.config.page_bytes);
@@ -98,7 +98,7 @@ impl OwnerCore {
         if self.config.numbered_by_engine {
             return self.ask_shared(channel, query, to, budget, inbox);
         }
-        let (seq, epoch) = self.seqs.current(channel, &self.genesis_of(channel));
+        let (seq, epoch) = self.seqs.current(channel, self.genesis_of(channel));
         let (after, upto, end, limit) = match &query {
             Query::Resume { since: None, .. } => {
                 let answer = Answer {
