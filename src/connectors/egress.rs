@@ -23,6 +23,7 @@ use super::status::{self, Shared};
 use super::with_retries;
 use crate::config::queues::{pattern_matches, Egress};
 use crate::config::Config;
+use crate::store::segments;
 use crate::store::shard_db::shard_path;
 use crate::sync::shard;
 
@@ -277,25 +278,27 @@ impl Thread {
         let Some(db) = self.db(shard) else {
             return Ok(None);
         };
+        let (stored, _) = segments::read(db, channel, after, u64::MAX, BATCH).map_err(sql)?;
+        let Some(last) = stored.last().map(|m| m.seq) else {
+            return Ok(Some(Vec::new()));
+        };
         let mut stmt = db
             .prepare_cached(
-                "SELECT m.seq, m.data, EXISTS (SELECT 1 FROM ingested i
-                   WHERE i.channel = m.channel AND i.seq = m.seq)
-                 FROM messages m WHERE m.channel = ?1 AND m.seq > ?2
-                 ORDER BY m.seq LIMIT ?3",
+                "SELECT seq FROM ingested WHERE channel = ?1 AND seq > ?2 AND seq <= ?3",
             )
             .map_err(sql)?;
-        let rows = stmt
-            .query_map(params![channel, after as i64, BATCH as i64], |r| {
-                Ok((
-                    r.get::<_, i64>(0)? as u64,
-                    r.get::<_, String>(1)?,
-                    r.get::<_, bool>(2)?,
-                ))
+        let ingested = stmt
+            .query_map(params![channel, after as i64, last as i64], |r| {
+                r.get::<_, i64>(0)
             })
             .map_err(sql)?
-            .collect::<Result<Vec<_>, _>>()
+            .map(|seq| seq.map(|s| s as u64))
+            .collect::<Result<HashSet<u64>, _>>()
             .map_err(sql)?;
+        let rows = stored
+            .into_iter()
+            .map(|m| (m.seq, m.data, ingested.contains(&m.seq)))
+            .collect();
         Ok(Some(rows))
     }
 }

@@ -7,6 +7,7 @@ pub mod cache;
 pub mod engine;
 pub mod meta;
 pub mod open;
+pub mod segments;
 pub mod shard_db;
 pub mod thread;
 

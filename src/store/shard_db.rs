@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 
+use super::segments;
 use crate::config::Durability;
 
 pub fn shard_path(data_dir: &Path, shard: u32) -> PathBuf {
@@ -19,15 +20,6 @@ CREATE TABLE IF NOT EXISTS channels (
     epoch    TEXT NOT NULL,
     last_seq INTEGER NOT NULL
 ) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS messages (
-    channel    TEXT NOT NULL,
-    seq        INTEGER NOT NULL,
-    time       INTEGER NOT NULL,
-    expires_at INTEGER NOT NULL,
-    data       TEXT NOT NULL,
-    PRIMARY KEY (channel, seq)
-) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS messages_by_expiry ON messages (expires_at);
 CREATE TABLE IF NOT EXISTS state (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS idempotency (
     channel    TEXT NOT NULL,
@@ -101,57 +93,13 @@ pub struct ShardDb {
     conn: Connection,
 }
 
-/// Deletes at most `limit` of a channel's oldest messages with `seq <= upto`.
-/// A range from the oldest row (one probe of the key), with no list of
-/// rows built first.
-const TRIM_SQL: &str = "DELETE FROM messages WHERE channel = ?1 AND seq <= ?2
-    AND seq < (SELECT min(seq) FROM messages WHERE channel = ?1) + ?3";
-
-/// Old messages of one channel to delete with an append: those with
-/// `seq <= upto`, at most `limit` of them.
+/// Old messages of one channel to drop with an append: those with
+/// `seq <= upto`, deleting at most `limit` of the segments that empties.
 #[derive(Debug, PartialEq)]
 pub struct Trim<'a> {
     pub channel: &'a str,
     pub upto: u64,
     pub limit: usize,
-}
-
-/// Messages inserted by one statement when a batch has that many: fewer
-/// statement steps, binds and resets per row (5 parameters a row).
-const ROWS_PER_INSERT: usize = 32;
-
-/// `INSERT INTO messages … VALUES (…), (…)` with `rows` rows of parameters.
-fn insert_sql(rows: usize) -> String {
-    let mut sql =
-        String::from("INSERT INTO messages (channel, seq, time, expires_at, data) VALUES ");
-    for row in 0..rows {
-        if row > 0 {
-            sql.push(',');
-        }
-        let p = row * 5;
-        sql.push_str(&format!(
-            "(?{},?{},?{},?{},?{})",
-            p + 1,
-            p + 2,
-            p + 3,
-            p + 4,
-            p + 5
-        ));
-    }
-    sql
-}
-
-/// Binds each message's five columns, in the order of `insert_sql`.
-fn bind_rows(stmt: &mut rusqlite::CachedStatement<'_>, rows: &[Append]) -> rusqlite::Result<()> {
-    for (row, m) in rows.iter().enumerate() {
-        let p = row * 5;
-        stmt.raw_bind_parameter(p + 1, &*m.channel)?;
-        stmt.raw_bind_parameter(p + 2, m.seq as i64)?;
-        stmt.raw_bind_parameter(p + 3, m.time_ms)?;
-        stmt.raw_bind_parameter(p + 4, m.expires_ms)?;
-        stmt.raw_bind_parameter(p + 5, &*m.data)?;
-    }
-    Ok(())
 }
 
 /// The last message of each channel in a batch (the batch is in seq order
@@ -188,6 +136,13 @@ impl ShardDb {
         };
         conn.pragma_update(None, "synchronous", sync)?;
         conn.execute_batch(SCHEMA)?;
+        conn.execute_batch(segments::SCHEMA)?;
+        let tx = conn.unchecked_transaction()?;
+        let moved = segments::migrate(&tx)?;
+        tx.commit()?;
+        if moved > 0 {
+            log::info!("{}: {moved} messages moved into segments", path.display());
+        }
         Ok(ShardDb { conn })
     }
 
@@ -202,11 +157,10 @@ impl ShardDb {
         rows.collect()
     }
 
-    /// Appends a batch in one transaction (group commit). Rows go in
-    /// `ROWS_PER_INSERT` at a time, through cached statements: one statement
-    /// step per chunk instead of per row. The same transaction deletes the
-    /// rows each `Trim` names, so a channel's history stays at its size
-    /// whatever the inflow. Returns how many rows were trimmed.
+    /// Appends a batch in one transaction (group commit), each channel's
+    /// messages as segments (`segments`). The same transaction trims what
+    /// each `Trim` names, so a channel's history stays at its size whatever
+    /// the inflow. Returns how many messages were deleted.
     pub fn append(&mut self, batch: &[Append], trims: &[Trim<'_>]) -> rusqlite::Result<u64> {
         self.conn.prepare_cached("BEGIN")?.execute([])?;
         let result = self.append_rows(batch).and_then(|()| {
@@ -221,22 +175,7 @@ impl ShardDb {
     }
 
     fn append_rows(&self, batch: &[Append]) -> rusqlite::Result<()> {
-        let mut chunks = batch.chunks_exact(ROWS_PER_INSERT);
-        if batch.len() >= ROWS_PER_INSERT {
-            let mut many = self.conn.prepare_cached(&insert_sql(ROWS_PER_INSERT))?;
-            for chunk in &mut chunks {
-                bind_rows(&mut many, chunk)?;
-                many.raw_execute()?;
-            }
-        }
-        let rest = chunks.remainder();
-        if !rest.is_empty() {
-            let mut one = self.conn.prepare_cached(&insert_sql(1))?;
-            for m in rest {
-                bind_rows(&mut one, std::slice::from_ref(m))?;
-                one.raw_execute()?;
-            }
-        }
+        segments::write(&self.conn, batch)?;
         let mut keyed = self.conn.prepare_cached(
             "INSERT OR REPLACE INTO state_keys (channel, key, value, version) VALUES (?1, ?2, ?3, ?4)",
         )?;
@@ -271,10 +210,9 @@ impl ShardDb {
         if trims.is_empty() {
             return Ok(0);
         }
-        let mut trim = self.conn.prepare_cached(TRIM_SQL)?;
         let mut trimmed = 0;
         for t in trims {
-            trimmed += trim.execute(params![t.channel, t.upto as i64, t.limit as i64])? as u64;
+            trimmed += segments::trim(&self.conn, t.channel, t.upto, t.limit)?.messages;
         }
         Ok(trimmed)
     }
@@ -288,41 +226,12 @@ impl ShardDb {
         upto: u64,
         limit: usize,
     ) -> rusqlite::Result<(Vec<Stored>, Option<u64>)> {
-        let mut stmt = self.conn.prepare_cached(
-            "SELECT seq, expires_at, data FROM messages WHERE channel = ?1 AND seq > ?2 AND seq <= ?3
-             ORDER BY seq LIMIT ?4",
-        )?;
-        let rows = stmt.query_map(
-            params![channel, after as i64, upto as i64, limit as i64],
-            |r| {
-                Ok(Stored {
-                    seq: r.get::<_, i64>(0)? as u64,
-                    expires_ms: r.get(1)?,
-                    data: r.get(2)?,
-                })
-            },
-        )?;
-        let messages = rows.collect::<rusqlite::Result<Vec<_>>>()?;
-        let first: Option<i64> = self
-            .conn
-            .prepare_cached("SELECT min(seq) FROM messages WHERE channel = ?1")?
-            .query_row([channel], |r| r.get(0))
-            .optional()?
-            .flatten();
-        Ok((messages, first.map(|s| s as u64)))
+        segments::read(&self.conn, channel, after, upto, limit)
     }
 
     /// The oldest `seq > after` of `channel` that has not expired at `now_ms`.
     pub fn oldest(&self, channel: &str, after: u64, now_ms: i64) -> rusqlite::Result<Option<u64>> {
-        let seq: Option<i64> = self
-            .conn
-            .prepare_cached(
-                "SELECT seq FROM messages WHERE channel = ?1 AND seq > ?2 AND expires_at > ?3
-                 ORDER BY seq LIMIT 1",
-            )?
-            .query_row(params![channel, after as i64, now_ms], |r| r.get(0))
-            .optional()?;
-        Ok(seq.map(|s| s as u64))
+        segments::oldest(&self.conn, channel, after, now_ms)
     }
 
     /// Idempotency keys still within their window: (channel, key, seq, until_ms).
@@ -339,8 +248,8 @@ impl ShardDb {
         rows.collect()
     }
 
-    /// Deletes up to `limit` expired messages (and old idempotency keys);
-    /// returns how many messages.
+    /// Deletes old idempotency keys and up to `limit` segments whose
+    /// messages have all expired; returns how many messages they held.
     pub fn delete_expired(&mut self, now_ms: i64, limit: usize) -> rusqlite::Result<u64> {
         self.conn.execute(
             "DELETE FROM idempotency WHERE (channel, key) IN
@@ -352,22 +261,18 @@ impl ShardDb {
                (SELECT channel, seq FROM ingested WHERE expires_at <= ?1 LIMIT ?2)",
             params![now_ms, limit as i64],
         )?;
-        let n = self.conn.execute(
-            "DELETE FROM messages WHERE (channel, seq) IN
-               (SELECT channel, seq FROM messages WHERE expires_at <= ?1 LIMIT ?2)",
-            params![now_ms, limit as i64],
-        )?;
-        Ok(n as u64)
+        segments::delete_expired(&self.conn, now_ms, limit)
     }
 
-    /// Deletes up to `limit` messages of `channel` with `seq <= upto`.
-    pub fn trim(&mut self, channel: &str, upto: u64, limit: usize) -> rusqlite::Result<u64> {
-        let n = self.conn.prepare_cached(TRIM_SQL)?.execute(params![
-            channel,
-            upto as i64,
-            limit as i64
-        ])?;
-        Ok(n as u64)
+    /// Retains nothing of `channel` at or below `upto`, and deletes up to
+    /// `limit` of the segments that leaves empty.
+    pub fn trim(
+        &mut self,
+        channel: &str,
+        upto: u64,
+        limit: usize,
+    ) -> rusqlite::Result<segments::Trimmed> {
+        segments::trim(&self.conn, channel, upto, limit)
     }
 
     /// Every key of every channel's state: (channel, key, value, version).
@@ -484,14 +389,14 @@ mod tests {
         }
     }
 
-    /// A batch longer than one multi-row insert, over two channels: every
-    /// row lands (whole chunks and the rest), and each channel's row has
-    /// its last seq.
+    /// A batch longer than one segment, over two interleaved channels:
+    /// every message lands (whole segments and the rest), reads start in
+    /// the middle of a segment, and each channel's row has its last seq.
     #[test]
-    fn a_batch_of_several_chunks_is_stored_whole() {
+    fn a_batch_of_several_segments_is_stored_whole() {
         let dir = tempfile::tempdir().unwrap();
         let mut db = ShardDb::open(&shard_path(dir.path(), 0), Durability::Commit).unwrap();
-        let n = ROWS_PER_INSERT as u64 * 2 + 5;
+        let n = 600;
         let batch: Vec<Append> = (1..=n)
             .flat_map(|s| [msg("a", s, i64::MAX), msg("b", s, i64::MAX)])
             .collect();
@@ -504,7 +409,17 @@ mod tests {
             );
             assert_eq!(got[3].data, "{\"n\":4}");
             assert_eq!(first, Some(1));
+            let (got, _) = db.read(channel, 300, 520, 3).unwrap();
+            assert_eq!(
+                got.iter().map(|m| m.seq).collect::<Vec<_>>(),
+                [301, 302, 303]
+            );
         }
+        let segments: i64 = db
+            .conn
+            .query_row("SELECT count(*) FROM segments", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(segments, 6, "600 messages a channel make 3 segments");
         let mut channels = db.channels().unwrap();
         channels.sort();
         assert_eq!(
@@ -540,20 +455,19 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut db = ShardDb::open(&shard_path(dir.path(), 0), Durability::Commit).unwrap();
         db.append(&[msg("a", 1, i64::MAX)], &[]).unwrap();
-        let twice: Vec<Append> = [2, 3, 1].iter().map(|&s| msg("a", s, i64::MAX)).collect();
-        assert!(db.append(&twice, &[]).is_err(), "seq 1 is already stored");
+        let twice = [msg("b", 1, i64::MAX), msg("a", 1, i64::MAX)];
+        assert!(
+            db.append(&twice, &[]).is_err(),
+            "a's seq 1 is already stored"
+        );
+        assert!(db.read("b", 0, 10, 10).unwrap().0.is_empty());
         db.append(&[msg("a", 2, i64::MAX)], &[]).unwrap();
         let (got, _) = db.read("a", 0, 10, 10).unwrap();
         assert_eq!(got.iter().map(|m| m.seq).collect::<Vec<_>>(), vec![1, 2]);
     }
 
     #[test]
-    fn the_multi_row_insert_numbers_its_parameters_in_order() {
-        assert_eq!(
-            insert_sql(2),
-            "INSERT INTO messages (channel, seq, time, expires_at, data) VALUES \
-             (?1,?2,?3,?4,?5),(?6,?7,?8,?9,?10)"
-        );
+    fn the_last_message_of_each_channel_updates_its_row() {
         let batch = [msg("a", 1, 0), msg("b", 1, 0), msg("a", 2, 0)];
         let last: Vec<(&str, u64)> = last_of_each_channel(&batch)
             .iter()
@@ -580,18 +494,32 @@ mod tests {
             vec![3, 4, 5, 6]
         );
         assert_eq!(first, Some(1));
-        assert_eq!(db.delete_expired(100, 10).unwrap(), 1);
-        assert_eq!(db.trim("a", 3, 2).unwrap(), 2);
-        assert_eq!(db.trim("a", 3, 2).unwrap(), 1);
+        // 5 expired, but its segment holds live messages: readers skip it.
+        assert_eq!(db.delete_expired(100, 10).unwrap(), 0);
+        assert_eq!(db.oldest("a", 4, 100).unwrap(), Some(6));
+        assert_eq!(
+            db.trim("a", 3, 2).unwrap().messages,
+            3,
+            "1-3 are no longer read"
+        );
         let (got, first) = db.read("a", 0, 10, 100).unwrap();
         assert_eq!(
             got.iter().map(|m| m.seq).collect::<Vec<_>>(),
-            vec![4, 6, 7, 8, 9, 10]
+            vec![4, 5, 6, 7, 8, 9, 10]
         );
         assert_eq!(first, Some(4));
         assert_eq!(db.oldest("a", 0, 0).unwrap(), Some(4));
         assert_eq!(db.oldest("a", 6, 0).unwrap(), Some(7));
         assert_eq!(db.oldest("a", 10, 0).unwrap(), None);
+        db.append(&[msg("a", 11, 50)], &[]).unwrap();
+        assert_eq!(
+            db.delete_expired(100, 10).unwrap(),
+            1,
+            "11's segment expired whole"
+        );
+        let trimmed = db.trim("a", 10, 2).unwrap();
+        assert_eq!(trimmed.messages, 7, "4-10 are no longer read");
+        assert_eq!(db.read("a", 0, 20, 100).unwrap(), (vec![], None));
         db.renew_epochs(|| "e2".into()).unwrap();
         assert_eq!(db.channels().unwrap()[0].1, "e2");
     }

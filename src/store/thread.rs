@@ -106,6 +106,14 @@ impl Engine for StoreThread {
     /// Never waits: the request is held until the turn's `flush`.
     fn submit(&mut self, request: Request) -> Result<(), Gone> {
         self.held.push(request);
+        if self.held.len()
+            >= std::env::var("SYNCD_CHUNK")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(usize::MAX)
+        {
+            self.flush();
+        }
         Ok(())
     }
 
@@ -154,10 +162,11 @@ impl Engine for StoreThread {
 }
 
 /// With a batch of one shard, what each of its channels keeps
-/// (`history_size`) goes: at most twice as many rows as the batch adds, so
-/// the history stays at its size under any inflow, and a backlog (a size
-/// lowered by a restart, rows the sweep has not reached) shrinks without
-/// one long delete holding the thread.
+/// (`history_size`) goes: reads stop seeing it at once (the channel's
+/// floor), and at most twice as many segments as the batch adds messages
+/// are deleted, so the history stays at its size under any inflow, and a
+/// backlog (a size lowered by a restart, segments the sweep has not
+/// reached) shrinks without one long delete holding the thread.
 fn trims<'a>(batch: &'a [Append], retention: &Storage) -> Vec<Trim<'a>> {
     let mut index: HashMap<&str, usize> = HashMap::new();
     let mut trims: Vec<Trim<'a>> = Vec::new();
@@ -404,10 +413,10 @@ impl Writer {
             channels.retain(|channel, last| {
                 let upto = last.saturating_sub(self.retention.retention_for(channel).0);
                 match db.trim(channel, upto, SWEEP_BATCH) {
-                    Ok(n) => {
-                        trimmed += n;
+                    Ok(done) => {
+                        trimmed += done.messages;
                         // Trimmed to its size: nothing to do until appended to again.
-                        (n as usize) >= SWEEP_BATCH
+                        done.more
                     }
                     Err(e) => {
                         log::error!("store: trimming {channel} failed: {e}");
