@@ -8,11 +8,12 @@ use common::{eventually, Client, Server};
 use serde_json::json;
 use syncd::sync::shard::shard_of;
 
-/// Makes every insert into the shard's messages fail, as a broken disk would,
-/// through a second SQLite connection to the live file.
+/// Makes every insert into the shard's segments (its stored messages) fail,
+/// as a broken disk would, through a second SQLite connection to the live
+/// file.
 fn break_inserts(db: &rusqlite::Connection) {
     db.execute_batch(
-        "CREATE TRIGGER injected_fault BEFORE INSERT ON messages
+        "CREATE TRIGGER injected_fault BEFORE INSERT ON segments
          BEGIN SELECT RAISE(ABORT, 'injected disk fault'); END;",
     )
     .expect("add the fault");

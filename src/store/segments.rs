@@ -104,6 +104,30 @@ fn by_channel(batch: &[Append]) -> Vec<Vec<&Append>> {
     runs
 }
 
+/// Fails, as a duplicate key would, if a batch holds a message at or below
+/// its channel's last stored seq, or its messages of a channel are not in
+/// increasing seq order: a row per message had that check from its key, a
+/// segment's key (its first seq) does not.
+pub fn ensure_new(conn: &Connection, batch: &[Append]) -> rusqlite::Result<()> {
+    let mut last = conn.prepare_cached("SELECT last_seq FROM channels WHERE name = ?1")?;
+    for run in by_channel(batch) {
+        let stored: Option<i64> = last
+            .query_row([&*run[0].channel], |r| r.get(0))
+            .optional()?;
+        let mut after = stored.map_or(0, |s| s as u64);
+        for m in run {
+            if m.seq <= after {
+                return Err(rusqlite::Error::SqliteFailure(
+                    rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_CONSTRAINT_PRIMARYKEY),
+                    Some(format!("{}: seq {} is not after {after}", m.channel, m.seq)),
+                ));
+            }
+            after = m.seq;
+        }
+    }
+    Ok(())
+}
+
 /// Writes a batch (each channel's messages in seq order) as segments.
 pub fn write(conn: &Connection, batch: &[Append]) -> rusqlite::Result<()> {
     let mut insert = conn.prepare_cached(
@@ -455,6 +479,43 @@ mod tests {
                 more: false
             }
         );
+    }
+
+    /// Every read of every range, against the messages written, over
+    /// segments of many sizes (batches of 1 to 300) and a moving floor.
+    #[test]
+    fn reads_match_a_model_of_the_messages() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut db = ShardDb::open(&shard_path(dir.path(), 0), Durability::Commit).unwrap();
+        let mut next = 1;
+        for size in [1, 3, 300, 1, 2, 256, 7, 40] {
+            let batch: Vec<Append> = (next..next + size).map(|s| msg("a", s, "d")).collect();
+            db.append(&batch, &[]).unwrap();
+            next += size;
+        }
+        let last = next - 1;
+        for floor in [0, 2, 4, 300, 500] {
+            if floor > 0 {
+                db.trim("a", floor, 1000).unwrap();
+            }
+            for after in (0..=last + 1).step_by(7).chain([3, 4, 5, 304, 305, 306]) {
+                for upto in [after, after + 1, after + 5, after + 300, last, u64::MAX] {
+                    for limit in [1, 2, 10, 1000] {
+                        let (got, first) = db.read("a", after, upto, limit).unwrap();
+                        let want: Vec<u64> = (after.max(floor) + 1..=upto.min(last))
+                            .take(limit)
+                            .collect();
+                        assert_eq!(seqs(&got), want, "after {after} upto {upto} limit {limit}");
+                        assert_eq!(first, (floor < last).then_some(floor + 1));
+                    }
+                }
+                let oldest = db.oldest("a", after, 0).unwrap();
+                assert_eq!(
+                    oldest,
+                    (after.max(floor) < last).then_some(after.max(floor) + 1)
+                );
+            }
+        }
     }
 
     /// A data folder written before segments: its rows move at open.

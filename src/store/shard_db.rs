@@ -175,6 +175,7 @@ impl ShardDb {
     }
 
     fn append_rows(&self, batch: &[Append]) -> rusqlite::Result<()> {
+        segments::ensure_new(&self.conn, batch)?;
         segments::write(&self.conn, batch)?;
         let mut keyed = self.conn.prepare_cached(
             "INSERT OR REPLACE INTO state_keys (channel, key, value, version) VALUES (?1, ?2, ?3, ?4)",
@@ -454,16 +455,21 @@ mod tests {
     fn a_failed_batch_is_rolled_back() {
         let dir = tempfile::tempdir().unwrap();
         let mut db = ShardDb::open(&shard_path(dir.path(), 0), Durability::Commit).unwrap();
-        db.append(&[msg("a", 1, i64::MAX)], &[]).unwrap();
-        let twice = [msg("b", 1, i64::MAX), msg("a", 1, i64::MAX)];
+        let first: Vec<Append> = (1..=3).map(|s| msg("a", s, i64::MAX)).collect();
+        db.append(&first, &[]).unwrap();
+        // 2 is inside the segment 1-3, not its key: refused all the same.
+        let again = [msg("b", 1, i64::MAX), msg("a", 2, i64::MAX)];
         assert!(
-            db.append(&twice, &[]).is_err(),
-            "a's seq 1 is already stored"
+            db.append(&again, &[]).is_err(),
+            "a's seq 2 is already stored"
         );
         assert!(db.read("b", 0, 10, 10).unwrap().0.is_empty());
-        db.append(&[msg("a", 2, i64::MAX)], &[]).unwrap();
+        db.append(&[msg("a", 4, i64::MAX)], &[]).unwrap();
         let (got, _) = db.read("a", 0, 10, 10).unwrap();
-        assert_eq!(got.iter().map(|m| m.seq).collect::<Vec<_>>(), vec![1, 2]);
+        assert_eq!(
+            got.iter().map(|m| m.seq).collect::<Vec<_>>(),
+            vec![1, 2, 3, 4]
+        );
     }
 
     #[test]
