@@ -106,14 +106,6 @@ impl Engine for StoreThread {
     /// Never waits: the request is held until the turn's `flush`.
     fn submit(&mut self, request: Request) -> Result<(), Gone> {
         self.held.push(request);
-        if self.held.len()
-            >= std::env::var("SYNCD_CHUNK")
-                .ok()
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(usize::MAX)
-        {
-            self.flush();
-        }
         Ok(())
     }
 
