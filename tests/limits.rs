@@ -133,9 +133,14 @@ fn a_burst_to_twenty_readers_cuts_off_only_the_stalled_one() {
 /// MiB left too thin a margin over the 3 MiB the peak must show),
 /// until `send_buffer_soft_for` cuts it off. The baseline is taken after a
 /// first two identical rounds, so it is what a steady worker holds (the cache,
-/// SQLite pages, allocator arenas); RSS must then come back within 2 MiB
-/// of it, where allocator noise stays (11 rounds in a row stayed within
-/// 0.9 MiB of their baseline), within the soft window of the cut-off.
+/// SQLite pages, allocator arenas); RSS must then come back within 3 MiB
+/// of it, within the soft window of the cut-off, from a peak at least 4
+/// MiB over it: at least 1 MiB of what the reader pinned is given back.
+/// Settled RSS after identical rounds drifts up by about 0.5 MiB a round
+/// and moves by ±1.5 MiB around that (5 rounds: 77.1, 77.6, 78.1, 79.1,
+/// 79.2 MiB with a row per stored message, 76.5, 75.9, 78.6, 77.9, 79.2
+/// with segments), so 2 MiB failed 1 run in 6 to 1 in 2; peaks stood 5.4
+/// to 12.8 MiB over their baselines.
 #[test]
 fn after_a_stalled_reader_is_cut_off_its_memory_comes_back() {
     let _one_at_a_time = heavy();
@@ -165,7 +170,7 @@ fn after_a_stalled_reader_is_cut_off_its_memory_comes_back() {
     let peak = stalled_round(&server, &counters, 3);
     let cut_off = Instant::now();
     assert!(
-        peak > baseline + (3 << 20),
+        peak > baseline + (4 << 20),
         "the stalled reader's queue shows: peak {} KiB, baseline {} KiB",
         peak >> 10,
         baseline >> 10
@@ -175,7 +180,7 @@ fn after_a_stalled_reader_is_cut_off_its_memory_comes_back() {
     let mut last = peak;
     while cut_off.elapsed() < window + Duration::from_secs(5) {
         last = rss(&server);
-        if last <= baseline + (2 << 20) {
+        if last <= baseline + (3 << 20) {
             back = Some(cut_off.elapsed());
             break;
         }
