@@ -185,10 +185,12 @@ pub fn read(
 ) -> rusqlite::Result<(Vec<Stored>, Option<u64>)> {
     let floor = floor(conn, channel)?;
     let mut found = Vec::new();
-    scan(conn, channel, after.max(floor), upto, |m| {
-        found.push(m);
-        found.len() < limit
-    })?;
+    if limit > 0 {
+        scan(conn, channel, after.max(floor), upto, |m| {
+            found.push(m);
+            found.len() < limit
+        })?;
+    }
     let first = match bounds(conn, channel)? {
         (Some(first), Some(last)) if last > floor => Some(first.max(floor + 1)),
         _ => None,
@@ -282,7 +284,9 @@ pub fn trim(
     let (first, last) = bounds(conn, channel)?;
     // Seqs of a channel are consecutive: those retained in (was, upto].
     let messages = match (first, last) {
-        (Some(first), Some(last)) => upto.min(last).saturating_sub(was.max(first - 1)),
+        (Some(first), Some(last)) => upto
+            .min(last)
+            .saturating_sub(was.max(first.saturating_sub(1))),
         _ => 0,
     };
     conn.prepare_cached(
@@ -502,7 +506,7 @@ mod tests {
             }
             for after in (0..=last + 1).step_by(7).chain([3, 4, 5, 304, 305, 306]) {
                 for upto in [after, after + 1, after + 5, after + 300, last, u64::MAX] {
-                    for limit in [1, 2, 10, 1000] {
+                    for limit in [0, 1, 2, 10, 1000] {
                         let (got, first) = db.read("a", after, upto, limit).unwrap();
                         let want: Vec<u64> = (after.max(floor) + 1..=upto.min(last))
                             .take(limit)
