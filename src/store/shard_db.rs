@@ -160,7 +160,7 @@ impl ShardDb {
     /// Appends a batch in one transaction (group commit), each channel's
     /// messages as segments (`segments`). The same transaction trims what
     /// each `Trim` names, so a channel's history stays at its size whatever
-    /// the inflow. Returns how many messages were deleted.
+    /// the inflow. Returns how many messages the trims dropped.
     pub fn append(&mut self, batch: &[Append], trims: &[Trim<'_>]) -> rusqlite::Result<u64> {
         self.conn.prepare_cached("BEGIN")?.execute([])?;
         let result = self.append_rows(batch).and_then(|()| {
