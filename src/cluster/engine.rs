@@ -23,8 +23,8 @@ use super::scripts;
 use crate::config::{Cluster, Storage};
 use crate::proto::compact::{compact_text, has_line_break};
 use crate::proto::frames;
+use crate::store::message::Append;
 use crate::store::open::now_ms;
-use crate::store::shard_db::Append;
 use crate::store::{Completion, Engine, Gone, Request};
 use crate::sync::channel::is_inbox;
 

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 
 use redis::Value;
 
-use crate::store::shard_db::Stored;
+use crate::store::message::Stored;
 use crate::store::{Completion, Looked, Numbered, Outcome, Range, Redelivery};
 
 thread_local! {

@@ -8,7 +8,7 @@ use super::{storage_failed, Effect, Now, OwnerCore, PublishOptions, ReplyTo, Sta
 use crate::config::Durability;
 use crate::proto::frames::{self, Acked, ErrorReply};
 use crate::store::cache::Cached;
-use crate::store::shard_db::Append;
+use crate::store::message::Append;
 use crate::store::Request;
 use crate::sync::channel::is_inbox;
 

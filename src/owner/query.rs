@@ -11,7 +11,7 @@ use bytes::Bytes;
 use super::publish::raw_or_null;
 use super::{pages, storage_failed, Answer, Now, OwnerCore, Query, ReplyTo};
 use crate::proto::frames::{self, ErrorReply};
-use crate::store::shard_db::Stored;
+use crate::store::message::Stored;
 use crate::store::Request;
 
 /// A query waiting for storage to read the disk.

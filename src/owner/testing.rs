@@ -13,8 +13,8 @@ use super::{
 };
 use crate::config::{Durability, Storage};
 use crate::proto::frames::{Acked, ErrorReply};
+use crate::store::message::Stored;
 use crate::store::open::Loaded;
-use crate::store::shard_db::Stored;
 use crate::store::{Completion, Engine, Gone, Numbered, Outcome, Range, Request};
 
 /// Storage in memory, answering requests only when told to.
@@ -147,7 +147,7 @@ impl MemEngine {
 
     /// A shared engine's refusal of an append: a used idempotency key, or a
     /// compare-and-set that lost.
-    fn decide(&self, msg: &crate::store::shard_db::Append) -> Option<Outcome> {
+    fn decide(&self, msg: &crate::store::message::Append) -> Option<Outcome> {
         if self.unreachable {
             let error = "connection refused".into();
             return Some(Outcome::Unavailable { error });

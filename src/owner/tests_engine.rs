@@ -5,7 +5,7 @@
 use super::testing::{config, resume, seqs_of, Harness};
 use super::PublishOptions;
 use crate::config::Durability;
-use crate::store::shard_db::Stored;
+use crate::store::message::Stored;
 
 /// A core on an engine that numbers, where another server has already
 /// stored messages 1..=`before` of `channel`.

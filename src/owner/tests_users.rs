@@ -8,8 +8,8 @@ use bytes::Bytes;
 use super::testing::{config, data_of, seqs_of, Harness};
 use super::{Command, PublishOptions, Query};
 use crate::config::Durability;
+use crate::store::message::Stored;
 use crate::store::open::Loaded;
-use crate::store::shard_db::Stored;
 
 fn keyed(key: &str) -> PublishOptions {
     PublishOptions {

@@ -12,7 +12,7 @@
 //! core then treats its own numbers as provisional, waits for every commit,
 //! and takes the seqs the engine reports in `Committed::numbered`.
 
-use super::shard_db::{Append, Stored};
+use super::message::{Append, Stored};
 
 #[derive(Debug)]
 pub enum Request {

@@ -5,6 +5,7 @@
 pub mod backup;
 pub mod cache;
 pub mod engine;
+pub mod message;
 pub mod meta;
 pub mod open;
 pub mod segments;

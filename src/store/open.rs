@@ -5,7 +5,8 @@
 use std::collections::HashMap;
 use std::io;
 
-use super::shard_db::{shard_path, ShardDb, StateRow, Stored};
+use super::message::Stored;
+use super::shard_db::{shard_path, ShardDb, StateRow};
 use crate::config::{Config, Durability};
 
 /// What the shards of one slot hold, for `OwnerCore::new`.

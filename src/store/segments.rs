@@ -14,7 +14,7 @@ use std::collections::HashMap;
 
 use rusqlite::{params, Connection, OptionalExtension};
 
-use super::shard_db::{Append, Stored};
+use super::message::{Append, Stored};
 
 pub const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS segments (

@@ -2,11 +2,11 @@
 //! last `seq`, and their retained messages.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
 
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 
+use super::message::{Append, Stored};
 use super::segments;
 use crate::config::Durability;
 
@@ -51,40 +51,6 @@ CREATE TABLE IF NOT EXISTS dead_letters (
     PRIMARY KEY (channel, seq)
 ) WITHOUT ROWID;
 ";
-
-/// One message to append; times are Unix milliseconds.
-#[derive(Debug, Clone)]
-/// `channel`, `data` and `epoch` are shared with the owner's copies
-/// (`owner::seqs`, the message waiting for its commit), not copied per
-/// message.
-pub struct Append {
-    pub channel: Arc<str>,
-    pub seq: u64,
-    pub time_ms: i64,
-    pub expires_ms: i64,
-    pub data: Arc<str>,
-    /// Set on a channel's first message: the epoch to record for it.
-    pub epoch: Arc<str>,
-    /// The backend's key for this publish, remembered until `idempotent_until_ms`.
-    pub idempotency: Option<(String, i64)>,
-    /// A keyed-state change this message records: (key, value JSON or
-    /// `None` when deleted, version), stored in the same transaction.
-    pub state: Option<(String, Option<String>, u64)>,
-    /// With `state`, to an engine that numbers messages: the version the
-    /// writer expects, for the engine to compare and set (the version in
-    /// `state` is then unknown until it answers).
-    pub expected: Option<u64>,
-    /// Another syncd's egress sent it (ingested with its `epoch` and
-    /// `seq`): egress does not send it on.
-    pub ingested: bool,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct Stored {
-    pub seq: u64,
-    pub expires_ms: i64,
-    pub data: String,
-}
 
 /// A stored state key: (channel, key, value JSON or `None` if deleted, version).
 pub type StateRow = (String, String, Option<String>, u64);

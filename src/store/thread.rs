@@ -10,7 +10,8 @@ use crossbeam_channel::{Receiver, Sender, TrySendError};
 use mio::Waker;
 
 use super::engine::{Completion, Engine, Gone, Request};
-use super::shard_db::{Append, ShardDb, Trim};
+use super::message::Append;
+use super::shard_db::{ShardDb, Trim};
 use crate::config::Storage;
 
 /// Rows deleted per shard per sweep, so a sweep never holds the thread long.
