@@ -92,8 +92,9 @@ fn corrupt() -> rusqlite::Error {
 }
 
 /// Each channel's messages of a batch, in order, in the order channels
-/// first appear.
-fn by_channel(batch: &[Append]) -> Vec<Vec<&Append>> {
+/// first appear: the one grouping a batch gets, for its segments, its
+/// seq check, its `channels` rows and its trims.
+pub fn by_channel(batch: &[Append]) -> Vec<Vec<&Append>> {
     let mut index: HashMap<&str, usize> = HashMap::new();
     let mut runs: Vec<Vec<&Append>> = Vec::new();
     for m in batch {
@@ -110,9 +111,9 @@ fn by_channel(batch: &[Append]) -> Vec<Vec<&Append>> {
 /// its channel's last stored seq, or its messages of a channel are not in
 /// increasing seq order: a row per message had that check from its key, a
 /// segment's key (its first seq) does not.
-pub fn ensure_new(conn: &Connection, batch: &[Append]) -> rusqlite::Result<()> {
+pub fn ensure_new(conn: &Connection, runs: &[Vec<&Append>]) -> rusqlite::Result<()> {
     let mut last = conn.prepare_cached("SELECT last_seq FROM channels WHERE name = ?1")?;
-    for run in by_channel(batch) {
+    for run in runs {
         let stored: Option<i64> = last
             .query_row([&*run[0].channel], |r| r.get(0))
             .optional()?;
@@ -130,14 +131,15 @@ pub fn ensure_new(conn: &Connection, batch: &[Append]) -> rusqlite::Result<()> {
     Ok(())
 }
 
-/// Writes a batch (each channel's messages in seq order) as segments.
-pub fn write(conn: &Connection, batch: &[Append]) -> rusqlite::Result<()> {
+/// Writes a batch, grouped by `by_channel` (each channel's messages in seq
+/// order), as segments.
+pub fn write(conn: &Connection, runs: &[Vec<&Append>]) -> rusqlite::Result<()> {
     let mut insert = conn.prepare_cached(
         "INSERT INTO segments (channel, first_seq, last_seq, expires_at, count, body)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
     )?;
     let mut body = Vec::new();
-    for run in by_channel(batch) {
+    for run in runs {
         let mut start = 0;
         while start < run.len() {
             let (mut end, mut bytes) = (start, 0);
@@ -364,7 +366,7 @@ pub fn migrate(conn: &Connection) -> rusqlite::Result<u64> {
         while let Some(row) = rows.next()? {
             let channel: String = row.get(0)?;
             if run.len() >= MAX_MESSAGES || run.first().is_some_and(|m| *m.channel != *channel) {
-                write(conn, &run)?;
+                write(conn, &by_channel(&run))?;
                 run.clear();
             }
             run.push(Append {
@@ -381,7 +383,7 @@ pub fn migrate(conn: &Connection) -> rusqlite::Result<u64> {
             });
             moved += 1;
         }
-        write(conn, &run)?;
+        write(conn, &by_channel(&run))?;
     }
     conn.execute_batch("DROP TABLE messages;")?;
     Ok(moved)

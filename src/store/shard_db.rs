@@ -68,24 +68,6 @@ pub struct Trim<'a> {
     pub limit: usize,
 }
 
-/// The last message of each channel in a batch (the batch is in seq order
-/// per channel), in the order channels first appear: one `channels` row
-/// update per channel.
-fn last_of_each_channel(batch: &[Append]) -> Vec<&Append> {
-    let mut index: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
-    let mut last: Vec<&Append> = Vec::new();
-    for m in batch {
-        match index.get(&*m.channel) {
-            Some(&i) => last[i] = m,
-            None => {
-                index.insert(&m.channel, last.len());
-                last.push(m);
-            }
-        }
-    }
-    last
-}
-
 impl ShardDb {
     pub fn open(path: &Path, durability: Durability) -> rusqlite::Result<ShardDb> {
         let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
@@ -141,8 +123,9 @@ impl ShardDb {
     }
 
     fn append_rows(&self, batch: &[Append]) -> rusqlite::Result<()> {
-        segments::ensure_new(&self.conn, batch)?;
-        segments::write(&self.conn, batch)?;
+        let runs = segments::by_channel(batch);
+        segments::ensure_new(&self.conn, &runs)?;
+        segments::write(&self.conn, &runs)?;
         let mut keyed = self.conn.prepare_cached(
             "INSERT OR REPLACE INTO state_keys (channel, key, value, version) VALUES (?1, ?2, ?3, ?4)",
         )?;
@@ -167,7 +150,8 @@ impl ShardDb {
             "INSERT INTO channels (name, epoch, last_seq) VALUES (?1, ?2, ?3)
              ON CONFLICT (name) DO UPDATE SET last_seq = max(last_seq, excluded.last_seq)",
         )?;
-        for m in last_of_each_channel(batch) {
+        // One row update per channel, with its last message.
+        for m in runs.iter().filter_map(|run| run.last()) {
             channel.execute(params![&*m.channel, &*m.epoch, m.seq as i64])?;
         }
         Ok(())
@@ -441,8 +425,9 @@ mod tests {
     #[test]
     fn the_last_message_of_each_channel_updates_its_row() {
         let batch = [msg("a", 1, 0), msg("b", 1, 0), msg("a", 2, 0)];
-        let last: Vec<(&str, u64)> = last_of_each_channel(&batch)
+        let last: Vec<(&str, u64)> = segments::by_channel(&batch)
             .iter()
+            .filter_map(|run| run.last())
             .map(|m| (&*m.channel, m.seq))
             .collect();
         assert_eq!(last, vec![("a", 2), ("b", 1)]);

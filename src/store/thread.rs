@@ -11,6 +11,7 @@ use mio::Waker;
 
 use super::engine::{Completion, Engine, Gone, Request};
 use super::message::Append;
+use super::segments;
 use super::shard_db::{ShardDb, Trim};
 use crate::config::Storage;
 
@@ -161,30 +162,21 @@ impl Engine for StoreThread {
 /// backlog (a size lowered by a restart, segments the sweep has not
 /// reached) shrinks without one long delete holding the thread.
 fn trims<'a>(batch: &'a [Append], retention: &Storage) -> Vec<Trim<'a>> {
-    let mut index: HashMap<&str, usize> = HashMap::new();
-    let mut trims: Vec<Trim<'a>> = Vec::new();
-    for m in batch {
-        match index.get(&*m.channel) {
-            Some(&i) => {
-                let t = &mut trims[i];
-                t.upto = t.upto.max(m.seq);
-                t.limit += 2;
-            }
-            None => {
-                index.insert(&m.channel, trims.len());
-                trims.push(Trim {
-                    channel: &m.channel,
-                    upto: m.seq,
-                    limit: 2,
-                });
-            }
-        }
-    }
-    for t in &mut trims {
-        t.upto = t.upto.saturating_sub(retention.retention_for(t.channel).0);
-    }
-    trims.retain(|t| t.upto > 0);
-    trims
+    segments::by_channel(batch)
+        .into_iter()
+        .filter_map(|run| {
+            // The batch holds each channel's messages in seq order.
+            let last = run.last()?;
+            let upto = last
+                .seq
+                .saturating_sub(retention.retention_for(&last.channel).0);
+            (upto > 0).then(|| Trim {
+                channel: &last.channel,
+                upto,
+                limit: 2 * run.len(),
+            })
+        })
+        .collect()
 }
 
 struct Writer {
