@@ -22,7 +22,7 @@ use super::egress_sinks::{Out, Sink};
 use super::status::{self, Shared};
 use super::with_retries;
 use crate::config::queues::{pattern_matches, Egress};
-use crate::config::Config;
+use crate::config::{Config, Storage};
 use crate::store::segments;
 use crate::store::shard_db::shard_path;
 use crate::sync::shard;
@@ -76,6 +76,7 @@ pub fn start(
     let mut egress = Thread {
         section,
         shard_count: config.storage.shards,
+        storage: config.storage.clone(),
         shards,
         dbs: HashMap::new(),
         cursors: Cursors::load(
@@ -98,6 +99,8 @@ pub fn start(
 struct Thread {
     section: Egress,
     shard_count: u32,
+    /// Which `history_size` each channel keeps: what is past it is not sent.
+    storage: Storage,
     shards: Vec<(u32, PathBuf)>,
     dbs: HashMap<u32, Connection>,
     cursors: Cursors,
@@ -275,10 +278,11 @@ impl Thread {
         after: u64,
     ) -> Result<Option<Vec<(u64, String, bool)>>, String> {
         let shard = self.shard_of(channel);
+        let keep = self.storage.retention_for(channel).0;
         let Some(db) = self.db(shard) else {
             return Ok(None);
         };
-        let (stored, _) = segments::read(db, channel, after, u64::MAX, BATCH).map_err(sql)?;
+        let (stored, _) = segments::read(db, channel, after, u64::MAX, BATCH, keep).map_err(sql)?;
         let Some(last) = stored.last().map(|m| m.seq) else {
             return Ok(Some(Vec::new()));
         };

@@ -11,5 +11,6 @@ pub mod open;
 pub mod segments;
 pub mod shard_db;
 pub mod thread;
+pub mod trimming;
 
 pub use engine::{Completion, Engine, Gone, Looked, Numbered, Outcome, Range, Redelivery, Request};

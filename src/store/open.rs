@@ -68,8 +68,9 @@ pub fn open_shards(config: &Config, slot: usize) -> io::Result<(HashMap<u32, Sha
             if crate::sync::channel::is_inbox(&name) {
                 // Direct messages not acked yet wait for their user again.
                 let after = acked.get(name.as_str()).copied().unwrap_or(0);
+                let keep = storage.retention_for(&name).0;
                 let (rows, _) = db
-                    .read(&name, after, last_seq, usize::MAX >> 1)
+                    .read(&name, after, last_seq, usize::MAX >> 1, keep)
                     .map_err(fail)?;
                 loaded
                     .unacked

@@ -4,9 +4,10 @@
 //! key and the expiry index) and two deletes (trimming) per message, about
 //! 3 µs of the store thread's time; a row per run costs them once per run.
 //!
-//! What trimming removes is exact: `floors` holds, per channel, the seq at
-//! and below which nothing is retained, and reads skip it; whole segments
-//! below the floor are then deleted. A segment is deleted as expired once
+//! What a read returns is exact: it starts above the channel's floor, the
+//! higher of the seq in `floors` (the last trim) and its last seq less the
+//! `keep` (`history_size`) it is given, so the store thread may trim in
+//! steps; whole segments below the stored floor are then deleted. A segment is deleted as expired once
 //! its last message to expire has; until then, readers skip expired
 //! messages by their `expires_ms` (they always did: the sweep runs late).
 
@@ -167,8 +168,9 @@ pub fn write(conn: &Connection, runs: &[Vec<&Append>]) -> rusqlite::Result<()> {
     Ok(())
 }
 
-/// The seq at and below which `channel` retains nothing (0: no floor).
-fn floor(conn: &Connection, channel: &str) -> rusqlite::Result<u64> {
+/// The seq at and below which `channel` retains nothing as of its last
+/// trim (0: no floor).
+fn stored_floor(conn: &Connection, channel: &str) -> rusqlite::Result<u64> {
     let seq: Option<i64> = conn
         .prepare_cached("SELECT seq FROM floors WHERE channel = ?1")?
         .query_row([channel], |r| r.get(0))
@@ -176,16 +178,29 @@ fn floor(conn: &Connection, channel: &str) -> rusqlite::Result<u64> {
     Ok(seq.unwrap_or(0) as u64)
 }
 
-/// Retained messages of `channel` with `after < seq <= upto`, oldest first,
-/// at most `limit`; and the oldest retained `seq` of the channel.
+/// The seq at and below which a reader sees nothing of `channel` when it
+/// keeps its last `keep` messages: trims may not have reached it yet.
+fn floor(conn: &Connection, channel: &str, keep: u64) -> rusqlite::Result<u64> {
+    let last: Option<i64> = conn
+        .prepare_cached("SELECT last_seq FROM channels WHERE name = ?1")?
+        .query_row([channel], |r| r.get(0))
+        .optional()?;
+    let kept_from = (last.unwrap_or(0) as u64).saturating_sub(keep);
+    Ok(stored_floor(conn, channel)?.max(kept_from))
+}
+
+/// Retained messages of `channel` (which keeps its last `keep`) with
+/// `after < seq <= upto`, oldest first, at most `limit`; and the oldest
+/// retained `seq` of the channel.
 pub fn read(
     conn: &Connection,
     channel: &str,
     after: u64,
     upto: u64,
     limit: usize,
+    keep: u64,
 ) -> rusqlite::Result<(Vec<Stored>, Option<u64>)> {
-    let floor = floor(conn, channel)?;
+    let floor = floor(conn, channel, keep)?;
     let mut found = Vec::new();
     if limit > 0 {
         scan(conn, channel, after.max(floor), upto, |m| {
@@ -200,18 +215,20 @@ pub fn read(
     Ok((found, first))
 }
 
-/// The oldest retained `seq > after` of `channel` not expired at `now_ms`.
+/// The oldest retained `seq > after` of `channel` (which keeps its last
+/// `keep`) not expired at `now_ms`.
 pub fn oldest(
     conn: &Connection,
     channel: &str,
     after: u64,
+    keep: u64,
     now_ms: i64,
 ) -> rusqlite::Result<Option<u64>> {
     let mut found = None;
     scan(
         conn,
         channel,
-        after.max(floor(conn, channel)?),
+        after.max(floor(conn, channel, keep)?),
         u64::MAX,
         |m| {
             if m.expires_ms > now_ms {
@@ -279,7 +296,7 @@ pub fn trim(
     upto: u64,
     limit: usize,
 ) -> rusqlite::Result<Trimmed> {
-    let was = floor(conn, channel)?;
+    let was = stored_floor(conn, channel)?;
     if upto <= was {
         return delete_below(conn, channel, was, limit).map(|more| Trimmed { messages: 0, more });
     }
@@ -444,7 +461,7 @@ mod tests {
         let big = "x".repeat(40 * 1024);
         let batch: Vec<Append> = (1..=5).map(|s| msg("a", s, &big)).collect();
         db.append(&batch, &[]).unwrap();
-        let (got, first) = db.read("a", 1, 5, 10).unwrap();
+        let (got, first) = db.read("a", 1, 5, 10, u64::MAX).unwrap();
         assert_eq!((seqs(&got), first), (vec![2, 3, 4, 5], Some(1)));
         let trimmed = db.trim("a", 3, 10).unwrap();
         assert_eq!(
@@ -454,9 +471,9 @@ mod tests {
                 more: false
             }
         );
-        let (got, first) = db.read("a", 0, 5, 10).unwrap();
+        let (got, first) = db.read("a", 0, 5, 10, u64::MAX).unwrap();
         assert_eq!((seqs(&got), first), (vec![4, 5], Some(4)));
-        assert_eq!(db.oldest("a", 0, 0).unwrap(), Some(4));
+        assert_eq!(db.oldest("a", 0, u64::MAX, 0).unwrap(), Some(4));
         let again = db.trim("a", 5, 1).unwrap();
         assert_eq!(
             again,
@@ -467,7 +484,7 @@ mod tests {
             "3-4 went"
         );
         assert_eq!(
-            db.read("a", 0, 0, 0).unwrap().1,
+            db.read("a", 0, 0, 0, u64::MAX).unwrap().1,
             None,
             "nothing is retained"
         );
@@ -509,7 +526,7 @@ mod tests {
             for after in (0..=last + 1).step_by(7).chain([3, 4, 5, 304, 305, 306]) {
                 for upto in [after, after + 1, after + 5, after + 300, last, u64::MAX] {
                     for limit in [0, 1, 2, 10, 1000] {
-                        let (got, first) = db.read("a", after, upto, limit).unwrap();
+                        let (got, first) = db.read("a", after, upto, limit, u64::MAX).unwrap();
                         let want: Vec<u64> = (after.max(floor) + 1..=upto.min(last))
                             .take(limit)
                             .collect();
@@ -517,7 +534,7 @@ mod tests {
                         assert_eq!(first, (floor < last).then_some(floor + 1));
                     }
                 }
-                let oldest = db.oldest("a", after, 0).unwrap();
+                let oldest = db.oldest("a", after, u64::MAX, 0).unwrap();
                 assert_eq!(
                     oldest,
                     (after.max(floor) < last).then_some(after.max(floor) + 1)
@@ -552,7 +569,7 @@ mod tests {
         }
         let db = ShardDb::open(&path, Durability::Commit).unwrap();
         for channel in ["a", "b"] {
-            let (got, first) = db.read(channel, 250, 300, 100).unwrap();
+            let (got, first) = db.read(channel, 250, 300, 100, u64::MAX).unwrap();
             assert_eq!((seqs(&got), first), ((251..=300).collect(), Some(1)));
             assert_eq!(got[0].data, "251");
         }

@@ -168,21 +168,30 @@ impl ShardDb {
         Ok(trimmed)
     }
 
-    /// Retained messages of `channel` with `after < seq <= upto`, oldest first,
-    /// at most `limit`; and the oldest retained `seq` of the channel.
+    /// Retained messages of `channel`, which keeps its last `keep`, with
+    /// `after < seq <= upto`, oldest first, at most `limit`; and the oldest
+    /// retained `seq` of the channel.
     pub fn read(
         &self,
         channel: &str,
         after: u64,
         upto: u64,
         limit: usize,
+        keep: u64,
     ) -> rusqlite::Result<(Vec<Stored>, Option<u64>)> {
-        segments::read(&self.conn, channel, after, upto, limit)
+        segments::read(&self.conn, channel, after, upto, limit, keep)
     }
 
-    /// The oldest `seq > after` of `channel` that has not expired at `now_ms`.
-    pub fn oldest(&self, channel: &str, after: u64, now_ms: i64) -> rusqlite::Result<Option<u64>> {
-        segments::oldest(&self.conn, channel, after, now_ms)
+    /// The oldest `seq > after` of `channel`, which keeps its last `keep`,
+    /// that has not expired at `now_ms`.
+    pub fn oldest(
+        &self,
+        channel: &str,
+        after: u64,
+        keep: u64,
+        now_ms: i64,
+    ) -> rusqlite::Result<Option<u64>> {
+        segments::oldest(&self.conn, channel, after, keep, now_ms)
     }
 
     /// Idempotency keys still within their window: (channel, key, seq, until_ms).
@@ -353,14 +362,14 @@ mod tests {
             .collect();
         db.append(&batch, &[]).unwrap();
         for channel in ["a", "b"] {
-            let (got, first) = db.read(channel, 0, n, 1000).unwrap();
+            let (got, first) = db.read(channel, 0, n, 1000, u64::MAX).unwrap();
             assert_eq!(
                 got.iter().map(|m| m.seq).collect::<Vec<_>>(),
                 (1..=n).collect::<Vec<_>>()
             );
             assert_eq!(got[3].data, "{\"n\":4}");
             assert_eq!(first, Some(1));
-            let (got, _) = db.read(channel, 300, 520, 3).unwrap();
+            let (got, _) = db.read(channel, 300, 520, 3, u64::MAX).unwrap();
             assert_eq!(
                 got.iter().map(|m| m.seq).collect::<Vec<_>>(),
                 [301, 302, 303]
@@ -413,9 +422,9 @@ mod tests {
             db.append(&again, &[]).is_err(),
             "a's seq 2 is already stored"
         );
-        assert!(db.read("b", 0, 10, 10).unwrap().0.is_empty());
+        assert!(db.read("b", 0, 10, 10, u64::MAX).unwrap().0.is_empty());
         db.append(&[msg("a", 4, i64::MAX)], &[]).unwrap();
-        let (got, _) = db.read("a", 0, 10, 10).unwrap();
+        let (got, _) = db.read("a", 0, 10, 10, u64::MAX).unwrap();
         assert_eq!(
             got.iter().map(|m| m.seq).collect::<Vec<_>>(),
             vec![1, 2, 3, 4]
@@ -433,6 +442,21 @@ mod tests {
         assert_eq!(last, vec![("a", 2), ("b", 1)]);
     }
 
+    /// Trims come in steps, so the disk may still hold what a channel no
+    /// longer keeps: reads never return it, from the last seq less `keep`.
+    #[test]
+    fn reads_keep_only_the_last_keep_messages_before_any_trim() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut db = ShardDb::open(&shard_path(dir.path(), 0), Durability::Commit).unwrap();
+        let batch: Vec<Append> = (1..=300).map(|s| msg("a", s, i64::MAX)).collect();
+        db.append(&batch, &[]).unwrap();
+        let (got, first) = db.read("a", 0, 300, 1000, 10).unwrap();
+        let seqs: Vec<u64> = got.iter().map(|m| m.seq).collect();
+        assert_eq!((seqs, first), ((291..=300).collect(), Some(291)));
+        assert_eq!(db.oldest("a", 0, 10, 0).unwrap(), Some(291));
+        assert_eq!(db.read("a", 0, 300, 1000, u64::MAX).unwrap().0.len(), 300);
+    }
+
     #[test]
     fn append_read_trim_expire() {
         let dir = tempfile::tempdir().unwrap();
@@ -445,7 +469,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(db.channels().unwrap(), vec![("a".into(), "e1".into(), 10)]);
-        let (got, first) = db.read("a", 2, 6, 100).unwrap();
+        let (got, first) = db.read("a", 2, 6, 100, u64::MAX).unwrap();
         assert_eq!(
             got.iter().map(|m| m.seq).collect::<Vec<_>>(),
             vec![3, 4, 5, 6]
@@ -453,21 +477,21 @@ mod tests {
         assert_eq!(first, Some(1));
         // 5 expired, but its segment holds live messages: readers skip it.
         assert_eq!(db.delete_expired(100, 10).unwrap(), 0);
-        assert_eq!(db.oldest("a", 4, 100).unwrap(), Some(6));
+        assert_eq!(db.oldest("a", 4, u64::MAX, 100).unwrap(), Some(6));
         assert_eq!(
             db.trim("a", 3, 2).unwrap().messages,
             3,
             "1-3 are no longer read"
         );
-        let (got, first) = db.read("a", 0, 10, 100).unwrap();
+        let (got, first) = db.read("a", 0, 10, 100, u64::MAX).unwrap();
         assert_eq!(
             got.iter().map(|m| m.seq).collect::<Vec<_>>(),
             vec![4, 5, 6, 7, 8, 9, 10]
         );
         assert_eq!(first, Some(4));
-        assert_eq!(db.oldest("a", 0, 0).unwrap(), Some(4));
-        assert_eq!(db.oldest("a", 6, 0).unwrap(), Some(7));
-        assert_eq!(db.oldest("a", 10, 0).unwrap(), None);
+        assert_eq!(db.oldest("a", 0, u64::MAX, 0).unwrap(), Some(4));
+        assert_eq!(db.oldest("a", 6, u64::MAX, 0).unwrap(), Some(7));
+        assert_eq!(db.oldest("a", 10, u64::MAX, 0).unwrap(), None);
         db.append(&[msg("a", 11, 50)], &[]).unwrap();
         assert_eq!(
             db.delete_expired(100, 10).unwrap(),
@@ -476,7 +500,7 @@ mod tests {
         );
         let trimmed = db.trim("a", 10, 2).unwrap();
         assert_eq!(trimmed.messages, 7, "4-10 are no longer read");
-        assert_eq!(db.read("a", 0, 20, 100).unwrap(), (vec![], None));
+        assert_eq!(db.read("a", 0, 20, 100, u64::MAX).unwrap(), (vec![], None));
         db.renew_epochs(|| "e2".into()).unwrap();
         assert_eq!(db.channels().unwrap()[0].1, "e2");
     }

@@ -11,8 +11,8 @@ use mio::Waker;
 
 use super::engine::{Completion, Engine, Gone, Request};
 use super::message::Append;
-use super::segments;
-use super::shard_db::{ShardDb, Trim};
+use super::shard_db::ShardDb;
+use super::trimming::{trims, Touched};
 use crate::config::Storage;
 
 /// Rows deleted per shard per sweep, so a sweep never holds the thread long.
@@ -155,36 +155,12 @@ impl Engine for StoreThread {
     }
 }
 
-/// With a batch of one shard, what each of its channels keeps
-/// (`history_size`) goes: reads stop seeing it at once (the channel's
-/// floor), and at most twice as many segments as the batch adds messages
-/// are deleted, so the history stays at its size under any inflow, and a
-/// backlog (a size lowered by a restart, segments the sweep has not
-/// reached) shrinks without one long delete holding the thread.
-fn trims<'a>(batch: &'a [Append], retention: &Storage) -> Vec<Trim<'a>> {
-    segments::by_channel(batch)
-        .into_iter()
-        .filter_map(|run| {
-            // The batch holds each channel's messages in seq order.
-            let last = run.last()?;
-            let upto = last
-                .seq
-                .saturating_sub(retention.retention_for(&last.channel).0);
-            (upto > 0).then(|| Trim {
-                channel: &last.channel,
-                upto,
-                limit: 2 * run.len(),
-            })
-        })
-        .collect()
-}
-
 struct Writer {
     shards: HashMap<u32, ShardDb>,
     /// Which `history_size` applies to which channel.
     retention: Storage,
-    /// Channels appended to since their last trim, with their last `seq`.
-    touched: HashMap<u32, HashMap<String, u64>>,
+    /// Channels appended to since the sweep last trimmed them whole.
+    touched: HashMap<u32, HashMap<String, Touched>>,
     /// Rows the appends trimmed since the last sweep, counted with its own.
     trimmed: u64,
     /// A write failed: the shards may lack something the worker counted on,
@@ -238,7 +214,8 @@ impl Writer {
             }
         }
         for (shard, msgs) in &appends {
-            let trims = trims(msgs, &self.retention);
+            let touched = self.touched.entry(*shard).or_default();
+            let trims = trims(msgs, &self.retention, touched);
             let result = match self.shards.get_mut(shard) {
                 Some(db) => db.append(msgs, &trims).map_err(|e| e.to_string()),
                 None => Err(format!("shard {shard} is not owned here")),
@@ -274,9 +251,10 @@ impl Writer {
                     upto,
                     limit,
                 } => {
+                    let keep = self.retention.retention_for(&channel).0;
                     let result = match self.shards.get(&shard) {
                         Some(db) => db
-                            .read(&channel, after, upto, limit)
+                            .read(&channel, after, upto, limit, keep)
                             .map_err(|e| e.to_string()),
                         None => Err(format!("shard {shard} is not owned here")),
                     };
@@ -289,9 +267,10 @@ impl Writer {
                     after,
                     now_ms,
                 } => {
+                    let keep = self.retention.retention_for(&channel).0;
                     let result = match self.shards.get(&shard) {
                         Some(db) => db
-                            .oldest(&channel, after, now_ms)
+                            .oldest(&channel, after, keep, now_ms)
                             .map_err(|e| e.to_string()),
                         None => Err(format!("shard {shard} is not owned here")),
                     };
@@ -342,10 +321,15 @@ impl Writer {
     /// is copied only the first time (once per channel, not per message).
     fn touch(&mut self, shard: u32, msg: &Append) {
         let channels = self.touched.entry(shard).or_default();
+        let last = msg.seq;
         match channels.get_mut(&*msg.channel) {
-            Some(last) => *last = msg.seq,
+            Some(seen) => seen.last = last,
             None => {
-                channels.insert(msg.channel.to_string(), msg.seq);
+                let seen = Touched {
+                    last,
+                    trimmed_to: None,
+                };
+                channels.insert(msg.channel.to_string(), seen);
             }
         }
     }
@@ -395,11 +379,14 @@ impl Writer {
             let Some(db) = self.shards.get_mut(shard) else {
                 continue;
             };
-            channels.retain(|channel, last| {
-                let upto = last.saturating_sub(self.retention.retention_for(channel).0);
+            channels.retain(|channel, seen| {
+                let upto = seen
+                    .last
+                    .saturating_sub(self.retention.retention_for(channel).0);
                 match db.trim(channel, upto, SWEEP_BATCH) {
                     Ok(done) => {
                         trimmed += done.messages;
+                        seen.trimmed_to = Some(upto);
                         // Trimmed to its size: nothing to do until appended to again.
                         done.more
                     }
@@ -497,30 +484,10 @@ mod tests {
         }
         store.close();
         let db = ShardDb::open(&shard_path(dir.path(), 0), Durability::Commit).unwrap();
-        let (rows, oldest) = db.read("a", 0, 1000, 1000).unwrap();
+        let (rows, oldest) = db.read("a", 0, 1000, 1000, u64::MAX).unwrap();
         let seqs: Vec<u64> = rows.iter().map(|m| m.seq).collect();
         assert_eq!(seqs, (991..=1000).collect::<Vec<_>>());
         assert_eq!(oldest, Some(991));
-    }
-
-    /// A batch deletes at most twice the rows it adds per channel, so a
-    /// backlog shrinks without one long delete; channels under their size
-    /// delete nothing.
-    #[test]
-    fn a_batch_trims_at_most_twice_what_it_adds() {
-        let retention = Storage {
-            history_size: 10,
-            ..Storage::default()
-        };
-        let batch = vec![row("a", 500), row("b", 3), row("a", 501), row("a", 502)];
-        assert_eq!(
-            trims(&batch, &retention),
-            vec![Trim {
-                channel: "a",
-                upto: 492,
-                limit: 6
-            }]
-        );
     }
 
     /// A queue of 2 takes 1000 appends without the caller ever waiting: the
@@ -555,7 +522,7 @@ mod tests {
         assert!(!store.is_busy());
         store.close();
         let db = ShardDb::open(&shard_path(dir.path(), 0), Durability::Memory).unwrap();
-        let (rows, _) = db.read("a", 0, 1000, 1000).unwrap();
+        let (rows, _) = db.read("a", 0, 1000, 1000, u64::MAX).unwrap();
         let seqs: Vec<u64> = rows.iter().map(|m| m.seq).collect();
         assert_eq!(seqs, (1..=1000).collect::<Vec<_>>());
     }
