@@ -234,17 +234,19 @@ pub fn notice(op: &'static str, code: &str, message: &str) -> String {
 /// compact since ingress. Rows stored before that may still hold line breaks:
 /// those are compacted here, so the frame stays one line.
 pub fn msg_line(channel: &str, seq: u64, data: &str) -> Bytes {
+    use std::io::Write;
     let data = match has_line_break(data) {
         true => compact_text(data),
         false => data.into(),
     };
-    let channel = serde_json::to_string(channel).unwrap_or_default();
-    let mut out = Vec::with_capacity(40 + channel.len() + data.len());
+    const FIXED: usize = r#"{"op":"msg","channel":"","seq":,"data":}"#.len() + 1;
+    // Sized for the whole line (a seq has at most 20 digits, a plain
+    // channel name needs no escapes), so it is never copied to grow.
+    let mut out = Vec::with_capacity(FIXED + channel.len() + 20 + data.len());
     out.extend_from_slice(b"{\"op\":\"msg\",\"channel\":");
-    out.extend_from_slice(channel.as_bytes());
-    out.extend_from_slice(b",\"seq\":");
-    out.extend_from_slice(seq.to_string().as_bytes());
-    out.extend_from_slice(b",\"data\":");
+    // Writing into a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut out, channel);
+    let _ = write!(out, ",\"seq\":{seq},\"data\":");
     out.extend_from_slice(data.as_bytes());
     out.extend_from_slice(b"}\n");
     Bytes::from(out)
