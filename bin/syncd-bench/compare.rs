@@ -110,6 +110,11 @@ pub struct CompareArgs {
     /// count; 1000 is syncd's own default)
     #[arg(long)]
     pub resume_history_size: Option<u64>,
+    /// Runs of the whole set, each server fresh in each; the table then
+    /// gives each figure's median and each run's ratios (single runs on a
+    /// shared machine move by ±30%)
+    #[arg(long, default_value_t = 1)]
+    pub rounds: usize,
 }
 
 /// One row: a figure for each server (None: not run, or failed).
@@ -119,6 +124,8 @@ struct Row {
     better: &'static str,
     values: [Option<f64>; 3],
     note: String,
+    /// syncd/bun and syncd/tokio over several rounds; None: from `values`.
+    ratios: [Option<f64>; 2],
 }
 
 const KINDS: [Kind; 3] = [Kind::Syncd, Kind::Bun, Kind::Tokio];
@@ -129,6 +136,21 @@ fn slot(kind: Kind) -> usize {
 
 pub fn run(args: &CompareArgs) -> anyhow::Result<()> {
     let started = Instant::now();
+    let rounds = args.rounds.max(1);
+    let mut runs = Vec::new();
+    for round in 1..=rounds {
+        if rounds > 1 {
+            eprintln!("=== round {round} of {rounds}");
+        }
+        runs.push(run_round(args));
+    }
+    print_table(&merge(runs));
+    eprintln!("compare took {:.0} s", started.elapsed().as_secs_f64());
+    Ok(())
+}
+
+/// Every scenario once, each server fresh: one row per figure.
+fn run_round(args: &CompareArgs) -> Vec<Row> {
     let syncd_bin = args
         .syncd_bin
         .clone()
@@ -196,6 +218,7 @@ pub fn run(args: &CompareArgs) -> anyhow::Result<()> {
                             better,
                             values: [None; 3],
                             note: String::new(),
+                            ratios: [None; 2],
                         });
                         figures.last_mut().expect("just pushed")
                     }
@@ -266,6 +289,7 @@ pub fn run(args: &CompareArgs) -> anyhow::Result<()> {
                 better: "lower",
                 values: ws,
                 note: String::new(),
+                ratios: [None; 2],
             });
             if tcp[0].is_some() {
                 rows.push(Row {
@@ -274,6 +298,7 @@ pub fn run(args: &CompareArgs) -> anyhow::Result<()> {
                     better: "lower",
                     values: tcp,
                     note: "syncd only".into(),
+                    ratios: [None; 2],
                 });
             }
         }
@@ -353,9 +378,75 @@ pub fn run(args: &CompareArgs) -> anyhow::Result<()> {
         }
     }
 
-    print_table(&rows);
-    eprintln!("compare took {:.0} s", started.elapsed().as_secs_f64());
-    Ok(())
+    rows
+}
+
+/// One row per figure from several rounds: each server's median, the
+/// median of the rounds' ratios (each measured side by side in its
+/// round), and with more than one round, those ratios in the note.
+fn merge(mut runs: Vec<Vec<Row>>) -> Vec<Row> {
+    if runs.len() == 1 {
+        return runs.pop().unwrap_or_default();
+    }
+    let mut merged: Vec<Row> = Vec::new();
+    for row in runs.iter().flatten() {
+        if merged
+            .iter()
+            .any(|m| m.scenario == row.scenario && m.metric == row.metric)
+        {
+            continue;
+        }
+        let same: Vec<&Row> = runs
+            .iter()
+            .flatten()
+            .filter(|r| r.scenario == row.scenario && r.metric == row.metric)
+            .collect();
+        let values = [0, 1, 2].map(|i| median(same.iter().filter_map(|r| r.values[i])));
+        let ratios = |i: usize| -> Vec<f64> {
+            same.iter()
+                .filter_map(|r| match (r.values[0], r.values[i]) {
+                    (Some(a), Some(b)) if b != 0.0 => Some(a / b),
+                    _ => None,
+                })
+                .collect()
+        };
+        let listed = |each: Vec<f64>, fmt: fn(f64) -> String| -> String {
+            each.into_iter().map(fmt).collect::<Vec<_>>().join(" ")
+        };
+        let mut note = row.note.clone();
+        for (i, name) in [(1, "bun"), (2, "tokio")] {
+            let each = ratios(i);
+            if !each.is_empty() {
+                let each = listed(each, |r| format!("{r:.2}"));
+                note = format!("{note} syncd/{name} by round: {each}");
+            }
+        }
+        if ratios(1).is_empty() && ratios(2).is_empty() {
+            let each = listed(same.iter().filter_map(|r| r.values[0]).collect(), |v| {
+                fmt_value(Some(v))
+            });
+            note = format!("{note}; by round: {each}");
+        }
+        merged.push(Row {
+            scenario: row.scenario.clone(),
+            metric: row.metric.clone(),
+            better: row.better,
+            values,
+            note: note.trim().to_string(),
+            ratios: [1, 2].map(|i| median(ratios(i).into_iter())),
+        });
+    }
+    merged
+}
+
+fn median(values: impl Iterator<Item = f64>) -> Option<f64> {
+    let mut v: Vec<f64> = values.collect();
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => None,
+        n if n % 2 == 1 => Some(v[n / 2]),
+        n => Some((v[n / 2 - 1] + v[n / 2]) / 2.0),
+    }
 }
 
 fn syncd_row(scenario: &str, metric: &str, better: &'static str, v: f64, note: &str) -> Row {
@@ -369,6 +460,7 @@ fn syncd_row(scenario: &str, metric: &str, better: &'static str, v: f64, note: &
         } else {
             note.into()
         },
+        ratios: [None; 2],
     }
 }
 
@@ -382,7 +474,11 @@ fn fmt_value(v: Option<f64>) -> String {
     }
 }
 
-fn ratio(a: Option<f64>, b: Option<f64>) -> String {
+/// `merged`: the median of several rounds' ratios, if there were rounds.
+fn ratio(merged: Option<f64>, a: Option<f64>, b: Option<f64>) -> String {
+    if let Some(r) = merged {
+        return format!("{r:.2}");
+    }
     match (a, b) {
         (Some(a), Some(b)) if b != 0.0 => format!("{:.2}", a / b),
         (Some(a), Some(b)) if a == 0.0 && b == 0.0 => "=".into(),
@@ -406,8 +502,8 @@ fn print_table(rows: &[Row]) {
             fmt_value(s),
             fmt_value(b),
             fmt_value(t),
-            ratio(s, b),
-            ratio(s, t),
+            ratio(r.ratios[0], s, b),
+            ratio(r.ratios[1], s, t),
             r.note
         );
     }
