@@ -7,9 +7,10 @@
 //! What a read returns is exact: it starts above the channel's floor, the
 //! higher of the seq in `floors` (the last trim) and its last seq less the
 //! `keep` (`history_size`) it is given, so the store thread may trim in
-//! steps; whole segments below the stored floor are then deleted. A segment is deleted as expired once
-//! its last message to expire has; until then, readers skip expired
-//! messages by their `expires_ms` (they always did: the sweep runs late).
+//! steps; whole segments below the stored floor are then deleted. A
+//! segment is deleted as expired once its last message to expire has;
+//! until then, readers skip expired messages by their `expires_ms` (they
+//! always did: the sweep runs late).
 
 use std::collections::HashMap;
 

@@ -15,7 +15,7 @@ use crate::config::Storage;
 /// one statement, rewriting their pages once instead of in every
 /// transaction (one trim per channel per batch was half the store thread's
 /// time on 8 channels).
-pub const TRIM_STEP: u64 = 256;
+const TRIM_STEP: u64 = 256;
 
 /// A channel appended to since the sweep last trimmed it whole.
 pub struct Touched {
@@ -47,7 +47,7 @@ pub fn trims<'a>(
             let step = TRIM_STEP.min(keep).max(1);
             let seen = touched.get_mut(&*last.channel)?;
             let due = match seen.trimmed_to {
-                Some(done) => upto >= done + step,
+                Some(done) => upto >= done.saturating_add(step),
                 None => upto > 0,
             };
             due.then(|| {
