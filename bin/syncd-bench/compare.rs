@@ -425,7 +425,10 @@ fn merge(mut runs: Vec<Vec<Row>>) -> Vec<Row> {
             let each = listed(same.iter().filter_map(|r| r.values[0]).collect(), |v| {
                 fmt_value(Some(v))
             });
-            note = format!("{note}; by round: {each}");
+            note = match note.is_empty() {
+                true => format!("by round: {each}"),
+                false => format!("{note}; by round: {each}"),
+            };
         }
         merged.push(Row {
             scenario: row.scenario.clone(),
