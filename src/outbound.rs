@@ -48,10 +48,13 @@ impl OutboundQueue {
         Ok(())
     }
 
-    /// As `push`, taking the segments: a clone of `Bytes` made from a
-    /// `Vec` (a link frame's header) allocates to share it.
-    pub fn push_owned<const N: usize>(&mut self, parts: [Bytes; N]) -> Result<(), Overflow> {
-        let size: usize = parts.iter().map(Bytes::len).sum();
+    /// As `push`, taking the segments (`size` bytes in all): a clone of
+    /// `Bytes` made from a `Vec` (a link frame's header) allocates to share it.
+    pub fn push_owned(
+        &mut self,
+        parts: impl IntoIterator<Item = Bytes>,
+        size: usize,
+    ) -> Result<(), Overflow> {
         if self.queued + size > self.limit {
             return Err(Overflow);
         }

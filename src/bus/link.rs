@@ -52,9 +52,28 @@ impl Link {
     }
 
     pub fn send(&mut self, msg: &BusMsg, payload: Bytes) -> Result<(), LinkError> {
-        let header = frame::encode_header(msg, payload.len());
+        let len = payload.len();
+        self.queue_frame(msg, len, [payload])
+    }
+
+    /// As `send`, with a payload in parts (a replay page's lines), written
+    /// one after the other instead of copied together first.
+    pub fn send_parts(&mut self, msg: &BusMsg, parts: Vec<Bytes>) -> Result<(), LinkError> {
+        let len = parts.iter().map(Bytes::len).sum();
+        self.queue_frame(msg, len, parts)
+    }
+
+    /// Queues `msg`'s header and its payload of `len` bytes in `parts`.
+    fn queue_frame(
+        &mut self,
+        msg: &BusMsg,
+        len: usize,
+        parts: impl IntoIterator<Item = Bytes>,
+    ) -> Result<(), LinkError> {
+        let header = frame::encode_header(msg, len);
+        let size = header.len() + len;
         self.out
-            .push_owned([header, payload])
+            .push_owned(std::iter::once(header).chain(parts), size)
             .map_err(|_| LinkError::Stuck(self.out.len()))
     }
 

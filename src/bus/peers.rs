@@ -190,6 +190,19 @@ impl Peers {
         out.link.send(msg, payload)
     }
 
+    /// As `send`, with the payload in parts (`Link::send_parts`).
+    pub fn send_parts(
+        &mut self,
+        slot: usize,
+        msg: &BusMsg,
+        parts: Vec<Bytes>,
+    ) -> Result<(), LinkError> {
+        let Some(out) = self.out[slot].as_mut() else {
+            return Err(LinkError::Closed);
+        };
+        out.link.send_parts(msg, parts)
+    }
+
     /// Queues one frame to every other worker; the header and payload are shared.
     pub fn broadcast(&mut self, header: &Bytes, payload: &Bytes, events: &mut Vec<BusEvent>) {
         for slot in 0..self.out.len() {

@@ -484,7 +484,7 @@ impl Worker {
             }
             Reply::Answer(answer) => answer,
         };
-        let (msg, payload) = match answer {
+        let (msg, lines) = match answer {
             Ok(a) => peer_answer(tag, a),
             Err(e) => {
                 let msg = BusMsg::QueryAnswer {
@@ -496,10 +496,10 @@ impl Worker {
                     oldest: None,
                     cursor: None,
                 };
-                (msg, Bytes::new())
+                (msg, Vec::new())
             }
         };
-        let _ = self.links.send(slot, &msg, payload);
+        let _ = self.links.send_parts(slot, &msg, lines);
     }
 
     /// Hands a stored message to this worker's subscribers of `channel`, and
@@ -548,12 +548,9 @@ impl Worker {
     }
 }
 
-/// An answer as one frame: the lines travel as the payload, unparsed.
-fn peer_answer(tag: u64, a: Answer) -> (BusMsg, Bytes) {
-    let mut payload = Vec::with_capacity(a.lines.iter().map(Bytes::len).sum());
-    for line in &a.lines {
-        payload.extend_from_slice(line);
-    }
+/// An answer as one frame: the lines travel as the payload, unparsed (and
+/// not copied together: a replay page is up to 1 MiB of them).
+fn peer_answer(tag: u64, a: Answer) -> (BusMsg, Vec<Bytes>) {
     let msg = BusMsg::QueryAnswer {
         tag,
         seq: a.seq,
@@ -563,5 +560,5 @@ fn peer_answer(tag: u64, a: Answer) -> (BusMsg, Bytes) {
         oldest: a.oldest,
         cursor: a.cursor,
     };
-    (msg, Bytes::from(payload))
+    (msg, a.lines)
 }

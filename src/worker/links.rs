@@ -31,6 +31,17 @@ impl Links {
         self.peers.send(slot, msg, payload)
     }
 
+    /// As `send`, with the payload in parts: a replay page's lines cross
+    /// without being copied into one buffer first.
+    pub fn send_parts(
+        &mut self,
+        slot: usize,
+        msg: &BusMsg,
+        parts: Vec<Bytes>,
+    ) -> Result<(), LinkError> {
+        self.peers.send_parts(slot, msg, parts)
+    }
+
     /// Sends one encoded frame on every link.
     pub fn broadcast(&mut self, header: &Bytes, payload: &Bytes) {
         self.peers.broadcast(header, payload, &mut self.events);
