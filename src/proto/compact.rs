@@ -44,7 +44,7 @@ pub fn compact_text(text: &str) -> Cow<'_, str> {
 
 /// True when a frame built around `text` would span more than one line.
 pub fn has_line_break(text: &str) -> bool {
-    text.bytes().any(|b| b == b'\n' || b == b'\r')
+    memchr::memchr2(b'\n', b'\r', text.as_bytes()).is_some()
 }
 
 fn is_space(b: u8) -> bool {

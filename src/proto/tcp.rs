@@ -19,7 +19,8 @@ pub fn next_line<'a>(
     max: usize,
 ) -> Result<Option<Line<'a>>, TooLong> {
     let rest = &buf[*start..];
-    let Some(end) = rest.iter().position(|&b| b == b'\n') else {
+    // memchr looks at a word or a vector at a time, not a byte.
+    let Some(end) = memchr::memchr(b'\n', rest) else {
         return if rest.len() > max {
             Err(TooLong)
         } else {
