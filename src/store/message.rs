@@ -31,6 +31,26 @@ pub struct Append {
     pub ingested: bool,
 }
 
+#[cfg(test)]
+impl Append {
+    /// For tests: message `seq` of `channel`, never expiring, its data the
+    /// seq.
+    pub fn of(channel: &str, seq: u64) -> Append {
+        Append {
+            channel: channel.into(),
+            seq,
+            time_ms: 0,
+            expires_ms: i64::MAX,
+            data: seq.to_string().into(),
+            epoch: "e".into(),
+            idempotency: None,
+            state: None,
+            expected: None,
+            ingested: false,
+        }
+    }
+}
+
 /// A message as storage gives it back.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Stored {

@@ -410,28 +410,12 @@ mod tests {
     use crate::config::Durability;
     use crate::store::shard_db::shard_path;
 
-    /// Message `seq` of `channel`.
-    fn row(channel: &str, seq: u64) -> Append {
-        Append {
-            channel: channel.into(),
-            seq,
-            time_ms: 0,
-            expires_ms: i64::MAX,
-            data: seq.to_string().into(),
-            epoch: "e".into(),
-            idempotency: None,
-            state: None,
-            expected: None,
-            ingested: false,
-        }
-    }
-
     /// Message `seq` of channel `a`, ticket `seq`, to shard 0.
     fn append(seq: u64) -> Request {
         Request::Append {
             shard: 0,
             ticket: seq,
-            msg: row("a", seq),
+            msg: Append::of("a", seq),
         }
     }
 

@@ -66,21 +66,6 @@ pub fn trims<'a>(
 mod tests {
     use super::*;
 
-    fn row(channel: &str, seq: u64) -> Append {
-        Append {
-            channel: channel.into(),
-            seq,
-            time_ms: 0,
-            expires_ms: i64::MAX,
-            data: seq.to_string().into(),
-            epoch: "e".into(),
-            idempotency: None,
-            state: None,
-            expected: None,
-            ingested: false,
-        }
-    }
-
     /// A channel trims on its first batch, then once a step (here its whole
     /// `history_size`, 10) past its last trim; a trim deletes at most twice
     /// the larger of the batch and a step, so a backlog shrinks without one
@@ -93,7 +78,7 @@ mod tests {
         };
         let mut touched = HashMap::new();
         let mut batch = |seqs: &[(&str, u64)]| {
-            let rows: Vec<Append> = seqs.iter().map(|&(c, s)| row(c, s)).collect();
+            let rows: Vec<Append> = seqs.iter().map(|&(c, s)| Append::of(c, s)).collect();
             for m in &rows {
                 let seen = touched.entry(m.channel.to_string()).or_insert(Touched {
                     last: 0,
