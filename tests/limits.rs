@@ -133,14 +133,17 @@ fn a_burst_to_twenty_readers_cuts_off_only_the_stalled_one() {
 /// MiB left too thin a margin over the 3 MiB the peak must show),
 /// until `send_buffer_soft_for` cuts it off. The baseline is taken after a
 /// first two identical rounds, so it is what a steady worker holds (the cache,
-/// SQLite pages, allocator arenas); RSS must then come back within 3 MiB
-/// of it, within the soft window of the cut-off, from a peak at least 4
-/// MiB over it: at least 1 MiB of what the reader pinned is given back.
+/// SQLite pages, allocator arenas); from a peak at least 4 MiB over it, RSS
+/// must then come back, within the soft window of the cut-off, to within 3
+/// MiB of it or by at least half of what the peak stood over it: either
+/// way at least 1 MiB of what the reader pinned is given back.
 /// Settled RSS after identical rounds drifts up by about 0.5 MiB a round
 /// and moves by ±1.5 MiB around that (5 rounds: 77.1, 77.6, 78.1, 79.1,
 /// 79.2 MiB with a row per stored message, 76.5, 75.9, 78.6, 77.9, 79.2
 /// with segments), so 2 MiB failed 1 run in 6 to 1 in 2; peaks stood 5.4
-/// to 12.8 MiB over their baselines.
+/// to 12.8 MiB over their baselines. With 3 MiB alone, one CI run ended
+/// 3.5 MiB over after a peak 10.4 MiB over (7 MiB given back); 5 local runs
+/// ended 2.6 MiB over or less, from peaks 5.0–8.6 MiB over.
 #[test]
 fn after_a_stalled_reader_is_cut_off_its_memory_comes_back() {
     let _one_at_a_time = heavy();
@@ -176,11 +179,13 @@ fn after_a_stalled_reader_is_cut_off_its_memory_comes_back() {
         baseline >> 10
     );
     let window = Duration::from_secs(3);
+    let over = peak - baseline;
+    let settled_within = baseline + (3 << 20).max(over / 2);
     let mut back = None;
     let mut last = peak;
     while cut_off.elapsed() < window + Duration::from_secs(5) {
         last = rss(&server);
-        if last <= baseline + (3 << 20) {
+        if last <= settled_within {
             back = Some(cut_off.elapsed());
             break;
         }
