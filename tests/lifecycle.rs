@@ -224,7 +224,7 @@ fn second_start_refuses_and_bad_config_names_the_key() {
 #[test]
 fn daemon_mode_detaches_logs_to_file_and_stops() {
     let server = Server::start(1, "");
-    let (ws, tcp) = (common::free_port(), common::free_port());
+    let [ws, tcp] = common::free_ports();
     std::fs::write(
         server.path("daemon.toml"),
         format!(

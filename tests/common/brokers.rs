@@ -208,7 +208,13 @@ impl Rabbit {
             .arg(root)
             .status();
         let out = std::fs::File::create(self.log_file()).expect("log file");
-        let dist = free_port();
+        // Not the node's port: it is not bound yet either.
+        let dist = loop {
+            let port = free_port();
+            if port != self.port {
+                break port;
+            }
+        };
         let child = Command::new("rabbitmq-server")
             .env("RABBITMQ_NODENAME", &self.name)
             .env("RABBITMQ_NODE_PORT", self.port.to_string())

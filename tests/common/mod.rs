@@ -19,10 +19,18 @@ use syncd::control::{CliRequest, ConnectionsReply, StatusReply, WorkerStats};
 pub const TIMEOUT: Duration = Duration::from_secs(10);
 
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
+    let [port] = free_ports();
+    port
+}
+
+/// `N` different free ports: each listener is held until all are bound, so
+/// the kernel cannot hand the same port out twice (two `free_port` calls
+/// in a row once gave a server the same port for ws and tcp).
+pub fn free_ports<const N: usize>() -> [u16; N] {
+    let listeners: Vec<TcpListener> = (0..N)
+        .map(|_| TcpListener::bind("127.0.0.1:0").expect("free port"))
+        .collect();
+    std::array::from_fn(|i| listeners[i].local_addr().expect("free port").port())
 }
 
 pub struct Server {
@@ -42,7 +50,7 @@ impl Server {
     /// (TOML tables such as `[limits]`).
     pub fn start(workers: usize, extra: &str) -> Server {
         let dir = tempfile::tempdir().expect("tempdir");
-        let (ws_port, tcp_port) = (free_port(), free_port());
+        let [ws_port, tcp_port] = free_ports();
         let config = dir.path().join("syncd.toml");
         let auth = if extra.contains("[auth]") {
             ""

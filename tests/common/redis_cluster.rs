@@ -5,7 +5,7 @@
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::free_port;
+use super::free_ports;
 
 pub struct RedisCluster {
     pub ports: Vec<u16>,
@@ -22,7 +22,7 @@ impl RedisCluster {
             children: Vec::new(),
         };
         for _ in 0..primaries {
-            let (port, bus) = (free_port(), free_port());
+            let [port, bus] = free_ports();
             let dir = tempfile::tempdir().expect("temp dir");
             let child = super::brokers::redis_server(port, dir.path())
                 .args(["--cluster-port", &bus.to_string()])
