@@ -114,12 +114,8 @@ pub fn by_channel(batch: &[Append]) -> Vec<Vec<&Append>> {
 /// increasing seq order: a row per message had that check from its key, a
 /// segment's key (its first seq) does not.
 pub fn ensure_new(conn: &Connection, runs: &[Vec<&Append>]) -> rusqlite::Result<()> {
-    let mut last = conn.prepare_cached("SELECT last_seq FROM channels WHERE name = ?1")?;
     for run in runs {
-        let stored: Option<i64> = last
-            .query_row([&*run[0].channel], |r| r.get(0))
-            .optional()?;
-        let mut after = stored.map_or(0, |s| s as u64);
+        let mut after = last_seq(conn, &run[0].channel)?;
         for m in run {
             if m.seq <= after {
                 return Err(rusqlite::Error::SqliteFailure(
@@ -179,14 +175,19 @@ fn stored_floor(conn: &Connection, channel: &str) -> rusqlite::Result<u64> {
     Ok(seq.unwrap_or(0) as u64)
 }
 
-/// The seq at and below which a reader sees nothing of `channel` when it
-/// keeps its last `keep` messages: trims may not have reached it yet.
-fn floor(conn: &Connection, channel: &str, keep: u64) -> rusqlite::Result<u64> {
-    let last: Option<i64> = conn
+/// The last seq stored of `channel` (its `channels` row; 0: none yet).
+fn last_seq(conn: &Connection, channel: &str) -> rusqlite::Result<u64> {
+    let seq: Option<i64> = conn
         .prepare_cached("SELECT last_seq FROM channels WHERE name = ?1")?
         .query_row([channel], |r| r.get(0))
         .optional()?;
-    let kept_from = (last.unwrap_or(0) as u64).saturating_sub(keep);
+    Ok(seq.map_or(0, |s| s as u64))
+}
+
+/// The seq at and below which a reader sees nothing of `channel` when it
+/// keeps its last `keep` messages: trims may not have reached it yet.
+fn floor(conn: &Connection, channel: &str, keep: u64) -> rusqlite::Result<u64> {
+    let kept_from = last_seq(conn, channel)?.saturating_sub(keep);
     Ok(stored_floor(conn, channel)?.max(kept_from))
 }
 
