@@ -38,14 +38,8 @@ impl OutboundQueue {
     /// Queues `parts` as one unit: all of them, or none if they would pass the limit.
     pub fn push(&mut self, parts: &[&Bytes]) -> Result<(), Overflow> {
         let size: usize = parts.iter().map(|b| b.len()).sum();
-        if self.queued + size > self.limit {
-            return Err(Overflow);
-        }
-        for part in parts.iter().filter(|b| !b.is_empty()) {
-            self.segments.push_back((*part).clone());
-        }
-        self.queued += size;
-        Ok(())
+        // Cloned (a reference count each) only once they fit.
+        self.push_owned(parts.iter().map(|&part| part.clone()), size)
     }
 
     /// As `push`, taking the segments (`size` bytes in all): a clone of
