@@ -184,10 +184,7 @@ impl Peers {
     }
 
     pub fn send(&mut self, slot: usize, msg: &BusMsg, payload: Bytes) -> Result<(), LinkError> {
-        let Some(out) = self.out[slot].as_mut() else {
-            return Err(LinkError::Closed);
-        };
-        out.link.send(msg, payload)
+        self.link_to(slot)?.send(msg, payload)
     }
 
     /// As `send`, with the payload in parts (`Link::send_parts`).
@@ -197,10 +194,15 @@ impl Peers {
         msg: &BusMsg,
         parts: Vec<Bytes>,
     ) -> Result<(), LinkError> {
-        let Some(out) = self.out[slot].as_mut() else {
-            return Err(LinkError::Closed);
-        };
-        out.link.send_parts(msg, parts)
+        self.link_to(slot)?.send_parts(msg, parts)
+    }
+
+    /// The link to `slot`, if it is up.
+    fn link_to(&mut self, slot: usize) -> Result<&mut Link, LinkError> {
+        match self.out[slot].as_mut() {
+            Some(out) => Ok(&mut out.link),
+            None => Err(LinkError::Closed),
+        }
     }
 
     /// Queues one frame to every other worker; the header and payload are shared.
