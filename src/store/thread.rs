@@ -205,7 +205,6 @@ impl Writer {
         for request in batch {
             match request {
                 Request::Append { shard, ticket, msg } => {
-                    self.touch(shard, &msg);
                     appends.entry(shard).or_default().push(msg);
                     last_ticket = Some(ticket);
                     count += 1;
@@ -315,23 +314,6 @@ impl Writer {
         }
         self.store_acks(acks);
         closing
-    }
-
-    /// Remembers a channel's last appended seq for the next trim; the key
-    /// is copied only the first time (once per channel, not per message).
-    fn touch(&mut self, shard: u32, msg: &Append) {
-        let channels = self.touched.entry(shard).or_default();
-        let last = msg.seq;
-        match channels.get_mut(&*msg.channel) {
-            Some(seen) => seen.last = last,
-            None => {
-                let seen = Touched {
-                    last,
-                    trimmed_to: None,
-                };
-                channels.insert(msg.channel.to_string(), seen);
-            }
-        }
     }
 
     /// One transaction per shard for its acks, then each ack is answered.

@@ -30,8 +30,9 @@ pub struct Touched {
 /// segments as the larger of the batch's messages and a step, so the
 /// history stays at its size under any inflow, and a backlog (a size
 /// lowered by a restart, segments the sweep has not reached) shrinks
-/// without one long delete holding the thread. Notes each trim in
-/// `touched`, where every channel of the batch is.
+/// without one long delete holding the thread. Notes in `touched` each
+/// channel's last seq (for the sweep) and each trim; a channel's name is
+/// copied only when it is new there.
 pub fn trims<'a>(
     batch: &'a [Append],
     retention: &Storage,
@@ -45,7 +46,15 @@ pub fn trims<'a>(
             let keep = retention.retention_for(&last.channel).0;
             let upto = last.seq.saturating_sub(keep);
             let step = TRIM_STEP.min(keep).max(1);
+            if !touched.contains_key(&*last.channel) {
+                let fresh = Touched {
+                    last: last.seq,
+                    trimmed_to: None,
+                };
+                touched.insert(last.channel.to_string(), fresh);
+            }
             let seen = touched.get_mut(&*last.channel)?;
+            seen.last = last.seq;
             let due = match seen.trimmed_to {
                 Some(done) => upto >= done.saturating_add(step),
                 None => upto > 0,
@@ -69,7 +78,8 @@ mod tests {
     /// A channel trims on its first batch, then once a step (here its whole
     /// `history_size`, 10) past its last trim; a trim deletes at most twice
     /// the larger of the batch and a step, so a backlog shrinks without one
-    /// long delete; channels under their size delete nothing.
+    /// long delete; channels under their size delete nothing, but every
+    /// channel's last seq is noted for the sweep.
     #[test]
     fn a_channel_trims_in_steps_and_at_most_twice_what_it_adds() {
         let retention = Storage {
@@ -79,13 +89,6 @@ mod tests {
         let mut touched = HashMap::new();
         let mut batch = |seqs: &[(&str, u64)]| {
             let rows: Vec<Append> = seqs.iter().map(|&(c, s)| Append::of(c, s)).collect();
-            for m in &rows {
-                let seen = touched.entry(m.channel.to_string()).or_insert(Touched {
-                    last: 0,
-                    trimmed_to: None,
-                });
-                seen.last = m.seq;
-            }
             let done = trims(&rows, &retention, &mut touched);
             done.iter()
                 .map(|t| (t.channel.to_string(), t.upto, t.limit))
@@ -100,5 +103,7 @@ mod tests {
         );
         let long: Vec<(&str, u64)> = (512..=541).map(|s| ("a", s)).collect();
         assert_eq!(batch(&long), vec![("a".to_string(), 531, 60)]);
+        let noted = |c: &str| (touched[c].last, touched[c].trimmed_to);
+        assert_eq!((noted("a"), noted("b")), ((541, Some(531)), (3, None)));
     }
 }
