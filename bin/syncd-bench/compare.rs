@@ -402,26 +402,26 @@ fn merge(mut runs: Vec<Vec<Row>>) -> Vec<Row> {
             .filter(|r| r.scenario == row.scenario && r.metric == row.metric)
             .collect();
         let values = [0, 1, 2].map(|i| median(same.iter().filter_map(|r| r.values[i])));
-        let ratios = |i: usize| -> Vec<f64> {
+        // Each round's syncd/bun and syncd/tokio.
+        let by_round = [1, 2].map(|i| -> Vec<f64> {
             same.iter()
                 .filter_map(|r| match (r.values[0], r.values[i]) {
                     (Some(a), Some(b)) if b != 0.0 => Some(a / b),
                     _ => None,
                 })
                 .collect()
-        };
+        });
         let listed = |each: Vec<f64>, fmt: fn(f64) -> String| -> String {
             each.into_iter().map(fmt).collect::<Vec<_>>().join(" ")
         };
         let mut note = row.note.clone();
-        for (i, name) in [(1, "bun"), (2, "tokio")] {
-            let each = ratios(i);
+        for (each, name) in by_round.iter().zip(["bun", "tokio"]) {
             if !each.is_empty() {
-                let each = listed(each, |r| format!("{r:.2}"));
+                let each = listed(each.clone(), |r| format!("{r:.2}"));
                 note = format!("{note} syncd/{name} by round: {each}");
             }
         }
-        if ratios(1).is_empty() && ratios(2).is_empty() {
+        if by_round.iter().all(Vec::is_empty) {
             let each = listed(same.iter().filter_map(|r| r.values[0]).collect(), |v| {
                 fmt_value(Some(v))
             });
@@ -436,7 +436,7 @@ fn merge(mut runs: Vec<Vec<Row>>) -> Vec<Row> {
             better: row.better,
             values,
             note: note.trim().to_string(),
-            ratios: [1, 2].map(|i| median(ratios(i).into_iter())),
+            ratios: by_round.map(|each| median(each.into_iter())),
         });
     }
     merged
