@@ -113,12 +113,21 @@ impl Stream {
 
     /// A message from the owner; `cap` bounds what is held.
     pub fn arrive(&mut self, seq: u64, line: &Bytes, cap: usize) -> Arrival {
+        let arrival = self.take(seq, line, cap);
+        if arrival == Arrival::Deliver && !self.ahead.is_empty() {
+            // Handed on now: whoever lacks it needs no exception any more.
+            self.ahead.retain(|&(_, s)| s >= seq);
+        }
+        arrival
+    }
+
+    /// `arrive`, but everyone ahead stays noted: a fetch's answer hands on
+    /// earlier messages after the held ones were taken, and those who have
+    /// them must still be skipped then.
+    fn take(&mut self, seq: u64, line: &Bytes, cap: usize) -> Arrival {
         match self.state {
             State::Live if seq == self.last + 1 => {
                 self.last = seq;
-                if !self.ahead.is_empty() {
-                    self.ahead.retain(|&(_, s)| s >= seq);
-                }
                 Arrival::Deliver
             }
             State::Live if seq <= self.last => Arrival::Skip,
@@ -199,7 +208,7 @@ impl Stream {
         match held.take_after(self.last) {
             Some(held) => {
                 for (seq, line) in held {
-                    match self.arrive(seq, &line, cap) {
+                    match self.take(seq, &line, cap) {
                         Arrival::Deliver => out.push(Out::Msg(seq, line)),
                         Arrival::Skip => {}
                         Arrival::Fetch => fetch = true,
@@ -335,6 +344,24 @@ mod tests {
         s.arrive(7, &line(7), 100);
         let (out, again) = s.resolve(2, fetched(6, "e", 3..=6), 100);
         assert_eq!((seqs(&out), again), (vec![3, 4, 5, 6, 7], false));
+    }
+
+    #[test]
+    fn a_connection_ahead_keeps_its_place_while_held_messages_follow_a_fetch() {
+        // Its `sub` was answered (up to 9091) while a fetch from 9090 was
+        // out, and 9092, 9093 were held meanwhile: it has 9091 already.
+        let mut s = Stream::new(9090, "e");
+        s.stall();
+        s.start_fetch(1);
+        s.join(4, 9091);
+        s.arrive(9092, &line(9092), 100);
+        s.arrive(9093, &line(9093), 100);
+        let (out, _) = s.resolve(1, fetched(9091, "e", 9091..=9091), 100);
+        assert_eq!(seqs(&out), vec![9091, 9092, 9093]);
+        let sent_to_4: Vec<u64> = seqs(&out).into_iter().filter(|&q| !s.has(4, q)).collect();
+        assert_eq!(sent_to_4, vec![9092, 9093], "9091 twice");
+        assert_eq!(s.arrive(9094, &line(9094), 100), Arrival::Deliver);
+        assert!(!s.has(4, 9094));
     }
 
     #[test]
