@@ -13,5 +13,7 @@ pub mod rate;
 pub mod replay;
 pub mod shard;
 pub mod stream;
+#[cfg(test)]
+mod stream_model_test;
 pub mod sub_buffer;
 pub mod subscriptions;
