@@ -52,7 +52,17 @@ fn ws_and_tcp_clients_on_different_workers_see_each_others_messages() {
 
 #[test]
 fn flood_of_1000_messages_reaches_120_subscribers_in_order_exactly_once() {
-    let server = Server::start(2, "");
+    flood(&Server::start(2, ""));
+}
+
+/// Held for `write_delay` and written together, live messages still come
+/// whole, once each and in order, beside replies that are not held.
+#[test]
+fn with_a_write_delay_the_flood_still_arrives_in_order_exactly_once() {
+    flood(&Server::start(2, "[delivery]\nwrite_delay = \"20ms\"\n"));
+}
+
+fn flood(server: &Server) {
     let channels = ["c0", "c1", "c2", "c3", "c4"];
     let mut subscribers: Vec<(Box<dyn Client>, &str)> = Vec::new();
     for i in 0..120 {

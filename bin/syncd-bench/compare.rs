@@ -69,6 +69,10 @@ pub struct CompareArgs {
     /// syncd's worker processes (default: its own, one per CPU)
     #[arg(long)]
     pub workers: Option<usize>,
+    /// syncd's `[delivery] write_delay` ("0ms", its default, writes each
+    /// live message at once)
+    #[arg(long, default_value = "0ms")]
+    pub write_delay: String,
     /// Seconds of publishing in fanout and saturate
     #[arg(long, default_value_t = 5.0)]
     pub duration: f64,
@@ -162,6 +166,7 @@ fn run_round(args: &CompareArgs) -> Vec<Row> {
     let wants = |s: &str| args.only.iter().any(|o| o == s);
     let base_config = SyncdConfig {
         workers: args.workers,
+        write_delay: args.write_delay.clone(),
         ..SyncdConfig::default()
     };
     let mut rows: Vec<Row> = Vec::new();

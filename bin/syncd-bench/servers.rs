@@ -40,6 +40,8 @@ pub struct SyncdConfig {
     pub workers: Option<usize>,
     pub durability: String,
     pub history_size: u64,
+    /// `[delivery] write_delay` ("0ms": syncd's default, off).
+    pub write_delay: String,
 }
 
 impl Default for SyncdConfig {
@@ -48,6 +50,7 @@ impl Default for SyncdConfig {
             workers: None,
             durability: "commit".into(),
             history_size: 1000,
+            write_delay: "0ms".into(),
         }
     }
 }
@@ -108,8 +111,9 @@ impl Running {
              [limits]\npublish_rate = 0\nmax_connections = 100000\n\
              [storage]\ndurability = \"{}\"\nhistory_size = {}\n\
              [auth]\njwt_secret = \"bench-only-secret\"\napi_keys = [\"bench-only-key\"]\n\
+             [delivery]\nwrite_delay = \"{}\"\n\
              [log]\nlevel = \"warn\"\n",
-            config.durability, config.history_size
+            config.durability, config.history_size, config.write_delay
         );
         let conf = dir.join("syncd.toml");
         std::fs::write(&conf, text)?;

@@ -134,6 +134,9 @@ impl Config {
         if self.delivery.ack_timeout.is_zero() {
             return Err("delivery.ack_timeout: must be more than 0s".into());
         }
+        if self.delivery.write_delay > std::time::Duration::from_secs(1) {
+            return Err("delivery.write_delay: at most 1s (it delays every live message)".into());
+        }
         if self.storage.history_size == 0 {
             return Err("storage.history_size: must be at least 1".into());
         }

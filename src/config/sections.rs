@@ -291,6 +291,10 @@ pub struct Delivery {
     /// window returns the first result.
     #[serde(deserialize_with = "duration")]
     pub idempotency_window: Duration,
+    /// Live messages may wait this long so that several go to a connection
+    /// in one write (`sync::write_delay`); 0: written at once.
+    #[serde(deserialize_with = "duration")]
+    pub write_delay: Duration,
 }
 
 impl Default for Delivery {
@@ -300,6 +304,7 @@ impl Default for Delivery {
             max_attempts: 5,
             webhook_url: String::new(),
             idempotency_window: Duration::from_secs(300),
+            write_delay: Duration::ZERO,
         }
     }
 }

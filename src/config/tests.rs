@@ -163,3 +163,12 @@ fn caps_defaults_and_refusals() {
         .to_string();
     assert!(e.contains("max_channels"), "{e}");
 }
+
+#[test]
+fn write_delay_is_off_by_default_and_at_most_a_second() {
+    assert_eq!(parse("").unwrap().delivery.write_delay, Duration::ZERO);
+    let c = parse("[delivery]\nwrite_delay = \"10ms\"\n").unwrap();
+    assert_eq!(c.delivery.write_delay, Duration::from_millis(10));
+    let e = parse("[delivery]\nwrite_delay = \"2s\"\n").unwrap_err();
+    assert!(e.to_string().contains("delivery.write_delay"), "{e}");
+}

@@ -17,3 +17,4 @@ pub mod stream;
 mod stream_model_test;
 pub mod sub_buffer;
 pub mod subscriptions;
+pub mod write_delay;

@@ -27,6 +27,7 @@ use crate::sync::caps::OpenPerKey;
 use crate::sync::deadlines::{self, ConnTimers, Due, Rules, View};
 use crate::sync::pressure::Marks;
 use crate::sync::rate::RatePerKey;
+use crate::sync::write_delay::WriteDelay;
 
 /// WebSocket close codes (RFC 6455 7.4.1, IANA registry) for a retiring
 /// worker: "going away" for a stop, "service restart" for a reload.
@@ -61,7 +62,10 @@ pub struct Connections {
     pub(super) slab: Slab<Conn>,
     next_id: u64,
     /// Connections with new output to write at the end of this loop turn.
-    dirty: dirty::Marks,
+    pub(super) dirty: dirty::Marks,
+    /// Connections holding live messages for `write_delay` (`live.rs`).
+    pub(super) held: dirty::Marks,
+    pub(super) write_delay: WriteDelay,
     /// Connections whose read budget ran out while input was still waiting.
     pending_reads: Vec<usize>,
     /// Connections not read for now (`inputs.rs`: a full store queue, or
@@ -70,7 +74,7 @@ pub struct Connections {
     /// Connections closed since the worker last asked.
     closed: Vec<Closed>,
     /// A subscriber's queue's backpressure marks, from `send_buffer_soft`.
-    marks: Marks,
+    pub(super) marks: Marks,
     /// Connections that started (`true`) or stopped holding back their
     /// channels' publishers since the worker last asked.
     hold_changes: Vec<(usize, bool)>,
@@ -88,13 +92,15 @@ pub struct Connections {
 }
 
 impl Connections {
-    pub fn new(slot: usize, limits: Limits, registry: Registry) -> Connections {
+    pub fn new(slot: usize, limits: Limits, delay: Duration, registry: Registry) -> Connections {
         Connections {
             slot,
             registry,
             slab: Slab::new(),
             next_id: 1,
             dirty: dirty::Marks::default(),
+            held: dirty::Marks::default(),
+            write_delay: WriteDelay::new(delay),
             pending_reads: Vec::new(),
             paused: Vec::new(),
             closed: Vec::new(),
@@ -240,21 +246,12 @@ impl Connections {
         }
     }
 
-    /// Queues a line shared by many connections: `ws_frame` is the same line
-    /// as one WebSocket frame (`proto::ws::text_frame`), built once.
-    pub fn send_shared(&mut self, key: usize, line: &Bytes, ws_frame: &Bytes) {
-        if let Some(conn) = self.slab.get_mut(key) {
-            conn.send_line(line, Some(ws_frame));
-            self.dirty.push(key);
-        }
-    }
-
     /// A line for every WebSocket and TCP connection (`POST /api/broadcast`).
     pub fn broadcast_local(&mut self, line: &Bytes) {
         let keys = self.keys_where(|c| !matches!(c.session, Session::Http { .. }));
         let frame = crate::proto::ws::text_frame(line);
         for key in keys {
-            self.send_shared(key, line, &frame);
+            self.send_live(key, line, &frame);
         }
     }
 

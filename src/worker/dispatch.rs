@@ -538,12 +538,8 @@ impl Worker {
             if stream.is_some_and(|s| s.has(key, seq)) {
                 continue;
             }
-            let Some(conn) = self.conns.get_mut(key) else {
-                continue;
-            };
-            conn.send_line(line, Some(&ws_frame));
+            self.conns.send_live(key, line, &ws_frame);
             self.conns.stats.msgs_out += 1;
-            self.conns.mark_dirty(key);
         }
     }
 }

@@ -10,6 +10,7 @@ mod dispatch;
 mod http_api;
 mod inputs;
 mod links;
+mod live;
 mod owner_side;
 mod pending;
 mod process;
@@ -141,7 +142,11 @@ impl Worker {
             let timeout = if self.conns.has_work() {
                 Duration::ZERO
             } else {
-                next_tick.saturating_duration_since(Instant::now())
+                let wake = self
+                    .conns
+                    .held_due()
+                    .map_or(next_tick, |due| due.min(next_tick));
+                wake.saturating_duration_since(Instant::now())
             };
             if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
                 if e.kind() != io::ErrorKind::Interrupted {
@@ -345,6 +350,9 @@ impl Worker {
     /// rounds are bounded; what is left stays marked for the next turn, which
     /// then does not wait in `poll`.
     fn flush_all(&mut self) {
+        if self.conns.held_due().is_some() {
+            self.conns.release_held(Instant::now());
+        }
         for _ in 0..FLUSH_ROUNDS {
             self.settle_interest();
             self.settle_pressure();

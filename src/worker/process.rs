@@ -74,7 +74,8 @@ pub fn start(ctx: WorkerContext) -> io::Result<Worker> {
     let peers = Peers::start(me, sockets, MAX_BUS_FRAME, poll.registry())?;
     let links = Links::new(peers, poll.registry().try_clone()?);
     let registry = poll.registry().try_clone()?;
-    let conns = Connections::new(ctx.slot, ctx.config.limits.clone(), registry);
+    let limits = ctx.config.limits.clone();
+    let conns = Connections::new(ctx.slot, limits, ctx.config.delivery.write_delay, registry);
     Ok(Worker {
         slot: ctx.slot,
         poll,

@@ -117,7 +117,7 @@ impl Connections {
         }
         let frame = crate::proto::ws::text_frame(line);
         for &key in keys {
-            self.send_shared(key, line, &frame);
+            self.send_live(key, line, &frame);
         }
     }
 }
