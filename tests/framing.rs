@@ -131,3 +131,62 @@ fn pretty_printed_data_is_one_line_per_message_live_and_on_resume() {
     assert!(!body.contains('\n'), "history holds pretty bytes: {body:?}");
     assert!(body.contains(COMPACT_DATA), "{body}");
 }
+
+/// The upgrade request, as a browser or client library sends it.
+fn upgrade_request() -> String {
+    "GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+     Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        .to_string()
+}
+
+/// Reads the socket until `done` holds for what came, or it ends; returns
+/// what came and whether the server ended it (a read of 0, not a timeout).
+fn read_until(s: &mut std::net::TcpStream, done: impl Fn(&[u8]) -> bool) -> (Vec<u8>, bool) {
+    use std::io::Read;
+    s.set_read_timeout(Some(common::TIMEOUT)).unwrap();
+    let mut got = Vec::new();
+    let mut chunk = [0u8; 4096];
+    while !done(&got) {
+        match s.read(&mut chunk) {
+            Ok(0) => return (got, true),
+            Ok(n) => got.extend_from_slice(&chunk[..n]),
+            Err(_) => break,
+        }
+    }
+    (got, false)
+}
+
+/// A frame in the same write as the upgrade request is served (the server
+/// reads the socket once for both), and a client that shuts its side right
+/// after the upgrade is closed, not left open until a timeout.
+#[test]
+fn a_frame_sent_with_the_upgrade_is_answered_and_a_shut_client_is_closed() {
+    use std::io::Write;
+    let server = Server::start(2, "");
+    let ping = br#"{"op":"ping","id":"early"}"#;
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", server.ws_port)).unwrap();
+    let mut raw = upgrade_request().into_bytes();
+    raw.extend(common::ws_client_frame(
+        0x81,
+        Some([1, 2, 3, 4]),
+        ping.len() as u64,
+        ping,
+    ));
+    s.write_all(&raw).unwrap();
+    let (got, _) = read_until(&mut s, |g| g.windows(7).any(|w| w == b"\"early\""));
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("HTTP/1.1 101"), "{text}");
+    assert!(
+        text.contains("\"pong\"") && text.contains("\"early\""),
+        "{text}"
+    );
+
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", server.ws_port)).unwrap();
+    s.write_all(upgrade_request().as_bytes()).unwrap();
+    s.shutdown(std::net::Shutdown::Write).unwrap();
+    // Answered with 101 or not (when its end came in the same read as the
+    // request it is dropped unanswered), it must not stay open.
+    let (got, ended) = read_until(&mut s, |_| false);
+    let text = String::from_utf8_lossy(&got);
+    assert!(ended, "the server left a shut client open: {text}");
+}

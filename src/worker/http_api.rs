@@ -89,10 +89,11 @@ pub enum Call {
     Stats {
         keep_alive: bool,
     },
-    /// Now a WebSocket: bind the token's user, then read the frames that
-    /// came with the upgrade request.
+    /// Now a WebSocket: bind the token's user, then serve the frames that
+    /// came with the upgrade request, if any (`pipelined`).
     Upgraded {
         user: Option<auth::User>,
+        pipelined: bool,
     },
 }
 
@@ -505,13 +506,14 @@ impl Connections {
             return None;
         };
         let early = std::mem::take(buf);
+        let pipelined = !early.is_empty();
         conn.t.queue(&[&Bytes::from(response)]);
         conn.session = Session::Ws {
             decoder: Decoder::with_early(early),
             echo,
         };
         self.mark_dirty(key);
-        Some(Call::Upgraded { user })
+        Some(Call::Upgraded { user, pipelined })
     }
 
     pub fn respond_json(&mut self, key: usize, status: u16, body: String, keep_alive: bool) {

@@ -440,12 +440,19 @@ impl Worker {
                 self.conns
                     .respond_json(key, 200, stats.to_string(), keep_alive);
             }
-            Call::Upgraded { user } => {
+            Call::Upgraded { user, pipelined } => {
                 if let Some(user) = user {
                     self.bind_user(key, user);
                 }
-                // Frames that came with the upgrade request are already buffered.
-                self.read_conn(key);
+                // Frames that came with the upgrade request are already
+                // buffered. Without them the socket was read empty (a
+                // short read), and the poll announces what comes next: a
+                // read now would only say `WouldBlock`, a system call per
+                // connection. (A peer that shut its side with the request
+                // was dropped unanswered by `fill_http`.)
+                if pipelined {
+                    self.read_conn(key);
+                }
             }
         }
     }
