@@ -319,6 +319,11 @@ pub fn trim(
     Ok(Trimmed { messages, more })
 }
 
+/// `delete_below`'s statement (a test counts how often it is prepared).
+pub(super) const DELETE_BELOW: &str = "DELETE FROM segments WHERE channel = ?1 AND first_seq IN
+   (SELECT first_seq FROM segments WHERE channel = ?1 AND first_seq <= ?2
+      AND last_seq <= ?2 ORDER BY first_seq LIMIT ?3)";
+
 /// Deletes up to `limit` segments of `channel` wholly at or below `floor`;
 /// true when that many went (more may be left).
 fn delete_below(
@@ -327,13 +332,9 @@ fn delete_below(
     floor: u64,
     limit: usize,
 ) -> rusqlite::Result<bool> {
-    let deleted = conn
-        .prepare_cached(
-            "DELETE FROM segments WHERE channel = ?1 AND first_seq IN
-               (SELECT first_seq FROM segments WHERE channel = ?1 AND first_seq <= ?2
-                  AND last_seq <= ?2 ORDER BY first_seq LIMIT ?3)",
-        )?
-        .execute(params![channel, floor as i64, limit as i64])?;
+    let deleted =
+        conn.prepare_cached(DELETE_BELOW)?
+            .execute(params![channel, floor as i64, limit as i64])?;
     Ok(deleted >= limit)
 }
 
