@@ -282,7 +282,7 @@ impl Thread {
         let Some(db) = self.db(shard) else {
             return Ok(None);
         };
-        let (stored, _) = segments::read(db, channel, after, u64::MAX, BATCH, keep).map_err(sql)?;
+        let stored = segments::read(db, channel, after, u64::MAX, BATCH, keep).map_err(sql)?;
         let Some(last) = stored.last().map(|m| m.seq) else {
             return Ok(Some(Vec::new()));
         };

@@ -209,16 +209,11 @@ impl OwnerCore {
         self.reply_answer(read.to, Ok(answer));
     }
 
-    pub(super) fn on_disk_read(
-        &mut self,
-        tag: u64,
-        result: Result<(Vec<Stored>, Option<u64>), String>,
-        now: Now,
-    ) {
+    pub(super) fn on_disk_read(&mut self, tag: u64, result: Result<Vec<Stored>, String>, now: Now) {
         let Some(read) = self.disk_reads.remove(&tag) else {
             return;
         };
-        let (rows, _) = match result {
+        let rows = match result {
             Ok(found) => found,
             Err(e) => return self.reply_answer(read.to, Err(storage_failed(&e))),
         };

@@ -187,7 +187,7 @@ impl MemEngine {
                     .collect();
                 self.done.push(Completion::Read {
                     tag,
-                    result: Ok((found, None)),
+                    result: Ok(found),
                 });
             }
             Request::Range {

@@ -454,7 +454,7 @@ fn an_unknown_completion_tag_is_ignored() {
     let mut h = Harness::commit();
     h.handle(Command::Completed(Completion::Read {
         tag: 99,
-        result: Ok((Vec::new(), None)),
+        result: Ok(Vec::new()),
     }));
     h.handle(Command::Completed(Completion::Oldest {
         tag: 98,

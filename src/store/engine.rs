@@ -112,7 +112,7 @@ pub enum Completion {
     },
     Read {
         tag: u64,
-        result: Result<(Vec<Stored>, Option<u64>), String>,
+        result: Result<Vec<Stored>, String>,
     },
     Range {
         tag: u64,

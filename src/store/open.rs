@@ -69,7 +69,7 @@ pub fn open_shards(config: &Config, slot: usize) -> io::Result<(HashMap<u32, Sha
                 // Direct messages not acked yet wait for their user again.
                 let after = acked.get(name.as_str()).copied().unwrap_or(0);
                 let keep = storage.retention_for(&name).0;
-                let (rows, _) = db
+                let rows = db
                     .read(&name, after, last_seq, usize::MAX >> 1, keep)
                     .map_err(fail)?;
                 loaded

@@ -192,8 +192,7 @@ fn floor(conn: &Connection, channel: &str, keep: u64) -> rusqlite::Result<u64> {
 }
 
 /// Retained messages of `channel` (which keeps its last `keep`) with
-/// `after < seq <= upto`, oldest first, at most `limit`; and the oldest
-/// retained `seq` of the channel.
+/// `after < seq <= upto`, oldest first, at most `limit`.
 pub fn read(
     conn: &Connection,
     channel: &str,
@@ -201,7 +200,7 @@ pub fn read(
     upto: u64,
     limit: usize,
     keep: u64,
-) -> rusqlite::Result<(Vec<Stored>, Option<u64>)> {
+) -> rusqlite::Result<Vec<Stored>> {
     let floor = floor(conn, channel, keep)?;
     let mut found = Vec::new();
     if limit > 0 {
@@ -210,11 +209,7 @@ pub fn read(
             found.len() < limit
         })?;
     }
-    let first = match bounds(conn, channel)? {
-        (Some(first), Some(last)) if last > floor => Some(first.max(floor + 1)),
-        _ => None,
-    };
-    Ok((found, first))
+    Ok(found)
 }
 
 /// The oldest retained `seq > after` of `channel` (which keeps its last
@@ -464,8 +459,9 @@ mod tests {
         let big = "x".repeat(40 * 1024);
         let batch: Vec<Append> = (1..=5).map(|s| msg("a", s, &big)).collect();
         db.append(&batch, &[]).unwrap();
-        let (got, first) = db.read("a", 1, 5, 10, u64::MAX).unwrap();
-        assert_eq!((seqs(&got), first), (vec![2, 3, 4, 5], Some(1)));
+        let got = db.read("a", 1, 5, 10, u64::MAX).unwrap();
+        assert_eq!(seqs(&got), vec![2, 3, 4, 5]);
+        assert_eq!(db.oldest("a", 0, u64::MAX, 0).unwrap(), Some(1));
         let trimmed = db.trim("a", 3, 10).unwrap();
         assert_eq!(
             trimmed,
@@ -474,8 +470,8 @@ mod tests {
                 more: false
             }
         );
-        let (got, first) = db.read("a", 0, 5, 10, u64::MAX).unwrap();
-        assert_eq!((seqs(&got), first), (vec![4, 5], Some(4)));
+        let got = db.read("a", 0, 5, 10, u64::MAX).unwrap();
+        assert_eq!(seqs(&got), vec![4, 5]);
         assert_eq!(db.oldest("a", 0, u64::MAX, 0).unwrap(), Some(4));
         let again = db.trim("a", 5, 1).unwrap();
         assert_eq!(
@@ -487,7 +483,7 @@ mod tests {
             "3-4 went"
         );
         assert_eq!(
-            db.read("a", 0, 0, 0, u64::MAX).unwrap().1,
+            db.oldest("a", 0, u64::MAX, 0).unwrap(),
             None,
             "nothing is retained"
         );
@@ -529,12 +525,11 @@ mod tests {
             for after in (0..=last + 1).step_by(7).chain([3, 4, 5, 304, 305, 306]) {
                 for upto in [after, after + 1, after + 5, after + 300, last, u64::MAX] {
                     for limit in [0, 1, 2, 10, 1000] {
-                        let (got, first) = db.read("a", after, upto, limit, u64::MAX).unwrap();
+                        let got = db.read("a", after, upto, limit, u64::MAX).unwrap();
                         let want: Vec<u64> = (after.max(floor) + 1..=upto.min(last))
                             .take(limit)
                             .collect();
                         assert_eq!(seqs(&got), want, "after {after} upto {upto} limit {limit}");
-                        assert_eq!(first, (floor < last).then_some(floor + 1));
                     }
                 }
                 let oldest = db.oldest("a", after, u64::MAX, 0).unwrap();
@@ -572,8 +567,9 @@ mod tests {
         }
         let db = ShardDb::open(&path, Durability::Commit).unwrap();
         for channel in ["a", "b"] {
-            let (got, first) = db.read(channel, 250, 300, 100, u64::MAX).unwrap();
-            assert_eq!((seqs(&got), first), ((251..=300).collect(), Some(1)));
+            let got = db.read(channel, 250, 300, 100, u64::MAX).unwrap();
+            assert_eq!(seqs(&got), (251..=300).collect::<Vec<_>>());
+            assert_eq!(db.oldest(channel, 0, u64::MAX, 0).unwrap(), Some(1));
             assert_eq!(got[0].data, "251");
         }
         drop(db);

@@ -176,8 +176,7 @@ impl ShardDb {
     }
 
     /// Retained messages of `channel`, which keeps its last `keep`, with
-    /// `after < seq <= upto`, oldest first, at most `limit`; and the oldest
-    /// retained `seq` of the channel.
+    /// `after < seq <= upto`, oldest first, at most `limit`.
     pub fn read(
         &self,
         channel: &str,
@@ -185,7 +184,7 @@ impl ShardDb {
         upto: u64,
         limit: usize,
         keep: u64,
-    ) -> rusqlite::Result<(Vec<Stored>, Option<u64>)> {
+    ) -> rusqlite::Result<Vec<Stored>> {
         segments::read(&self.conn, channel, after, upto, limit, keep)
     }
 
@@ -369,14 +368,14 @@ mod tests {
             .collect();
         db.append(&batch, &[]).unwrap();
         for channel in ["a", "b"] {
-            let (got, first) = db.read(channel, 0, n, 1000, u64::MAX).unwrap();
+            let got = db.read(channel, 0, n, 1000, u64::MAX).unwrap();
             assert_eq!(
                 got.iter().map(|m| m.seq).collect::<Vec<_>>(),
                 (1..=n).collect::<Vec<_>>()
             );
             assert_eq!(got[3].data, "{\"n\":4}");
-            assert_eq!(first, Some(1));
-            let (got, _) = db.read(channel, 300, 520, 3, u64::MAX).unwrap();
+            assert_eq!(db.oldest(channel, 0, u64::MAX, 0).unwrap(), Some(1));
+            let got = db.read(channel, 300, 520, 3, u64::MAX).unwrap();
             assert_eq!(
                 got.iter().map(|m| m.seq).collect::<Vec<_>>(),
                 [301, 302, 303]
@@ -429,9 +428,9 @@ mod tests {
             db.append(&again, &[]).is_err(),
             "a's seq 2 is already stored"
         );
-        assert!(db.read("b", 0, 10, 10, u64::MAX).unwrap().0.is_empty());
+        assert!(db.read("b", 0, 10, 10, u64::MAX).unwrap().is_empty());
         db.append(&[msg("a", 4, i64::MAX)], &[]).unwrap();
-        let (got, _) = db.read("a", 0, 10, 10, u64::MAX).unwrap();
+        let got = db.read("a", 0, 10, 10, u64::MAX).unwrap();
         assert_eq!(
             got.iter().map(|m| m.seq).collect::<Vec<_>>(),
             vec![1, 2, 3, 4]
@@ -457,11 +456,11 @@ mod tests {
         let mut db = ShardDb::open(&shard_path(dir.path(), 0), Durability::Commit).unwrap();
         let batch: Vec<Append> = (1..=300).map(|s| msg("a", s, i64::MAX)).collect();
         db.append(&batch, &[]).unwrap();
-        let (got, first) = db.read("a", 0, 300, 1000, 10).unwrap();
+        let got = db.read("a", 0, 300, 1000, 10).unwrap();
         let seqs: Vec<u64> = got.iter().map(|m| m.seq).collect();
-        assert_eq!((seqs, first), ((291..=300).collect(), Some(291)));
+        assert_eq!(seqs, (291..=300).collect::<Vec<_>>());
         assert_eq!(db.oldest("a", 0, 10, 0).unwrap(), Some(291));
-        assert_eq!(db.read("a", 0, 300, 1000, u64::MAX).unwrap().0.len(), 300);
+        assert_eq!(db.read("a", 0, 300, 1000, u64::MAX).unwrap().len(), 300);
     }
 
     #[test]
@@ -476,12 +475,12 @@ mod tests {
         )
         .unwrap();
         assert_eq!(db.channels().unwrap(), vec![("a".into(), "e1".into(), 10)]);
-        let (got, first) = db.read("a", 2, 6, 100, u64::MAX).unwrap();
+        let got = db.read("a", 2, 6, 100, u64::MAX).unwrap();
         assert_eq!(
             got.iter().map(|m| m.seq).collect::<Vec<_>>(),
             vec![3, 4, 5, 6]
         );
-        assert_eq!(first, Some(1));
+        assert_eq!(db.oldest("a", 0, u64::MAX, 0).unwrap(), Some(1));
         // 5 expired, but its segment holds live messages: readers skip it.
         assert_eq!(db.delete_expired(100, 10).unwrap(), 0);
         assert_eq!(db.oldest("a", 4, u64::MAX, 100).unwrap(), Some(6));
@@ -490,12 +489,11 @@ mod tests {
             3,
             "1-3 are no longer read"
         );
-        let (got, first) = db.read("a", 0, 10, 100, u64::MAX).unwrap();
+        let got = db.read("a", 0, 10, 100, u64::MAX).unwrap();
         assert_eq!(
             got.iter().map(|m| m.seq).collect::<Vec<_>>(),
             vec![4, 5, 6, 7, 8, 9, 10]
         );
-        assert_eq!(first, Some(4));
         assert_eq!(db.oldest("a", 0, u64::MAX, 0).unwrap(), Some(4));
         assert_eq!(db.oldest("a", 6, u64::MAX, 0).unwrap(), Some(7));
         assert_eq!(db.oldest("a", 10, u64::MAX, 0).unwrap(), None);
@@ -507,7 +505,8 @@ mod tests {
         );
         let trimmed = db.trim("a", 10, 2).unwrap();
         assert_eq!(trimmed.messages, 7, "4-10 are no longer read");
-        assert_eq!(db.read("a", 0, 20, 100, u64::MAX).unwrap(), (vec![], None));
+        assert_eq!(db.read("a", 0, 20, 100, u64::MAX).unwrap(), vec![]);
+        assert_eq!(db.oldest("a", 0, u64::MAX, 0).unwrap(), None);
         db.renew_epochs(|| "e2".into()).unwrap();
         assert_eq!(db.channels().unwrap()[0].1, "e2");
     }

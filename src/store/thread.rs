@@ -450,10 +450,10 @@ mod tests {
         }
         store.close();
         let db = ShardDb::open(&shard_path(dir.path(), 0), Durability::Commit).unwrap();
-        let (rows, oldest) = db.read("a", 0, 1000, 1000, u64::MAX).unwrap();
+        let rows = db.read("a", 0, 1000, 1000, u64::MAX).unwrap();
         let seqs: Vec<u64> = rows.iter().map(|m| m.seq).collect();
         assert_eq!(seqs, (991..=1000).collect::<Vec<_>>());
-        assert_eq!(oldest, Some(991));
+        assert_eq!(db.oldest("a", 0, u64::MAX, 0).unwrap(), Some(991));
     }
 
     /// A queue of 2 takes 1000 appends without the caller ever waiting: the
@@ -488,7 +488,7 @@ mod tests {
         assert!(!store.is_busy());
         store.close();
         let db = ShardDb::open(&shard_path(dir.path(), 0), Durability::Memory).unwrap();
-        let (rows, _) = db.read("a", 0, 1000, 1000, u64::MAX).unwrap();
+        let rows = db.read("a", 0, 1000, 1000, u64::MAX).unwrap();
         let seqs: Vec<u64> = rows.iter().map(|m| m.seq).collect();
         assert_eq!(seqs, (1..=1000).collect::<Vec<_>>());
     }
