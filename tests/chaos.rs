@@ -13,7 +13,7 @@
 
 mod common;
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -443,6 +443,9 @@ fn subscriber(
     };
     let mut epochs: Vec<Option<String>> = vec![None; n];
     let mut last = vec![0u64; n];
+    // Each channel's last frames (ok or msg, seq, local port), shown with a
+    // failure: which connection got what, around it.
+    let mut recent: Vec<VecDeque<(&str, u64, u16)>> = vec![VecDeque::new(); n];
     // A resume's reply seq: messages up to it are the replay.
     let mut replay_upto = vec![0u64; n];
     let mut state = vec![SubState::Due(Instant::now()); n];
@@ -521,6 +524,7 @@ fn subscriber(
                             format!("msg before the sub reply ({:?}): {v}", state[ch]),
                         );
                     }
+                    note_recent(&mut recent[ch], ("msg", seq, port_of(c)));
                     let in_replay = seq <= replay_upto[ch];
                     if seq > last[ch] + 1 && !in_replay {
                         // A live subscription skipped seqs: nothing closed,
@@ -548,7 +552,7 @@ fn subscriber(
                         fail(
                             &mut report,
                             format!(
-                                "{}: expected seq {} got {seq} ({}{}) on {:?}",
+                                "{}: expected seq {} got {seq} ({}{}) on {:?}; last frames {:?}",
                                 shared.channels[ch],
                                 last[ch] + 1,
                                 if seq <= last[ch] { "duplicate" } else { "gap" },
@@ -557,7 +561,8 @@ fn subscriber(
                                 } else {
                                     ""
                                 },
-                                c.local_addr()
+                                c.local_addr(),
+                                recent[ch]
                             ),
                         );
                     }
@@ -584,6 +589,7 @@ fn subscriber(
                     };
                     let seq = v["seq"].as_u64().unwrap_or(0);
                     let epoch = v["epoch"].as_str().unwrap_or_default().to_string();
+                    note_recent(&mut recent[ch], ("ok", seq, port_of(c)));
                     match &epochs[ch] {
                         None => {
                             // The first subscription, before any publish.
@@ -752,6 +758,27 @@ fn history(server: &Server, channel: &str) -> Vec<(u64, String)> {
             )
         }));
     }
+}
+
+/// The last `n` lines of the server's log (it runs in the foreground,
+/// logging to the test's `out.log`).
+fn log_tail(server: &Server, n: usize) -> String {
+    let log = server.log();
+    let lines: Vec<&str> = log.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// Keeps a channel's last 12 frames for a failure's message.
+fn note_recent<'a>(recent: &mut VecDeque<(&'a str, u64, u16)>, frame: (&'a str, u64, u16)) {
+    if recent.len() == 12 {
+        recent.pop_front();
+    }
+    recent.push_back(frame);
+}
+
+/// A connection's local port, to tell a client's connections apart.
+fn port_of(c: &Conn) -> u16 {
+    c.local_addr().map_or(0, |a| a.port())
 }
 
 /// The whole chaos run; `repair`: see `Shared::repair`.
@@ -939,10 +966,11 @@ fn run_chaos(repair: bool) {
         .collect();
     assert!(
         failures.is_empty(),
-        "{} subscriber failures, first ones: {:#?}\n{}",
+        "{} subscriber failures, first ones: {:#?}\n{}\nthe server's log, last lines:\n{}",
         failures.len(),
         &failures[..failures.len().min(20)],
-        dump_events()
+        dump_events(),
+        log_tail(&server, 60)
     );
     assert!(drained, "subscribers did not catch up\n{}", dump_events());
     for s in &subs {
