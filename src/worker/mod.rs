@@ -142,11 +142,9 @@ impl Worker {
             let timeout = if self.conns.has_work() {
                 Duration::ZERO
             } else {
-                let wake = self
-                    .conns
-                    .held_due()
-                    .map_or(next_tick, |due| due.min(next_tick));
-                wake.saturating_duration_since(Instant::now())
+                let wake = self.conns.held_due().unwrap_or(next_tick);
+                wake.min(next_tick)
+                    .saturating_duration_since(Instant::now())
             };
             if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
                 if e.kind() != io::ErrorKind::Interrupted {
@@ -444,12 +442,9 @@ impl Worker {
                 if let Some(user) = user {
                     self.bind_user(key, user);
                 }
-                // Frames that came with the upgrade request are already
-                // buffered. Without them the socket was read empty (a
-                // short read), and the poll announces what comes next: a
-                // read now would only say `WouldBlock`, a system call per
-                // connection. (A peer that shut its side with the request
-                // was dropped unanswered by `fill_http`.)
+                // Frames sent with the request are buffered; without them
+                // the socket was read empty (a short read): another read
+                // would only say `WouldBlock`.
                 if pipelined {
                     self.read_conn(key);
                 }
