@@ -51,25 +51,14 @@ impl Link {
             .map_err(|_| LinkError::Stuck(self.out.len()))
     }
 
-    pub fn send(&mut self, msg: &BusMsg, payload: Bytes) -> Result<(), LinkError> {
-        let len = payload.len();
-        self.queue_frame(msg, len, [payload])
-    }
-
-    /// As `send`, with a payload in parts (a replay page's lines), written
-    /// one after the other instead of copied together first.
-    pub fn send_parts(&mut self, msg: &BusMsg, parts: Vec<Bytes>) -> Result<(), LinkError> {
-        let len = parts.iter().map(Bytes::len).sum();
-        self.queue_frame(msg, len, parts)
-    }
-
-    /// Queues `msg`'s header and its payload of `len` bytes in `parts`.
-    fn queue_frame(
-        &mut self,
-        msg: &BusMsg,
-        len: usize,
-        parts: impl IntoIterator<Item = Bytes>,
-    ) -> Result<(), LinkError> {
+    /// Queues `msg`'s frame, its payload in `parts` (none, one, or a
+    /// replay page's lines, written one after the other instead of copied
+    /// together first).
+    pub fn send<P>(&mut self, msg: &BusMsg, parts: P) -> Result<(), LinkError>
+    where
+        P: AsRef<[Bytes]> + IntoIterator<Item = Bytes>,
+    {
+        let len = parts.as_ref().iter().map(Bytes::len).sum();
         let header = frame::encode_header(msg, len);
         let size = header.len() + len;
         self.out

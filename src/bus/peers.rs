@@ -145,7 +145,7 @@ impl Peers {
                     instance: self.instance,
                     secret: self.secret.clone(),
                 };
-                if link.send(&hello, Bytes::new()).is_ok() {
+                if link.send(&hello, []).is_ok() {
                     self.out[peer] = Some(OutLink {
                         link,
                         peer_instance: None,
@@ -183,24 +183,13 @@ impl Peers {
         slot == self.slot || self.out[slot].is_some()
     }
 
-    pub fn send(&mut self, slot: usize, msg: &BusMsg, payload: Bytes) -> Result<(), LinkError> {
-        self.link_to(slot)?.send(msg, payload)
-    }
-
-    /// As `send`, with the payload in parts (`Link::send_parts`).
-    pub fn send_parts(
-        &mut self,
-        slot: usize,
-        msg: &BusMsg,
-        parts: Vec<Bytes>,
-    ) -> Result<(), LinkError> {
-        self.link_to(slot)?.send_parts(msg, parts)
-    }
-
-    /// The link to `slot`, if it is up.
-    fn link_to(&mut self, slot: usize) -> Result<&mut Link, LinkError> {
+    /// Queues a frame to `slot` (`Link::send`: its payload in `parts`).
+    pub fn send<P>(&mut self, slot: usize, msg: &BusMsg, parts: P) -> Result<(), LinkError>
+    where
+        P: AsRef<[Bytes]> + IntoIterator<Item = Bytes>,
+    {
         match self.out[slot].as_mut() {
-            Some(out) => Ok(&mut out.link),
+            Some(out) => out.link.send(msg, parts),
             None => Err(LinkError::Closed),
         }
     }
@@ -380,7 +369,7 @@ impl Peers {
                         instance: self.instance,
                         secret: self.secret.clone(),
                     };
-                    let _ = inc.link.send(&welcome, Bytes::new());
+                    let _ = inc.link.send(&welcome, []);
                     let ours = self.out[slot].as_ref().map(|o| o.peer_instance);
                     if matches!(ours, None | Some(Some(_))) && ours != Some(Some(instance)) {
                         redial = Some(slot);

@@ -532,7 +532,7 @@ impl Worker {
                         error: Some((e.code.to_string(), e.message, e.current)),
                     },
                 };
-                let _ = self.links.send(slot, &msg, Bytes::new());
+                let _ = self.links.send(slot, &msg, []);
             }
         }
     }

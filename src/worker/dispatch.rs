@@ -247,7 +247,7 @@ impl Worker {
         msg: impl FnOnce(u64) -> BusMsg,
     ) {
         let tag = self.pending.insert(slot, what);
-        if self.links.send(slot, &msg(tag), payload).is_err() {
+        if self.links.send(slot, &msg(tag), [payload]).is_err() {
             self.finish(tag, Reply::Answer(Err(unavailable(slot))));
         }
     }
@@ -411,7 +411,7 @@ impl Worker {
             },
             Query::Ack { seq } => BusMsg::Ack { tag, channel, seq },
         };
-        if self.links.send(owner, &msg, Bytes::new()).is_err() {
+        if self.links.send(owner, &msg, []).is_err() {
             self.finish(tag, Reply::Answer(Err(unavailable(owner))));
         }
     }
@@ -499,7 +499,7 @@ impl Worker {
                 (msg, Vec::new())
             }
         };
-        let _ = self.links.send_parts(slot, &msg, lines);
+        let _ = self.links.send(slot, &msg, lines);
     }
 
     /// Hands a stored message to this worker's subscribers of `channel`, and

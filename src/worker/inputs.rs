@@ -463,7 +463,7 @@ impl Worker {
                 channel: channel.into(),
                 on: false,
             };
-            let _ = self.links.send(owner, &msg, Bytes::new());
+            let _ = self.links.send(owner, &msg, []);
         }
     }
 
@@ -502,7 +502,7 @@ impl Worker {
                 channel: news.channel.map(String::from),
                 on: news.on,
             };
-            let _ = self.links.send(slot, &msg, Bytes::new());
+            let _ = self.links.send(slot, &msg, []);
         }
     }
 
@@ -517,7 +517,7 @@ impl Worker {
                 channel: channel.into(),
                 on: true,
             };
-            let _ = self.links.send(slot, &msg, Bytes::new());
+            let _ = self.links.send(slot, &msg, []);
         }
     }
 

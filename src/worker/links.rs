@@ -26,20 +26,13 @@ impl Links {
         }
     }
 
-    /// Sends `msg` on the link to `slot`.
-    pub fn send(&mut self, slot: usize, msg: &BusMsg, payload: Bytes) -> Result<(), LinkError> {
-        self.peers.send(slot, msg, payload)
-    }
-
-    /// As `send`, with the payload in parts: a replay page's lines cross
-    /// without being copied into one buffer first.
-    pub fn send_parts(
-        &mut self,
-        slot: usize,
-        msg: &BusMsg,
-        parts: Vec<Bytes>,
-    ) -> Result<(), LinkError> {
-        self.peers.send_parts(slot, msg, parts)
+    /// Sends `msg` on the link to `slot`, its payload in `parts` (a
+    /// replay page's lines cross without being copied together first).
+    pub fn send<P>(&mut self, slot: usize, msg: &BusMsg, parts: P) -> Result<(), LinkError>
+    where
+        P: AsRef<[Bytes]> + IntoIterator<Item = Bytes>,
+    {
+        self.peers.send(slot, msg, parts)
     }
 
     /// Sends one encoded frame on every link.

@@ -532,7 +532,7 @@ impl Worker {
                 uid,
                 count,
             };
-            let _ = self.links.send(owner, &msg, Bytes::new());
+            let _ = self.links.send(owner, &msg, []);
         }
     }
 
@@ -546,7 +546,7 @@ impl Worker {
                 uid,
                 count,
             };
-            let _ = self.links.send(slot, &msg, Bytes::new());
+            let _ = self.links.send(slot, &msg, []);
         }
     }
 
