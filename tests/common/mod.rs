@@ -50,26 +50,37 @@ impl Server {
     /// (TOML tables such as `[limits]`).
     pub fn start(workers: usize, extra: &str) -> Server {
         let dir = tempfile::tempdir().expect("tempdir");
-        let [ws_port, tcp_port] = free_ports();
         let config = dir.path().join("syncd.toml");
         let auth = if extra.contains("[auth]") {
             ""
         } else {
             "[auth]\njwt_secret = \"test-secret\"\napi_keys = [\"test-key\"]\n"
         };
-        let text = format!(
-            "workers = {workers}\n[listen]\nws = \"127.0.0.1:{ws_port}\"\ntcp = \"127.0.0.1:{tcp_port}\"\n\
-             [paths]\ndata_dir = \"data\"\npid_file = \"syncd.pid\"\nlog_file = \"syncd.log\"\n{auth}{extra}\n"
-        );
-        std::fs::write(&config, text).expect("write config");
         let mut server = Server {
             dir,
-            ws_port,
-            tcp_port,
+            ws_port: 0,
+            tcp_port: 0,
             config,
             child: None,
         };
-        server.launch();
+        // A port found free can still be taken (by another test's client
+        // socket) before syncd binds it; then syncd exits saying so, and
+        // it starts again on other free ports.
+        for attempt in 1..=5 {
+            [server.ws_port, server.tcp_port] = free_ports();
+            let (ws_port, tcp_port) = (server.ws_port, server.tcp_port);
+            let text = format!(
+                "workers = {workers}\n[listen]\nws = \"127.0.0.1:{ws_port}\"\ntcp = \"127.0.0.1:{tcp_port}\"\n\
+                 [paths]\ndata_dir = \"data\"\npid_file = \"syncd.pid\"\nlog_file = \"syncd.log\"\n{auth}{extra}\n"
+            );
+            std::fs::write(&server.config, text).expect("write config");
+            let logged = server.log().len();
+            server.spawn(&[]);
+            if server.bound(logged) || attempt == 5 {
+                break;
+            }
+        }
+        server.wait_serving();
         server
     }
 
@@ -79,9 +90,35 @@ impl Server {
         self.launch_with_env(&[]);
     }
 
+    /// False when syncd exited because one of its ports was taken (its log
+    /// past `logged` bytes says so); true once it serves, or when it failed
+    /// otherwise (`wait_serving` says why).
+    fn bound(&mut self, logged: usize) -> bool {
+        let deadline = Instant::now() + 3 * TIMEOUT;
+        while Instant::now() < deadline {
+            let exited = self.child.as_mut().map(|c| c.try_wait());
+            if let Some(Ok(Some(_))) = exited {
+                self.child = None;
+                let log = self.log();
+                return !log[logged.min(log.len())..].contains("Address already in use");
+            }
+            if self.try_status().is_ok_and(|s| s.state == "running") {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        true
+    }
+
     /// As `launch`, with extra environment variables: the test-only knobs
     /// listed in docs/operations.md.
     pub fn launch_with_env(&mut self, env: &[(&str, &str)]) {
+        self.spawn(env);
+        self.wait_serving();
+    }
+
+    /// Starts `syncd start` in the foreground, as a child of the test.
+    fn spawn(&mut self, env: &[(&str, &str)]) {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -97,7 +134,6 @@ impl Server {
             .spawn()
             .expect("spawn syncd");
         self.child = Some(child);
-        self.wait_serving();
     }
 
     pub fn wait_serving(&self) {
