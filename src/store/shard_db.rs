@@ -117,11 +117,22 @@ impl ShardDb {
     /// each `Trim` names, so a channel's history stays at its size whatever
     /// the inflow. Returns how many messages the trims dropped.
     pub fn append(&mut self, batch: &[Append], trims: &[Trim<'_>]) -> rusqlite::Result<u64> {
+        self.in_transaction(|db| {
+            db.append_rows(batch)?;
+            db.trim_rows(trims)
+        })
+    }
+
+    /// Runs `work` in one transaction: committed if it succeeds, rolled
+    /// back if it fails. Statements cached, as this runs on every batch.
+    fn in_transaction<T>(
+        &self,
+        work: impl FnOnce(&Self) -> rusqlite::Result<T>,
+    ) -> rusqlite::Result<T> {
         self.conn.prepare_cached("BEGIN")?.execute([])?;
-        let result = self.append_rows(batch).and_then(|()| {
-            let trimmed = self.trim_rows(trims)?;
+        let result = work(self).and_then(|done| {
             self.conn.prepare_cached("COMMIT")?.execute([])?;
-            Ok(trimmed)
+            Ok(done)
         });
         if result.is_err() && !self.conn.is_autocommit() {
             let _ = self.conn.execute_batch("ROLLBACK");
@@ -215,19 +226,29 @@ impl ShardDb {
     }
 
     /// Deletes old idempotency keys and up to `limit` segments whose
-    /// messages have all expired; returns how many messages they held.
+    /// messages have all expired; returns how many messages they held. One
+    /// transaction and cached statements: the sweep runs every second on
+    /// every shard, mostly finding nothing, and three autocommit deletes
+    /// prepared afresh each time were most of an idle server's CPU.
     pub fn delete_expired(&mut self, now_ms: i64, limit: usize) -> rusqlite::Result<u64> {
-        self.conn.execute(
-            "DELETE FROM idempotency WHERE (channel, key) IN
-               (SELECT channel, key FROM idempotency WHERE expires_at <= ?1 LIMIT ?2)",
-            params![now_ms, limit as i64],
-        )?;
-        self.conn.execute(
-            "DELETE FROM ingested WHERE (channel, seq) IN
-               (SELECT channel, seq FROM ingested WHERE expires_at <= ?1 LIMIT ?2)",
-            params![now_ms, limit as i64],
-        )?;
-        segments::delete_expired(&self.conn, now_ms, limit)
+        self.in_transaction(|db| db.delete_expired_rows(now_ms, limit))
+    }
+
+    fn delete_expired_rows(&self, now_ms: i64, limit: usize) -> rusqlite::Result<u64> {
+        let limit = limit as i64;
+        self.conn
+            .prepare_cached(
+                "DELETE FROM idempotency WHERE (channel, key) IN
+                   (SELECT channel, key FROM idempotency WHERE expires_at <= ?1 LIMIT ?2)",
+            )?
+            .execute(params![now_ms, limit])?;
+        self.conn
+            .prepare_cached(
+                "DELETE FROM ingested WHERE (channel, seq) IN
+                   (SELECT channel, seq FROM ingested WHERE expires_at <= ?1 LIMIT ?2)",
+            )?
+            .execute(params![now_ms, limit])?;
+        segments::delete_expired(&self.conn, now_ms, limit as usize)
     }
 
     /// Retains nothing of `channel` at or below `upto`, and deletes up to
