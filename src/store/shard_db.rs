@@ -117,8 +117,18 @@ impl ShardDb {
     /// each `Trim` names, so a channel's history stays at its size whatever
     /// the inflow. Returns how many messages the trims dropped.
     pub fn append(&mut self, batch: &[Append], trims: &[Trim<'_>]) -> rusqlite::Result<u64> {
+        self.append_runs(&segments::by_channel(batch), trims)
+    }
+
+    /// `append` with the batch already grouped (`segments::by_channel`),
+    /// for a caller that grouped it to choose its trims.
+    pub fn append_runs(
+        &mut self,
+        runs: &[Vec<&Append>],
+        trims: &[Trim<'_>],
+    ) -> rusqlite::Result<u64> {
         self.in_transaction(|db| {
-            db.append_rows(batch)?;
+            db.append_rows(runs)?;
             db.trim_rows(trims)
         })
     }
@@ -140,10 +150,9 @@ impl ShardDb {
         result
     }
 
-    fn append_rows(&self, batch: &[Append]) -> rusqlite::Result<()> {
-        let runs = segments::by_channel(batch);
-        segments::ensure_new(&self.conn, &runs)?;
-        segments::write(&self.conn, &runs)?;
+    fn append_rows(&self, runs: &[Vec<&Append>]) -> rusqlite::Result<()> {
+        segments::ensure_new(&self.conn, runs)?;
+        segments::write(&self.conn, runs)?;
         let mut keyed = self.conn.prepare_cached(
             "INSERT OR REPLACE INTO state_keys (channel, key, value, version) VALUES (?1, ?2, ?3, ?4)",
         )?;
@@ -153,7 +162,7 @@ impl ShardDb {
         let mut ingested = self.conn.prepare_cached(
             "INSERT OR REPLACE INTO ingested (channel, seq, expires_at) VALUES (?1, ?2, ?3)",
         )?;
-        for m in batch {
+        for m in runs.iter().flatten() {
             if m.ingested {
                 ingested.execute(params![&*m.channel, m.seq as i64, m.expires_ms])?;
             }

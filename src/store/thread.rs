@@ -11,6 +11,7 @@ use mio::Waker;
 
 use super::engine::{Completion, Engine, Gone, Request};
 use super::message::Append;
+use super::segments;
 use super::shard_db::ShardDb;
 use super::trimming::{trims, Touched};
 use crate::config::Storage;
@@ -214,9 +215,11 @@ impl Writer {
         }
         for (shard, msgs) in &appends {
             let touched = self.touched.entry(*shard).or_default();
-            let trims = trims(msgs, &self.retention, touched);
+            // One grouping by channel, for the trims and the append.
+            let runs = segments::by_channel(msgs);
+            let trims = trims(&runs, &self.retention, touched);
             let result = match self.shards.get_mut(shard) {
-                Some(db) => db.append(msgs, &trims).map_err(|e| e.to_string()),
+                Some(db) => db.append_runs(&runs, &trims).map_err(|e| e.to_string()),
                 None => Err(format!("shard {shard} is not owned here")),
             };
             match result {

@@ -4,7 +4,6 @@
 use std::collections::HashMap;
 
 use super::message::Append;
-use super::segments;
 use super::shard_db::Trim;
 use crate::config::Storage;
 
@@ -25,7 +24,7 @@ pub struct Touched {
     pub trimmed_to: Option<u64>,
 }
 
-/// With a batch of one shard, the trims of the channels now a step past
+/// With a batch of one shard grouped by channel (`segments::by_channel`), the trims of the channels now a step past
 /// what they keep (`history_size`), each deleting at most twice as many
 /// segments as the larger of the batch's messages and a step, so the
 /// history stays at its size under any inflow, and a backlog (a size
@@ -34,15 +33,14 @@ pub struct Touched {
 /// channel's last seq (for the sweep) and each trim; a channel's name is
 /// copied only when it is new there.
 pub fn trims<'a>(
-    batch: &'a [Append],
+    runs: &[Vec<&'a Append>],
     retention: &Storage,
     touched: &mut HashMap<String, Touched>,
 ) -> Vec<Trim<'a>> {
-    segments::by_channel(batch)
-        .into_iter()
+    runs.iter()
         .filter_map(|run| {
             // The batch holds each channel's messages in seq order.
-            let last = run.last()?;
+            let last: &'a Append = run.last()?;
             let keep = retention.retention_for(&last.channel).0;
             let upto = last.seq.saturating_sub(keep);
             let step = TRIM_STEP.min(keep).max(1);
@@ -74,6 +72,7 @@ pub fn trims<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::segments;
 
     /// A channel trims on its first batch, then once a step (here its whole
     /// `history_size`, 10) past its last trim; a trim deletes at most twice
@@ -89,7 +88,7 @@ mod tests {
         let mut touched = HashMap::new();
         let mut batch = |seqs: &[(&str, u64)]| {
             let rows: Vec<Append> = seqs.iter().map(|&(c, s)| Append::of(c, s)).collect();
-            let done = trims(&rows, &retention, &mut touched);
+            let done = trims(&segments::by_channel(&rows), &retention, &mut touched);
             done.iter()
                 .map(|t| (t.channel.to_string(), t.upto, t.limit))
                 .collect::<Vec<_>>()
