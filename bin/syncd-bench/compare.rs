@@ -365,8 +365,10 @@ fn run_round(args: &CompareArgs) -> Vec<Row> {
             ..base_config.clone()
         };
         let channel = format!("bench-resume-{}", now_micros());
-        let outcome = Running::start_syncd(&syncd_bin, &config)
-            .and_then(|server| resume::run(&server.target, Transport::Tcp, &channel, m, args.size));
+        let outcome = Running::start_syncd(&syncd_bin, &config).and_then(|server| {
+            let proc = Some(server.proc());
+            resume::run(&server.target, Transport::Tcp, &channel, m, args.size, proc)
+        });
         match outcome {
             Ok(r) => {
                 r.print();
@@ -378,6 +380,15 @@ fn run_round(args: &CompareArgs) -> Vec<Row> {
                     r.millis,
                     &note,
                 ));
+                if let Some(cpu) = r.server_cpu_ms {
+                    rows.push(syncd_row(
+                        &format!("resume {m}"),
+                        "server CPU ms",
+                        "lower",
+                        cpu,
+                        "",
+                    ));
+                }
             }
             Err(e) => eprintln!("   resume failed: {e:#}"),
         }

@@ -208,7 +208,14 @@ fn main() -> anyhow::Result<()> {
             size,
         } => {
             let channel = format!("bench-resume-{}", now_micros());
-            let r = resume::run(&server.target(), transport, &channel, messages, size)?;
+            let r = resume::run(
+                &server.target(),
+                transport,
+                &channel,
+                messages,
+                size,
+                server.proc(),
+            )?;
             r.print();
             if r.shortfall.is_some() {
                 std::process::exit(1);

@@ -14,20 +14,28 @@ use mio::{Events, Interest, Poll, Token};
 
 use crate::client::{field_u64, Conn, Target, Transport};
 use crate::publisher::{self, PubSpec};
+use crate::stats::{ServerProc, Window};
 
 pub struct ResumeResult {
     pub messages: u64,
     pub replayed: u64,
     pub millis: f64,
+    /// The server's CPU time over the replay, in ms (with its pid): steadier
+    /// than `millis` on a shared machine.
+    pub server_cpu_ms: Option<f64>,
     /// Why not all `messages` were replayed; None when they were.
     pub shortfall: Option<String>,
 }
 
 impl ResumeResult {
     pub fn print(&self) {
+        let cpu = self
+            .server_cpu_ms
+            .map(|ms| format!("; server CPU {ms:.1} ms"))
+            .unwrap_or_default();
         match &self.shortfall {
             None => println!(
-                "resumed {} missed messages in {:.1} ms",
+                "resumed {} missed messages in {:.1} ms{cpu}",
                 self.replayed, self.millis
             ),
             Some(why) => println!(
@@ -47,6 +55,7 @@ pub fn run(
     channel: &str,
     messages: u64,
     size: usize,
+    server: Option<ServerProc>,
 ) -> anyhow::Result<ResumeResult> {
     // Where the channel is before: the resume starts right after it.
     let mut first = Conn::open(target, transport)?;
@@ -85,6 +94,7 @@ pub fn run(
     }
 
     let mut conn = Conn::open(target, transport)?;
+    let window = Window::open(server);
     let started = Instant::now();
     let reply = conn
         .request(&format!(
@@ -98,6 +108,7 @@ pub fn run(
             messages,
             replayed: 0,
             millis: started.elapsed().as_secs_f64() * 1000.0,
+            server_cpu_ms: None,
             shortfall: Some(format!(
                 "the server refused the replay (recovered: false): it retains seq {oldest}..={seq} only, {} of the {messages} missed; raise [storage] history_size to at least {messages}",
                 (seq + 1).saturating_sub(oldest)
@@ -106,10 +117,13 @@ pub fn run(
     }
     conn.set_nonblocking()?;
     let (replayed, shortfall) = read_replay(&mut conn, since, messages)?;
+    let millis = started.elapsed().as_secs_f64() * 1000.0;
+    let spent = window.close();
     Ok(ResumeResult {
         messages,
         replayed,
-        millis: started.elapsed().as_secs_f64() * 1000.0,
+        millis,
+        server_cpu_ms: spent.measured.then_some(spent.cpu_secs * 1000.0),
         shortfall,
     })
 }
