@@ -6,7 +6,7 @@ use bytes::Bytes;
 use tungstenite::handshake::derive_accept_key;
 
 use super::http::Request;
-use super::ws_codec::server_frame;
+use super::ws_codec::{put_server_frame, server_frame};
 use tungstenite::protocol::frame::coding::{Data, OpCode};
 
 /// Builds the `101 Switching Protocols` answer to an upgrade request, or says
@@ -65,6 +65,12 @@ fn is_valid_key(key: &[u8]) -> bool {
 pub fn text_frame(line: &[u8]) -> Bytes {
     let body = line.strip_suffix(b"\n").unwrap_or(line);
     server_frame(OpCode::Data(Data::Text), body)
+}
+
+/// Appends `line` as one text frame (as `text_frame`) to `out`.
+pub fn put_text_frame(out: &mut Vec<u8>, line: &[u8]) {
+    let body = line.strip_suffix(b"\n").unwrap_or(line);
+    put_server_frame(out, OpCode::Data(Data::Text), body)
 }
 
 #[cfg(test)]

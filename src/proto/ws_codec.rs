@@ -262,16 +262,22 @@ fn unmask(payload: &mut [u8], mask: [u8; 4]) {
 
 /// A server frame (unmasked, final) of `opcode` with `payload`.
 pub fn server_frame(opcode: OpCode, payload: &[u8]) -> Bytes {
+    let mut out = Vec::with_capacity(payload.len() + 10);
+    put_server_frame(&mut out, opcode, payload);
+    Bytes::from(out)
+}
+
+/// Appends one whole unmasked frame to `out` (frames back to back in one
+/// buffer: a replay's chunk).
+pub fn put_server_frame(out: &mut Vec<u8>, opcode: OpCode, payload: &[u8]) {
     let header = FrameHeader {
         is_final: true,
         opcode,
         ..FrameHeader::default()
     };
-    let mut out = Vec::with_capacity(header.len(payload.len() as u64) + payload.len());
     // Writing into a Vec cannot fail.
-    let _ = header.format(payload.len() as u64, &mut out);
+    let _ = header.format(payload.len() as u64, out);
     out.extend_from_slice(payload);
-    Bytes::from(out)
 }
 
 pub fn ping() -> Bytes {

@@ -63,6 +63,19 @@ impl Transport {
         self.overflowed = true;
     }
 
+    /// As `queue`, for one segment given up by the caller: moved in, so no
+    /// reference count is taken and dropped (a replay's lines, 100 000 of
+    /// them in a long resume).
+    pub fn queue_owned(&mut self, part: Bytes) {
+        let size = part.len();
+        let fits = |t: &Transport| t.out.len() + size <= t.out.limit();
+        if fits(self) || (self.flush_out().is_ok() && fits(self)) {
+            let _ = self.out.push_owned([part], size);
+        } else {
+            self.overflowed = true;
+        }
+    }
+
     /// The soft limit: what replays and pipelined HTTP answers aim below.
     pub fn out_limit(&self) -> usize {
         self.soft
@@ -99,6 +112,9 @@ impl Session {
     }
 }
 
+/// Most bytes of a replay's lines packed into one segment (`Conn::replay`).
+const REPLAY_CHUNK: usize = 64 << 10;
+
 pub struct Conn {
     /// Unique within this worker's life; shown by `syncd connections`.
     pub id: u64,
@@ -125,9 +141,10 @@ pub struct Conn {
     pub over_mark: bool,
     /// Over the mark and still reading: its channels' publishers are held.
     pub holding: bool,
-    /// Lines waiting to enter the outbound queue: a resume's replay (which may
-    /// be larger than `send_buffer_hard`) and the live messages behind it. They
-    /// move into the queue as it drains, so order is kept and memory bounded.
+    /// Wire bytes waiting to enter the outbound queue: a resume's replay
+    /// (which may be larger than `send_buffer_hard`), in chunks, and the live
+    /// messages behind it. They move into the queue as it drains, so order
+    /// is kept and memory bounded.
     pub backlog: VecDeque<Bytes>,
     backlog_bytes: usize,
     backlog_limit: usize,
@@ -180,54 +197,81 @@ impl Conn {
         }
     }
 
-    /// Queues a newline-terminated frame (as is on TCP, as a text frame
-    /// without the newline on WebSocket), behind any waiting backlog.
-    /// `ws_header` may carry a header already built for this length.
-    /// Queues a newline-terminated line; `ws_frame`, when given, is the same
-    /// line as a whole WebSocket frame (`proto::ws::text_frame`), shared by
-    /// every subscriber of a message.
+    /// Queues a newline-terminated line (as is on TCP, as a text frame
+    /// without the newline on WebSocket), behind any waiting backlog;
+    /// `ws_frame`, when given, is the same line as a whole WebSocket frame
+    /// (`proto::ws::text_frame`), shared by every subscriber of a message.
     pub fn send_line(&mut self, line: &Bytes, ws_frame: Option<&Bytes>) {
         if self.closing.is_some() {
             return;
         }
-        if !self.backlog.is_empty() {
-            self.backlog_bytes += line.len();
-            if self.backlog_bytes > self.backlog_limit {
-                self.t.overflowed = true;
-                return;
+        if self.backlog.is_empty() {
+            match self.session {
+                Session::Ws { .. } => match ws_frame {
+                    Some(frame) => self.t.queue(&[frame]),
+                    None => self.t.queue(&[&crate::proto::ws::text_frame(line)]),
+                },
+                Session::Tcp { .. } => self.t.queue(&[line]),
+                Session::Http { .. } => {}
             }
-            self.backlog.push_back(line.clone());
             return;
         }
-        self.queue_line(line, ws_frame);
-    }
-
-    /// One segment per line on either transport.
-    fn queue_line(&mut self, line: &Bytes, ws_frame: Option<&Bytes>) {
-        match self.session {
-            Session::Ws { .. } => match ws_frame {
-                Some(frame) => self.t.queue(&[frame]),
-                None => self.t.queue(&[&crate::proto::ws::text_frame(line)]),
-            },
-            Session::Tcp { .. } => self.t.queue(&[line]),
-            Session::Http { .. } => {}
+        let wire = match (&self.session, ws_frame) {
+            (Session::Ws { .. }, Some(frame)) => frame.clone(),
+            (Session::Ws { .. }, None) => crate::proto::ws::text_frame(line),
+            _ => line.clone(),
+        };
+        self.backlog_bytes += wire.len();
+        if self.backlog_bytes > self.backlog_limit {
+            self.t.overflowed = true;
+            return;
         }
+        self.backlog.push_back(wire);
     }
 
     /// Sends `lines` (a replay) through the backlog; live lines may pile up
     /// behind them up to `live_limit` bytes before the client counts as slow.
+    /// The lines are packed, as their wire bytes, into chunks of up to
+    /// `REPLAY_CHUNK`: a resume of 100 000 messages is then a few hundred
+    /// segments to queue, write and free, not 100 000 (each a reference
+    /// count taken and dropped, and an iovec for the kernel to copy).
     pub fn replay(&mut self, lines: impl IntoIterator<Item = Bytes>, live_limit: usize) {
         if self.closing.is_some() {
             return;
         }
+        let ws = match self.session {
+            Session::Ws { .. } => true,
+            Session::Tcp { .. } => false,
+            Session::Http { .. } => return,
+        };
         let before = self.backlog_bytes;
+        // A quarter of the soft limit at most, so a chunk always fits.
+        let size = REPLAY_CHUNK.min(self.t.out_limit() / 4).max(1);
+        let mut chunk: Vec<u8> = Vec::new();
         for line in lines {
-            self.backlog_bytes += line.len();
-            self.backlog.push_back(line);
+            if !chunk.is_empty() && chunk.len() + line.len() + 10 > size {
+                self.push_chunk(std::mem::take(&mut chunk));
+            }
+            if chunk.capacity() == 0 {
+                chunk.reserve(size.max(line.len() + 10));
+            }
+            if ws {
+                crate::proto::ws::put_text_frame(&mut chunk, &line);
+            } else {
+                chunk.extend_from_slice(&line);
+            }
+        }
+        if !chunk.is_empty() {
+            self.push_chunk(chunk);
         }
         self.backlog_limit =
             self.backlog_limit.max(before) + (self.backlog_bytes - before) + live_limit;
         self.refill();
+    }
+
+    fn push_chunk(&mut self, chunk: Vec<u8>) {
+        self.backlog_bytes += chunk.len();
+        self.backlog.push_back(Bytes::from(chunk));
     }
 
     /// After a write: whether it starts (`Some(true)`) or stops holding
@@ -259,13 +303,15 @@ impl Conn {
     /// Moves backlog lines into the outbound queue while they fit.
     pub fn refill(&mut self) {
         while let Some(line) = self.backlog.front() {
-            if self.t.out.len() + line.len() + 10 > self.t.out_limit() {
+            // Into an empty queue whatever its size, so nothing waits forever.
+            if !self.t.out.is_empty() && self.t.out.len() + line.len() + 10 > self.t.out_limit() {
                 return;
             }
-            let line = line.clone();
-            self.backlog.pop_front();
-            self.backlog_bytes -= line.len();
-            self.queue_line(&line, None);
+            let Some(wire) = self.backlog.pop_front() else {
+                break;
+            };
+            self.backlog_bytes -= wire.len();
+            self.t.queue_owned(wire);
         }
         if self.backlog.is_empty() {
             self.backlog_bytes = 0;
