@@ -12,6 +12,9 @@ use crate::outbound::OutboundQueue;
 /// Bytes queued towards one peer worker before the link counts as stuck.
 pub const LINK_SEND_BUFFER: usize = 512 << 20;
 
+/// Most bytes one read of a link takes.
+const READ_CHUNK: usize = 64 << 10;
+
 pub struct Link {
     pub stream: UnixStream,
     out: OutboundQueue,
@@ -39,7 +42,7 @@ impl Link {
         Link {
             stream,
             out: OutboundQueue::new(LINK_SEND_BUFFER),
-            inbuf: BytesMut::with_capacity(64 * 1024),
+            inbuf: BytesMut::with_capacity(READ_CHUNK),
             max_frame,
         }
     }
@@ -82,14 +85,20 @@ impl Link {
 
     /// Reads what the socket has and returns every whole frame in it.
     pub fn receive(&mut self, frames: &mut Vec<(BusMsg, Bytes)>) -> Result<(), LinkError> {
-        let mut chunk = [0u8; 64 * 1024];
         loop {
-            match self.stream.read(&mut chunk) {
+            // Straight into the frame buffer: reading into a chunk on the
+            // stack and copying it over was a second copy of every replay
+            // page that crossed (docs/benchmarks.md).
+            let start = self.inbuf.len();
+            self.inbuf.resize(start + READ_CHUNK, 0);
+            let read = self.stream.read(&mut self.inbuf[start..]);
+            self.inbuf.truncate(start + *read.as_ref().unwrap_or(&0));
+            match read {
                 Ok(0) => {
                     self.drain(frames)?;
                     return Err(LinkError::Closed);
                 }
-                Ok(n) => self.inbuf.extend_from_slice(&chunk[..n]),
+                Ok(_) => {}
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(e.into()),

@@ -544,8 +544,10 @@ impl Worker {
     }
 }
 
-/// An answer as one frame: the lines travel as the payload, unparsed (and
-/// not copied together: a replay page is up to 1 MiB of them).
+/// An answer as one frame: the lines travel as the payload, unparsed,
+/// copied together into one segment: a replay page is up to 2000 of them,
+/// and the kernel copied them into the link much more slowly as as many
+/// iovecs (docs/benchmarks.md).
 fn peer_answer(tag: u64, a: Answer) -> (BusMsg, Vec<Bytes>) {
     let msg = BusMsg::QueryAnswer {
         tag,
@@ -556,5 +558,15 @@ fn peer_answer(tag: u64, a: Answer) -> (BusMsg, Vec<Bytes>) {
         oldest: a.oldest,
         cursor: a.cursor,
     };
-    (msg, a.lines)
+    let payload = match a.lines.len() {
+        0 | 1 => a.lines,
+        _ => {
+            let mut packed = Vec::with_capacity(a.lines.iter().map(Bytes::len).sum());
+            for line in &a.lines {
+                packed.extend_from_slice(line);
+            }
+            vec![Bytes::from(packed)]
+        }
+    };
+    (msg, payload)
 }
