@@ -12,6 +12,7 @@ pub mod logging;
 pub mod master;
 pub mod outbound;
 pub mod owner;
+pub mod packing;
 pub mod private_socket;
 pub mod proto;
 pub mod signals;

@@ -12,6 +12,7 @@ use bytes::Bytes;
 use mio::net::TcpStream;
 
 use crate::outbound::OutboundQueue;
+use crate::packing::Packer;
 use crate::proto::ws_codec::Decoder;
 use crate::sync::deadlines::ConnTimers;
 pub use crate::sync::deadlines::Protocol;
@@ -111,9 +112,6 @@ impl Session {
         }
     }
 }
-
-/// Most bytes of a replay's lines packed into one segment (`Conn::replay`).
-const REPLAY_CHUNK: usize = 64 << 10;
 
 pub struct Conn {
     /// Unique within this worker's life; shown by `syncd connections`.
@@ -232,9 +230,9 @@ impl Conn {
     /// Sends `lines` (a replay) through the backlog; live lines may pile up
     /// behind them up to `live_limit` bytes before the client counts as slow.
     /// The lines are packed, as their wire bytes, into chunks of up to
-    /// `REPLAY_CHUNK`: a resume of 100 000 messages is then a few hundred
-    /// segments to queue, write and free, not 100 000 (each a reference
-    /// count taken and dropped, and an iovec for the kernel to copy).
+    /// 64 KiB (`packing`): a resume of 100 000 messages is then a few
+    /// hundred segments to queue, write and free, not 100 000 (each a
+    /// reference count taken and dropped, and an iovec for the kernel).
     pub fn replay(&mut self, lines: impl IntoIterator<Item = Bytes>, live_limit: usize) {
         if self.closing.is_some() {
             return;
@@ -246,32 +244,22 @@ impl Conn {
         };
         let before = self.backlog_bytes;
         // A quarter of the soft limit at most, so a chunk always fits.
-        let size = REPLAY_CHUNK.min(self.t.out_limit() / 4).max(1);
-        let mut chunk: Vec<u8> = Vec::new();
+        let mut packer = Packer::new(self.t.out_limit() / 4);
         for line in lines {
-            if !chunk.is_empty() && chunk.len() + line.len() + 10 > size {
-                self.push_chunk(std::mem::take(&mut chunk));
-            }
-            if chunk.capacity() == 0 {
-                chunk.reserve(size.max(line.len() + 10));
-            }
+            let chunk = packer.room_for(line.len() + 10);
             if ws {
-                crate::proto::ws::put_text_frame(&mut chunk, &line);
+                crate::proto::ws::put_text_frame(chunk, &line);
             } else {
                 chunk.extend_from_slice(&line);
             }
         }
-        if !chunk.is_empty() {
-            self.push_chunk(chunk);
+        for chunk in packer.finish() {
+            self.backlog_bytes += chunk.len();
+            self.backlog.push_back(chunk);
         }
         self.backlog_limit =
             self.backlog_limit.max(before) + (self.backlog_bytes - before) + live_limit;
         self.refill();
-    }
-
-    fn push_chunk(&mut self, chunk: Vec<u8>) {
-        self.backlog_bytes += chunk.len();
-        self.backlog.push_back(Bytes::from(chunk));
     }
 
     /// After a write: whether it starts (`Some(true)`) or stops holding

@@ -23,6 +23,7 @@ use crate::auth;
 use crate::bus::BusMsg;
 pub use crate::owner::PublishOptions;
 use crate::owner::{Answer, Command, Effect, Query, Reply, ReplyTo};
+use crate::packing::{self, Packer};
 use crate::proto::frames::{self, ErrorReply, Op};
 use crate::proto::ws::text_frame;
 use crate::sync::channel;
@@ -545,9 +546,9 @@ impl Worker {
 }
 
 /// An answer as one frame: the lines travel as the payload, unparsed,
-/// copied together into one segment: a replay page is up to 2000 of them,
-/// and the kernel copied them into the link much more slowly as as many
-/// iovecs (docs/benchmarks.md).
+/// packed into a few segments (`packing`): a replay page is up to 2000 of
+/// them, and the kernel copied them into the link much more slowly as as
+/// many iovecs (docs/benchmarks.md).
 fn peer_answer(tag: u64, a: Answer) -> (BusMsg, Vec<Bytes>) {
     let msg = BusMsg::QueryAnswer {
         tag,
@@ -561,11 +562,11 @@ fn peer_answer(tag: u64, a: Answer) -> (BusMsg, Vec<Bytes>) {
     let payload = match a.lines.len() {
         0 | 1 => a.lines,
         _ => {
-            let mut packed = Vec::with_capacity(a.lines.iter().map(Bytes::len).sum());
+            let mut packer = Packer::new(packing::CHUNK);
             for line in &a.lines {
-                packed.extend_from_slice(line);
+                packer.room_for(line.len()).extend_from_slice(line);
             }
-            vec![Bytes::from(packed)]
+            packer.finish()
         }
     };
     (msg, payload)
