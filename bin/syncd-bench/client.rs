@@ -51,6 +51,8 @@ pub enum Conn {
 }
 
 const READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Most bytes one read of a TCP connection takes.
+const READ_CHUNK: usize = 64 << 10;
 
 impl Conn {
     /// Connects and, for WebSocket, completes the handshake (blocking).
@@ -187,23 +189,29 @@ impl Conn {
                 }
             },
             Conn::Tcp { stream, rbuf, .. } => {
-                let mut chunk = [0u8; 65536];
                 let mut last_error_line = None;
                 let result = loop {
                     // Lines already here first (left by a blocking read).
+                    // The client must outrun the server it measures: a
+                    // resume is 100 000 lines in a few tens of ms, so lines
+                    // are found with memchr and read straight into `rbuf`.
                     let mut start = 0;
-                    while let Some(i) = rbuf[start..].iter().position(|&b| b == b'\n') {
-                        let line = &rbuf[start..start + i];
+                    for end in memchr::memchr_iter(b'\n', rbuf) {
+                        let line = &rbuf[start..end];
                         if line.starts_with(br#"{"op":"error""#) {
                             last_error_line = Some(String::from_utf8_lossy(line).into_owned());
                         }
                         each(line);
-                        start += i + 1;
+                        start = end + 1;
                     }
                     rbuf.drain(..start);
-                    match stream.read(&mut chunk) {
+                    let filled = rbuf.len();
+                    rbuf.resize(filled + READ_CHUNK, 0);
+                    let read = stream.read(&mut rbuf[filled..]);
+                    rbuf.truncate(filled + *read.as_ref().unwrap_or(&0));
+                    match read {
                         Ok(0) => break Err(()),
-                        Ok(n) => rbuf.extend_from_slice(&chunk[..n]),
+                        Ok(_) => {}
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => break Ok(()),
                         Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                         Err(e) => {
@@ -272,18 +280,10 @@ impl Conn {
     }
 }
 
-/// The send time (µs since the epoch) in a frame's `"t":` field, found
-/// without parsing the JSON.
+/// A number field of a frame (`key` is like `"seq":`), found without
+/// parsing the JSON: the send time in `"t":`, or a message's `seq`.
 pub fn field_u64(frame: &[u8], key: &[u8]) -> Option<u64> {
-    let first = *key.first()?;
-    let mut from = 0;
-    let at = loop {
-        let i = from + frame.get(from..)?.iter().position(|&b| b == first)?;
-        if frame[i..].starts_with(key) {
-            break i + key.len();
-        }
-        from = i + 1;
-    };
+    let at = memchr::memmem::find(frame, key)? + key.len();
     let digits = frame[at..].iter().take_while(|b| b.is_ascii_digit());
     let mut n = 0u64;
     let mut any = false;
