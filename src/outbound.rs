@@ -87,6 +87,11 @@ impl OutboundQueue {
         self.queued
     }
 
+    /// Segments waiting (each a `writev` iovec).
+    pub fn segments(&self) -> usize {
+        self.segments.len()
+    }
+
     pub fn limit(&self) -> usize {
         self.limit
     }

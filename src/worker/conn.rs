@@ -288,11 +288,12 @@ impl Conn {
         })
     }
 
-    /// Moves backlog lines into the outbound queue while they fit.
+    /// Moves backlog segments into the outbound queue while they fit under
+    /// the soft limit (into an empty queue whatever their size, so none
+    /// waits forever).
     pub fn refill(&mut self) {
-        while let Some(line) = self.backlog.front() {
-            // Into an empty queue whatever its size, so nothing waits forever.
-            if !self.t.out.is_empty() && self.t.out.len() + line.len() + 10 > self.t.out_limit() {
+        while let Some(next) = self.backlog.front() {
+            if !self.t.out.is_empty() && self.t.out.len() + next.len() + 10 > self.t.out_limit() {
                 return;
             }
             let Some(wire) = self.backlog.pop_front() else {
@@ -328,5 +329,85 @@ mod tests {
         ];
         eprintln!("{sizes:?}");
         assert!(sizes[0].1 <= 512, "{sizes:?}");
+    }
+
+    /// A connection over a real loopback socket; the peer's end is returned
+    /// to read what the connection writes.
+    fn connected(session: Session, soft: usize) -> (Conn, std::net::TcpStream) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let peer = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (ours, addr) = listener.accept().unwrap();
+        ours.set_nonblocking(true).unwrap();
+        let now = Instant::now();
+        let timers = ConnTimers {
+            last_input: now,
+            next_ping: now,
+            pong_due: None,
+            soft_since: None,
+            linger_until: None,
+            stall: None,
+            refresh_asked: false,
+        };
+        let t = Transport::new(TcpStream::from_std(ours), 32 << 20, soft);
+        (Conn::new(1, addr, t, session, timers), peer)
+    }
+
+    /// Writes everything queued and backlogged, and reads it back.
+    fn drain(conn: &mut Conn, peer: &mut std::net::TcpStream, expect: usize) -> Vec<u8> {
+        use std::io::Read;
+        peer.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+            .unwrap();
+        let mut got = vec![0u8; expect];
+        let mut filled = 0;
+        while filled < expect {
+            conn.t.flush_out().unwrap();
+            conn.refill();
+            filled += peer.read(&mut got[filled..]).unwrap();
+        }
+        got
+    }
+
+    /// A replay's lines go out packed into a few segments, in order, with a
+    /// live line queued behind them; on WebSocket each line is its own text
+    /// frame all the same.
+    #[test]
+    fn a_replay_is_packed_into_few_segments_and_keeps_its_order() {
+        let lines: Vec<Bytes> = (0..5000)
+            .map(|i| Bytes::from(format!("{{\"op\":\"msg\",\"seq\":{i}}}\n")))
+            .collect();
+        let live = Bytes::from_static(b"{\"op\":\"msg\",\"seq\":5000}\n");
+        let tcp = Session::Tcp {
+            buf: Vec::new(),
+            start: 0,
+        };
+        let (mut conn, mut peer) = connected(tcp, 4 << 20);
+        conn.replay(lines.clone(), 1 << 20);
+        conn.send_line(&live, None);
+        assert!(
+            conn.t.out.segments() + conn.backlog.len() <= 4,
+            "5000 lines in {} segments",
+            conn.t.out.segments() + conn.backlog.len()
+        );
+        let expected: Vec<u8> = lines
+            .iter()
+            .chain([&live])
+            .flat_map(|l| l.to_vec())
+            .collect();
+        assert_eq!(drain(&mut conn, &mut peer, expected.len()), expected);
+
+        let ws = Session::Ws {
+            decoder: Decoder::with_early(Vec::new()),
+            echo: false,
+        };
+        // A small soft limit: chunks of a quarter of it, still in order.
+        let (mut conn, mut peer) = connected(ws, 16 << 10);
+        conn.replay(lines.clone(), 1 << 20);
+        conn.send_line(&live, None);
+        let expected: Vec<u8> = lines
+            .iter()
+            .chain([&live])
+            .flat_map(|l| crate::proto::ws::text_frame(l).to_vec())
+            .collect();
+        assert_eq!(drain(&mut conn, &mut peer, expected.len()), expected);
     }
 }
