@@ -4,6 +4,7 @@
 
 pub mod backup;
 pub mod cache;
+pub mod checkpointer;
 pub mod engine;
 pub mod message;
 pub mod meta;

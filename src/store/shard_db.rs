@@ -58,6 +58,7 @@ pub type StateRow = (String, String, Option<String>, u64);
 
 pub struct ShardDb {
     conn: Connection,
+    path: PathBuf,
 }
 
 /// Old messages of one channel to drop with an append: those with
@@ -83,13 +84,7 @@ impl ShardDb {
         // trims' time (docs/benchmarks.md).
         conn.set_db_config(DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG, true)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
-        // WAL + NORMAL survives a process crash; FULL also syncs each commit.
-        let sync = match durability {
-            Durability::Fsync => "FULL",
-            Durability::Commit => "NORMAL",
-            Durability::Memory => "OFF",
-        };
-        conn.pragma_update(None, "synchronous", sync)?;
+        conn.pragma_update(None, "synchronous", Self::synchronous(durability))?;
         conn.execute_batch(SCHEMA)?;
         conn.execute_batch(segments::SCHEMA)?;
         let tx = conn.unchecked_transaction()?;
@@ -98,7 +93,36 @@ impl ShardDb {
         if moved > 0 {
             log::info!("{}: {moved} messages moved into segments", path.display());
         }
-        Ok(ShardDb { conn })
+        Ok(ShardDb {
+            conn,
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// SQLite's `synchronous` for a durability: WAL + NORMAL survives a
+    /// process crash; FULL also syncs each commit.
+    pub fn synchronous(durability: Durability) -> &'static str {
+        match durability {
+            Durability::Fsync => "FULL",
+            Durability::Commit => "NORMAL",
+            Durability::Memory => "OFF",
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Hands each commit's WAL page count to `hook` (`checkpointer.rs`),
+    /// which then decides the checkpoints: SQLite's own, every 1000 pages
+    /// inside a COMMIT, stop.
+    pub fn on_wal_pages<F>(&mut self, hook: F) -> rusqlite::Result<()>
+    where
+        F: FnMut(&mut rusqlite::hooks::Wal, std::ffi::c_int) -> rusqlite::Result<()>
+            + Send
+            + 'static,
+    {
+        self.conn.wal_hook(Some(hook))
     }
 
     /// Every channel with its epoch and last stored `seq`.

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 use mio::Waker;
 
+use super::checkpointer::Checkpointer;
 use super::engine::{Completion, Engine, Gone, Request};
 use super::message::Append;
 use super::segments;
@@ -51,7 +52,7 @@ pub struct StoreThread {
 impl StoreThread {
     /// A store thread taking at most `queue` requests at a time.
     pub fn spawn(
-        shards: HashMap<u32, ShardDb>,
+        mut shards: HashMap<u32, ShardDb>,
         retention: Storage,
         waker: Arc<Waker>,
         queue: usize,
@@ -60,10 +61,12 @@ impl StoreThread {
         let (outbox, events) = crossbeam_channel::unbounded();
         let (spent_out, spent) = crossbeam_channel::unbounded();
         let kept = waker.clone();
+        let checkpointer = Checkpointer::start(&mut shards, retention.durability)?;
         let handle = std::thread::Builder::new()
             .name("store".into())
             .spawn(move || {
                 let mut worker = Writer {
+                    _checkpointer: checkpointer,
                     shards,
                     retention,
                     touched: HashMap::new(),
@@ -157,6 +160,8 @@ impl Engine for StoreThread {
 }
 
 struct Writer {
+    /// Declared before `shards` so that it stops first (`checkpointer.rs`).
+    _checkpointer: Checkpointer,
     shards: HashMap<u32, ShardDb>,
     /// Which `history_size` applies to which channel.
     retention: Storage,
