@@ -9,10 +9,11 @@
 //! checkpoints it itself, as SQLite would have.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::Sender;
 use rusqlite::wal::CheckpointMode;
@@ -27,6 +28,10 @@ pub const CHECKPOINT_PAGES: i32 = 1000;
 
 /// WAL pages past which the writer checkpoints inline (64 MiB).
 pub const INLINE_PAGES: i32 = 16 * CHECKPOINT_PAGES;
+
+/// A failing checkpoint (a full disk) is asked again on every commit:
+/// logged at most this often.
+const LOG_EVERY: Duration = Duration::from_secs(10);
 
 pub struct Checkpointer {
     asks: Sender<Ask>,
@@ -61,6 +66,13 @@ impl Checkpointer {
             .name("checkpoint".into())
             .spawn(move || {
                 let mut conns: HashMap<u32, Connection> = HashMap::new();
+                let mut logged: Option<Instant> = None;
+                let mut warn = |shard: u32, e: rusqlite::Error| {
+                    if logged.is_none_or(|at| at.elapsed() >= LOG_EVERY) {
+                        logged = Some(Instant::now());
+                        log::warn!("store: checkpoint of shard {shard} failed: {e}");
+                    }
+                };
                 for ask in inbox {
                     let Ask::Shard(shard) = ask else {
                         break;
@@ -75,13 +87,13 @@ impl Checkpointer {
                         None => match open(path, durability) {
                             Ok(conn) => conns.entry(shard).or_insert(conn),
                             Err(e) => {
-                                log::warn!("store: checkpoint of shard {shard} failed: {e}");
+                                warn(shard, e);
                                 continue;
                             }
                         },
                     };
                     if let Err(e) = conn.wal_checkpoint_v2(None::<&str>, CheckpointMode::PASSIVE) {
-                        log::warn!("store: checkpoint of shard {shard} failed: {e}");
+                        warn(shard, e);
                     }
                 }
             })?;
@@ -105,7 +117,7 @@ impl Drop for Checkpointer {
 
 /// A connection for checkpoints, syncing as the writer's does: a
 /// checkpoint's syncs follow its own connection's `synchronous`.
-fn open(path: &PathBuf, durability: Durability) -> rusqlite::Result<Connection> {
+fn open(path: &Path, durability: Durability) -> rusqlite::Result<Connection> {
     let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
     let conn = Connection::open_with_flags(path, flags)?;
     conn.pragma_update(None, "synchronous", ShardDb::synchronous(durability))?;
@@ -135,6 +147,7 @@ mod tests {
     use super::*;
     use crate::store::message::Append;
     use crate::store::shard_db::shard_path;
+    use std::path::PathBuf;
     use std::time::{Duration, Instant};
 
     fn file_len(path: &std::path::Path) -> u64 {
