@@ -113,6 +113,15 @@ impl Server {
     /// As `launch`, with extra environment variables: the test-only knobs
     /// listed in docs/operations.md.
     pub fn launch_with_env(&mut self, env: &[(&str, &str)]) {
+        // Launched again on the same ports: the workers of a server killed
+        // with its master may hold its listening sockets a moment longer (a
+        // CI run's relaunch died on "Address already in use").
+        let (ws, tcp) = (self.ws_port, self.tcp_port);
+        eventually("the last server's ports are free", || {
+            [ws, tcp]
+                .iter()
+                .all(|&port| std::net::TcpListener::bind(("127.0.0.1", port)).is_ok())
+        });
         self.spawn(env);
         self.wait_serving();
     }
