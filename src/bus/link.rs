@@ -56,8 +56,7 @@ impl Link {
     }
 
     /// Queues `msg`'s frame, its payload in `parts` (none, one, or a
-    /// replay page's lines, written one after the other instead of copied
-    /// together first).
+    /// replay page's packed segments), written one after the other.
     pub fn send<P>(&mut self, msg: &BusMsg, parts: P) -> Result<(), LinkError>
     where
         P: AsRef<[Bytes]> + IntoIterator<Item = Bytes>,

@@ -53,12 +53,11 @@ impl Checkpointer {
         durability: Durability,
     ) -> std::io::Result<Checkpointer> {
         let (asks, inbox) = crossbeam_channel::unbounded::<Ask>();
-        let mut paths = HashMap::new();
-        let mut asked = HashMap::new();
+        // Each shard's file and its "asked" flag (set by its hook).
+        let mut known = HashMap::new();
         for (&shard, db) in shards.iter_mut() {
             let flag = Arc::new(AtomicBool::new(false));
-            paths.insert(shard, db.path().to_path_buf());
-            asked.insert(shard, flag.clone());
+            known.insert(shard, (db.path().to_path_buf(), flag.clone()));
             db.on_wal_pages(wal_hook(shard, asks.clone(), flag))
                 .map_err(std::io::Error::other)?;
         }
@@ -77,7 +76,7 @@ impl Checkpointer {
                     let Ask::Shard(shard) = ask else {
                         break;
                     };
-                    let (Some(path), Some(flag)) = (paths.get(&shard), asked.get(&shard)) else {
+                    let Some((path, flag)) = known.get(&shard) else {
                         continue;
                     };
                     // Cleared first: commits during this checkpoint ask again.

@@ -136,16 +136,18 @@ impl ShardDb {
         rows.collect()
     }
 
-    /// Appends a batch in one transaction (group commit), each channel's
-    /// messages as segments (`segments`). The same transaction trims what
-    /// each `Trim` names, so a channel's history stays at its size whatever
-    /// the inflow. Returns how many messages the trims dropped.
+    /// For tests: `append_runs` of a batch not grouped yet.
+    #[cfg(test)]
     pub fn append(&mut self, batch: &[Append], trims: &[Trim<'_>]) -> rusqlite::Result<u64> {
         self.append_runs(&segments::by_channel(batch), trims)
     }
 
-    /// `append` with the batch already grouped (`segments::by_channel`),
-    /// for a caller that grouped it to choose its trims.
+    /// Appends a batch, grouped by channel (`segments::by_channel`, which
+    /// the store thread also uses to choose its trims), in one transaction
+    /// (group commit), each channel's messages as segments (`segments`).
+    /// The same transaction trims what each `Trim` names, so a channel's
+    /// history stays at its size whatever the inflow. Returns how many
+    /// messages the trims dropped.
     pub fn append_runs(
         &mut self,
         runs: &[Vec<&Append>],
@@ -268,20 +270,19 @@ impl ShardDb {
     }
 
     fn delete_expired_rows(&self, now_ms: i64, limit: usize) -> rusqlite::Result<u64> {
-        let limit = limit as i64;
         self.conn
             .prepare_cached(
                 "DELETE FROM idempotency WHERE (channel, key) IN
                    (SELECT channel, key FROM idempotency WHERE expires_at <= ?1 LIMIT ?2)",
             )?
-            .execute(params![now_ms, limit])?;
+            .execute(params![now_ms, limit as i64])?;
         self.conn
             .prepare_cached(
                 "DELETE FROM ingested WHERE (channel, seq) IN
                    (SELECT channel, seq FROM ingested WHERE expires_at <= ?1 LIMIT ?2)",
             )?
-            .execute(params![now_ms, limit])?;
-        segments::delete_expired(&self.conn, now_ms, limit as usize)
+            .execute(params![now_ms, limit as i64])?;
+        segments::delete_expired(&self.conn, now_ms, limit)
     }
 
     /// Retains nothing of `channel` at or below `upto`, and deletes up to

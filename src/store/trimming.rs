@@ -24,8 +24,9 @@ pub struct Touched {
     pub trimmed_to: Option<u64>,
 }
 
-/// With a batch of one shard grouped by channel (`segments::by_channel`), the trims of the channels now a step past
-/// what they keep (`history_size`), each deleting at most twice as many
+/// With a batch of one shard grouped by channel (`segments::by_channel`),
+/// the trims of the channels now a step past what they keep
+/// (`history_size`), each deleting at most twice as many
 /// segments as the larger of the batch's messages and a step, so the
 /// history stays at its size under any inflow, and a backlog (a size
 /// lowered by a restart, segments the sweep has not reached) shrinks

@@ -65,8 +65,8 @@ impl Transport {
     }
 
     /// As `queue`, for one segment given up by the caller: moved in, so no
-    /// reference count is taken and dropped (a replay's lines, 100 000 of
-    /// them in a long resume).
+    /// reference count is taken and dropped (a replay's chunks, the
+    /// backlog's segments).
     pub fn queue_owned(&mut self, part: Bytes) {
         let size = part.len();
         let fits = |t: &Transport| t.out.len() + size <= t.out.limit();
@@ -203,22 +203,16 @@ impl Conn {
         if self.closing.is_some() {
             return;
         }
-        if self.backlog.is_empty() {
-            match self.session {
-                Session::Ws { .. } => match ws_frame {
-                    Some(frame) => self.t.queue(&[frame]),
-                    None => self.t.queue(&[&crate::proto::ws::text_frame(line)]),
-                },
-                Session::Tcp { .. } => self.t.queue(&[line]),
-                Session::Http { .. } => {}
-            }
-            return;
-        }
         let wire = match (&self.session, ws_frame) {
             (Session::Ws { .. }, Some(frame)) => frame.clone(),
             (Session::Ws { .. }, None) => crate::proto::ws::text_frame(line),
-            _ => line.clone(),
+            (Session::Tcp { .. }, _) => line.clone(),
+            (Session::Http { .. }, _) => return,
         };
+        if self.backlog.is_empty() {
+            self.t.queue_owned(wire);
+            return;
+        }
         self.backlog_bytes += wire.len();
         if self.backlog_bytes > self.backlog_limit {
             self.t.overflowed = true;

@@ -26,8 +26,8 @@ impl Links {
         }
     }
 
-    /// Sends `msg` on the link to `slot`, its payload in `parts` (a
-    /// replay page's lines cross without being copied together first).
+    /// Sends `msg` on the link to `slot`, its payload in `parts`
+    /// (`Link::send`).
     pub fn send<P>(&mut self, slot: usize, msg: &BusMsg, parts: P) -> Result<(), LinkError>
     where
         P: AsRef<[Bytes]> + IntoIterator<Item = Bytes>,
