@@ -31,6 +31,10 @@ pub struct Transport {
     /// The poll said the peer shut its side or the socket failed: read to
     /// the end of input, which no later event will announce.
     pub read_closed: bool,
+    /// The poll watches the socket for input (`connections/accept.rs`).
+    pub watched: bool,
+    /// ... and for output: since a write left bytes the socket would not take.
+    pub writable_watched: bool,
     /// `send_buffer_soft`: replays refill the queue up to here, and a queue
     /// that stays above it for `send_buffer_soft_for` is cut off.
     soft: usize,
@@ -47,6 +51,8 @@ impl Transport {
             bytes_out: 0,
             overflowed: false,
             read_closed: false,
+            watched: false,
+            writable_watched: false,
             soft: soft.min(hard),
         }
     }

@@ -6,25 +6,23 @@
 //! connections it closes are handed back (`take_closed`) for the worker to
 //! forget.
 
-use std::io::{self, Write};
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use mio::net::TcpListener;
-use mio::{Interest, Registry, Token};
+use mio::Registry;
 use slab::Slab;
 
-use super::conn::{Conn, Session, Transport};
+use super::conn::{Conn, Session};
 use super::dirty;
 use super::timers::{self, CLOSE_IDLE, CLOSE_PONG_TIMEOUT, TCP_PING};
-use super::{Port, CLOSE_DISCONNECTED, CLOSE_GRACE, CLOSE_UNAUTHORIZED, CONN_BASE};
+use super::{CLOSE_DISCONNECTED, CLOSE_GRACE, CLOSE_UNAUTHORIZED};
 use crate::config::Limits;
 use crate::control::{Retire, WorkerStats};
 use crate::logging::LogLimit;
-use crate::proto::{frames, http, ws_codec};
+use crate::proto::{frames, ws_codec};
 use crate::sync::caps::OpenPerKey;
-use crate::sync::deadlines::{self, ConnTimers, Due, Rules, View};
+use crate::sync::deadlines::{self, Due, Rules, View};
 use crate::sync::pressure::Marks;
 use crate::sync::rate::RatePerKey;
 use crate::sync::write_delay::WriteDelay;
@@ -51,6 +49,8 @@ pub struct Closed {
     pub key: usize,
     pub uid: Option<String>,
 }
+
+mod accept;
 
 /// The worker's WebSocket read buffer (`Connections::scratch`).
 const SCRATCH: usize = 64 * 1024;
@@ -255,83 +255,14 @@ impl Connections {
         }
     }
 
-    /// Takes every connection waiting on `listener`.
-    pub fn accept(&mut self, port: Port, listener: &mut TcpListener) {
-        loop {
-            let (mut stream, peer) = match listener.accept() {
-                Ok(pair) => pair,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(e) => {
-                    // EMFILE and friends: leave the rest in the queue for later.
-                    log::warn!("worker {}: accept failed: {e}", self.slot);
-                    return;
-                }
-            };
-            let refusal = if self.slab.len() >= self.limits.max_connections {
-                self.stats.refused += 1;
-                Some((
-                    503,
-                    "too_many_connections",
-                    "server is full (max_connections)",
-                ))
-            } else if !self.connect_rates.allow(peer.ip(), Instant::now()) {
-                self.stats.rate_limited += 1;
-                let why = "too many new connections from your address (connect_rate_per_ip)";
-                Some((429, "rate_limited", why))
-            } else if !self.open_per_ip.open(peer.ip()) {
-                // Last, as it counts the connection when it lets it in.
-                self.stats.conns_per_ip_refused += 1;
-                let why = "too many open connections from your address (limits.max_conns_per_ip)";
-                Some((429, "too_many_conns_per_ip", why))
-            } else {
-                None
-            };
-            if let Some((status, code, message)) = refusal {
-                if let Some(left_out) = self.refusal_log.allow(Instant::now()) {
-                    let slot = self.slot;
-                    log::warn!(
-                        "worker {slot}: refusing {peer}: {message}; {left_out} more not logged"
-                    );
-                }
-                let answer = match port {
-                    Port::Ws => http::json_error(status, code, message),
-                    Port::Tcp => {
-                        let e = frames::ErrorReply::new(code, message);
-                        (frames::error(None, &e) + "\n").into_bytes()
-                    }
-                };
-                let _ = stream.write(&answer);
-                continue;
-            }
-            // TCP_NODELAY and SO_KEEPALIVE come from the listener
-            // (master/listeners.rs).
-            let entry = self.slab.vacant_entry();
-            let token = Token(CONN_BASE + entry.key());
-            if let Err(e) =
-                self.registry
-                    .register(&mut stream, token, Interest::READABLE | Interest::WRITABLE)
-            {
-                log::error!("worker {}: cannot register connection: {e}", self.slot);
-                self.open_per_ip.close(peer.ip());
-                continue;
-            }
-            let session = match port {
-                Port::Ws => Session::Http { buf: Vec::new() },
-                Port::Tcp => Session::Tcp {
-                    buf: Vec::new(),
-                    start: 0,
-                },
-            };
-            let limits = &self.limits;
-            let transport =
-                Transport::new(stream, limits.send_buffer_hard, limits.send_buffer_soft);
-            let timers = ConnTimers::new(Instant::now(), &Rules::from_limits(limits));
-            entry.insert(Conn::new(self.next_id, peer, transport, session, timers));
-            self.next_id += 1;
-        }
+    /// Writes what `key` has queued; what its socket would not take waits
+    /// for the poll to say it takes more.
+    pub fn flush_conn(&mut self, key: usize) {
+        self.write_conn(key);
+        self.watch_output(key);
     }
 
-    pub fn flush_conn(&mut self, key: usize) {
+    fn write_conn(&mut self, key: usize) {
         let Some(conn) = self.slab.get_mut(key) else {
             return;
         };

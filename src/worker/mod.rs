@@ -257,10 +257,18 @@ impl Worker {
         self.conns.close_all(why, deadline);
     }
 
+    /// A ws port connection's request came with it (TCP_DEFER_ACCEPT), so
+    /// it is read here, before the poll watches the socket: that saves the
+    /// turn in which the poll would only have reported it.
     fn accept(&mut self, port: Port) {
-        if let Some(listener) = self.process.listener(port) {
-            self.conns.accept(port, listener);
+        let Some(listener) = self.process.listener(port) else {
+            return;
+        };
+        for key in self.conns.accept(port, listener) {
+            self.read_conn(key);
+            self.conns.watch(key);
         }
+        self.forget_closed();
     }
 
     fn tick(&mut self, now: Instant) {
