@@ -1,7 +1,11 @@
 //! A bounded queue of byte segments waiting to be written to one socket.
 //!
 //! Segments are `Bytes`, so one serialized message is shared by every queue it
-//! sits in; writing drains as many segments as fit with one `writev`.
+//! sits in; writing drains as many segments as fit with one `writev`. Small
+//! bytes of this connection's own (replies) are packed into one buffer
+//! behind the segments instead: a turn's acks to a publisher are one
+//! segment, not one each (an allocation, a reference count and an iovec
+//! apiece).
 
 use std::collections::VecDeque;
 use std::io::{self, IoSlice, Write};
@@ -13,12 +17,21 @@ const MAX_IOVECS: usize = 256;
 /// An empty queue keeps room for this many segments; after a burst that
 /// needed more, the room is given back, so idle connections hold no buffer.
 const KEEP_SEGMENTS: usize = 64;
+/// The packed tail's first room: a few dozen replies before it grows.
+const TAIL_START: usize = 1024;
+/// A frame's parts up to this size are copied into the packed tail: a
+/// copy this small costs less than the segment's reference count, its
+/// iovec, and the allocation sharing it took.
+const COPY_UP_TO: usize = 512;
 
 #[derive(Debug)]
 pub struct Overflow;
 
 pub struct OutboundQueue {
     segments: VecDeque<Bytes>,
+    /// Packed bytes that follow `segments`; they become one segment before
+    /// anything is queued behind them or written. No capacity while empty.
+    tail: Vec<u8>,
     queued: usize,
     limit: usize,
     /// The first segment has been partly written and must be finished first.
@@ -29,6 +42,7 @@ impl OutboundQueue {
     pub fn new(limit: usize) -> Self {
         OutboundQueue {
             segments: VecDeque::new(),
+            tail: Vec::new(),
             queued: 0,
             limit,
             head_started: false,
@@ -52,14 +66,60 @@ impl OutboundQueue {
         if self.queued + size > self.limit {
             return Err(Overflow);
         }
+        self.seal();
         self.segments
             .extend(parts.into_iter().filter(|b| !b.is_empty()));
         self.queued += size;
         Ok(())
     }
 
+    /// Appends what `put` writes to the packed tail, or nothing if it would
+    /// pass the limit.
+    pub fn push_packed(&mut self, put: impl FnOnce(&mut Vec<u8>)) -> Result<(), Overflow> {
+        self.push_frame(put, &[])
+    }
+
+    /// Queues a frame: a head that `put` writes into the packed tail, then
+    /// `parts`, each copied behind it if small, else shared as a segment of
+    /// its own. All of it, or nothing if it would pass the limit.
+    pub fn push_frame(
+        &mut self,
+        put: impl FnOnce(&mut Vec<u8>),
+        parts: &[Bytes],
+    ) -> Result<(), Overflow> {
+        let before = self.tail.len();
+        if self.tail.capacity() == 0 {
+            self.tail.reserve(TAIL_START);
+        }
+        put(&mut self.tail);
+        let size = self.tail.len() - before + parts.iter().map(Bytes::len).sum::<usize>();
+        if self.queued + size > self.limit {
+            self.tail.truncate(before);
+            return Err(Overflow);
+        }
+        self.queued += size;
+        for part in parts {
+            if part.len() <= COPY_UP_TO {
+                self.tail.extend_from_slice(part);
+            } else if !part.is_empty() {
+                self.seal();
+                self.segments.push_back(part.clone());
+            }
+        }
+        Ok(())
+    }
+
+    /// The packed tail becomes a segment (order kept: it follows the others).
+    fn seal(&mut self) {
+        if !self.tail.is_empty() {
+            self.segments
+                .push_back(Bytes::from(std::mem::take(&mut self.tail)));
+        }
+    }
+
     /// Queues bytes past the limit: for the few bytes of a closing frame.
     pub fn push_unbounded(&mut self, bytes: Bytes) {
+        self.seal();
         self.queued += bytes.len();
         self.segments.push_back(bytes);
     }
@@ -69,6 +129,7 @@ impl OutboundQueue {
     pub fn discard_unsent(&mut self) {
         let keep = usize::from(self.head_started).min(self.segments.len());
         self.segments.truncate(keep);
+        self.tail = Vec::new();
         self.queued = self.segments.iter().map(Bytes::len).sum();
         self.shrink_if_drained();
     }
@@ -80,16 +141,16 @@ impl OutboundQueue {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.segments.is_empty()
+        self.segments.is_empty() && self.tail.is_empty()
     }
 
     pub fn len(&self) -> usize {
         self.queued
     }
 
-    /// Segments waiting (each a `writev` iovec).
+    /// Segments waiting (each a `writev` iovec), the packed tail as one.
     pub fn segments(&self) -> usize {
-        self.segments.len()
+        self.segments.len() + usize::from(!self.tail.is_empty())
     }
 
     pub fn limit(&self) -> usize {
@@ -99,6 +160,7 @@ impl OutboundQueue {
     /// Writes until the queue is empty or the socket would block. Returns the
     /// bytes written; a `WouldBlock` is not an error here.
     pub fn write_to(&mut self, w: &mut impl Write) -> io::Result<usize> {
+        self.seal();
         let mut total = 0;
         while !self.segments.is_empty() {
             let mut written = match write_some(&self.segments, w) {
@@ -242,6 +304,35 @@ mod tests {
         fn flush(&mut self) -> io::Result<()> {
             Ok(())
         }
+    }
+
+    #[test]
+    fn packed_bytes_keep_their_place_between_segments_and_the_limit() {
+        let mut q = OutboundQueue::new(12);
+        q.push_packed(|out| out.extend_from_slice(b"a1,")).unwrap();
+        q.push_packed(|out| out.extend_from_slice(b"a2,")).unwrap();
+        assert_eq!(q.segments(), 1, "packed together");
+        q.push(&[&Bytes::from_static(b"S,")]).unwrap();
+        q.push_packed(|out| out.extend_from_slice(b"b1,")).unwrap();
+        assert_eq!(q.len(), 11);
+        assert!(q.push_packed(|out| out.extend_from_slice(b"xx")).is_err());
+        assert_eq!(q.len(), 11, "a refused put leaves nothing behind");
+        assert_eq!(q.segments(), 3);
+        let mut w = Vectored::default();
+        q.write_to(&mut w).unwrap();
+        assert_eq!(w.got, b"a1,a2,S,b1,");
+        assert!(q.is_empty());
+        assert_eq!(q.tail.capacity(), 0, "no room kept once written");
+    }
+
+    #[test]
+    fn discarding_drops_the_packed_tail() {
+        let mut q = OutboundQueue::new(100);
+        q.push_packed(|out| out.extend_from_slice(b"reply"))
+            .unwrap();
+        q.discard_unsent();
+        assert!(q.is_empty());
+        assert_eq!(q.len(), 0);
     }
 
     #[test]

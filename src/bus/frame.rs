@@ -139,17 +139,35 @@ pub enum FrameError {
     Bad(String),
 }
 
-/// The header of a frame (lengths and meta); the payload follows as its own segment.
+/// The header of a frame (lengths and meta), for a payload shared by
+/// several links (`Link::queue`).
 pub fn encode_header(msg: &BusMsg, payload_len: usize) -> Bytes {
     let mut out = Vec::with_capacity(64);
+    put_header(&mut out, msg, payload_len);
+    Bytes::from(out)
+}
+
+/// Appends a frame's header (lengths and meta) to `out`; the payload's
+/// `payload_len` bytes must follow it.
+pub fn put_header(out: &mut Vec<u8>, msg: &BusMsg, payload_len: usize) {
+    /// postcard writes to an `Extend<u8>`, which `&mut Vec` is not.
+    struct Behind<'a>(&'a mut Vec<u8>);
+    impl Extend<u8> for Behind<'_> {
+        fn extend<I: IntoIterator<Item = u8>>(&mut self, bytes: I) {
+            self.0.extend(bytes);
+        }
+    }
+    let start = out.len();
     out.extend_from_slice(&[0; 8]);
     // Only sequences of unknown length fail, and a `BusMsg` has none; an
     // empty meta would make the peer drop the link, never a wrong message.
-    let mut out = postcard::to_extend(msg, out).unwrap_or_else(|_| vec![0; 8]);
-    let meta_len = out.len().saturating_sub(8);
-    out[..4].copy_from_slice(&((4 + meta_len + payload_len) as u32).to_be_bytes());
-    out[4..8].copy_from_slice(&(meta_len as u32).to_be_bytes());
-    Bytes::from(out)
+    if postcard::to_extend(msg, Behind(out)).is_err() {
+        out.truncate(start + 8);
+    }
+    let meta_len = out.len() - start - 8;
+    let frame_len = (4 + meta_len + payload_len) as u32;
+    out[start..start + 4].copy_from_slice(&frame_len.to_be_bytes());
+    out[start + 4..start + 8].copy_from_slice(&(meta_len as u32).to_be_bytes());
 }
 
 /// Takes one whole frame off the front of `buf`, if there is one.

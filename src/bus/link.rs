@@ -48,24 +48,29 @@ impl Link {
         }
     }
 
-    /// Queues a frame; `header` comes from `frame::encode_header`.
+    /// Queues a frame; `header` comes from `frame::encode_header`. Both are
+    /// shared by several links; small ones are copied (`push_frame`).
     pub fn queue(&mut self, header: &Bytes, payload: &Bytes) -> Result<(), LinkError> {
         self.out
-            .push(&[header, payload])
+            .push_frame(
+                |out| out.extend_from_slice(header),
+                std::slice::from_ref(payload),
+            )
             .map_err(|_| LinkError::Stuck(self.out.len()))
     }
 
     /// Queues `msg`'s frame, its payload in `parts` (none, one, or a
-    /// replay page's packed segments), written one after the other.
+    /// replay page's packed segments), written one after the other. The
+    /// header goes into the queue's packed tail, with the parts that are
+    /// small: a turn's small frames leave as one buffer.
     pub fn send<P>(&mut self, msg: &BusMsg, parts: P) -> Result<(), LinkError>
     where
-        P: AsRef<[Bytes]> + IntoIterator<Item = Bytes>,
+        P: AsRef<[Bytes]>,
     {
-        let len = parts.as_ref().iter().map(Bytes::len).sum();
-        let header = frame::encode_header(msg, len);
-        let size = header.len() + len;
+        let parts = parts.as_ref();
+        let len = parts.iter().map(Bytes::len).sum();
         self.out
-            .push_owned(std::iter::once(header).chain(parts), size)
+            .push_frame(|out| frame::put_header(out, msg, len), parts)
             .map_err(|_| LinkError::Stuck(self.out.len()))
     }
 

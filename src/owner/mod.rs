@@ -40,6 +40,7 @@ mod tests_pages;
 mod tests_users;
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -174,7 +175,8 @@ pub enum Command {
     Publish {
         to: ReplyTo,
         channel: String,
-        data: String,
+        /// Shared as it is by the store's row and the line made at release.
+        data: Arc<str>,
         options: PublishOptions,
     },
     /// `set` (`value: Some`) or `del`: compare-and-set against `expected`.
@@ -216,7 +218,7 @@ pub enum Effect {
     /// A stored message (or a redelivery): the same bytes to every other
     /// worker and every local subscriber.
     Deliver {
-        channel: String,
+        channel: Arc<str>,
         seq: u64,
         line: Bytes,
     },
@@ -373,7 +375,7 @@ impl OwnerCore {
                 channel,
                 data,
                 options,
-            } => self.publish(to, &channel, &data, options, now),
+            } => self.publish(to, &channel, data, options, now),
             Command::Set {
                 to,
                 channel,

@@ -30,7 +30,7 @@ pub(super) struct Inflight {
     /// The line is made at release, when the seq is final (an engine that
     /// numbers messages itself may give another one).
     pub(super) data: Arc<str>,
-    channel: String,
+    channel: Arc<str>,
     pub(super) seq: u64,
     expires_ms: i64,
     pub(super) to: ReplyTo,
@@ -44,7 +44,7 @@ impl OwnerCore {
         &mut self,
         to: ReplyTo,
         channel: &str,
-        data: &str,
+        data: Arc<str>,
         options: PublishOptions,
         now: Now,
     ) {
@@ -77,9 +77,6 @@ impl OwnerCore {
         let genesis = super::genesis_in(&self.genesis, shard);
         let assigned = self.seqs.assign(channel, || genesis.into());
         let seq = assigned.seq;
-        // One copy of the data, shared by the store's row and the line made
-        // at release.
-        let data: Arc<str> = data.into();
         let storage = &self.config.storage;
         let keep = storage.retention_for(channel).1.as_millis() as i64;
         let keep = options
@@ -92,7 +89,7 @@ impl OwnerCore {
         let message = Inflight {
             ticket: self.next_ticket,
             data: data.clone(),
-            channel: channel.to_string(),
+            channel: assigned.name.clone(),
             seq,
             expires_ms,
             to,
@@ -159,7 +156,7 @@ impl OwnerCore {
                 state: Some(write),
                 ..PublishOptions::default()
             };
-            return self.publish(to, channel, "null", options, now);
+            return self.publish(to, channel, "null".into(), options, now);
         }
         let version = match self.keyed.cas(channel, key, expected, value.clone()) {
             Ok(version) => version,
@@ -177,7 +174,7 @@ impl OwnerCore {
             }),
             ..PublishOptions::default()
         };
-        self.publish(to, channel, &change, options, now);
+        self.publish(to, channel, change.into(), options, now);
     }
 
     /// `max_channels`: a publish that would create a channel past it is

@@ -392,7 +392,9 @@ impl Harness {
                         }
                     }
                 }
-                Effect::Deliver { channel, seq, line } => self.delivered.push((channel, seq, line)),
+                Effect::Deliver { channel, seq, line } => {
+                    self.delivered.push((channel.to_string(), seq, line))
+                }
                 Effect::Event { channel, line } => self.events.push((channel, line)),
                 Effect::Reply { to, reply } => {
                     self.replies.push((to, reply));

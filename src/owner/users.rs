@@ -115,8 +115,11 @@ impl OwnerCore {
         });
         for (channel, seq, line) in resend {
             log::debug!("redelivering {channel} seq {seq}");
-            self.effects
-                .push_back(Effect::Deliver { channel, seq, line });
+            self.effects.push_back(Effect::Deliver {
+                channel: channel.into(),
+                seq,
+                line,
+            });
         }
         for letter in dead {
             self.dead_letter(letter, now);

@@ -12,7 +12,7 @@ use serde_json::value::RawValue;
 use super::compact::compact;
 pub use super::replies::{
     broadcast_line, error, event_line, history_reply, msg_line, notice, ok, ok_acked, ok_auth,
-    ok_presence, ok_pub, ok_sub, ok_sub_gap, ok_with, pong, resync_line, Acked,
+    ok_presence, ok_sub, ok_sub_gap, ok_with, pong, put_ok_acked, resync_line, Acked,
 };
 
 /// Longest channel name accepted, in bytes.
@@ -118,31 +118,41 @@ impl ErrorReply {
 
 #[derive(Deserialize)]
 struct Fields<'a> {
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "text")]
     op: Option<Cow<'a, str>>,
     #[serde(borrow, default, deserialize_with = "present")]
     id: Option<&'a RawValue>,
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "text")]
     channel: Option<Cow<'a, str>>,
     #[serde(borrow, default, deserialize_with = "present")]
     data: Option<&'a RawValue>,
     since: Option<u64>,
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "text")]
     epoch: Option<Cow<'a, str>>,
     ttl: Option<u64>,
     limit: Option<u64>,
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "text")]
     token: Option<Cow<'a, str>>,
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "text")]
     uid: Option<Cow<'a, str>>,
     seq: Option<u64>,
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "text")]
     key: Option<Cow<'a, str>>,
     #[serde(borrow, default, deserialize_with = "present")]
     value: Option<&'a RawValue>,
     version: Option<u64>,
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "text")]
     after: Option<Cow<'a, str>>,
+}
+
+/// A string field, borrowed from the frame unless it holds escapes. serde
+/// borrows a `Cow<str>` only when that is the field's whole type: an
+/// `Option<Cow<str>>`, even marked `borrow`, was copied each time (the
+/// `op` and the `channel` of every request, two allocations).
+fn text<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Cow<'de, str>>, D::Error> {
+    #[derive(Deserialize)]
+    struct Text<'a>(#[serde(borrow)] Cow<'a, str>);
+    Ok(Option::<Text>::deserialize(d)?.map(|t| t.0))
 }
 
 /// Keeps an explicit `null` as a value (`Some("null")`) rather than "absent".
@@ -432,6 +442,27 @@ mod tests {
             assert_eq!(e.message, "expected a JSON object with an op");
         }
         assert_eq!(code("[1,").1.code, "bad_json");
+    }
+
+    #[test]
+    fn string_fields_are_borrowed_unless_escaped() {
+        let r = parse_request(r#"{"op":"pub","channel":"news","data":1}"#).unwrap();
+        assert!(matches!(
+            r.op,
+            Op::Pub {
+                channel: Cow::Borrowed("news"),
+                ..
+            }
+        ));
+        let r = parse_request(r#"{"op":"sub","channel":"caf\u00e9","epoch":null}"#).unwrap();
+        assert!(
+            matches!(r.op, Op::Sub { channel: Cow::Owned(ref c), epoch: None, .. } if c == "café")
+        );
+        let (_, e) = parse_request(r#"{"op":"sub","channel":5}"#).unwrap_err();
+        assert_eq!(
+            e.message,
+            "bad field: invalid type: integer `5`, expected a string at line 1 column 23"
+        );
     }
 
     #[test]

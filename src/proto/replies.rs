@@ -85,14 +85,6 @@ pub fn pong(id: Option<&RawValue>) -> String {
     Reply::new("pong", id).text()
 }
 
-pub fn ok_pub(id: Option<&RawValue>, seq: u64) -> String {
-    Reply {
-        seq: Some(seq),
-        ..Reply::new("ok", id)
-    }
-    .text()
-}
-
 /// A resume that cannot be served in full: `recovered: false`, and the
 /// oldest `seq` still retained (fetch the rest with `history`).
 pub fn ok_sub_gap(
@@ -153,13 +145,27 @@ pub struct Acked {
 }
 
 pub fn ok_acked(id: Option<&RawValue>, acked: Acked) -> String {
-    match acked.version {
-        None => ok_pub(id, acked.seq),
-        Some(version) => {
-            let text = ok_pub(id, acked.seq);
-            format!("{},\"version\":{version}}}", &text[..text.len() - 1])
-        }
+    let mut out = Vec::with_capacity(48);
+    put_ok_acked(&mut out, id, acked);
+    String::from_utf8(out).unwrap_or_default()
+}
+
+/// `ok_acked`'s text, appended to `out`: `{"op":"ok","id":…,"seq":…}`,
+/// with `"version"` after a `set`. Written by hand, as it is written for
+/// every publish (serde built it in a new `String` each time).
+pub fn put_ok_acked(out: &mut Vec<u8>, id: Option<&RawValue>, acked: Acked) {
+    use std::io::Write;
+    out.extend_from_slice(br#"{"op":"ok""#);
+    if let Some(id) = id {
+        out.extend_from_slice(br#","id":"#);
+        out.extend_from_slice(id.get().as_bytes());
     }
+    // Writing into a Vec cannot fail.
+    let _ = write!(out, ",\"seq\":{}", acked.seq);
+    if let Some(version) = acked.version {
+        let _ = write!(out, ",\"version\":{version}");
+    }
+    out.push(b'}');
 }
 
 /// `{"op":"ok","id":…,` followed by the fields of `object` (a JSON object
@@ -255,6 +261,29 @@ pub fn msg_line(channel: &str, seq: u64, data: &str) -> Bytes {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn acks_read_as_serde_would_write_them() {
+        let id = RawValue::from_string(r#"{"k":[1,"x"]}"#.into()).unwrap();
+        for (id, version) in [(None, None), (Some(&*id), None), (Some(&*id), Some(3))] {
+            let acked = Acked {
+                seq: 42,
+                version,
+                duplicate: false,
+            };
+            let text = ok_acked(id, acked);
+            let mut want = serde_json::json!({"op": "ok", "seq": 42});
+            if id.is_some() {
+                want["id"] = serde_json::json!({"k": [1, "x"]});
+            }
+            if let Some(v) = version {
+                want["version"] = v.into();
+            }
+            let got: serde_json::Value = serde_json::from_str(&text).unwrap();
+            assert_eq!(got, want, "{text}");
+            assert!(text.starts_with(r#"{"op":"ok""#), "{text}");
+        }
+    }
 
     #[test]
     fn history_reply_holds_the_msg_frames() {

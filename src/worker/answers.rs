@@ -481,11 +481,12 @@ impl Worker {
         match origin {
             Origin::Client { key, conn_id, id } => {
                 if self.conns.is_live(key, conn_id) {
-                    let text = match result {
-                        Ok(acked) => frames::ok_acked(id.as_deref(), acked),
-                        Err(e) => frames::error(id.as_deref(), &e),
-                    };
-                    self.conns.reply(key, text);
+                    match result {
+                        Ok(acked) => self
+                            .conns
+                            .reply_with(key, |out| frames::put_ok_acked(out, id.as_deref(), acked)),
+                        Err(e) => self.conns.reply(key, frames::error(id.as_deref(), &e)),
+                    }
                 }
             }
             Origin::Http {

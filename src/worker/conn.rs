@@ -83,6 +83,18 @@ impl Transport {
         }
     }
 
+    /// As `queue`, for bytes `put` writes into the queue's packed tail
+    /// (`OutboundQueue::push_packed`).
+    pub fn queue_packed(&mut self, put: impl Fn(&mut Vec<u8>)) {
+        if self.out.push_packed(&put).is_ok() {
+            return;
+        }
+        if self.flush_out().is_ok() && self.out.push_packed(&put).is_ok() {
+            return;
+        }
+        self.overflowed = true;
+    }
+
     /// The soft limit: what replays and pipelined HTTP answers aim below.
     pub fn out_limit(&self) -> usize {
         self.soft
@@ -215,6 +227,40 @@ impl Conn {
             (Session::Tcp { .. }, _) => line.clone(),
             (Session::Http { .. }, _) => return,
         };
+        self.send_wire(wire);
+    }
+
+    /// Queues a reply (`text`, one JSON object) packed with this turn's
+    /// other replies (`OutboundQueue::push_packed`), or behind a replay.
+    pub fn send_reply(&mut self, text: &[u8]) {
+        if self.closing.is_some() {
+            return;
+        }
+        let ws = match self.session {
+            Session::Ws { .. } => true,
+            Session::Tcp { .. } => false,
+            Session::Http { .. } => return,
+        };
+        if !self.backlog.is_empty() {
+            let wire = if ws {
+                crate::proto::ws::text_frame(text)
+            } else {
+                Bytes::from([text, b"\n"].concat())
+            };
+            return self.send_wire(wire);
+        }
+        self.t.queue_packed(|out| {
+            if ws {
+                crate::proto::ws::put_text_frame(out, text);
+            } else {
+                out.extend_from_slice(text);
+                out.push(b'\n');
+            }
+        });
+    }
+
+    /// Queues wire bytes now, or behind a replay still in the backlog.
+    fn send_wire(&mut self, wire: Bytes) {
         if self.backlog.is_empty() {
             self.t.queue_owned(wire);
             return;

@@ -89,6 +89,8 @@ pub struct Connections {
     /// Every WebSocket read lands here first; a connection keeps only the
     /// bytes of a frame that has not fully arrived.
     pub(super) scratch: Box<[u8]>,
+    /// `reply_with` writes a reply here before it is queued.
+    reply_text: Vec<u8>,
 }
 
 impl Connections {
@@ -110,6 +112,7 @@ impl Connections {
             connect_rates: RatePerKey::new(limits.connect_rate_per_ip, limits.connect_rate_per_ip),
             refusal_log: LogLimit::new(5),
             scratch: vec![0; SCRATCH].into_boxed_slice(),
+            reply_text: Vec::new(),
             open_per_ip: OpenPerKey::new(limits.max_conns_per_ip),
             limits,
         }
@@ -233,9 +236,22 @@ impl Connections {
 
     /// Queues one reply frame (a JSON text) to a WebSocket or TCP client.
     pub fn reply(&mut self, key: usize, text: String) {
-        let mut line = text.into_bytes();
-        line.push(b'\n');
-        self.send_line(key, &Bytes::from(line));
+        if let Some(conn) = self.slab.get_mut(key) {
+            conn.send_reply(text.as_bytes());
+            self.dirty.push(key);
+        }
+    }
+
+    /// As `reply`, for a reply `put` writes (into a buffer the worker keeps
+    /// for it: a publish's ack costs no allocation of its own).
+    pub fn reply_with(&mut self, key: usize, put: impl FnOnce(&mut Vec<u8>)) {
+        if let Some(conn) = self.slab.get_mut(key) {
+            let text = &mut self.reply_text;
+            text.clear();
+            put(text);
+            conn.send_reply(text);
+            self.dirty.push(key);
+        }
     }
 
     /// Queues a newline-terminated frame to a WebSocket or TCP client.

@@ -216,11 +216,10 @@ impl Worker {
         let owner = self.owner_of(channel);
         if owner == self.slot {
             let to = self.reply_to(origin);
-            let (channel, data) = (channel.to_string(), data.to_string());
             return self.tell_owner(Command::Publish {
                 to,
-                channel,
-                data,
+                channel: channel.to_string(),
+                data: data.into(),
                 options,
             });
         }

@@ -42,7 +42,7 @@ impl Worker {
             Protocol::Tcp => {
                 let room = self.inflight_room(key);
                 if let Some(read) = self.conns.read_tcp(key, room) {
-                    for line in &read.lines {
+                    for line in read.lines() {
                         match line {
                             Some(text) => self.on_frame(key, text),
                             None => self.conns.not_utf8(key),
@@ -243,7 +243,7 @@ impl Worker {
                         self.tell_owner(Command::Publish {
                             to: ReplyTo::Peer { slot: from, tag },
                             channel,
-                            data: data.to_string(),
+                            data: data.into(),
                             options,
                         });
                     }

@@ -28,13 +28,27 @@ pub enum Filled {
     Closed,
 }
 
-/// A TCP connection's lines, read for the worker to serve.
+/// A TCP connection's lines, read for the worker to serve: copied out of
+/// the connection's buffer one after the other into `text` (one
+/// allocation a read, not one a line), each a span of it, or `None` when
+/// it was not UTF-8.
 pub struct TcpRead {
-    pub lines: Vec<Option<String>>,
+    text: String,
+    spans: Vec<Option<std::ops::Range<usize>>>,
     too_long: bool,
     filled: Filled,
     /// Stopped at `room` lines: complete ones may be left in the buffer.
     more: bool,
+}
+
+impl TcpRead {
+    /// The lines in order: `None` for one that was not UTF-8.
+    pub fn lines(&self) -> impl Iterator<Item = Option<&str>> {
+        let text = &self.text;
+        self.spans
+            .iter()
+            .map(move |span| span.clone().map(|r| &text[r]))
+    }
 }
 
 /// Takes complete lines from `buf[*start..]` into `read` until it holds
@@ -47,12 +61,16 @@ fn parse_lines(
     read: &mut TcpRead,
     pong: &mut bool,
 ) {
-    while read.lines.len() < room {
+    while read.spans.len() < room {
         match tcp::next_line(buf, start, max) {
             Ok(Some(tcp::Line::Text(text))) if text.trim().is_empty() => {}
             Ok(Some(tcp::Line::Text(text))) if tcp::is_pong(text) => *pong = true,
-            Ok(Some(tcp::Line::Text(text))) => read.lines.push(Some(text.to_string())),
-            Ok(Some(tcp::Line::NotUtf8)) => read.lines.push(None),
+            Ok(Some(tcp::Line::Text(text))) => {
+                let at = read.text.len();
+                read.text.push_str(text);
+                read.spans.push(Some(at..read.text.len()));
+            }
+            Ok(Some(tcp::Line::NotUtf8)) => read.spans.push(None),
             Ok(None) => return,
             Err(tcp::TooLong) => {
                 read.too_long = true;
@@ -189,7 +207,8 @@ impl Connections {
             return None;
         };
         let mut read = TcpRead {
-            lines: Vec::new(),
+            text: String::new(),
+            spans: Vec::new(),
             too_long: false,
             filled: Filled::Drained,
             more: false,
