@@ -110,8 +110,14 @@ impl OutboundQueue {
     }
 
     /// The packed tail becomes a segment (order kept: it follows the others).
+    /// Cut to its length first (glibc shrinks in place): a queue's limit
+    /// counts bytes, so a reader that reads nothing while pings and live
+    /// messages alternate must not hold a 1 KiB buffer for each 20-byte
+    /// pong; and a `Vec` as long as its room becomes `Bytes` without the
+    /// shared box a longer one needs.
     fn seal(&mut self) {
         if !self.tail.is_empty() {
+            self.tail.shrink_to_fit();
             self.segments
                 .push_back(Bytes::from(std::mem::take(&mut self.tail)));
         }
@@ -323,6 +329,9 @@ mod tests {
         assert_eq!(w.got, b"a1,a2,S,b1,");
         assert!(q.is_empty());
         assert_eq!(q.tail.capacity(), 0, "no room kept once written");
+        q.push_packed(|out| out.extend_from_slice(b"p")).unwrap();
+        q.push(&[&Bytes::from_static(b"S")]).unwrap();
+        assert_eq!(q.segments[0].len(), 1, "sealed to its length");
     }
 
     #[test]
