@@ -186,7 +186,7 @@ impl Peers {
     /// Queues a frame to `slot` (`Link::send`: its payload in `parts`).
     pub fn send<P>(&mut self, slot: usize, msg: &BusMsg, parts: P) -> Result<(), LinkError>
     where
-        P: AsRef<[Bytes]> + IntoIterator<Item = Bytes>,
+        P: AsRef<[Bytes]>,
     {
         match self.out[slot].as_mut() {
             Some(out) => out.link.send(msg, parts),

@@ -30,7 +30,7 @@ impl Links {
     /// (`Link::send`).
     pub fn send<P>(&mut self, slot: usize, msg: &BusMsg, parts: P) -> Result<(), LinkError>
     where
-        P: AsRef<[Bytes]> + IntoIterator<Item = Bytes>,
+        P: AsRef<[Bytes]>,
     {
         self.peers.send(slot, msg, parts)
     }
