@@ -2,10 +2,10 @@
 //!
 //! Segments are `Bytes`, so one serialized message is shared by every queue it
 //! sits in; writing drains as many segments as fit with one `writev`. Small
-//! bytes of this connection's own (replies) are packed into one buffer
-//! behind the segments instead: a turn's acks to a publisher are one
-//! segment, not one each (an allocation, a reference count and an iovec
-//! apiece).
+//! bytes of this queue's own (replies, a link frame's header and small
+//! payload) are packed into one buffer behind the segments instead: a
+//! turn's acks to a publisher are one segment, not one each (an
+//! allocation, a reference count and an iovec apiece).
 
 use std::collections::VecDeque;
 use std::io::{self, IoSlice, Write};
