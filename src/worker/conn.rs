@@ -233,13 +233,8 @@ impl Conn {
     /// Queues a reply (`text`, one JSON object) packed with this turn's
     /// other replies (`OutboundQueue::push_packed`), or behind a replay.
     pub fn send_reply(&mut self, text: &[u8]) {
-        if self.closing.is_some() {
+        let Some(ws) = self.takes_messages_as_frames() else {
             return;
-        }
-        let ws = match self.session {
-            Session::Ws { .. } => true,
-            Session::Tcp { .. } => false,
-            Session::Http { .. } => return,
         };
         if !self.backlog.is_empty() {
             let wire = if ws {
@@ -257,6 +252,20 @@ impl Conn {
                 out.push(b'\n');
             }
         });
+    }
+
+    /// How this connection takes messages: `Some(true)` as WebSocket text
+    /// frames, `Some(false)` as TCP lines, `None` not at all (it is
+    /// closing, or still speaks HTTP).
+    fn takes_messages_as_frames(&self) -> Option<bool> {
+        if self.closing.is_some() {
+            return None;
+        }
+        match self.session {
+            Session::Ws { .. } => Some(true),
+            Session::Tcp { .. } => Some(false),
+            Session::Http { .. } => None,
+        }
     }
 
     /// Queues wire bytes now, or behind a replay still in the backlog.
@@ -280,13 +289,8 @@ impl Conn {
     /// hundred segments to queue, write and free, not 100 000 (each a
     /// reference count taken and dropped, and an iovec for the kernel).
     pub fn replay(&mut self, lines: impl IntoIterator<Item = Bytes>, live_limit: usize) {
-        if self.closing.is_some() {
+        let Some(ws) = self.takes_messages_as_frames() else {
             return;
-        }
-        let ws = match self.session {
-            Session::Ws { .. } => true,
-            Session::Tcp { .. } => false,
-            Session::Http { .. } => return,
         };
         let before = self.backlog_bytes;
         // A quarter of the soft limit at most, so a chunk always fits.
