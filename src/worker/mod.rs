@@ -26,18 +26,12 @@ use std::net::TcpListener as StdTcpListener;
 use std::os::unix::net::UnixStream as StdUnixStream;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use mio::{Events, Poll, Token};
-use serde_json::value::RawValue;
 
-use crate::auth;
-use crate::bus::frame::encode_header;
-use crate::bus::{self, BusMsg, LinkSecret};
+use crate::bus::{self, LinkSecret};
 use crate::config::Config;
 use crate::control::{FromWorker, Retire, ToWorker};
-use crate::owner::{Command, Query, Reply};
-use crate::proto::frames::{self, ErrorReply};
-use crate::sync::channel;
+use crate::owner::{Command, Reply};
 use crate::sync::interest::Interest;
 use crate::sync::pressure::Pressure;
 use crate::sync::subscriptions::Subscriptions;
@@ -45,7 +39,7 @@ use connections::Connections;
 use http_api::{Call, Next, OK_BODY};
 use links::Links;
 use owner_side::OwnerSide;
-use pending::{Awaiting, HistoryFor, PendingTable, WaitingSub};
+use pending::PendingTable;
 use process::Process;
 use users::LocalPresence;
 
@@ -458,146 +452,6 @@ impl Worker {
                 }
             }
         }
-    }
-}
-
-/// Users: binding, presence counts reported to owners, and the backend's
-/// broadcast and disconnect. Each needs the connections and the routing.
-impl Worker {
-    fn authenticate(&mut self, key: usize, id: Option<&RawValue>, token: &str) {
-        if self.conns.get(key).is_some_and(|c| c.user.is_some()) {
-            let e = ErrorReply::new(
-                "already_authenticated",
-                "this connection is already authenticated",
-            );
-            return self.conns.reply(key, frames::error(id, &e));
-        }
-        match auth::verify(&self.config.auth, token) {
-            Ok(user) => {
-                let reply = frames::ok_auth(id, &user.uid);
-                self.bind_user(key, user);
-                self.conns.reply(key, reply);
-            }
-            Err(e) => self.conns.refuse_auth(key, id, &e),
-        }
-    }
-
-    /// Binds an authenticated user to the connection.
-    fn bind_user(&mut self, key: usize, user: auth::User) {
-        let (slot, uid) = (self.slot, &user.uid);
-        log::debug!("worker {slot}: connection key {key} is user {uid}");
-        let inbox = channel::inbox(&user.uid);
-        let Some(conn) = self.conns.get_mut(key) else {
-            return;
-        };
-        conn.user = Some(user);
-        let conn_id = conn.id;
-        // Channels joined before authenticating count for presence from now
-        // on, so leaving them later is symmetric.
-        for channel in self.subs.channels_of(key) {
-            self.track_presence(key, &channel, true);
-        }
-        // Every connection of a user hears its inbox: what was sent while it
-        // was away (after its last ack), then live direct messages.
-        let what = Awaiting::Sub(WaitingSub {
-            key,
-            conn_id,
-            id: None,
-            channel: inbox.clone(),
-            buffer: Default::default(),
-            quiet: true,
-            unsub: None,
-        });
-        self.ask_owner(&inbox, Query::Inbox, what);
-    }
-
-    /// A user's connection joined (`true`) or left a channel: count it here
-    /// and tell the channel's owner this worker's new total.
-    fn track_presence(&mut self, key: usize, channel: &str, joined: bool) {
-        if let Some(uid) = self.conns.uid_of(key) {
-            self.count_presence(channel, &uid, joined);
-        }
-    }
-
-    fn count_presence(&mut self, channel: &str, uid: &str, joined: bool) {
-        if !channel::counts_presence(channel, &self.config.presence) {
-            return;
-        }
-        let count = self.local_presence.count(channel, uid, joined);
-        let owner = self.owner_of(channel);
-        let (channel, uid) = (channel.to_string(), uid.to_string());
-        if owner == self.slot {
-            let slot = owner;
-            self.tell_owner(Command::Presence {
-                slot,
-                channel,
-                uid,
-                count,
-            });
-        } else {
-            let msg = BusMsg::Presence {
-                channel,
-                uid,
-                count,
-            };
-            let _ = self.links.send(owner, &msg, []);
-        }
-    }
-
-    /// A (new) process of worker `slot` is linked: it owns channels whose
-    /// presence it may have lost, so tell it ours again.
-    fn resend_presence(&mut self, slot: usize) {
-        let ours = self.local_presence.picked(|c| self.owner_of(c) == slot);
-        for (channel, uid, count) in ours {
-            let msg = BusMsg::Presence {
-                channel,
-                uid,
-                count,
-            };
-            let _ = self.links.send(slot, &msg, []);
-        }
-    }
-
-    fn presence_query(&mut self, key: usize, channel: &str, reply: HistoryFor) {
-        if let Err(e) = channel::presence_listed(channel, &self.config.presence) {
-            return match reply {
-                HistoryFor::Client { id } => {
-                    self.conns.reply(key, frames::error(id.as_deref(), &e))
-                }
-                HistoryFor::Http { .. } => {
-                    let conn_id = self.conns.get(key).map_or(0, |c| c.id);
-                    self.conns.answer_http(key, conn_id, false, Err(e))
-                }
-            };
-        }
-        self.json_query(key, channel, Query::Presence, reply);
-    }
-
-    /// A client's `ack`: answered `ok` only once the inbox's owner has
-    /// stored it, as a publish is answered only once stored.
-    fn ack(&mut self, key: usize, id: Option<Box<RawValue>>, channel: &str, seq: u64) {
-        let conn_id = self.conns.get(key).map_or(0, |c| c.id);
-        let what = Awaiting::Ack { key, conn_id, id };
-        self.ask_owner(channel, Query::Ack { seq }, what);
-    }
-
-    /// `POST /api/broadcast`: a line for every connection on every worker.
-    fn broadcast_all(&mut self, data: &str) {
-        let line = frames::broadcast_line(data);
-        let header = encode_header(&BusMsg::Broadcast, line.len());
-        self.links.broadcast(&header, &line);
-        self.conns.broadcast_local(&line);
-    }
-
-    /// `POST /api/disconnect`: close every connection of `uid`, everywhere.
-    fn disconnect_everywhere(&mut self, uid: &str) {
-        let msg = BusMsg::Disconnect {
-            uid: uid.to_string(),
-        };
-        let header = encode_header(&msg, 0);
-        let empty = Bytes::new();
-        self.links.broadcast(&header, &empty);
-        self.conns.disconnect_local(uid);
     }
 }
 
