@@ -2,7 +2,7 @@
 # Runs the fuzz tests (issue 12, item 6) far longer than `cargo test` does.
 #
 # The suite runs them with few cases so it stays fast:
-#   tests/fuzz_parsers.rs  property tests (proptest) of every parser that reads
+#   tests/fuzz_parsers/    property tests (proptest) of every parser that reads
 #                          outside bytes: JSON requests, TCP lines, WebSocket
 #                          frames, HTTP (pipelined), worker-link frames, JWT,
 #                          the config file. SYNCD_FUZZ_CASES cases per property.
