@@ -45,14 +45,14 @@ pub fn trims<'a>(
             let keep = retention.retention_for(&last.channel).0;
             let upto = last.seq.saturating_sub(keep);
             let step = TRIM_STEP.min(keep).max(1);
-            if !touched.contains_key(&*last.channel) {
-                let fresh = Touched {
-                    last: last.seq,
-                    trimmed_to: None,
-                };
-                touched.insert(last.channel.to_string(), fresh);
-            }
-            let seen = touched.get_mut(&*last.channel)?;
+            let fresh = Touched {
+                last: last.seq,
+                trimmed_to: None,
+            };
+            let seen = match touched.get_mut(&*last.channel) {
+                Some(seen) => seen,
+                None => touched.entry(last.channel.to_string()).or_insert(fresh),
+            };
             seen.last = last.seq;
             let due = match seen.trimmed_to {
                 Some(done) => upto >= done.saturating_add(step),
