@@ -260,10 +260,15 @@ fn unmask(payload: &mut [u8], mask: [u8; 4]) {
     }
 }
 
-/// A server frame (unmasked, final) of `opcode` with `payload`.
+/// A server frame (unmasked, final) of `opcode` with `payload`. Sized
+/// exactly: `Bytes` takes a `Vec` as long as its room without allocating
+/// the shared box a longer one needs (a live message's frame is built
+/// once per message and worker).
 pub fn server_frame(opcode: OpCode, payload: &[u8]) -> Bytes {
-    let mut out = Vec::with_capacity(payload.len() + 10);
+    let header_len = FrameHeader::default().len(payload.len() as u64);
+    let mut out = Vec::with_capacity(header_len + payload.len());
     put_server_frame(&mut out, opcode, payload);
+    debug_assert_eq!(out.len(), out.capacity());
     Bytes::from(out)
 }
 

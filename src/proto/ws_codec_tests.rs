@@ -181,3 +181,12 @@ fn decoding_stops_at_the_room_and_goes_on_later() {
     assert_eq!(rest, texts);
     assert_eq!(d.held(), 0);
 }
+
+#[test]
+fn a_server_frame_is_built_in_exactly_its_room() {
+    for len in [0, 125, 126, 65535, 65536] {
+        let frame = server_frame(OpCode::Data(Data::Text), &vec![b'x'; len]);
+        let header = FrameHeader::default().len(len as u64);
+        assert_eq!(frame.len(), header + len, "{len}");
+    }
+}
