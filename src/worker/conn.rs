@@ -11,7 +11,7 @@ use std::collections::VecDeque;
 use bytes::Bytes;
 use mio::net::TcpStream;
 
-use crate::outbound::OutboundQueue;
+use crate::outbound::{OutboundQueue, Overflow};
 use crate::packing::Packer;
 use crate::proto::ws_codec::Decoder;
 use crate::sync::deadlines::ConnTimers;
@@ -61,13 +61,7 @@ impl Transport {
     /// hard limit is checked only after trying to write what is queued: a
     /// client whose socket takes the bytes is never cut off for them.
     pub fn queue(&mut self, parts: &[&Bytes]) {
-        if self.out.push(parts).is_ok() {
-            return;
-        }
-        if self.flush_out().is_ok() && self.out.push(parts).is_ok() {
-            return;
-        }
-        self.overflowed = true;
+        self.push_or_flush(|out| out.push(parts));
     }
 
     /// As `queue`, for one segment given up by the caller: moved in, so no
@@ -75,21 +69,29 @@ impl Transport {
     /// backlog's segments).
     pub fn queue_owned(&mut self, part: Bytes) {
         let size = part.len();
-        let fits = |t: &Transport| t.out.len() + size <= t.out.limit();
-        if fits(self) || (self.flush_out().is_ok() && fits(self)) {
-            let _ = self.out.push_owned([part], size);
-        } else {
-            self.overflowed = true;
-        }
+        let mut part = Some(part);
+        // Checked before `push_owned`, which would drop a part it refused.
+        self.push_or_flush(|out| {
+            if out.len() + size > out.limit() {
+                return Err(Overflow);
+            }
+            out.push_owned(part.take(), size)
+        });
     }
 
     /// As `queue`, for bytes `put` writes into the queue's packed tail
     /// (`OutboundQueue::push_packed`).
     pub fn queue_packed(&mut self, put: impl Fn(&mut Vec<u8>)) {
-        if self.out.push_packed(&put).is_ok() {
+        self.push_or_flush(|out| out.push_packed(&put));
+    }
+
+    /// `push`es; if the queue is full, writes what the socket takes and
+    /// tries once more; if it is still full, marks the connection overflowed.
+    fn push_or_flush(&mut self, mut push: impl FnMut(&mut OutboundQueue) -> Result<(), Overflow>) {
+        if push(&mut self.out).is_ok() {
             return;
         }
-        if self.flush_out().is_ok() && self.out.push_packed(&put).is_ok() {
+        if self.flush_out().is_ok() && push(&mut self.out).is_ok() {
             return;
         }
         self.overflowed = true;
