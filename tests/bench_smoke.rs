@@ -42,3 +42,40 @@ fn fanout_completes_with_deliveries_and_nothing_lost() {
         );
     }
 }
+
+/// `compare` starts syncd and the floor (bench/floor, built by cargo on
+/// first use) itself and prints one table with both, and floor/bun as "-"
+/// where bun was not run. Counts only; no timing is asserted.
+#[test]
+fn compare_runs_syncd_and_the_floor_side_by_side() {
+    let out = Command::new(env!("CARGO_BIN_EXE_syncd-bench"))
+        .args(["compare", "--only", "fanout", "--servers", "syncd,floor"])
+        .args(["--duration", "1", "--fanout-subscribers", "20"])
+        .args(["--fanout-rate", "50", "--threads", "1"])
+        .output()
+        .expect("run syncd-bench compare");
+    let text = output_text(&out);
+    assert!(out.status.success(), "compare failed:\n{text}");
+    let row = |metric: &str| -> Vec<String> {
+        let line = text
+            .lines()
+            .find(|l| l.starts_with(&format!("| fanout | {metric} |")))
+            .unwrap_or_else(|| panic!("no {metric} row:\n{text}"));
+        line.split('|').map(|c| c.trim().to_string()).collect()
+    };
+    // Columns: "", scenario, figure, better, syncd, bun, tokio, floor, ...
+    let delivered = row("delivered/s");
+    for (name, cell) in [("syncd", &delivered[4]), ("floor", &delivered[7])] {
+        let v: f64 = cell
+            .parse()
+            .unwrap_or_else(|_| panic!("{name} delivered nothing:\n{text}"));
+        assert!(v > 0.0, "{name} delivered nothing:\n{text}");
+    }
+    let lost = row("lost");
+    assert_eq!((&lost[4][..], &lost[7][..]), ("0", "0"), "lost:\n{text}");
+    assert_eq!(lost[5], "-", "bun was not run:\n{text}");
+    assert!(
+        text.contains("| syncd/bun | syncd/tokio | floor/bun |"),
+        "table header:\n{text}"
+    );
+}

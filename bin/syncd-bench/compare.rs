@@ -1,7 +1,9 @@
 //! `compare`: every scenario against syncd and each baseline, one after the
 //! other, each on fresh server processes, then one table of ratios.
-//! fanout, saturate and idle run on all three over WebSocket; durable and
-//! resume are syncd's own (the baselines keep nothing).
+//! fanout, saturate and idle run on every server over WebSocket; durable and
+//! resume are syncd's own (the baselines keep nothing). The floor
+//! (bench/floor) is not a rival: it is the least a broadcast server can do,
+//! so floor/bun shows how much of a figure is the kernel's.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -61,7 +63,7 @@ pub struct CompareArgs {
     )]
     pub only: Vec<String>,
     /// Servers to run fanout, saturate and idle against, comma-separated
-    #[arg(long, value_delimiter = ',', default_value = "syncd,bun,tokio")]
+    #[arg(long, value_delimiter = ',', default_value = "syncd,bun,tokio,floor")]
     pub servers: Vec<String>,
     /// The syncd binary (default: the one beside this binary)
     #[arg(long)]
@@ -126,13 +128,20 @@ struct Row {
     scenario: String,
     metric: String,
     better: &'static str,
-    values: [Option<f64>; 3],
+    values: [Option<f64>; 4],
     note: String,
-    /// syncd/bun and syncd/tokio over several rounds; None: from `values`.
-    ratios: [Option<f64>; 2],
+    /// RATIOS over several rounds; None: from `values`.
+    ratios: [Option<f64>; 3],
 }
 
-const KINDS: [Kind; 3] = [Kind::Syncd, Kind::Bun, Kind::Tokio];
+const KINDS: [Kind; 4] = [Kind::Syncd, Kind::Bun, Kind::Tokio, Kind::Floor];
+
+/// The ratios in the table: (slot over slot, as named).
+const RATIOS: [(usize, usize, &str); 3] = [
+    (0, 1, "syncd/bun"),
+    (0, 2, "syncd/tokio"),
+    (3, 1, "floor/bun"),
+];
 
 fn slot(kind: Kind) -> usize {
     KINDS.iter().position(|k| *k == kind).unwrap_or(0)
@@ -221,9 +230,9 @@ fn run_round(args: &CompareArgs) -> Vec<Row> {
                             scenario: scenario.to_string(),
                             metric: metric.to_string(),
                             better,
-                            values: [None; 3],
+                            values: [None; 4],
                             note: String::new(),
-                            ratios: [None; 2],
+                            ratios: [None; 3],
                         });
                         figures.last_mut().expect("just pushed")
                     }
@@ -231,6 +240,7 @@ fn run_round(args: &CompareArgs) -> Vec<Row> {
                 row.values[slot(kind)] = Some(v);
             };
             put("server CPU us/delivery", "lower", r.cpu_us_per_delivery());
+            put("server CPU in kernel %", "-", 100.0 * r.spent.kernel_share);
             put("delivered/s", "higher", r.delivered_per_sec());
             put("lost", "lower", r.lost as f64);
             put("undelivered at drain limit", "lower", r.late as f64);
@@ -257,9 +267,9 @@ fn run_round(args: &CompareArgs) -> Vec<Row> {
             runs.push((Kind::Syncd, Transport::Tcp));
         }
         let mut figures = [
-            ("RSS KiB/conn", [None; 3], [None; 3]),
-            ("CPU us/connect", [None; 3], [None; 3]),
-            ("CPU us/close", [None; 3], [None; 3]),
+            ("RSS KiB/conn", [None; 4], [None; 4]),
+            ("CPU us/connect", [None; 4], [None; 4]),
+            ("CPU us/close", [None; 4], [None; 4]),
         ];
         for (kind, transport) in runs {
             eprintln!(
@@ -294,7 +304,7 @@ fn run_round(args: &CompareArgs) -> Vec<Row> {
                 better: "lower",
                 values: ws,
                 note: String::new(),
-                ratios: [None; 2],
+                ratios: [None; 3],
             });
             if tcp[0].is_some() {
                 rows.push(Row {
@@ -303,7 +313,7 @@ fn run_round(args: &CompareArgs) -> Vec<Row> {
                     better: "lower",
                     values: tcp,
                     note: "syncd only".into(),
-                    ratios: [None; 2],
+                    ratios: [None; 3],
                 });
             }
         }
@@ -417,11 +427,11 @@ fn merge(mut runs: Vec<Vec<Row>>) -> Vec<Row> {
             .flatten()
             .filter(|r| r.scenario == row.scenario && r.metric == row.metric)
             .collect();
-        let values = [0, 1, 2].map(|i| median(same.iter().filter_map(|r| r.values[i])));
-        // Each round's syncd/bun and syncd/tokio.
-        let by_round = [1, 2].map(|i| -> Vec<f64> {
+        let values = [0, 1, 2, 3].map(|i| median(same.iter().filter_map(|r| r.values[i])));
+        // Each round's ratios.
+        let by_round = RATIOS.map(|(over, under, _)| -> Vec<f64> {
             same.iter()
-                .filter_map(|r| match (r.values[0], r.values[i]) {
+                .filter_map(|r| match (r.values[over], r.values[under]) {
                     (Some(a), Some(b)) if b != 0.0 => Some(a / b),
                     _ => None,
                 })
@@ -431,10 +441,10 @@ fn merge(mut runs: Vec<Vec<Row>>) -> Vec<Row> {
             each.into_iter().map(fmt).collect::<Vec<_>>().join(" ")
         };
         let mut note = row.note.clone();
-        for (each, name) in by_round.iter().zip(["bun", "tokio"]) {
-            if !each.is_empty() {
+        for (each, (_, _, name)) in by_round.iter().zip(RATIOS) {
+            if !each.is_empty() && row.better != "-" {
                 let each = listed(each.clone(), |r| format!("{r:.2}"));
-                note = format!("{note} syncd/{name} by round: {each}");
+                note = format!("{note} {name} by round: {each}");
             }
         }
         if by_round.iter().all(Vec::is_empty) {
@@ -473,13 +483,13 @@ fn syncd_row(scenario: &str, metric: &str, better: &'static str, v: f64, note: &
         scenario: scenario.to_string(),
         metric: metric.to_string(),
         better,
-        values: [Some(v), None, None],
+        values: [Some(v), None, None, None],
         note: if note.is_empty() {
             "syncd only".into()
         } else {
             note.into()
         },
-        ratios: [None; 2],
+        ratios: [None; 3],
     }
 }
 
@@ -507,22 +517,27 @@ fn ratio(merged: Option<f64>, a: Option<f64>, b: Option<f64>) -> String {
 
 fn print_table(rows: &[Row]) {
     println!();
-    println!(
-        "| scenario | figure | better | syncd | bun | tokio | syncd/bun | syncd/tokio | note |"
-    );
-    println!("|---|---|---|---:|---:|---:|---:|---:|---|");
+    let names = RATIOS.map(|(_, _, name)| name).join(" | ");
+    println!("| scenario | figure | better | syncd | bun | tokio | floor | {names} | note |");
+    println!("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---|");
     for r in rows {
-        let [s, b, t] = r.values;
+        let values = r.values.map(fmt_value).join(" | ");
+        // A row that is neither better higher nor lower gets no ratios.
+        let ratios: Vec<String> = RATIOS
+            .iter()
+            .zip(r.ratios)
+            .map(|(&(over, under, _), merged)| match r.better {
+                "-" => "-".into(),
+                _ => ratio(merged, r.values[over], r.values[under]),
+            })
+            .collect();
         println!(
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} |",
             r.scenario,
             r.metric,
             r.better,
-            fmt_value(s),
-            fmt_value(b),
-            fmt_value(t),
-            ratio(r.ratios[0], s, b),
-            ratio(r.ratios[1], s, t),
+            values,
+            ratios.join(" | "),
             r.note
         );
     }

@@ -15,6 +15,8 @@ pub struct IdleResult {
     pub rss_per_conn: f64,
     pub cpu_us_per_connect: f64,
     pub cpu_us_per_close: f64,
+    /// The share of the connect CPU spent in the kernel (0..=1).
+    pub connect_kernel_share: f64,
     pub measured: bool,
 }
 
@@ -30,9 +32,10 @@ impl IdleResult {
             return;
         }
         println!(
-            "server RSS per connection: {:.2} KiB; server CPU per connect (accept + handshake): {:.1} us, per close: {:.1} us",
+            "server RSS per connection: {:.2} KiB; server CPU per connect (accept + handshake): {:.1} us ({:.0}% in the kernel), per close: {:.1} us",
             self.rss_per_conn / 1024.0,
             self.cpu_us_per_connect,
+            100.0 * self.connect_kernel_share,
             self.cpu_us_per_close
         );
     }
@@ -77,6 +80,7 @@ pub fn run(
         rss_per_conn: (connected.rss_end as f64 - connected.rss_start as f64) / n,
         cpu_us_per_connect: connected.cpu_secs * 1e6 / n,
         cpu_us_per_close: closed.cpu_secs * 1e6 / n,
+        connect_kernel_share: connected.kernel_share,
         measured: connected.measured,
     })
 }

@@ -1,6 +1,7 @@
 //! Fresh server processes for `compare`: syncd (the built binary, in a
-//! temporary folder with a generated config on free loopback ports), and the
-//! two baselines under bench/ (Bun's uWebSockets, tokio-tungstenite), built or
+//! temporary folder with a generated config on free loopback ports), the two
+//! baselines under bench/ (Bun's uWebSockets, tokio-tungstenite) and the
+//! floor (bench/floor: the least work a broadcast server can do), built or
 //! installed on first use.
 
 use std::io::{BufRead, BufReader, Write};
@@ -22,6 +23,7 @@ pub enum Kind {
     Syncd,
     Bun,
     Tokio,
+    Floor,
 }
 
 impl Kind {
@@ -30,6 +32,7 @@ impl Kind {
             Kind::Syncd => "syncd",
             Kind::Bun => "bun",
             Kind::Tokio => "tokio",
+            Kind::Floor => "floor",
         }
     }
 }
@@ -181,11 +184,12 @@ impl Running {
         Running::start_baseline(Kind::Bun, cmd, ws)
     }
 
-    pub fn start_tokio() -> anyhow::Result<Running> {
-        let crate_dir = repo_dir().join("bench/tokio-baseline");
+    /// A baseline that is a Rust crate under bench/ with its own workspace:
+    /// cargo builds it on first use (and is quick when nothing changed).
+    pub fn start_crate(kind: Kind, crate_name: &str) -> anyhow::Result<Running> {
+        let crate_dir = repo_dir().join("bench").join(crate_name);
         let target_dir = repo_dir().join("target/bench-baseline");
-        let bin = target_dir.join("release/tokio-baseline");
-        // cargo is quick when nothing changed; it builds on first use.
+        let bin = target_dir.join("release").join(crate_name);
         let ok = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
             .args(["build", "--release", "--quiet", "--manifest-path"])
             .arg(crate_dir.join("Cargo.toml"))
@@ -194,14 +198,15 @@ impl Running {
             .status();
         if !bin.exists() {
             bail!(
-                "the tokio baseline is not built ({}): cargo build --release --manifest-path bench/tokio-baseline/Cargo.toml --target-dir target/bench-baseline ({ok:?})",
+                "the {} baseline is not built ({}): cargo build --release --manifest-path bench/{crate_name}/Cargo.toml --target-dir target/bench-baseline ({ok:?})",
+                kind.name(),
                 bin.display()
             );
         }
         let ws = free_addr()?;
         let mut cmd = Command::new(&bin);
         cmd.arg(ws.to_string());
-        Running::start_baseline(Kind::Tokio, cmd, ws)
+        Running::start_baseline(kind, cmd, ws)
     }
 
     fn start_baseline(kind: Kind, mut cmd: Command, ws: SocketAddr) -> anyhow::Result<Running> {
@@ -241,7 +246,8 @@ impl Running {
         match kind {
             Kind::Syncd => Running::start_syncd(syncd_bin, config),
             Kind::Bun => Running::start_bun(),
-            Kind::Tokio => Running::start_tokio(),
+            Kind::Tokio => Running::start_crate(kind, "tokio-baseline"),
+            Kind::Floor => Running::start_crate(kind, "floor"),
         }
     }
 }

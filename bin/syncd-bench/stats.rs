@@ -62,6 +62,10 @@ impl fmt::Display for Latency {
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Usage {
     pub cpu_secs: f64,
+    /// User and system time in whole clock ticks (coarse), for the kernel's
+    /// share of `cpu_secs`.
+    pub user_ticks: u64,
+    pub system_ticks: u64,
     pub rss_bytes: u64,
     pub processes: usize,
 }
@@ -84,7 +88,7 @@ pub fn tree_usage(root: u32) -> Usage {
     let ticks = clock_ticks();
     let page = page_size();
     let mut parent: HashMap<u32, u32> = HashMap::new();
-    let mut stat: HashMap<u32, (f64, u64)> = HashMap::new();
+    let mut stat: HashMap<u32, (f64, u64, u64, u64)> = HashMap::new();
     let Ok(dir) = std::fs::read_dir("/proc") else {
         return Usage::default();
     };
@@ -113,10 +117,11 @@ pub fn tree_usage(root: u32) -> Usage {
             continue;
         };
         parent.insert(pid, ppid as u32);
-        stat.insert(pid, ((utime + stime) as f64 / ticks, rss_pages * page));
+        let cpu = (utime + stime) as f64 / ticks;
+        stat.insert(pid, (cpu, rss_pages * page, utime, stime));
     }
     let mut usage = Usage::default();
-    for (&pid, &(cpu, rss)) in &stat {
+    for (&pid, &(cpu, rss, utime, stime)) in &stat {
         let mut p = pid;
         let mut depth = 0;
         while p != root && p > 1 && depth < 64 {
@@ -126,6 +131,8 @@ pub fn tree_usage(root: u32) -> Usage {
         if p == root {
             usage.cpu_secs += exact_cpu_secs(pid).unwrap_or(cpu);
             usage.rss_bytes += rss;
+            usage.user_ticks += utime;
+            usage.system_ticks += stime;
             usage.processes += 1;
         }
     }
@@ -177,6 +184,8 @@ pub struct Window {
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Spent {
     pub cpu_secs: f64,
+    /// The share of `cpu_secs` spent in the kernel (0..=1; from clock ticks).
+    pub kernel_share: f64,
     pub rss_start: u64,
     pub rss_end: u64,
     pub wall_secs: f64,
@@ -201,8 +210,11 @@ impl Window {
             };
         };
         let end = server.usage();
+        let user = end.user_ticks.saturating_sub(self.start.user_ticks);
+        let system = end.system_ticks.saturating_sub(self.start.system_ticks);
         Spent {
             cpu_secs: (end.cpu_secs - self.start.cpu_secs).max(0.0),
+            kernel_share: system as f64 / (user + system).max(1) as f64,
             rss_start: self.start.rss_bytes,
             rss_end: end.rss_bytes,
             wall_secs,
@@ -218,10 +230,11 @@ impl fmt::Display for Spent {
         }
         write!(
             f,
-            "server: {:.2} CPU s in {:.2} s ({:.0}% of a core), RSS {:.1} MiB -> {:.1} MiB",
+            "server: {:.2} CPU s in {:.2} s ({:.0}% of a core, {:.0}% of it in the kernel), RSS {:.1} MiB -> {:.1} MiB",
             self.cpu_secs,
             self.wall_secs,
             100.0 * self.cpu_secs / self.wall_secs.max(1e-9),
+            100.0 * self.kernel_share,
             self.rss_start as f64 / 1048576.0,
             self.rss_end as f64 / 1048576.0
         )
