@@ -307,3 +307,51 @@ fn sigterm_to_a_worker_restarts_it_and_sigint_to_the_master_stops_all() {
     kill(Pid::from_raw(server.master_pid()), Signal::SIGINT).unwrap();
     assert_eq!(server.wait_exit(), Some(0));
 }
+
+/// Times a thread went to sleep (its voluntary context switches): each is
+/// one wake-up later.
+fn sleeps(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/status"))
+        .expect("the process is running");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
+        .and_then(|n| n.trim().parse().ok())
+        .expect("voluntary_ctxt_switches in /proc status")
+}
+
+/// An idle server does not wake on a clock that has nothing to do: the
+/// master sleeps until something happens, and a worker holding idle
+/// connections wakes about twice a second (its owner's once-a-second
+/// sweep, the connections' deadlines), not every 100 ms. This is the one
+/// test that watches for a while without waiting on an event: what it
+/// checks is that nothing happens. A 100 ms tick would make 30 wake-ups in
+/// the 3 s; the bounds leave room for stray ones.
+#[test]
+fn an_idle_server_sleeps() {
+    let server = Server::start(2, "");
+    let held: Vec<_> = (0..100).map(|_| server.tcp()).collect();
+    let workers = server.worker_pids();
+    assert_eq!(workers.len(), 2);
+    let master = server.master_pid() as u32;
+    let before: Vec<u64> = std::iter::once(master)
+        .chain(workers.iter().copied())
+        .map(sleeps)
+        .collect();
+    std::thread::sleep(Duration::from_secs(3));
+    let after: Vec<u64> = std::iter::once(master)
+        .chain(workers.iter().copied())
+        .map(sleeps)
+        .collect();
+    let woke: Vec<u64> = after.iter().zip(&before).map(|(a, b)| a - b).collect();
+    println!(
+        "wake-ups in 3 s: master {}, workers {:?}",
+        woke[0],
+        &woke[1..]
+    );
+    assert!(woke[0] <= 3, "the master woke {} times", woke[0]);
+    for (slot, &n) in woke[1..].iter().enumerate() {
+        assert!(n <= 15, "worker {slot} woke {n} times");
+    }
+    drop(held);
+}

@@ -16,6 +16,7 @@ pub mod listeners;
 pub mod pidfile;
 mod query;
 mod rollout;
+mod timing;
 
 use std::collections::HashMap;
 use std::io;
@@ -46,7 +47,6 @@ const SIGNALS: Token = Token(0);
 const CONTROL: Token = Token(1);
 const SLOT_BASE: usize = 100;
 const CLIENT_BASE: usize = 10_000;
-const TICK: Duration = Duration::from_millis(50);
 /// Longest wait for a fast-stopped worker before it is killed.
 const FAST_STOP_TIMEOUT: Duration = Duration::from_secs(3);
 /// Longest a new worker may take to report it is serving.
@@ -194,7 +194,13 @@ impl Master {
         let mut events = Events::with_capacity(256);
         self.advance_rollout();
         loop {
-            if let Err(e) = self.poll.poll(&mut events, Some(TICK)) {
+            // Asleep until something happens or a deadline comes: an idle
+            // master does not wake at all.
+            // (mio rounds up to whole milliseconds: no early wake-ups.)
+            let timeout = self
+                .next_wake()
+                .map(|at| at.saturating_duration_since(Instant::now()));
+            if let Err(e) = self.poll.poll(&mut events, timeout) {
                 if e.kind() != io::ErrorKind::Interrupted {
                     log::error!("poll failed: {e}");
                     return 1;
@@ -465,42 +471,6 @@ impl Master {
                 }
             }
         }
-    }
-
-    fn tick(&mut self, now: Instant) {
-        let stopping = matches!(self.phase, Phase::Stopping { .. });
-        for index in 0..self.slots.len() {
-            if !stopping && self.slots[index].respawn_at.is_some_and(|at| at <= now) {
-                self.spawn(index);
-            }
-        }
-        match &mut self.phase {
-            Phase::Stopping { deadline } if now >= *deadline => {
-                for slot in &self.slots {
-                    if let Some(pid) = slot.pid {
-                        log::warn!("master: worker pid {pid} did not stop in time; killing it");
-                        let _ = kill(pid, Signal::SIGKILL);
-                    }
-                }
-                *deadline = now + Duration::from_secs(5);
-            }
-            Phase::Rolling(rollout) => match rollout.overdue(now) {
-                Some(rollout::Overdue::Retiring(index)) => {
-                    if let Some(pid) = self.slots[index].pid {
-                        log::warn!("master: worker {index} did not retire in time; killing it");
-                        let _ = kill(pid, Signal::SIGKILL);
-                    }
-                }
-                Some(rollout::Overdue::Starting(index)) => {
-                    log::warn!("master: worker {index} is not serving yet; moving on");
-                    rollout.started(index);
-                    self.advance_rollout();
-                }
-                None => {}
-            },
-            _ => {}
-        }
-        self.expire_queries(now);
     }
 
     /// Takes the rollout one step further: retire the next slot's worker, or

@@ -122,6 +122,11 @@ impl Master {
         self.finish_if_done(tag);
     }
 
+    /// When the oldest unanswered query gives up on its workers.
+    pub(super) fn next_query_deadline(&self) -> Option<Instant> {
+        self.queries.values().map(|q| q.deadline).min()
+    }
+
     pub(super) fn expire_queries(&mut self, now: Instant) {
         let late: Vec<u64> = self
             .queries

@@ -86,6 +86,16 @@ impl Rollout {
         }
     }
 
+    /// When the step under way is overdue.
+    pub fn deadline(&self) -> Option<Instant> {
+        match self.step {
+            Some(Step::Retiring { deadline, .. } | Step::Starting { deadline, .. }) => {
+                Some(deadline)
+            }
+            None => None,
+        }
+    }
+
     pub fn overdue(&self, now: Instant) -> Option<Overdue> {
         match self.step {
             Some(Step::Retiring { slot, deadline }) if now >= deadline => {
@@ -112,6 +122,7 @@ mod tests {
         r.retire(0, now + Duration::from_secs(1));
         assert_eq!(r.next(), None, "slot 0 still in progress");
         assert_eq!(r.retiring(), Some(0));
+        assert_eq!(r.deadline(), Some(now + Duration::from_secs(1)));
         assert_eq!(
             r.overdue(now + Duration::from_secs(2)),
             Some(Overdue::Retiring(0))

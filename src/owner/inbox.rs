@@ -147,6 +147,15 @@ impl Inboxes {
         entry.due += Duration::from_nanos(1);
     }
 
+    /// When `due` next has something to look at: the earliest redelivery
+    /// (as an instant) and the earliest expiry (in Unix ms). Either may be
+    /// a message acked since; `due` then finds nothing.
+    pub fn next_due(&self) -> (Option<Instant>, Option<i64>) {
+        let due = self.by_due.peek().map(|i| i.0 .0);
+        let expiry = self.by_expiry.peek().map(|i| i.0 .0);
+        (due, expiry)
+    }
+
     /// What to send again now (only to online users), and what to give up:
     /// only the messages due by `now` (or expired by `now_ms`) are looked at.
     pub fn due(&mut self, now: Instant, now_ms: i64, online: impl Fn(&str) -> bool) -> Due {

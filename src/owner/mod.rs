@@ -416,9 +416,27 @@ impl OwnerCore {
         self.seqs.channels()
     }
 
+    /// When `Command::Tick` next has work: a redelivery, an inbox expiry
+    /// or the store's sweep (now, if the first sweep is not scheduled yet).
+    /// The worker sleeps until then when nothing else wants it.
+    pub fn next_tick(&self, now: Now) -> Instant {
+        let (due, expires_ms) = self.inboxes.next_due();
+        let expiry =
+            expires_ms.map(|ms| now.at + Duration::from_millis((ms - now.ms).max(0) as u64));
+        let sweep = self.next_sweep.unwrap_or(now.at);
+        [due, expiry]
+            .into_iter()
+            .flatten()
+            .fold(sweep, Instant::min)
+    }
+
     fn tick(&mut self, now: Now) {
         self.redeliver(now);
-        let due = self.next_sweep.is_none_or(|at| now.at >= at);
+        // A sweep due within a tenth of its period goes with a tick that
+        // came for something else, so the worker's wake-ups fall in step.
+        let due = self
+            .next_sweep
+            .is_none_or(|at| now.at + SWEEP_EVERY / 10 >= at);
         if due {
             if self.next_sweep.is_some() {
                 self.idempotency.purge(now.at);

@@ -3,7 +3,10 @@
 //! buffer limit, and the end of closing and lingering.
 //!
 //! Each connection carries a few instants (`ConnTimers`, no buffers); the
-//! worker's connection table sweeps them on every tick (100 ms). What is due
+//! worker's connection table sweeps them every tenth of the shortest
+//! timeout (`Rules::sweep_every`: 1 s at the defaults, so an idle
+//! connection costs one look a second), and on every 100 ms tick while a
+//! subscriber is over its backpressure mark. What is due
 //! is decided by `due`, a plain function of the rules, the connection's state
 //! and `now`, so the rules are unit-tested without sockets or clocks.
 
@@ -50,6 +53,22 @@ impl Rules {
             idle_timeout: limits.idle_timeout,
             soft_for: limits.send_buffer_soft_for,
         }
+    }
+
+    /// How often the deadlines must be looked at to meet each within a
+    /// tenth of the shortest timeout, kept between `fastest` and `slowest`.
+    /// (Closing and lingering connections may go up to one period late:
+    /// their peers nearly always close first.)
+    pub fn sweep_every(&self, fastest: Duration, slowest: Duration) -> Duration {
+        let timeouts = [
+            Some(self.handshake_timeout),
+            self.ping_interval,
+            Some(self.pong_timeout),
+            self.idle_timeout,
+            Some(self.soft_for),
+        ];
+        let shortest = timeouts.into_iter().flatten().min().unwrap_or(slowest);
+        (shortest / 10).clamp(fastest, slowest)
     }
 
     /// Whether connections of `protocol` get heartbeats.
@@ -233,6 +252,33 @@ pub fn due(rules: &Rules, t: &ConnTimers, view: View, now: Instant) -> Due {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sweeps_every_tenth_of_the_shortest_timeout_within_bounds() {
+        let limits = Limits::default();
+        let (fast, slow) = (Duration::from_millis(100), S(1));
+        let rules = Rules::from_limits(&limits);
+        assert_eq!(rules.sweep_every(fast, slow), S(1), "defaults: 10 s / 10");
+        let short = Rules {
+            handshake_timeout: Duration::from_millis(300),
+            ..rules.clone()
+        };
+        assert_eq!(short.sweep_every(fast, slow), fast, "never under `fastest`");
+        let idle = Rules {
+            idle_timeout: Some(S(2)),
+            ..rules.clone()
+        };
+        assert_eq!(idle.sweep_every(fast, slow), Duration::from_millis(200));
+        let long = Rules {
+            handshake_timeout: S(60),
+            ping_interval: None,
+            pong_timeout: S(60),
+            idle_timeout: None,
+            soft_for: S(60),
+            ..rules
+        };
+        assert_eq!(long.sweep_every(fast, slow), slow, "never over `slowest`");
+    }
 
     #[test]
     fn a_token_is_refreshed_before_exp_and_expires_after_the_leeway() {

@@ -83,6 +83,12 @@ pub struct Pressure {
 }
 
 impl Pressure {
+    /// Some subscriber here is over its high mark: its progress is watched
+    /// on every tick (see `ConnTimers::note_progress`).
+    pub fn has_conns_over(&self) -> bool {
+        !self.over.is_empty()
+    }
+
     /// Subscriber `key`, in `channels`, passed its high mark.
     pub fn conn_over(&mut self, key: ConnKey, channels: Vec<Box<str>>) {
         if self.over.contains_key(&key) {

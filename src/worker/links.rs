@@ -71,6 +71,11 @@ impl Links {
         self.peers.tick(&self.registry, now);
     }
 
+    /// A link is down and waits for the tick to dial it again.
+    pub fn redialing(&self) -> bool {
+        self.peers.redialing()
+    }
+
     /// Linked both ways with every live peer.
     pub fn is_settled(&self) -> bool {
         self.peers.is_settled()

@@ -32,6 +32,7 @@ use crate::bus::{self, LinkSecret};
 use crate::config::Config;
 use crate::control::{FromWorker, Retire, ToWorker};
 use crate::owner::{Command, Reply};
+use crate::sync::deadlines::Rules;
 use crate::sync::interest::Interest;
 use crate::sync::pressure::Pressure;
 use crate::sync::subscriptions::Subscriptions;
@@ -51,7 +52,12 @@ const SIGNALS: Token = Token(3);
 /// us: one `Waker` per `Poll` is all mio allows.
 const STORE: Token = Token(4);
 const CONN_BASE: usize = 1 << 20;
+/// The tick while something waits on one: a link to dial again, a
+/// question to another worker that may time out, a start, a stop, a
+/// cluster. Otherwise the loop sleeps until the owner core's next deadline,
+/// the next connection sweep (`Rules::sweep_every`), or `QUIET_TICK`.
 const TICK: Duration = Duration::from_millis(100);
+const QUIET_TICK: Duration = Duration::from_secs(1);
 /// Longest a new worker waits for its peers to link back before serving anyway.
 const SETTLE_TIMEOUT: Duration = Duration::from_secs(3);
 /// WebSocket close code for a missing, bad or expired token.
@@ -131,12 +137,20 @@ impl Worker {
 
     fn event_loop(&mut self) -> i32 {
         let mut events = Events::with_capacity(1024);
-        let mut next_tick = Instant::now() + TICK;
+        let sweep_every = Rules::from_limits(&self.config.limits).sweep_every(TICK, QUIET_TICK);
+        let (mut last_tick, mut last_sweep) = (Instant::now(), Instant::now());
         loop {
+            let sweep_period = match self.pressure.has_conns_over() {
+                true => TICK,
+                false => sweep_every,
+            };
+            let next_sweep = last_sweep + sweep_period;
+            let next_tick = self.next_tick(last_tick).min(next_sweep);
             let timeout = if self.conns.has_work() {
                 Duration::ZERO
             } else {
                 let wake = self.conns.held_due().unwrap_or(next_tick);
+                // mio rounds up to whole milliseconds: no early wake-ups.
                 wake.min(next_tick)
                     .saturating_duration_since(Instant::now())
             };
@@ -199,8 +213,15 @@ impl Worker {
             }
             let now = Instant::now();
             if now >= next_tick {
-                next_tick = now + TICK;
-                self.tick(now);
+                // A sweep due within half a period goes with this tick, so
+                // the owner's deadlines and the sweeps fall into step and
+                // an idle worker wakes once for both.
+                let sweep = now + sweep_period / 2 >= next_sweep;
+                last_tick = now;
+                if sweep {
+                    last_sweep = now;
+                }
+                self.tick(now, sweep);
             }
             if self.owner.is_fatal() {
                 self.flush_all();
@@ -265,13 +286,33 @@ impl Worker {
         self.forget_closed();
     }
 
-    fn tick(&mut self, now: Instant) {
+    /// When the tick after one at `last` is due: `TICK` later while
+    /// anything waits on it, else at the owner core's next deadline or
+    /// `QUIET_TICK` later, whichever is first.
+    fn next_tick(&self, last: Instant) -> Instant {
+        let waiting = self.cluster.is_some()
+            || self.links.redialing()
+            || !self.pending.is_empty()
+            || self.process.waiting_to_serve()
+            || self.process.stopping.is_some();
+        match waiting {
+            true => last + TICK,
+            false => (last + QUIET_TICK).min(self.owner.next_tick(owner_side::now())),
+        }
+    }
+
+    /// Timeouts, redials, the owner's redeliveries and sweeps; with
+    /// `sweep`, every connection's deadlines too.
+    fn tick(&mut self, now: Instant, sweep: bool) {
         self.links.tick(now);
         self.tell_owner(Command::Tick);
         self.retry_stalled_streams(now);
         let timeout = self.config.limits.request_timeout;
         for tag in self.pending.overdue(self.slot, now, timeout) {
             self.finish(tag, Reply::Answer(Err(pending::timed_out(timeout))));
+        }
+        if !sweep {
+            return;
         }
         for (key, what) in self.conns.sweep(now, self.config.auth.jwt_leeway) {
             self.conns.carry_out(key, what, now);

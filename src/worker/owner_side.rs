@@ -73,6 +73,11 @@ impl OwnerSide {
         self.core.is_fatal()
     }
 
+    /// When the core's tick next has work (`OwnerCore::next_tick`).
+    pub fn next_tick(&self, now: Now) -> std::time::Instant {
+        self.core.next_tick(now)
+    }
+
     pub fn stats(&self) -> &OwnerStats {
         self.core.stats()
     }

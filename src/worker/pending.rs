@@ -160,6 +160,11 @@ pub struct PendingTable {
 
 impl PendingTable {
     /// Records a request to the owner at `slot`; returns its tag.
+    /// No question waits for an answer (none can time out).
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
     pub fn insert(&mut self, slot: usize, what: Awaiting) -> u64 {
         self.next_tag += 1;
         let tag = self.next_tag;
