@@ -161,13 +161,13 @@ impl Peers {
         }
     }
 
-    /// True when every other slot is either linked both ways with the same
-    /// process or known to be down, so messages from any owner will reach us.
     /// A link is down and waits to be dialled again (on the tick).
     pub fn redialing(&self) -> bool {
         self.next_dial.iter().any(Option::is_some)
     }
 
+    /// True when every other slot is either linked both ways with the same
+    /// process or known to be down, so messages from any owner will reach us.
     pub fn is_settled(&self) -> bool {
         (0..self.out.len())
             .filter(|&p| p != self.slot)
