@@ -72,6 +72,7 @@ impl StoreThread {
                     touched: HashMap::new(),
                     trimmed: 0,
                     failed: false,
+                    swept_news: false,
                     outbox,
                     spent: spent_out,
                     waker,
@@ -172,6 +173,8 @@ struct Writer {
     /// A write failed: the shards may lack something the worker counted on,
     /// so they must not be marked as closed cleanly.
     failed: bool,
+    /// The last sweep sent `Completion::Swept`.
+    swept_news: bool,
     outbox: Sender<Completion>,
     /// Written appends, back to `StoreThread::spent`.
     spent: Sender<Vec<Append>>,
@@ -193,8 +196,14 @@ impl Writer {
                     Err(_) => break,
                 }
             }
+            // The worker is woken for what the batch tells it. A batch of
+            // sweeps that found nothing to expire or trim tells it nothing
+            // (an idle worker would otherwise wake every second for it).
+            let sweeps_only = batch.iter().all(|r| matches!(r, Request::Sweep { .. }));
             let closing = self.handle(batch);
-            let _ = self.waker.wake();
+            if !sweeps_only || std::mem::take(&mut self.swept_news) {
+                let _ = self.waker.wake();
+            }
             if closing {
                 self.mark_clean();
                 return;
@@ -390,6 +399,7 @@ impl Writer {
         self.touched.retain(|_, channels| !channels.is_empty());
         if expired + trimmed > 0 {
             let _ = self.outbox.send(Completion::Swept { expired, trimmed });
+            self.swept_news = true;
         }
     }
 }
