@@ -305,6 +305,11 @@ impl Worker {
     /// Timeouts, redials, the owner's redeliveries and sweeps; with
     /// `sweep`, every connection's deadlines too.
     fn tick(&mut self, now: Instant, sweep: bool) {
+        // Requests the store's queue could not take move on here as well,
+        // should no batch wake the loop for them (a quiet sweep does not).
+        if self.owner.is_busy() {
+            self.on_store_events();
+        }
         self.links.tick(now);
         self.tell_owner(Command::Tick);
         self.retry_stalled_streams(now);
