@@ -136,8 +136,9 @@ impl Engine for StoreThread {
         !self.overflow.is_empty()
     }
 
-    /// The thread took requests out (it wakes the loop after each batch), so
-    /// the overflow moves on first.
+    /// The thread took requests out (it wakes the loop after each batch but
+    /// a quiet sweep's; the worker's tick calls this too while it has an
+    /// overflow), so the overflow moves on first.
     fn completions(&mut self, out: &mut Vec<Completion>) {
         out.extend(self.events.try_iter());
         self.spent.try_iter().for_each(drop);

@@ -54,8 +54,9 @@ const STORE: Token = Token(4);
 const CONN_BASE: usize = 1 << 20;
 /// The tick while something waits on one: a link to dial again, a
 /// question to another worker that may time out, requests the store's
-/// queue could not take yet, a start, a stop, a cluster. Otherwise the loop sleeps until the owner core's next deadline,
-/// the next connection sweep (`Rules::sweep_every`), or `QUIET_TICK`.
+/// queue could not take yet, a start, a stop, a cluster. Otherwise the
+/// loop sleeps until the owner core's next deadline, the next connection
+/// sweep (`Rules::sweep_every`), or `QUIET_TICK`.
 const TICK: Duration = Duration::from_millis(100);
 const QUIET_TICK: Duration = Duration::from_secs(1);
 /// Longest a new worker waits for its peers to link back before serving anyway.
