@@ -63,6 +63,7 @@ pub struct CompareArgs {
     )]
     pub only: Vec<String>,
     /// Servers to run fanout, saturate and idle against, comma-separated
+    /// (the floor runs in fanout and idle only)
     #[arg(long, value_delimiter = ',', default_value = "syncd,bun,tokio,floor")]
     pub servers: Vec<String>,
     /// The syncd binary (default: the one beside this binary)

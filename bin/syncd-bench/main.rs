@@ -3,8 +3,9 @@
 //!
 //! Scenarios (subcommands): `fanout`, `saturate`, `idle`, `durable`,
 //! `resume` against a running server, and `compare`, which starts fresh
-//! servers itself (syncd, and the Bun and tokio-tungstenite baselines under
-//! bench/) and prints one table of ratios. See docs/benchmarks.md.
+//! servers itself (syncd, the Bun and tokio-tungstenite baselines and the
+//! floor under bench/) and prints one table of ratios. See
+//! docs/benchmarks.md.
 
 mod client;
 mod compare;
@@ -171,8 +172,8 @@ enum Command {
         #[arg(long, default_value_t = 100)]
         size: usize,
     },
-    /// Every scenario against fresh syncd, Bun and tokio servers, one after
-    /// the other; one table of ratios
+    /// Every scenario against fresh syncd, Bun, tokio and floor servers, one
+    /// after the other; one table of ratios
     Compare(compare::CompareArgs),
 }
 
