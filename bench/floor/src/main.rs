@@ -28,6 +28,17 @@ struct Conn {
 }
 
 impl Conn {
+    fn new(stream: TcpStream) -> Conn {
+        let (input, output) = (Vec::new(), Vec::new());
+        let upgraded = false;
+        Conn {
+            stream,
+            input,
+            output,
+            upgraded,
+        }
+    }
+
     /// Writes `bytes` after whatever is already waiting; keeps what the
     /// socket does not take. Returns false if the connection is dead.
     fn send(&mut self, bytes: &[u8]) -> bool {
@@ -153,21 +164,11 @@ fn main() -> std::io::Result<()> {
             let token = event.token().0;
             if event.token() == LISTENER {
                 while let Ok((mut stream, _)) = listener.accept() {
-                    stream.set_nodelay(true)?;
+                    let _ = stream.set_nodelay(true);
                     let interest = Interest::READABLE | Interest::WRITABLE;
                     poll.registry()
                         .register(&mut stream, Token(next_token), interest)?;
-                    let (input, output) = (Vec::new(), Vec::new());
-                    let upgraded = false;
-                    conns.insert(
-                        next_token,
-                        Conn {
-                            stream,
-                            input,
-                            output,
-                            upgraded,
-                        },
-                    );
+                    conns.insert(next_token, Conn::new(stream));
                     next_token += 1;
                 }
                 continue;
