@@ -94,7 +94,11 @@ impl OutboundQueue {
         put(&mut self.tail);
         let size = self.tail.len() - before + parts.iter().map(Bytes::len).sum::<usize>();
         if self.queued + size > self.limit {
-            self.tail.truncate(before);
+            match before {
+                // An empty tail keeps no room (see `tail`).
+                0 => self.tail = Vec::new(),
+                _ => self.tail.truncate(before),
+            }
             return Err(Overflow);
         }
         self.queued += size;
@@ -342,6 +346,11 @@ mod tests {
         q.discard_unsent();
         assert!(q.is_empty());
         assert_eq!(q.len(), 0);
+        let too_big = [0u8; 101];
+        assert!(q
+            .push_packed(|out| out.extend_from_slice(&too_big))
+            .is_err());
+        assert_eq!(q.tail.capacity(), 0, "a refused put keeps no room");
     }
 
     #[test]
